@@ -1,0 +1,131 @@
+"""Every error answer has one shape: ``{"error": {"code", "message", "details"}}``, with a stable
+machine-readable code. This module defines it, documents it, and installs the handlers that make
+FastAPI's own errors (404, 405, query validation) and unexpected faults use it too."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+log = logging.getLogger(__name__)
+
+
+class OrjsonResponse(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(examples=["validation_failed"])
+    message: str = Field(examples=["1 item(s) failed validation"])
+    details: list[dict[str, Any]] | None = Field(
+        default=None,
+        examples=[[{"index": 0, "field": "id", "message": "Field required", "type": "missing"}]],
+    )
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class ApiError(Exception):
+    def __init__(
+        self,
+        status_code: int,
+        code: str,
+        message: str,
+        *,
+        details: list[dict[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.code = code
+        self.message = message
+        self.details = details
+        self.headers = headers
+
+
+def error_response(
+    status_code: int,
+    code: str,
+    message: str,
+    *,
+    details: list[dict[str, Any]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> OrjsonResponse:
+    body: dict[str, Any] = {"code": code, "message": message}
+    if details is not None:
+        body["details"] = details
+    return OrjsonResponse({"error": body}, status_code=status_code, headers=headers)
+
+
+def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the error answers a route can give."""
+    descriptions = {
+        400: "Malformed JSON or empty body",
+        401: "Missing or wrong credentials",
+        403: "Outside the caller's sub-account",
+        404: "Not found (or outside the caller's scope)",
+        413: "Body over 1 MiB or array over 1000 items",
+        422: "Body or parameters do not validate; details name each field (and item index)",
+        503: "Storage unavailable or overloaded; retry after Retry-After seconds",
+    }
+    return {code: {"model": ErrorBody, "description": descriptions[code]} for code in codes}
+
+
+_STATUS_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "validation_failed",
+}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def on_api_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiError)
+        return error_response(
+            exc.status_code, exc.code, exc.message, details=exc.details, headers=exc.headers
+        )
+
+    async def on_http_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        code = _STATUS_CODES.get(exc.status_code, "http_error")
+        return error_response(
+            exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None)
+        )
+
+    async def on_request_validation(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        details = [
+            {
+                "field": ".".join(str(part) for part in problem["loc"]),
+                "message": problem["msg"],
+                "type": problem["type"],
+            }
+            for problem in exc.errors()
+        ]
+        return error_response(422, "validation_failed", "request did not validate", details=details)
+
+    async def on_unexpected(_: Request, exc: Exception) -> Response:
+        log.exception("unhandled error", exc_info=exc)
+        return error_response(500, "internal_error", "internal error")
+
+    app.add_exception_handler(ApiError, on_api_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(RequestValidationError, on_request_validation)
+    app.add_exception_handler(Exception, on_unexpected)

@@ -1,0 +1,240 @@
+"""The URLs pasted into Wavy's portal: callbacks, DLRs and MOs (POST, and GET for MOs)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qsl
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, Field
+from sqlalchemy.exc import SQLAlchemyError
+
+from app.api.deps import EngineDep, SettingsDep, WebhookCaller, WebhookCallerDep, WriterDep
+from app.api.errors import ApiError, responses
+from app.db.queries import RejectedBody, store_rejected_body
+from app.db.writer import WriteFailed, WriterOverloaded
+from app.payloads import Callback, Dlr, Mo, mo_from_query, replace_nul_characters
+from app.rules.records import build_event_records
+from app.rules.webhook_body import (
+    BodyRejected,
+    ParsedBody,
+    parse_webhook_body,
+    too_large,
+    validate_document,
+)
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
+
+RETRY_AFTER_S = "5"
+
+
+class IngestResult(BaseModel):
+    received: int = Field(description="Items in the body, all now stored", examples=[1])
+    duplicates: int = Field(description="Of those, how many were already stored", examples=[0])
+
+
+def _body_schema(model: type[BaseModel], max_items: int = 1000) -> dict[str, Any]:
+    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "oneOf": [ref, {"type": "array", "items": ref, "maxItems": max_items}]
+                    }
+                }
+            },
+        }
+    }
+
+
+INGEST_RESPONSES = responses(400, 401, 413, 422, 503)
+
+
+async def read_limited_body(request: Request, limit: int) -> tuple[bytes, bool]:
+    """The body, or its first ``limit`` bytes and True when it is longer: we stop reading there,
+    so an endless or huge body costs at most ``limit`` bytes of memory."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        return b"", True
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            chunks.append(chunk[: len(chunk) - (size - limit)])
+            return b"".join(chunks), True
+        chunks.append(chunk)
+    return b"".join(chunks), False
+
+
+async def _dead_letter(
+    engine: EngineDep,
+    request: Request,
+    caller: WebhookCaller,
+    kind: str,
+    body: bytes,
+    truncated: bool,
+    rejection: BodyRejected,
+) -> ApiError:
+    """Keep the refused body for an operator, then build the answer. If even that cannot be
+    stored, answer 503 so the sender retries instead of dropping the body on a 4xx."""
+    try:
+        async with engine.begin() as conn:
+            await store_rejected_body(
+                conn,
+                RejectedBody(
+                    endpoint=kind,
+                    method=request.method,
+                    sub_account=caller.sub_account,
+                    status_code=rejection.status_code,
+                    reason=rejection.reason,
+                    detail=rejection.details,
+                    content_type=request.headers.get("content-type"),
+                    body=body,
+                    body_truncated=truncated,
+                ),
+            )
+    except (SQLAlchemyError, OSError) as error:
+        log.warning("could not store a rejected %s body: %s", kind, error)
+        return _unavailable("storage unavailable; the body was not recorded")
+    return ApiError(
+        rejection.status_code, rejection.reason, rejection.message, details=rejection.details
+    )
+
+
+def _unavailable(message: str) -> ApiError:
+    return ApiError(503, "unavailable", message, headers={"Retry-After": RETRY_AFTER_S})
+
+
+async def _store(
+    kind: str,
+    parsed: ParsedBody,
+    caller: WebhookCaller,
+    writer: WriterDep,
+    settings: Settings,
+    received_at: datetime,
+) -> IngestResult:
+    records = build_event_records(
+        kind,
+        parsed.payloads,
+        parsed.raw_items,
+        sub_account=caller.sub_account,
+        received_at=received_at,
+    )
+    if not records:
+        return IngestResult(received=0, duplicates=0)
+    try:
+        result = await asyncio.wait_for(writer.write(records), settings.writer_timeout_s)
+    except WriterOverloaded:
+        raise _unavailable("overloaded; nothing was stored, retry later") from None
+    except (WriteFailed, TimeoutError):
+        raise _unavailable("storage unavailable; nothing was confirmed, retry later") from None
+    return IngestResult(received=result.received, duplicates=result.duplicates)
+
+
+async def _ingest_post(
+    kind: str,
+    request: Request,
+    caller: WebhookCaller,
+    settings: Settings,
+    engine: EngineDep,
+    writer: WriterDep,
+) -> IngestResult:
+    received_at = datetime.now(UTC)
+    body, truncated = await read_limited_body(request, settings.max_body_bytes)
+    try:
+        if truncated:
+            raise too_large(settings.max_body_bytes)
+        parsed = parse_webhook_body(kind, body, max_items=settings.max_items)
+    except BodyRejected as rejection:
+        raise await _dead_letter(
+            engine, request, caller, kind, body, truncated, rejection
+        ) from None
+    return await _store(kind, parsed, caller, writer, settings, received_at)
+
+
+@router.post(
+    "/callback",
+    summary="Receive callbacks (first status: did the carrier take the message)",
+    openapi_extra=_body_schema(Callback),
+    responses=INGEST_RESPONSES,
+)
+async def receive_callback(
+    request: Request,
+    caller: WebhookCallerDep,
+    settings: SettingsDep,
+    engine: EngineDep,
+    writer: WriterDep,
+) -> IngestResult:
+    return await _ingest_post("callback", request, caller, settings, engine, writer)
+
+
+@router.post(
+    "/dlr",
+    summary="Receive DLRs (second status: did the message reach the phone)",
+    openapi_extra=_body_schema(Dlr),
+    responses=INGEST_RESPONSES,
+)
+async def receive_dlr(
+    request: Request,
+    caller: WebhookCallerDep,
+    settings: SettingsDep,
+    engine: EngineDep,
+    writer: WriterDep,
+) -> IngestResult:
+    return await _ingest_post("dlr", request, caller, settings, engine, writer)
+
+
+@router.post(
+    "/mo",
+    summary="Receive MOs (user replies) as JSON",
+    openapi_extra=_body_schema(Mo),
+    responses=INGEST_RESPONSES,
+)
+async def receive_mo(
+    request: Request,
+    caller: WebhookCallerDep,
+    settings: SettingsDep,
+    engine: EngineDep,
+    writer: WriterDep,
+) -> IngestResult:
+    return await _ingest_post("mo", request, caller, settings, engine, writer)
+
+
+@router.get(
+    "/mo",
+    summary="Receive an MO as a query string",
+    description=(
+        "The MO's fields as query parameters (`id`, `subAccount`, `messageText`, ...), the MT "
+        "it answers as `mt.id`, `mt.correlationId`, `mt.username`, `mt.email` (or `mtId`...)."
+    ),
+    responses=INGEST_RESPONSES,
+)
+async def receive_mo_by_get(
+    request: Request,
+    caller: WebhookCallerDep,
+    settings: SettingsDep,
+    engine: EngineDep,
+    writer: WriterDep,
+) -> IngestResult:
+    received_at = datetime.now(UTC)
+    raw_query = request.url.query.encode()
+    params = dict(parse_qsl(request.url.query, keep_blank_values=True))
+    document = replace_nul_characters(mo_from_query(params, ignore=frozenset({"key"})))
+    try:
+        if len(raw_query) > settings.max_body_bytes:
+            raise too_large(settings.max_body_bytes)
+        parsed = validate_document("mo", document, max_items=1)
+    except BodyRejected as rejection:
+        raise await _dead_letter(
+            engine, request, caller, "mo", raw_query, False, rejection
+        ) from None
+    return await _store("mo", parsed, caller, writer, settings, received_at)

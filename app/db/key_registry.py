@@ -1,0 +1,48 @@
+"""The active webhook keys, cached in memory so the hot path does not query them per request."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.db.queries import load_active_keys
+from app.rules.credentials import KnownKey, match_key
+
+log = logging.getLogger(__name__)
+
+# After a miss, reload at most this often: a new key works within a second, and a flood of
+# wrong keys costs at most one query a second.
+MISS_RELOAD_INTERVAL_S = 1.0
+
+
+class KeyRegistry:
+    def __init__(self, engine: AsyncEngine, *, ttl_s: float) -> None:
+        self._engine = engine
+        self._ttl_s = ttl_s
+        self._keys: list[KnownKey] = []
+        self._loaded_at = float("-inf")
+        self._lock = asyncio.Lock()
+
+    async def refresh(self) -> None:
+        async with self._lock:
+            try:
+                async with self._engine.connect() as conn:
+                    self._keys = await load_active_keys(conn)
+            except (SQLAlchemyError, OSError) as error:
+                # Keep serving with the keys we know; the database may be back in a moment.
+                log.warning("could not reload webhook keys: %s", error)
+            self._loaded_at = time.monotonic()
+
+    async def find(self, presented: str) -> KnownKey | None:
+        age = time.monotonic() - self._loaded_at
+        if age > self._ttl_s:
+            await self.refresh()
+        found = match_key(presented, self._keys)
+        if found is None and time.monotonic() - self._loaded_at > MISS_RELOAD_INTERVAL_S:
+            await self.refresh()
+            found = match_key(presented, self._keys)
+        return found

@@ -1,0 +1,32 @@
+"""Apply or undo the Alembic migrations programmatically (used by the CLI, start-up and tests)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+
+import migrations
+
+
+def alembic_config(database_url: str) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(Path(migrations.__file__).parent))
+    # '%' would be read as interpolation by configparser (passwords may contain it).
+    config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
+    return config
+
+
+def upgrade_to_head(database_url: str) -> None:
+    command.upgrade(alembic_config(database_url), "head")
+
+
+def downgrade_to_base(database_url: str) -> None:
+    command.downgrade(alembic_config(database_url), "base")
+
+
+async def upgrade_to_head_async(database_url: str) -> None:
+    # env.py runs its own event loop, so it must run off the caller's loop.
+    await asyncio.to_thread(upgrade_to_head, database_url)

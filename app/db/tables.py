@@ -1,0 +1,159 @@
+"""The SQL schema: every table, index and constraint, with the naming convention Alembic uses.
+
+Migrations are written from this module (autogenerate, then reviewed by hand); the running
+service never calls ``create_all``.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Identity,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Sequence,
+    SmallInteger,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+TS = DateTime(timezone=True)
+
+webhook_keys = Table(
+    "webhook_keys",
+    metadata,
+    Column("id", Integer, Identity(), primary_key=True),
+    # The sub-account every callback/DLR arriving with this key belongs to (they carry none).
+    Column("sub_account", Text, nullable=True),
+    # sha256 of the key: keys are 192-bit random secrets, so a fast hash is enough.
+    Column("key_hash", Text, nullable=False, unique=True),
+    Column("key_prefix", Text, nullable=False),
+    Column("created_at", TS, nullable=False, server_default=text("now()")),
+    Column("revoked_at", TS, nullable=True),
+)
+
+messages_change_seq = Sequence("messages_change_seq", metadata=metadata)
+
+# One row per MT message id, the merge of its callback and DLR(s); see app.rules.status_merge.
+messages = Table(
+    "messages",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("sub_account", Text, nullable=True),
+    Column("correlation_id", Text, nullable=True),
+    Column("destination", Text, nullable=True),
+    Column("carrier_id", BigInteger, nullable=True),
+    Column("carrier_name", Text, nullable=True),
+    Column("campaign_id", Text, nullable=True),
+    Column("extra_info", Text, nullable=True),
+    # Who filled the sent stage: 0 nobody, 1 a DLR, 2 a callback (a callback outranks a DLR).
+    Column("sent_source", SmallInteger, nullable=False, server_default=text("0")),
+    Column("sent_status_code", Integer, nullable=True),
+    Column("sent_status", Text, nullable=True),
+    Column("sent_at", TS, nullable=True),
+    Column("delivered_status_code", Integer, nullable=True),
+    Column("delivered_status", Text, nullable=True),
+    Column("delivered_at", TS, nullable=True),
+    Column("first_seen_at", TS, nullable=False),
+    Column("updated_at", TS, nullable=False),
+    # Bumped from a sequence whenever the merged row changes: the order of the status feeds.
+    Column(
+        "change_seq",
+        BigInteger,
+        nullable=False,
+        server_default=messages_change_seq.next_value(),
+    ),
+    Index(None, "correlation_id"),
+    Index(None, "destination"),
+    Index(None, "sub_account", "first_seen_at"),
+    Index(None, "change_seq", unique=True),
+)
+
+# Append-only log of every accepted callback, DLR and MO, raw payload included.
+events = Table(
+    "events",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("kind", Text, nullable=False),
+    Column("message_id", Text, nullable=False),
+    Column("sub_account", Text, nullable=True),
+    Column("sent_status_code", Integer, nullable=True),
+    Column("delivered_status_code", Integer, nullable=True),
+    Column("received_at", TS, nullable=False),
+    Column("payload", JSONB, nullable=False),
+    CheckConstraint("kind IN ('callback', 'dlr', 'mo')", name="kind"),
+    # An exact retry (same kind, id, codes) is one event; message_id leads so the same index
+    # answers "the history of message X".
+    UniqueConstraint(
+        "message_id",
+        "kind",
+        "sent_status_code",
+        "delivered_status_code",
+        postgresql_nulls_not_distinct=True,
+        name="uq_events_exact_retry",
+    ),
+    Index(None, "received_at"),
+)
+
+# MOs keyed by their own id; mt_id finds the replies to a message.
+mos = Table(
+    "mos",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("sub_account", Text, nullable=True),
+    Column("campaign_alias", Text, nullable=True),
+    Column("carrier_id", BigInteger, nullable=True),
+    Column("carrier_name", Text, nullable=True),
+    Column("source", Text, nullable=True),
+    Column("short_code", Text, nullable=True),
+    Column("message_text", Text, nullable=True),
+    # receivedAt from the payload, else the time we got it: never null, so it can be indexed.
+    Column("received_at", TS, nullable=False),
+    Column("mt_id", Text, nullable=True),
+    Column("mt_correlation_id", Text, nullable=True),
+    Column("mt_username", Text, nullable=True),
+    Column("mt_email", Text, nullable=True),
+    Column("stored_at", TS, nullable=False),
+    Column("seq", BigInteger, Identity(), nullable=False),
+    Index(None, "sub_account", "received_at"),
+    Index(None, "mt_id"),
+    Index(None, "seq", unique=True),
+)
+
+# Dead letters: every body we refused (except unauthenticated ones), raw, for an operator.
+rejected_bodies = Table(
+    "rejected_bodies",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("received_at", TS, nullable=False, server_default=text("now()")),
+    Column("endpoint", Text, nullable=False),
+    Column("method", Text, nullable=False),
+    Column("sub_account", Text, nullable=True),
+    Column("status_code", SmallInteger, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("detail", JSONB, nullable=True),
+    Column("content_type", Text, nullable=True),
+    Column("body", LargeBinary, nullable=False),
+    Column("body_truncated", Boolean, nullable=False, server_default=text("false")),
+    Column("replayed_at", TS, nullable=True),
+    Index(None, "received_at"),
+)

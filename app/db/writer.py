@@ -1,0 +1,337 @@
+"""The batching writer: many requests, one transaction, and an answer only after the commit.
+
+Requests hand their records to ``BatchWriter.write`` and wait. A single task takes everything
+queued (up to ``batch_max_items``), writes each table with one set-based statement over
+``unnest`` arrays, commits, and only then wakes the waiting requests with their counts. Under
+load batches grow by themselves (group commit): while one commits, the next gathers.
+
+A failed batch fails nobody yet: it is retried request by request, so one poisoned request
+cannot take its neighbours down; whatever still fails gets ``WriteFailed`` (the HTTP layer
+answers 503, never 200).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from app.rules.records import EventRecord
+from app.rules.status_merge import DESCRIPTIVE_FIELDS, merge_status_events
+
+log = logging.getLogger(__name__)
+
+# PostgreSQL errors worth a second try of the same transaction.
+TRANSIENT_SQLSTATES = frozenset({"40001", "40P01"})  # serialization failure, deadlock
+TRANSIENT_ATTEMPTS = 3
+
+
+class WriterOverloaded(Exception):
+    """The queue is full: the caller should be told to come back later (503)."""
+
+
+class WriteFailed(Exception):
+    """The records could not be committed (503)."""
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    received: int
+    duplicates: int
+
+
+@dataclass(slots=True)
+class _Pending:
+    records: list[EventRecord]
+    future: asyncio.Future[WriteResult] = field(repr=False)
+
+
+INSERT_EVENTS = text(
+    """
+    INSERT INTO events (kind, message_id, sub_account, sent_status_code,
+                        delivered_status_code, received_at, payload)
+    SELECT kind, message_id, sub_account, sent_code, delivered_code, received_at,
+           CAST(payload AS jsonb)
+    FROM unnest(CAST(:kind AS text[]), CAST(:message_id AS text[]),
+                CAST(:sub_account AS text[]), CAST(:sent_code AS int[]),
+                CAST(:delivered_code AS int[]), CAST(:received_at AS timestamptz[]),
+                CAST(:payload AS text[]))
+         AS u(kind, message_id, sub_account, sent_code, delivered_code, received_at, payload)
+    ON CONFLICT ON CONSTRAINT uq_events_exact_retry DO NOTHING
+    RETURNING message_id, kind, sent_status_code, delivered_status_code
+    """
+)
+
+INSERT_MOS = text(
+    """
+    INSERT INTO mos (id, sub_account, campaign_alias, carrier_id, carrier_name, source,
+                     short_code, message_text, received_at, mt_id, mt_correlation_id,
+                     mt_username, mt_email, stored_at)
+    SELECT * FROM unnest(
+        CAST(:id AS text[]), CAST(:sub_account AS text[]), CAST(:campaign_alias AS text[]),
+        CAST(:carrier_id AS bigint[]), CAST(:carrier_name AS text[]), CAST(:source AS text[]),
+        CAST(:short_code AS text[]), CAST(:message_text AS text[]),
+        CAST(:received_at AS timestamptz[]), CAST(:mt_id AS text[]),
+        CAST(:mt_correlation_id AS text[]), CAST(:mt_username AS text[]),
+        CAST(:mt_email AS text[]), CAST(:stored_at AS timestamptz[]))
+    ON CONFLICT (id) DO NOTHING
+    """
+)
+
+_STATUS_COLUMNS: dict[str, str] = {
+    "id": "text",
+    "sub_account": "text",
+    "correlation_id": "text",
+    "destination": "text",
+    "carrier_id": "bigint",
+    "carrier_name": "text",
+    "campaign_id": "text",
+    "extra_info": "text",
+    "sent_source": "smallint",
+    "sent_status_code": "int",
+    "sent_status": "text",
+    "sent_at": "timestamptz",
+    "delivered_status_code": "int",
+    "delivered_status": "text",
+    "delivered_at": "timestamptz",
+    "first_seen_at": "timestamptz",
+    "updated_at": "timestamptz",
+}
+_SENT_STAGE = ("sent_source", "sent_status_code", "sent_status", "sent_at")
+_DELIVERED_STAGE = ("delivered_status_code", "delivered_status", "delivered_at")
+
+
+def _sent_key(row: str) -> str:
+    return (
+        f"({row}.sent_source, COALESCE({row}.sent_at, '-infinity'), "
+        f"COALESCE({row}.sent_status_code, -1), COALESCE({row}.sent_status, '') COLLATE \"C\")"
+    )
+
+
+def _delivered_key(row: str) -> str:
+    return (
+        f"(COALESCE({row}.delivered_at, '-infinity'), "
+        f"COALESCE({row}.delivered_status_code, -1) = 4, "
+        f"COALESCE({row}.delivered_status_code, -1), "
+        f"COALESCE({row}.delivered_status, '') COLLATE \"C\")"
+    )
+
+
+def _merged_expressions() -> dict[str, str]:
+    """The SQL twin of app.rules.status_merge.merge_statuses (held to it by the tests)."""
+    merged: dict[str, str] = {}
+    for name in DESCRIPTIVE_FIELDS:
+        collate = ' COLLATE "C"' if _STATUS_COLUMNS[name] == "text" else ""
+        merged[name] = f"GREATEST(m.{name}{collate}, EXCLUDED.{name}{collate})"
+    sent_wins = f"{_sent_key('EXCLUDED')} > {_sent_key('m')}"
+    for name in _SENT_STAGE:
+        merged[name] = f"CASE WHEN {sent_wins} THEN EXCLUDED.{name} ELSE m.{name} END"
+    delivered_wins = f"{_delivered_key('EXCLUDED')} > {_delivered_key('m')}"
+    for name in _DELIVERED_STAGE:
+        merged[name] = f"CASE WHEN {delivered_wins} THEN EXCLUDED.{name} ELSE m.{name} END"
+    return merged
+
+
+def _build_upsert_messages() -> str:
+    columns = list(_STATUS_COLUMNS)
+    arrays = ", ".join(f"CAST(:{c} AS {t}[])" for c, t in _STATUS_COLUMNS.items())
+    merged = _merged_expressions()
+    assignments = [f"{c} = {e}" for c, e in merged.items()]
+    assignments += [
+        "first_seen_at = LEAST(m.first_seen_at, EXCLUDED.first_seen_at)",
+        "updated_at = GREATEST(m.updated_at, EXCLUDED.updated_at)",
+        "change_seq = nextval('messages_change_seq')",
+    ]
+    # Rewrite the row (and move it up the change feed) only when the merge changes something.
+    merged_row = ", ".join(merged.values())
+    current_row = ", ".join(f"m.{c}" for c in merged)
+    return (
+        f"INSERT INTO messages AS m ({', '.join(columns)}) "
+        f"SELECT * FROM unnest({arrays}) "
+        "ON CONFLICT (id) DO UPDATE SET " + ", ".join(assignments) + " "
+        f"WHERE ROW({merged_row}) IS DISTINCT FROM ROW({current_row})"
+    )
+
+
+UPSERT_MESSAGES = text(_build_upsert_messages())
+
+
+def _columns(rows: list[Any], names: tuple[str, ...] | list[str]) -> dict[str, list[Any]]:
+    return {name: [getattr(row, name) for row in rows] for name in names}
+
+
+async def write_records(conn: AsyncConnection, records: list[EventRecord]) -> set[int]:
+    """Write one batch inside the caller's transaction. Returns the positions (in ``records``)
+    of the events that were new; every other one repeats an event already stored."""
+    first_seen: dict[tuple[str, str, int | None, int | None], int] = {}
+    for position, record in enumerate(records):
+        first_seen.setdefault(record.retry_key, position)
+    # Sorted so that concurrent batches (other workers) take row locks in the same order.
+    candidates = sorted(first_seen.items(), key=lambda item: repr(item[0]))
+    rows = [records[position] for _, position in candidates]
+    result = await conn.execute(
+        INSERT_EVENTS,
+        {
+            "kind": [r.kind for r in rows],
+            "message_id": [r.message_id for r in rows],
+            "sub_account": [r.sub_account for r in rows],
+            "sent_code": [r.sent_status_code for r in rows],
+            "delivered_code": [r.delivered_status_code for r in rows],
+            "received_at": [r.received_at for r in rows],
+            "payload": [r.payload_json for r in rows],
+        },
+    )
+    inserted_keys = {tuple(row) for row in result}
+    new_positions = {pos for key, pos in candidates if key in inserted_keys}
+    new_records = [records[pos] for pos in sorted(new_positions)]
+
+    statuses = merge_status_events([r.status for r in new_records if r.status is not None])
+    if statuses:
+        await conn.execute(UPSERT_MESSAGES, _columns(statuses, list(_STATUS_COLUMNS)))
+    mos = sorted((r.mo for r in new_records if r.mo is not None), key=lambda mo: mo.id)
+    if mos:
+        await conn.execute(
+            INSERT_MOS,
+            _columns(
+                mos,
+                (
+                    "id", "sub_account", "campaign_alias", "carrier_id", "carrier_name",
+                    "source", "short_code", "message_text", "received_at", "mt_id",
+                    "mt_correlation_id", "mt_username", "mt_email", "stored_at",
+                ),
+            ),
+        )
+    return new_positions
+
+
+def _is_transient(error: BaseException) -> bool:
+    orig = getattr(error, "orig", None)
+    return getattr(orig, "sqlstate", None) in TRANSIENT_SQLSTATES
+
+
+def _is_connection_problem(error: BaseException) -> bool:
+    return isinstance(error, DBAPIError) and error.connection_invalidated or isinstance(
+        error, OSError | TimeoutError
+    )
+
+
+class BatchWriter:
+    """One per process; started and stopped by the application's lifespan."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        max_items: int,
+        max_delay_s: float,
+        queue_items: int,
+    ) -> None:
+        self._engine = engine
+        self._max_items = max_items
+        self._max_delay_s = max_delay_s
+        self._queue_items = queue_items
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._queued_items = 0
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="batch-writer")
+
+    async def stop(self) -> None:
+        """Commit what was handed in, then end (graceful shutdown: nothing accepted is dropped)."""
+        self._stopping = True
+        await self._queue.join()
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def write(self, records: list[EventRecord]) -> WriteResult:
+        """Returns once the records are committed; raises WriterOverloaded or WriteFailed."""
+        if self._stopping:
+            raise WriterOverloaded("shutting down")
+        if self._queued_items + len(records) > self._queue_items:
+            raise WriterOverloaded("write queue full")
+        future: asyncio.Future[WriteResult] = asyncio.get_running_loop().create_future()
+        self._queued_items += len(records)
+        self._queue.put_nowait(_Pending(records, future))
+        return await future
+
+    async def _next_batch(self) -> list[_Pending]:
+        first = await self._queue.get()
+        batch, size = [first], len(first.records)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._max_delay_s
+        while size < self._max_items:
+            if self._queue.empty():
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    pending = await asyncio.wait_for(self._queue.get(), remaining)
+                except TimeoutError:
+                    break
+            else:
+                pending = self._queue.get_nowait()
+            batch.append(pending)
+            size += len(pending.records)
+        return batch
+
+    async def _run(self) -> None:
+        while True:
+            batch = await self._next_batch()
+            try:
+                await self._commit_batch(batch)
+            except Exception:  # the loop must outlive any single batch
+                log.exception("batch writer: unexpected error")
+                for pending in batch:
+                    _fail(pending, WriteFailed("unexpected writer error"))
+            finally:
+                for pending in batch:
+                    self._queued_items -= len(pending.records)
+                    self._queue.task_done()
+
+    async def _commit_batch(self, batch: list[_Pending]) -> None:
+        try:
+            results = await self._commit_with_retries(batch)
+        except SQLAlchemyError as error:
+            if len(batch) == 1 or _is_connection_problem(error):
+                log.warning("batch of %d requests failed: %s", len(batch), error)
+                for pending in batch:
+                    _fail(pending, WriteFailed(str(error)))
+                return
+            # Isolate the poisoned request: retry each one in its own transaction.
+            for pending in batch:
+                await self._commit_batch([pending])
+            return
+        for pending, result in zip(batch, results, strict=True):
+            if not pending.future.done():
+                pending.future.set_result(result)
+
+    async def _commit_with_retries(self, batch: list[_Pending]) -> list[WriteResult]:
+        records = [record for pending in batch for record in pending.records]
+        for attempt in range(1, TRANSIENT_ATTEMPTS + 1):
+            try:
+                async with self._engine.begin() as conn:
+                    new_positions = await write_records(conn, records)
+                break
+            except DBAPIError as error:
+                if attempt == TRANSIENT_ATTEMPTS or not _is_transient(error):
+                    raise
+        results, offset = [], 0
+        for pending in batch:
+            count = len(pending.records)
+            new = sum(1 for pos in range(offset, offset + count) if pos in new_positions)
+            results.append(WriteResult(received=count, duplicates=count - new))
+            offset += count
+        return results
+
+
+def _fail(pending: _Pending, error: Exception) -> None:
+    if not pending.future.done():
+        pending.future.set_exception(error)

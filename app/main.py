@@ -1,0 +1,88 @@
+"""The ASGI application: routers, error handlers, and the lifespan that owns the engine, the
+batching writer and the key cache (``uvicorn app.main:create_app --factory``)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel
+
+from app.api import webhooks
+from app.api.errors import install_error_handlers
+from app.db.engine import create_engine, start_embedded_postgres
+from app.db.key_registry import KeyRegistry
+from app.db.writer import BatchWriter
+from app.payloads import Callback, Dlr, Mo
+from app.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """
+Receives what Wavy (Sinch) sends about SMS — callbacks, DLRs and MOs — stores it durably in
+PostgreSQL keyed by message id, and answers `200` only once it is committed.
+
+Errors always have the shape `{"error": {"code": ..., "message": ..., "details": [...]}}`.
+"""
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.dependency_overrides.get(get_settings, get_settings)()
+    database_url = settings.database_url or start_embedded_postgres(settings.data_dir)
+    engine = create_engine(settings, database_url)
+    writer = BatchWriter(
+        engine,
+        max_items=settings.batch_max_items,
+        max_delay_s=settings.batch_max_delay_ms / 1000,
+        queue_items=settings.writer_queue_items,
+    )
+    registry = KeyRegistry(engine, ttl_s=settings.key_cache_seconds)
+    if settings.open_ingest:
+        log.warning("open ingest: webhooks are accepted WITHOUT a key")
+    await registry.refresh()
+    await writer.start()
+    app.state.engine, app.state.writer, app.state.key_registry = engine, writer, registry
+    try:
+        yield
+    finally:
+        # Commit what requests already handed in before the connections go away.
+        await writer.stop()
+        await engine.dispose()
+
+
+def _openapi_with_payload_schemas(app: FastAPI) -> dict[str, Any]:
+    """The webhook routes read raw bytes (to keep the raw payload and control every error), so
+    their body schemas are registered here by hand."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(
+        title=app.title, version=app.version, description=app.description, routes=app.routes
+    )
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    models: list[type[BaseModel]] = [Callback, Dlr, Mo]
+    for model in models:
+        model_schema = model.model_json_schema(
+            by_alias=True, ref_template="#/components/schemas/{model}"
+        )
+        components.update(model_schema.pop("$defs", {}))
+        components[model.__name__] = model_schema
+    app.openapi_schema = schema
+    return schema
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(
+        title="wavy-webhooks",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(webhooks.router)
+    app.openapi = lambda: _openapi_with_payload_schemas(app)  # type: ignore[method-assign]
+    return app

@@ -1,0 +1,224 @@
+"""What Wavy sends: pydantic models of the callback, DLR and MO payloads, with every documented
+variant (see ../shared/wavy-api.md), plus the helpers that turn raw input into something they
+can validate (NUL characters, the MO's query-string form) and their errors into our answer."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from pydantic import (
+    AfterValidator,
+    AliasChoices,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+)
+
+# Epoch milliseconds from 1970 to the end of year 9999: anything else is not a time.
+MAX_EPOCH_MS = 253_402_300_799_999
+MAX_INT32 = 2**31 - 1
+# Indexed text must stay well under btree's ~2.7 kB row limit (4 bytes a character at worst).
+MAX_KEY_CHARS = 255
+REPLACEMENT_CHARACTER = "\ufffd"
+
+
+def _blank_to_none(value: Any) -> Any:
+    """Wavy leaves optional fields out, sends ``null`` or sends ``""``: all three mean absent."""
+    if isinstance(value, str) and value.strip() == "":
+        return None
+    return value
+
+
+def _as_utc(value: Any) -> Any:
+    if not isinstance(value, datetime):
+        return value
+    if value.tzinfo is None:
+        # Wavy documents its dates as UTC; a missing offset means UTC, not server-local time.
+        return value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("date is out of range once converted to UTC") from None
+
+
+def _campaign_to_text(value: Any) -> Any:
+    # Documented both as "64" and 1234: one text column keeps both without loss.
+    if isinstance(value, bool):
+        return value  # let validation refuse it rather than store "True"
+    if isinstance(value, int):
+        return str(value)
+    return value
+
+
+Blank = BeforeValidator(_blank_to_none)
+OptText = Annotated[str | None, Blank]
+OptKey = Annotated[Annotated[str, Field(max_length=MAX_KEY_CHARS)] | None, Blank]
+OptCode = Annotated[Annotated[int, Field(ge=0, le=MAX_INT32)] | None, Blank]
+OptId = Annotated[Annotated[int, Field(ge=0, le=2**63 - 1)] | None, Blank]
+OptEpochMs = Annotated[Annotated[int, Field(ge=0, le=MAX_EPOCH_MS)] | None, Blank]
+OptDate = Annotated[Annotated[datetime, AfterValidator(_as_utc)] | None, Blank]
+MessageId = Annotated[str, Field(min_length=1, max_length=MAX_KEY_CHARS)]
+Campaign = Annotated[str | None, BeforeValidator(_campaign_to_text), Blank]
+
+
+def _pick_time(epoch_ms: int | None, iso: datetime | None) -> datetime | None:
+    """Epoch milliseconds win over the ISO string: they are exact, the string may be rounded."""
+    if epoch_ms is not None:
+        return datetime.fromtimestamp(epoch_ms / 1000, tz=UTC)
+    return iso
+
+
+class _WavyModel(BaseModel):
+    # Unknown fields are kept (the raw payload is stored too) and never refused.
+    model_config = ConfigDict(extra="allow", populate_by_name=True, frozen=True)
+
+
+class Callback(_WavyModel):
+    """First status: did the carrier take the message."""
+
+    id: MessageId
+    correlation_id: OptKey = Field(default=None, alias="correlationId")
+    carrier_id: OptId = Field(default=None, alias="carrierId")
+    carrier_name: OptText = Field(default=None, alias="carrierName")
+    destination: OptKey = None
+    sent_status_code: OptCode = Field(default=None, alias="sentStatusCode")
+    sent_status: OptText = Field(default=None, alias="sentStatus")
+    sent_at_ms: OptEpochMs = Field(
+        default=None, validation_alias=AliasChoices("sentAt", "sentStatusAt")
+    )
+    sent_date: OptDate = Field(
+        default=None, validation_alias=AliasChoices("sentDate", "sentStatusDate")
+    )
+    campaign_id: Campaign = Field(default=None, alias="campaignId")
+    extra_info: OptText = Field(default=None, alias="extraInfo")
+
+    @property
+    def sent_time(self) -> datetime | None:
+        return _pick_time(self.sent_at_ms, self.sent_date)
+
+
+class Dlr(Callback):
+    """Second status: did the message reach the phone. Carries the callback's fields too."""
+
+    delivered_status_code: OptCode = Field(default=None, alias="deliveredStatusCode")
+    delivered_status: OptText = Field(default=None, alias="deliveredStatus")
+    delivered_at_ms: OptEpochMs = Field(default=None, alias="deliveredAt")
+    delivered_date: OptDate = Field(default=None, alias="deliveredDate")
+
+    @property
+    def delivered_time(self) -> datetime | None:
+        return _pick_time(self.delivered_at_ms, self.delivered_date)
+
+
+class MtLink(_WavyModel):
+    """The MT a reply answers."""
+
+    id: OptKey = None
+    correlation_id: OptKey = Field(default=None, alias="correlationId")
+    username: OptText = None
+    email: OptText = None
+
+
+class Mo(_WavyModel):
+    """A user's reply."""
+
+    id: MessageId
+    sub_account: OptKey = Field(default=None, alias="subAccount")
+    campaign_alias: OptText = Field(default=None, alias="campaignAlias")
+    carrier_id: OptId = Field(default=None, alias="carrierId")
+    carrier_name: OptText = Field(default=None, alias="carrierName")
+    source: OptKey = None
+    short_code: OptText = Field(default=None, alias="shortCode")
+    message_text: OptText = Field(default=None, alias="messageText")
+    received_at_ms: OptEpochMs = Field(default=None, alias="receivedAt")
+    received_date: OptDate = Field(default=None, alias="receivedDate")
+    mt: Annotated[MtLink | None, Blank] = None
+
+    @property
+    def received_time(self) -> datetime | None:
+        return _pick_time(self.received_at_ms, self.received_date)
+
+
+Payload = Callback | Dlr | Mo
+PAYLOAD_MODELS: dict[str, type[Callback] | type[Mo]] = {"callback": Callback, "dlr": Dlr, "mo": Mo}
+LIST_ADAPTERS: dict[str, TypeAdapter[list[Any]]] = {
+    kind: TypeAdapter(list[model]) for kind, model in PAYLOAD_MODELS.items()  # type: ignore[valid-type]
+}
+
+
+def validate_items(kind: str, items: list[dict[str, Any]]) -> list[Any]:
+    """Validate every item of a body; raises ValidationError whose locations start with the
+    item's index."""
+    return LIST_ADAPTERS[kind].validate_python(items)
+
+
+def describe_validation_errors(
+    error: ValidationError, *, was_array: bool
+) -> list[dict[str, Any]]:
+    """One entry per problem, naming the field and, for arrays, the item's index."""
+    described: list[dict[str, Any]] = []
+    for problem in error.errors(include_url=False, include_context=False, include_input=False):
+        loc = list(problem["loc"])
+        index = loc.pop(0) if loc and isinstance(loc[0], int) else None
+        # Union members and validators add location noise that says nothing to a sender.
+        field = ".".join(str(part) for part in loc if not str(part).startswith("function-"))
+        entry: dict[str, Any] = {"field": field or None, "message": problem["msg"]}
+        if was_array:
+            entry["index"] = index
+        entry["type"] = problem["type"]
+        described.append(entry)
+    return described
+
+
+def has_nul_escape(body: bytes) -> bool:
+    """A raw NUL byte is invalid JSON, so only the escaped form can reach a parsed string."""
+    return b"\\u0000" in body
+
+
+def replace_nul_characters(value: Any) -> Any:
+    """PostgreSQL cannot store U+0000 in text or jsonb. We replace it with U+FFFD (the Unicode
+    replacement character) everywhere, keys included, so the message is stored rather than lost
+    and the spot where the NUL was stays visible."""
+    if isinstance(value, str):
+        return value.replace("\x00", REPLACEMENT_CHARACTER)
+    if isinstance(value, list):
+        return [replace_nul_characters(item) for item in value]
+    if isinstance(value, dict):
+        return {
+            replace_nul_characters(key): replace_nul_characters(item)
+            for key, item in value.items()
+        }
+    return value
+
+
+MT_QUERY_NAMES = {
+    "mt.id": "id",
+    "mt.correlationId": "correlationId",
+    "mt.username": "username",
+    "mt.email": "email",
+    "mtId": "id",
+    "mtCorrelationId": "correlationId",
+    "mtUsername": "username",
+    "mtEmail": "email",
+}
+
+
+def mo_from_query(params: Mapping[str, str], *, ignore: frozenset[str]) -> dict[str, Any]:
+    """The MO's GET form: flat names as in the JSON, the MT link as ``mt.id`` (or ``mtId``)."""
+    mo: dict[str, Any] = {}
+    mt: dict[str, Any] = {}
+    for name, value in params.items():
+        if name in ignore:
+            continue
+        if name in MT_QUERY_NAMES:
+            mt[MT_QUERY_NAMES[name]] = value
+        else:
+            mo[name] = value
+    if mt:
+        mo["mt"] = mt
+    return mo

@@ -1,0 +1,42 @@
+"""Webhook keys: how they are made, stored (hashed) and checked (in constant time)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+
+KEY_PREFIX_CHARS = 6
+
+
+def generate_key() -> str:
+    """192 random bits, URL-safe: pasted into Wavy's portal as part of a URL."""
+    return secrets.token_urlsafe(24)
+
+
+def hash_key(key: str) -> str:
+    # Keys are long random secrets, not passwords: a fast hash is enough and keeps lookups cheap.
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def key_prefix(key: str) -> str:
+    """What `keys list` shows so an operator can tell keys apart without seeing them."""
+    return key[:KEY_PREFIX_CHARS]
+
+
+@dataclass(frozen=True, slots=True)
+class KnownKey:
+    key_hash: str
+    sub_account: str | None
+
+
+def match_key(presented: str, known: list[KnownKey]) -> KnownKey | None:
+    """The key ``presented`` matches, comparing against every known hash without stopping early,
+    so the time taken says nothing about which keys exist or how close a guess came."""
+    presented_hash = hash_key(presented).encode()
+    found: KnownKey | None = None
+    for candidate in known:
+        if hmac.compare_digest(presented_hash, candidate.key_hash.encode()):
+            found = candidate
+    return found

@@ -1,0 +1,116 @@
+"""What one accepted payload becomes in the database: an event-log row, plus the status it
+contributes (callbacks, DLRs) or the reply row (MOs). Plain data, no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from app.payloads import Callback, Dlr, Mo
+from app.rules.status_merge import MessageStatus, status_from_event
+
+
+@dataclass(frozen=True, slots=True)
+class MoRecord:
+    id: str
+    sub_account: str | None
+    campaign_alias: str | None
+    carrier_id: int | None
+    carrier_name: str | None
+    source: str | None
+    short_code: str | None
+    message_text: str | None
+    received_at: datetime
+    mt_id: str | None
+    mt_correlation_id: str | None
+    mt_username: str | None
+    mt_email: str | None
+    stored_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    kind: str
+    message_id: str
+    sub_account: str | None
+    sent_status_code: int | None
+    delivered_status_code: int | None
+    received_at: datetime
+    payload_json: str
+    status: MessageStatus | None = None
+    mo: MoRecord | None = None
+
+    @property
+    def retry_key(self) -> tuple[str, str, int | None, int | None]:
+        """Two events with the same key are the same event sent twice."""
+        return (self.message_id, self.kind, self.sent_status_code, self.delivered_status_code)
+
+
+def mo_record(mo: Mo, *, sub_account: str | None, received_at: datetime) -> MoRecord:
+    mt = mo.mt
+    return MoRecord(
+        id=mo.id,
+        # An MO names its sub-account; the key it came with is only the fallback.
+        sub_account=mo.sub_account or sub_account,
+        campaign_alias=mo.campaign_alias,
+        carrier_id=mo.carrier_id,
+        carrier_name=mo.carrier_name,
+        source=mo.source,
+        short_code=mo.short_code,
+        message_text=mo.message_text,
+        received_at=mo.received_time or received_at,
+        mt_id=mt.id if mt else None,
+        mt_correlation_id=mt.correlation_id if mt else None,
+        mt_username=mt.username if mt else None,
+        mt_email=mt.email if mt else None,
+        stored_at=received_at,
+    )
+
+
+def build_event_records(
+    kind: str,
+    payloads: list[Any],
+    raw_items: list[Any],
+    *,
+    sub_account: str | None,
+    received_at: datetime,
+) -> list[EventRecord]:
+    """Pair each validated payload with its raw JSON (unknown fields included)."""
+    records: list[EventRecord] = []
+    for payload, raw in zip(payloads, raw_items, strict=True):
+        payload_json = orjson.dumps(raw).decode()
+        if isinstance(payload, Mo):
+            mo = mo_record(payload, sub_account=sub_account, received_at=received_at)
+            records.append(
+                EventRecord(
+                    kind=kind,
+                    message_id=payload.id,
+                    sub_account=mo.sub_account,
+                    sent_status_code=None,
+                    delivered_status_code=None,
+                    received_at=received_at,
+                    payload_json=payload_json,
+                    mo=mo,
+                )
+            )
+            continue
+        assert isinstance(payload, Callback)
+        status = status_from_event(payload, sub_account=sub_account, received_at=received_at)
+        records.append(
+            EventRecord(
+                kind=kind,
+                message_id=payload.id,
+                sub_account=sub_account,
+                sent_status_code=payload.sent_status_code,
+                delivered_status_code=(
+                    payload.delivered_status_code if isinstance(payload, Dlr) else None
+                ),
+                received_at=received_at,
+                payload_json=payload_json,
+                status=status,
+            )
+        )
+    return records

@@ -1,0 +1,96 @@
+"""What makes a webhook body acceptable, and why one is refused (no HTTP, no I/O here).
+
+A body is one JSON object or an array of at most ``max_items`` objects; an array is
+all-or-nothing. Each refusal carries the HTTP status, a stable reason code (also stored with the
+dead letter) and a message that tells the sender what to fix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+
+from app.payloads import (
+    describe_validation_errors,
+    has_nul_escape,
+    replace_nul_characters,
+    validate_items,
+)
+
+
+class BodyRejected(Exception):
+    def __init__(
+        self,
+        status_code: int,
+        reason: str,
+        message: str,
+        details: list[dict[str, Any]] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.reason = reason
+        self.message = message
+        self.details = details
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedBody:
+    payloads: list[Any]
+    raw_items: list[Any]
+
+
+def too_large(max_bytes: int) -> BodyRejected:
+    return BodyRejected(413, "body_too_large", f"body is larger than {max_bytes} bytes")
+
+
+def parse_json_body(body: bytes) -> Any:
+    if not body.strip():
+        raise BodyRejected(400, "empty_body", "the body is empty; send a JSON object or array")
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        # orjson also refuses nesting deeper than 1024 and invalid UTF-8 here, cheaply.
+        raise BodyRejected(400, "malformed_json", f"body is not valid JSON: {error}") from None
+    if has_nul_escape(body):
+        document = replace_nul_characters(document)
+    return document
+
+
+def validate_document(kind: str, document: Any, *, max_items: int) -> ParsedBody:
+    """Validate an already-decoded JSON document (POST body or the MO's query string)."""
+    was_array = isinstance(document, list)
+    if was_array:
+        items: list[Any] = document
+        if len(items) > max_items:
+            raise BodyRejected(
+                413,
+                "too_many_items",
+                f"an array may hold at most {max_items} items, this one has {len(items)}",
+            )
+    elif isinstance(document, dict):
+        items = [document]
+    else:
+        raise BodyRejected(
+            422,
+            "validation_failed",
+            "the body must be a JSON object or an array of objects",
+            [{"field": None, "message": "expected an object or an array", "type": "body_type"}],
+        )
+    try:
+        payloads = validate_items(kind, items)
+    except ValidationError as error:
+        details = describe_validation_errors(error, was_array=was_array)
+        failed = len({d.get("index") for d in details}) if was_array else 1
+        noun = "item(s)" if was_array else "body"
+        raise BodyRejected(
+            422, "validation_failed", f"{failed} {noun} failed validation; nothing was stored",
+            details,
+        ) from None
+    return ParsedBody(payloads=payloads, raw_items=items)
+
+
+def parse_webhook_body(kind: str, body: bytes, *, max_items: int) -> ParsedBody:
+    return validate_document(kind, parse_json_body(body), max_items=max_items)

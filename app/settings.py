@@ -1,0 +1,61 @@
+"""Every configurable value of the service, read from the environment (prefix ``WAVY_``)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """The one place settings live. Env names are ``WAVY_<FIELD>``; ``DATABASE_URL`` also works
+    unprefixed because that is what every platform and compose file already exports."""
+
+    model_config = SettingsConfigDict(env_prefix="WAVY_", extra="ignore")
+
+    database_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("DATABASE_URL", "WAVY_DATABASE_URL"),
+        description="postgresql://, postgres:// or postgresql+asyncpg:// URL; unset = embedded",
+    )
+    data_dir: Path = Field(
+        default=Path(".wavy-webhooks"),
+        description="Where the embedded PostgreSQL keeps its data when DATABASE_URL is unset",
+    )
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    public_url: str | None = Field(
+        default=None,
+        description="Base URL Wavy reaches us at, used when printing webhook URLs",
+    )
+    open_ingest: bool = Field(
+        default=False, description="Accept webhooks without a key (logged as a warning)"
+    )
+
+    max_body_bytes: int = 1024 * 1024
+    max_items: int = 1000
+
+    # The batching writer: commit what concurrent requests hand in together.
+    batch_max_items: int = 5000
+    batch_max_delay_ms: float = 2.0
+    writer_queue_items: int = 50_000
+    writer_timeout_s: float = 10.0
+
+    db_pool_size: int = 10
+    db_max_overflow: int = 5
+    db_connect_timeout_s: float = 5.0
+
+    key_cache_seconds: float = 5.0
+    log_level: str = "info"
+
+    def webhook_base_url(self) -> str:
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """Settings for the running process (FastAPI dependency; overridable in tests)."""
+    return Settings()

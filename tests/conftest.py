@@ -1,0 +1,152 @@
+"""Test harness: one clean PostgreSQL database per session (TEST_DATABASE_URL's server, else an
+embedded one), the real app served by uvicorn on a real socket, and httpx talking to it.
+Every test starts with empty tables."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import socket
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI
+from sqlalchemy import make_url, text
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from app.db import queries
+from app.db.engine import normalize_database_url, start_embedded_postgres
+from app.db.migrate import upgrade_to_head
+from app.main import create_app
+from app.settings import Settings, get_settings
+
+TABLES = ("events", "messages", "mos", "rejected_bodies", "webhook_keys")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="session")
+def server_url() -> Iterator[str]:
+    """The PostgreSQL server the run uses: TEST_DATABASE_URL, else an embedded one."""
+    configured = os.environ.get("TEST_DATABASE_URL")
+    if configured:
+        yield configured
+        return
+    with tempfile.TemporaryDirectory(prefix="wavy-test-pg-") as data_dir:
+        yield start_embedded_postgres(Path(data_dir))
+
+
+async def _admin(url: str, statement: str) -> None:
+    engine = create_async_engine(normalize_database_url(url), isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text(statement))
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def database_url(server_url: str) -> Iterator[str]:
+    """A brand-new database for this run, migrated to head, dropped afterwards."""
+    name = f"wavy_test_{secrets.token_hex(4)}"
+    asyncio.run(_admin(server_url, f'CREATE DATABASE "{name}"'))
+    url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    upgrade_to_head(url)
+    yield url
+    asyncio.run(_admin(server_url, f'DROP DATABASE "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str) -> Settings:
+    return Settings(
+        database_url=database_url,
+        port=free_port(),
+        public_url=None,
+        writer_timeout_s=10,
+        key_cache_seconds=60,
+    )
+
+
+@pytest.fixture(scope="session")
+async def app(settings: Settings) -> AsyncIterator[FastAPI]:
+    application = create_app()
+    application.dependency_overrides[get_settings] = lambda: settings
+    config = uvicorn.Config(
+        application, host="127.0.0.1", port=settings.port, log_level="warning", lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()  # surfaces the start-up error
+        await asyncio.sleep(0.02)
+    yield application
+    server.should_exit = True
+    await task
+
+
+@pytest.fixture(scope="session")
+def base_url(app: FastAPI, settings: Settings) -> str:
+    return f"http://127.0.0.1:{settings.port}"
+
+
+@pytest.fixture
+def engine(app: FastAPI) -> AsyncEngine:
+    db: AsyncEngine = app.state.engine
+    return db
+
+
+@pytest.fixture(autouse=True)
+async def clean_tables(app: FastAPI) -> None:
+    async with app.state.engine.begin() as conn:
+        await conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY"))
+
+
+@pytest.fixture
+async def client(base_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=base_url, timeout=30) as http:
+        yield http
+
+
+async def add_key(app: FastAPI, sub_account: str | None) -> str:
+    async with app.state.engine.begin() as conn:
+        _, key = await queries.add_webhook_key(conn, sub_account=sub_account)
+    await app.state.key_registry.refresh()
+    return key
+
+
+@pytest.fixture
+async def webhook_key(app: FastAPI) -> str:
+    """A key of sub-account ``acme``."""
+    return await add_key(app, "acme")
+
+
+@pytest.fixture
+async def hook(client: httpx.AsyncClient, webhook_key: str) -> Any:
+    """``await hook("dlr", body)`` posts to a webhook with a valid key."""
+
+    async def post(kind: str, body: Any = None, *, content: bytes | None = None) -> httpx.Response:
+        if content is not None:
+            return await client.post(
+                f"/v1/webhooks/{kind}", params={"key": webhook_key}, content=content
+            )
+        return await client.post(f"/v1/webhooks/{kind}", params={"key": webhook_key}, json=body)
+
+    return post
+
+
+async def fetch_all(engine: AsyncEngine, sql: str, **params: Any) -> list[dict[str, Any]]:
+    async with engine.connect() as conn:
+        result = await conn.execute(text(sql), params)
+        return [dict(row._mapping) for row in result]
