@@ -1,0 +1,284 @@
+"""Callbacks and DLRs of one message converge to one row whatever their order or repetition."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+from fastapi import FastAPI
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.payloads import validate_items
+from app.rules.status_merge import merge_status_events, status_from_event
+from tests.conftest import add_key, fetch_all
+
+SENT_2 = {"sentStatusCode": 2, "sentStatus": "SENT_SUCCESS", "sentAt": 1_000_000}
+DATA_COLUMNS = (
+    "sub_account", "correlation_id", "destination", "carrier_id", "carrier_name", "campaign_id",
+    "extra_info", "sent_source", "sent_status_code", "sent_status", "sent_at",
+    "delivered_status_code", "delivered_status", "delivered_at",
+)
+
+
+def callback(message_id: str = "m1", **fields: Any) -> dict[str, Any]:
+    return {"id": message_id, **SENT_2, **fields}
+
+
+def dlr(code: int, at_ms: int, message_id: str = "m1", **fields: Any) -> dict[str, Any]:
+    names = {4: "DELIVERED_SUCCESS", 104: "NOT_DELIVERED"}
+    return {
+        "id": message_id, **SENT_2, "deliveredStatusCode": code,
+        "deliveredStatus": names.get(code), "deliveredAt": at_ms, **fields,
+    }
+
+
+async def stored(engine: AsyncEngine, message_id: str = "m1") -> dict[str, Any]:
+    [row] = await fetch_all(engine, "SELECT * FROM messages WHERE id = :id", id=message_id)
+    return row
+
+
+def ms(value: int) -> datetime:
+    return datetime.fromtimestamp(value / 1000, tz=UTC)
+
+
+async def test_dlr_before_callback_keeps_delivery(hook: Any, engine: AsyncEngine) -> None:
+    await hook("dlr", dlr(4, 2_000_000))
+    await hook("callback", callback(carrierName="VIVO"))
+
+    row = await stored(engine)
+    assert (row["delivered_status_code"], row["delivered_status"]) == (4, "DELIVERED_SUCCESS")
+    assert row["carrier_name"] == "VIVO"
+    assert row["sent_source"] == 2  # the callback's own sent stage now
+
+
+async def test_callback_retried_after_dlr_changes_nothing(hook: Any, engine: AsyncEngine) -> None:
+    await hook("callback", callback())
+    await hook("dlr", dlr(4, 2_000_000))
+    before = await stored(engine)
+
+    retry = await hook("callback", callback())
+
+    assert retry.json() == {"received": 1, "duplicates": 1}
+    assert await stored(engine) == before  # not even updated_at or the change sequence moved
+
+
+async def test_later_delivered_success_replaces_not_delivered(
+    hook: Any, engine: AsyncEngine
+) -> None:
+    await hook("dlr", dlr(104, 2_000_000))
+    await hook("dlr", dlr(4, 3_000_000))
+
+    row = await stored(engine)
+    assert (row["delivered_status_code"], row["delivered_at"]) == (4, ms(3_000_000))
+    events = await fetch_all(engine, "SELECT kind FROM events WHERE message_id = 'm1'")
+    assert len(events) == 2  # both DLRs stay in the history
+
+
+async def test_late_arriving_older_not_delivered_does_not_undo_success(
+    hook: Any, engine: AsyncEngine
+) -> None:
+    await hook("dlr", dlr(4, 3_000_000))
+    await hook("dlr", dlr(104, 2_000_000))
+
+    assert (await stored(engine))["delivered_status_code"] == 4
+
+
+async def test_delivered_tie_on_time_is_broken_towards_success(
+    hook: Any, engine: AsyncEngine
+) -> None:
+    await hook("dlr", dlr(4, 2_000_000))
+    await hook("dlr", dlr(104, 2_000_000))
+
+    assert (await stored(engine))["delivered_status_code"] == 4
+
+
+async def test_dlr_fills_the_sent_stage_when_no_callback_came(
+    hook: Any, engine: AsyncEngine
+) -> None:
+    await hook("dlr", dlr(4, 2_000_000))
+
+    row = await stored(engine)
+    assert (row["sent_status_code"], row["sent_status"], row["sent_at"]) == (
+        2, "SENT_SUCCESS", ms(1_000_000),
+    )
+    assert row["sent_source"] == 1
+
+
+async def test_null_never_erases_a_known_field(hook: Any, engine: AsyncEngine) -> None:
+    await hook("callback", callback(correlationId="order-1", destination="5511900009999"))
+    await hook("dlr", dlr(4, 2_000_000, correlationId=None, destination=""))
+
+    row = await stored(engine)
+    assert (row["correlation_id"], row["destination"]) == ("order-1", "5511900009999")
+
+
+async def test_first_seen_and_last_update_times_are_kept(hook: Any, engine: AsyncEngine) -> None:
+    await hook("callback", callback())
+    first = await stored(engine)
+    await asyncio.sleep(0.01)
+    await hook("dlr", dlr(4, 2_000_000))
+
+    row = await stored(engine)
+    assert row["first_seen_at"] == first["first_seen_at"]
+    assert row["updated_at"] > first["updated_at"]
+    assert row["change_seq"] > first["change_seq"]
+
+
+async def test_exact_retries_in_one_array_are_one_event(hook: Any, engine: AsyncEngine) -> None:
+    response = await hook("dlr", [dlr(4, 2_000_000)] * 3)
+
+    assert response.json() == {"received": 3, "duplicates": 2}
+    assert len(await fetch_all(engine, "SELECT id FROM events")) == 1
+
+
+# --- property: any order, repetition and batching of the same events gives the same row -------
+
+event_fields = st.fixed_dictionaries(
+    {},
+    optional={
+        "correlationId": st.sampled_from([None, "", "a", "b", "B", "é"]),
+        "carrierId": st.sampled_from([None, 1, 2]),
+        "carrierName": st.sampled_from([None, "VIVO", "TIM", "vivo"]),
+        "destination": st.sampled_from(["5511900000001", "5511900000002"]),
+        "campaignId": st.sampled_from([None, "64", 64, "x"]),
+        "extraInfo": st.sampled_from(["", "z", "Z"]),
+        "sentStatusCode": st.sampled_from([None, 2, 101]),
+        "sentStatus": st.sampled_from([None, "SENT_SUCCESS", "EXPIRED"]),
+        "sentAt": st.sampled_from([None, 1_000, 2_000]),
+        "sentDate": st.sampled_from(["1970-01-01T00:00:01Z", "1970-01-01T00:00:03+0000"]),
+    },
+)
+delivered_fields = st.fixed_dictionaries(
+    {},
+    optional={
+        # Few values on purpose: ties (same time, other code) are where merges go wrong.
+        "deliveredStatusCode": st.sampled_from([4, 104, 777]),
+        "deliveredStatus": st.sampled_from([None, "NOT_DELIVERED"]),
+        "deliveredAt": st.sampled_from([5_000, 6_000]),
+    },
+)
+an_event = st.one_of(
+    st.tuples(st.just("callback"), event_fields, st.sampled_from(["acme", "Beta"])),
+    st.tuples(
+        st.just("dlr"),
+        st.builds(lambda a, b: {**a, **b}, event_fields, delivered_fields),
+        st.sampled_from(["acme", "Beta"]),
+    ),
+)
+
+
+def retry_key(event: tuple[str, dict[str, Any], str]) -> tuple[Any, ...]:
+    kind, fields, _ = event
+    return (kind, fields.get("sentStatusCode"), fields.get("deliveredStatusCode"))
+
+
+def expected_row(events: list[tuple[str, dict[str, Any], str]]) -> dict[str, Any]:
+    """The Python rules' answer, the reference the SQL path must match."""
+    now = datetime.now(UTC)
+    statuses = [
+        status_from_event(
+            validate_items(kind, [{"id": "m", **fields}])[0], sub_account=sub, received_at=now
+        )
+        for kind, fields, sub in events
+    ]
+    [merged] = merge_status_events(statuses)
+    return {column: getattr(merged, column) for column in DATA_COLUMNS}
+
+
+async def post_in_random_batches(
+    client: httpx.AsyncClient,
+    keys: dict[str, str],
+    message_id: str,
+    events: list[tuple[str, dict[str, Any], str]],
+    rng: random.Random,
+) -> None:
+    """Send events as single objects and arrays, some concurrently, so merges happen both in one
+    batch (Python) and across batches (SQL)."""
+    requests = []
+    i = 0
+    while i < len(events):
+        size = rng.randint(1, 3)
+        chunk = events[i : i + size]
+        i += size
+        for kind, sub in {(kind, sub) for kind, _, sub in chunk}:
+            bodies = [
+                {"id": message_id, **fields} for k, fields, s in chunk if (k, s) == (kind, sub)
+            ]
+            body = bodies if len(bodies) > 1 or rng.random() < 0.5 else bodies[0]
+            requests.append((kind, keys[sub], body))
+    for start in range(0, len(requests), 3):
+        responses = await asyncio.gather(
+            *(
+                client.post(f"/v1/webhooks/{kind}", params={"key": key}, json=body)
+                for kind, key, body in requests[start : start + 3]
+            )
+        )
+        assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    events=st.lists(an_event, min_size=1, max_size=8),
+    seed=st.integers(min_value=0, max_value=2**32),
+)
+async def test_any_order_repetition_and_batching_give_the_same_row(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    engine: AsyncEngine,
+    events: list[tuple[str, dict[str, Any], str]],
+    seed: int,
+) -> None:
+    rng = random.Random(seed)
+    keys = {sub: await add_key(app, sub) for sub in ("acme", "Beta")}
+    # Same kind and codes is, by definition, a retry of the same event: keep one per retry key.
+    events = list({retry_key(event): event for event in reversed(events)}.values())
+    shuffled = events + rng.sample(events, k=rng.randint(0, len(events)))  # repetitions
+    rng.shuffle(shuffled)
+    # Hypothesis examples share the test's (uncleaned) tables: fresh ids keep them apart.
+    ids = (f"prop-{uuid.uuid4()}", f"prop-{uuid.uuid4()}")
+
+    await post_in_random_batches(client, keys, ids[0], events, rng)
+    await post_in_random_batches(client, keys, ids[1], shuffled, rng)
+
+    rows = [await stored(engine, message_id) for message_id in ids]
+    in_order, shuffled_row = ({c: row[c] for c in DATA_COLUMNS} for row in rows)
+    assert in_order == shuffled_row
+    assert in_order == expected_row(events)
+
+
+@settings(
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(first=an_event, second=an_event)
+async def test_sql_merge_of_two_separate_events_matches_the_rules(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    engine: AsyncEngine,
+    first: tuple[str, dict[str, Any], str],
+    second: tuple[str, dict[str, Any], str],
+) -> None:
+    if retry_key(first) == retry_key(second):
+        second = first  # a retry is the same event
+    keys = {sub: await add_key(app, sub) for sub in ("acme", "Beta")}
+    message_id = f"pair-{uuid.uuid4()}"
+
+    for kind, fields, sub in (first, second):
+        response = await client.post(
+            f"/v1/webhooks/{kind}", params={"key": keys[sub]}, json={"id": message_id, **fields}
+        )
+        assert response.status_code == 200
+
+    row = await stored(engine, message_id)
+    assert {c: row[c] for c in DATA_COLUMNS} == expected_row([first, second])
