@@ -68,9 +68,7 @@ def print_webhook_urls(settings: Settings, key: str, sub_account: str | None) ->
 def serve(
     host: Annotated[str | None, typer.Option(help="Interface to bind [env WAVY_HOST]")] = None,
     port: Annotated[int | None, typer.Option(help="Port [env WAVY_PORT]")] = None,
-    workers: Annotated[
-        int | None, typer.Option(help="Worker processes [env WAVY_WORKERS]")
-    ] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes [env WAVY_WORKERS]")] = None,
     no_migrate: Annotated[
         bool, typer.Option("--no-migrate", help="Do not apply migrations at start-up")
     ] = False,
@@ -95,6 +93,7 @@ def serve(
         upgrade_to_head(database_url)
 
     if not settings.open_ingest:
+
         async def ensure_a_key(conn: AsyncConnection) -> str | None:
             if await queries.count_active_webhook_keys(conn):
                 return None
@@ -115,7 +114,7 @@ def serve(
         loop="uvloop",
         http="httptools",
         log_level=settings.log_level,
-        timeout_graceful_shutdown=settings.writer_timeout_s,
+        timeout_graceful_shutdown=int(settings.writer_timeout_s),
     )
 
 
@@ -166,7 +165,9 @@ def keys_list() -> None:
 
 
 @keys_cli.command("revoke")
-def keys_revoke(key_id: Annotated[int, typer.Argument(help="The key's id (see keys list)")]) -> None:
+def keys_revoke(
+    key_id: Annotated[int, typer.Argument(help="The key's id (see keys list)")],
+) -> None:
     """Revoke a webhook key (requests with it get 401 within seconds)."""
     settings = Settings()
 
@@ -203,7 +204,9 @@ def rejected_list(
 
 
 @rejected_cli.command("show")
-def rejected_show(rejected_id: Annotated[int, typer.Argument(help="Id from `rejected list`")]) -> None:
+def rejected_show(
+    rejected_id: Annotated[int, typer.Argument(help="Id from `rejected list`")],
+) -> None:
     """Write one refused body, byte for byte, to standard output."""
     settings = Settings()
 
@@ -219,3 +222,7 @@ def rejected_show(rejected_id: Annotated[int, typer.Argument(help="Id from `reje
 
 def main() -> None:
     cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -144,10 +144,10 @@ class Mo(_WavyModel):
         return _pick_time(self.received_at_ms, self.received_date)
 
 
-Payload = Callback | Dlr | Mo
-PAYLOAD_MODELS: dict[str, type[Callback] | type[Mo]] = {"callback": Callback, "dlr": Dlr, "mo": Mo}
 LIST_ADAPTERS: dict[str, TypeAdapter[list[Any]]] = {
-    kind: TypeAdapter(list[model]) for kind, model in PAYLOAD_MODELS.items()  # type: ignore[valid-type]
+    "callback": TypeAdapter(list[Callback]),
+    "dlr": TypeAdapter(list[Dlr]),
+    "mo": TypeAdapter(list[Mo]),
 }
 
 
@@ -157,9 +157,7 @@ def validate_items(kind: str, items: list[dict[str, Any]]) -> list[Any]:
     return LIST_ADAPTERS[kind].validate_python(items)
 
 
-def describe_validation_errors(
-    error: ValidationError, *, was_array: bool
-) -> list[dict[str, Any]]:
+def describe_validation_errors(error: ValidationError, *, was_array: bool) -> list[dict[str, Any]]:
     """One entry per problem, naming the field and, for arrays, the item's index."""
     described: list[dict[str, Any]] = []
     for problem in error.errors(include_url=False, include_context=False, include_input=False):
@@ -190,8 +188,7 @@ def replace_nul_characters(value: Any) -> Any:
         return [replace_nul_characters(item) for item in value]
     if isinstance(value, dict):
         return {
-            replace_nul_characters(key): replace_nul_characters(item)
-            for key, item in value.items()
+            replace_nul_characters(key): replace_nul_characters(item) for key, item in value.items()
         }
     return value
 

@@ -171,7 +171,12 @@ async def test_iso_date_variants_are_read_as_the_same_instant(
 async def test_epoch_milliseconds_win_over_the_iso_string(hook: Any, engine: AsyncEngine) -> None:
     await hook(
         "callback",
-        {"id": "m1", "sentStatusCode": 2, "sentAt": 1266660300123, "sentDate": "2001-01-01T00:00:00Z"},
+        {
+            "id": "m1",
+            "sentStatusCode": 2,
+            "sentAt": 1266660300123,
+            "sentDate": "2001-01-01T00:00:00Z",
+        },
     )
 
     assert (await message(engine, "m1"))["sent_at"] == utc(1266660300123)
@@ -181,8 +186,17 @@ async def test_epoch_milliseconds_win_over_the_iso_string(hook: Any, engine: Asy
 async def test_optional_fields_missing_null_or_empty_all_mean_absent(
     hook: Any, engine: AsyncEngine, absent: Any
 ) -> None:
-    optional = ["correlationId", "carrierId", "carrierName", "destination", "sentDate",
-                "campaignId", "extraInfo", "sentAt", "sentStatus"]
+    optional = [
+        "correlationId",
+        "carrierId",
+        "carrierName",
+        "destination",
+        "sentDate",
+        "campaignId",
+        "extraInfo",
+        "sentAt",
+        "sentStatus",
+    ]
     body: dict[str, Any] = {"id": "m1", "sentStatusCode": 2}
     if absent != "missing":
         body.update(dict.fromkeys(optional, absent))
@@ -201,8 +215,13 @@ async def test_optional_fields_missing_null_or_empty_all_mean_absent(
 async def test_unknown_status_codes_are_kept_as_they_come(hook: Any, engine: AsyncEngine) -> None:
     response = await hook(
         "dlr",
-        {"id": "m1", "sentStatusCode": 2, "deliveredStatusCode": 777,
-         "deliveredStatus": "SOMETHING_NEW", "deliveredAt": 1420732954000},
+        {
+            "id": "m1",
+            "sentStatusCode": 2,
+            "deliveredStatusCode": 777,
+            "deliveredStatus": "SOMETHING_NEW",
+            "deliveredAt": 1420732954000,
+        },
     )
 
     assert response.status_code == 200

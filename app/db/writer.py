@@ -150,8 +150,9 @@ def _build_upsert_messages() -> str:
     # Rewrite the row (and move it up the change feed) only when the merge changes something.
     merged_row = ", ".join(merged.values())
     current_row = ", ".join(f"m.{c}" for c in merged)
+    # Only our own constant column names go into this text; values are bound parameters.
     return (
-        f"INSERT INTO messages AS m ({', '.join(columns)}) "
+        f"INSERT INTO messages AS m ({', '.join(columns)}) "  # noqa: S608
         f"SELECT * FROM unnest({arrays}) "
         "ON CONFLICT (id) DO UPDATE SET " + ", ".join(assignments) + " "
         f"WHERE ROW({merged_row}) IS DISTINCT FROM ROW({current_row})"
@@ -200,9 +201,20 @@ async def write_records(conn: AsyncConnection, records: list[EventRecord]) -> se
             _columns(
                 mos,
                 (
-                    "id", "sub_account", "campaign_alias", "carrier_id", "carrier_name",
-                    "source", "short_code", "message_text", "received_at", "mt_id",
-                    "mt_correlation_id", "mt_username", "mt_email", "stored_at",
+                    "id",
+                    "sub_account",
+                    "campaign_alias",
+                    "carrier_id",
+                    "carrier_name",
+                    "source",
+                    "short_code",
+                    "message_text",
+                    "received_at",
+                    "mt_id",
+                    "mt_correlation_id",
+                    "mt_username",
+                    "mt_email",
+                    "stored_at",
                 ),
             ),
         )
@@ -215,7 +227,7 @@ def _is_transient(error: BaseException) -> bool:
 
 
 def _is_connection_problem(error: BaseException) -> bool:
-    return isinstance(error, DBAPIError) and error.connection_invalidated or isinstance(
+    return (isinstance(error, DBAPIError) and error.connection_invalidated) or isinstance(
         error, OSError | TimeoutError
     )
 

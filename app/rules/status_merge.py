@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import reduce
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from app.payloads import Callback, Dlr
 from app.rules.status_codes import DELIVERED_STATUS_NAMES, SENT_STATUS_NAMES, status_name
@@ -144,7 +144,7 @@ def merge_statuses(a: MessageStatus, b: MessageStatus) -> MessageStatus:
         raise ValueError(f"cannot merge statuses of different messages: {a.id} / {b.id}")
     sent = a if sent_stage_key(a) >= sent_stage_key(b) else b
     delivered = a if delivered_stage_key(a) >= delivered_stage_key(b) else b
-    descriptive = {
+    descriptive: dict[str, Any] = {
         name: _greatest(getattr(a, name), getattr(b, name)) for name in DESCRIPTIVE_FIELDS
     }
     return replace(

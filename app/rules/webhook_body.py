@@ -86,7 +86,9 @@ def validate_document(kind: str, document: Any, *, max_items: int) -> ParsedBody
         failed = len({d.get("index") for d in details}) if was_array else 1
         noun = "item(s)" if was_array else "body"
         raise BodyRejected(
-            422, "validation_failed", f"{failed} {noun} failed validation; nothing was stored",
+            422,
+            "validation_failed",
+            f"{failed} {noun} failed validation; nothing was stored",
             details,
         ) from None
     return ParsedBody(payloads=payloads, raw_items=items)

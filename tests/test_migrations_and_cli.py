@@ -1,0 +1,184 @@
+"""The schema only through Alembic, and the ``wavy-webhooks`` command as an operator runs it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import make_url, text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from app.db.engine import normalize_database_url
+from app.db.migrate import downgrade_to_base, upgrade_to_head
+from tests.conftest import _admin, free_port
+
+CLI = [sys.executable, "-m", "app.cli"]
+
+
+async def table_names(url: str) -> set[str]:
+    engine = create_async_engine(normalize_database_url(url))
+    try:
+        async with engine.connect() as conn:
+            rows = await conn.execute(
+                text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+            )
+            return {row[0] for row in rows}
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture
+def empty_database(server_url: str) -> Iterator[str]:
+    name = f"wavy_migr_{secrets.token_hex(4)}"
+    asyncio.run(_admin(server_url, f'CREATE DATABASE "{name}"'))
+    yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    asyncio.run(_admin(server_url, f'DROP DATABASE "{name}" WITH (FORCE)'))
+
+
+def test_migrations_upgrade_downgrade_and_upgrade_again(empty_database: str) -> None:
+    expected = {"events", "messages", "mos", "rejected_bodies", "webhook_keys", "alembic_version"}
+
+    upgrade_to_head(empty_database)
+    assert asyncio.run(table_names(empty_database)) == expected
+    downgrade_to_base(empty_database)
+    assert asyncio.run(table_names(empty_database)) == {"alembic_version"}
+    upgrade_to_head(empty_database)
+    assert asyncio.run(table_names(empty_database)) == expected
+
+
+def run_cli(*args: str, database_url: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DATABASE_URL": database_url}
+    return subprocess.run(
+        [*CLI, *args], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def test_cli_keys_add_list_revoke(empty_database: str) -> None:
+    assert run_cli("migrate", database_url=empty_database).returncode == 0
+
+    added = run_cli(
+        "keys", "add", "--sub-account", "acme", "--key", "k" * 24, database_url=empty_database
+    )
+    listed = run_cli("keys", "list", database_url=empty_database)
+    revoked = run_cli("keys", "revoke", "1", database_url=empty_database)
+    again = run_cli("keys", "revoke", "1", database_url=empty_database)
+
+    assert added.returncode == 0, added.stderr
+    assert f"/v1/webhooks/dlr?key={'k' * 24}" in added.stdout
+    assert "/v1/webhooks/callback?key=" in added.stdout
+    assert "/v1/webhooks/mo?key=" in added.stdout
+    assert "acme" in listed.stdout
+    assert "kkkkkk…" in listed.stdout
+    assert "k" * 24 not in listed.stdout
+    assert revoked.returncode == 0
+    assert again.returncode == 1
+
+
+def test_cli_refuses_a_short_key(empty_database: str) -> None:
+    result = run_cli("keys", "add", "--key", "short", database_url=empty_database)
+
+    assert result.returncode == 2
+
+
+async def test_cli_rejected_list_and_show(hook: object, database_url: str) -> None:
+    await hook("dlr", content=b'{"broken": ')  # type: ignore[operator]
+
+    listed = await asyncio.to_thread(run_cli, "rejected", "list", database_url=database_url)
+    shown = await asyncio.to_thread(run_cli, "rejected", "show", "1", database_url=database_url)
+
+    assert "malformed_json" in listed.stdout
+    assert "/dlr" in listed.stdout
+    assert shown.stdout == '{"broken": '
+
+
+def test_every_command_has_help() -> None:
+    for command in (
+        [],
+        ["serve"],
+        ["migrate"],
+        ["keys"],
+        ["keys", "add"],
+        ["keys", "list"],
+        ["keys", "revoke"],
+        ["rejected"],
+        ["rejected", "list"],
+        ["rejected", "show"],
+    ):
+        result = subprocess.run(
+            [*CLI, *command, "--help"], capture_output=True, text=True, timeout=60, check=False
+        )
+        assert result.returncode == 0, (command, result.stderr)
+        assert "Usage" in result.stdout
+
+
+class Service:
+    """``wavy-webhooks serve`` in a subprocess, as a user would start it."""
+
+    def __init__(self, env: dict[str, str], port: int, log_dir: Path) -> None:
+        self.port = port
+        self.log = log_dir / f"serve-{time.monotonic_ns()}.log"
+        self.out = self.log.open("w")
+        self.process = subprocess.Popen(
+            [*CLI, "serve", "--port", str(port)],
+            env=env,
+            stdout=self.out,
+            stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self) -> str:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"serve exited: {self.log.read_text()}")
+            try:
+                httpx.get(f"http://127.0.0.1:{self.port}/openapi.json", timeout=1)
+                return self.log.read_text()
+            except httpx.TransportError:
+                time.sleep(0.2)
+        raise AssertionError(f"serve did not start: {self.log.read_text()}")
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGINT)
+        self.process.wait(timeout=60)
+        self.out.close()
+
+
+@pytest.mark.slow
+def test_serve_without_database_url_uses_embedded_postgres_and_keeps_data(
+    tmp_path: Path,
+) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "WAVY_DATABASE_URL")}
+    env["WAVY_DATA_DIR"] = str(tmp_path / "data")
+    port = free_port()
+    dlr = {"id": "embedded-1", "sentStatusCode": 2, "deliveredStatusCode": 4}
+
+    first = Service(env, port, tmp_path)
+    try:
+        output = first.wait_ready()
+        match = re.search(r"/v1/webhooks/dlr\?key=(\S+)", output)
+        assert match, output
+        key = match.group(1)
+        stored = httpx.post(f"http://127.0.0.1:{port}/v1/webhooks/dlr?key={key}", json=dlr)
+        assert stored.json() == {"received": 1, "duplicates": 0}
+    finally:
+        first.stop()
+
+    second = Service(env, port, tmp_path)
+    try:
+        output = second.wait_ready()
+        assert "key=" not in output  # the key survived: no new one was made
+        again = httpx.post(f"http://127.0.0.1:{port}/v1/webhooks/dlr?key={key}", json=dlr)
+        assert again.json() == {"received": 1, "duplicates": 1}  # the first DLR is still there
+    finally:
+        second.stop()
+    assert (tmp_path / "data" / "pgdata" / "PG_VERSION").exists()

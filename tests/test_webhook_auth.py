@@ -1,0 +1,111 @@
+"""Webhook keys: three ways to present one, 401 without a valid one, the key's sub-account."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.db import queries
+from app.settings import Settings, get_settings
+from tests.conftest import add_key, fetch_all
+
+DLR = {"id": "m1", "sentStatusCode": 2, "deliveredStatusCode": 4}
+
+
+async def test_key_in_query_string_is_accepted(client: httpx.AsyncClient, webhook_key: str) -> None:
+    response = await client.post("/v1/webhooks/dlr", params={"key": webhook_key}, json=DLR)
+
+    assert response.status_code == 200
+
+
+async def test_key_in_header_is_accepted(client: httpx.AsyncClient, webhook_key: str) -> None:
+    response = await client.post(
+        "/v1/webhooks/dlr", headers={"x-webhook-key": webhook_key}, json=DLR
+    )
+
+    assert response.status_code == 200
+
+
+async def test_key_as_basic_auth_password_is_accepted(
+    client: httpx.AsyncClient, webhook_key: str
+) -> None:
+    response = await client.post("/v1/webhooks/dlr", auth=("wavy", webhook_key), json=DLR)
+
+    assert response.status_code == 200
+
+
+@pytest.mark.parametrize(
+    "credentials",
+    [
+        {},
+        {"params": {"key": "wrong-key-wrong-key"}},
+        {"headers": {"X-Webhook-Key": ""}},
+        {"headers": {"Authorization": "Basic !!!not-base64"}},
+        {"headers": {"Authorization": "Bearer something"}},
+        {"auth": ("wavy", "wrong")},
+    ],
+)
+async def test_missing_or_wrong_key_gets_401_and_nothing_is_kept(
+    client: httpx.AsyncClient,
+    webhook_key: str,
+    engine: AsyncEngine,
+    credentials: dict[str, object],
+) -> None:
+    response = await client.post("/v1/webhooks/dlr", content=b"{not even json", **credentials)  # type: ignore[arg-type]
+
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "unauthorized"
+    assert await fetch_all(engine, "SELECT id FROM rejected_bodies") == []
+    assert await fetch_all(engine, "SELECT id FROM events") == []
+
+
+async def test_revoked_key_gets_401(
+    app: FastAPI, client: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    key = await add_key(app, "acme")
+    async with engine.begin() as conn:
+        [info] = await queries.list_webhook_keys(conn)
+        await queries.revoke_webhook_key(conn, info.id)
+    await app.state.key_registry.refresh()
+
+    response = await client.post("/v1/webhooks/dlr", params={"key": key}, json=DLR)
+
+    assert response.status_code == 401
+
+
+async def test_each_key_stamps_its_own_sub_account(
+    app: FastAPI, client: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    acme, globex = await add_key(app, "acme"), await add_key(app, "globex")
+
+    await client.post("/v1/webhooks/callback", params={"key": acme}, json={"id": "a1"})
+    await client.post("/v1/webhooks/callback", params={"key": globex}, json={"id": "g1"})
+
+    rows = await fetch_all(engine, "SELECT id, sub_account FROM messages ORDER BY id")
+    assert rows == [{"id": "a1", "sub_account": "acme"}, {"id": "g1", "sub_account": "globex"}]
+
+
+async def test_keys_are_stored_hashed(app: FastAPI, engine: AsyncEngine) -> None:
+    key = await add_key(app, "acme")
+
+    [row] = await fetch_all(engine, "SELECT key_hash, key_prefix FROM webhook_keys")
+    assert key not in row["key_hash"]
+    assert row["key_prefix"] == key[:6]
+
+
+async def test_open_ingest_accepts_without_a_key(
+    app: FastAPI, client: httpx.AsyncClient, settings: Settings, engine: AsyncEngine
+) -> None:
+    app.dependency_overrides[get_settings] = lambda: settings.model_copy(
+        update={"open_ingest": True}
+    )
+    try:
+        response = await client.post("/v1/webhooks/dlr", json=DLR)
+    finally:
+        app.dependency_overrides[get_settings] = lambda: settings
+
+    assert response.status_code == 200
+    [row] = await fetch_all(engine, "SELECT sub_account FROM messages")
+    assert row["sub_account"] is None
