@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 
-from app.api import webhooks
+from app.api import receive, status, webhooks
 from app.api.errors import install_error_handlers
 from app.db.engine import create_engine, start_embedded_postgres
 from app.db.key_registry import KeyRegistry
@@ -25,6 +25,10 @@ log = logging.getLogger(__name__)
 DESCRIPTION = """
 Receives what Wavy (Sinch) sends about SMS — callbacks, DLRs and MOs — stores it durably in
 PostgreSQL keyed by message id, and answers `200` only once it is committed.
+
+The read API mirrors Wavy's query API (`/v1/sms/status/...`, `/v1/sms/receive/...`, same
+fields, same `UserName` / `AuthenticationToken` headers, admins and sub-account users) without
+its retention and rate limits.
 
 Errors always have the shape `{"error": {"code": ..., "message": ..., "details": [...]}}`.
 """
@@ -84,5 +88,7 @@ def create_app() -> FastAPI:
     )
     install_error_handlers(app)
     app.include_router(webhooks.router)
+    app.include_router(status.router)
+    app.include_router(receive.router)
     app.openapi = lambda: _openapi_with_payload_schemas(app)  # type: ignore[method-assign]
     return app

@@ -26,7 +26,7 @@ from app.db.migrate import upgrade_to_head
 from app.main import create_app
 from app.settings import Settings, get_settings
 
-TABLES = ("events", "messages", "mos", "rejected_bodies", "webhook_keys")
+TABLES = ("events", "messages", "mos", "rejected_bodies", "webhook_keys", "users", "read_cursors")
 
 
 def free_port() -> int:

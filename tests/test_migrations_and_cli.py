@@ -46,7 +46,16 @@ def empty_database(server_url: str) -> Iterator[str]:
 
 
 def test_migrations_upgrade_downgrade_and_upgrade_again(empty_database: str) -> None:
-    expected = {"events", "messages", "mos", "rejected_bodies", "webhook_keys", "alembic_version"}
+    expected = {
+        "events",
+        "messages",
+        "mos",
+        "rejected_bodies",
+        "webhook_keys",
+        "users",
+        "read_cursors",
+        "alembic_version",
+    }
 
     upgrade_to_head(empty_database)
     assert asyncio.run(table_names(empty_database)) == expected
@@ -182,3 +191,42 @@ def test_serve_without_database_url_uses_embedded_postgres_and_keeps_data(
     finally:
         second.stop()
     assert (tmp_path / "data" / "pgdata" / "PG_VERSION").exists()
+
+
+def test_cli_users_add_list_disable_rotate(empty_database: str) -> None:
+    assert run_cli("migrate", database_url=empty_database).returncode == 0
+
+    admin = run_cli("users", "add", "boss", "--role", "admin", database_url=empty_database)
+    user = run_cli(
+        "users",
+        "add",
+        "ana",
+        "--role",
+        "user",
+        "--sub-account",
+        "acme",
+        "--email",
+        "ana@acme.test",
+        "--token",
+        "t" * 20,
+        database_url=empty_database,
+    )
+    no_sub = run_cli("users", "add", "bob", "--role", "user", database_url=empty_database)
+    taken = run_cli("users", "add", "ana", "--role", "admin", database_url=empty_database)
+    rotated = run_cli("users", "rotate-token", "ana", database_url=empty_database)
+    disabled = run_cli("users", "disable", "ana", database_url=empty_database)
+    listed = run_cli("users", "list", database_url=empty_database)
+
+    assert admin.returncode == 0
+    assert "AuthenticationToken: " in admin.stdout
+    assert user.returncode == 0
+    assert f"AuthenticationToken: {'t' * 20}" in user.stdout
+    assert no_sub.returncode == 2
+    assert taken.returncode == 1
+    assert rotated.returncode == 0
+    assert "t" * 20 not in rotated.stdout
+    assert disabled.returncode == 0
+    assert "ana" in listed.stdout
+    assert "disabled" in listed.stdout
+    assert "acme" in listed.stdout
+    assert "t" * 20 not in listed.stdout

@@ -1,4 +1,5 @@
-"""FastAPI dependencies: settings, the engine, the writer, and who is calling a webhook."""
+"""FastAPI dependencies: settings, the engine, the writer, who is calling (a webhook sender or
+a read-API user) and what they may see."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.api.errors import ApiError
 from app.db.key_registry import KeyRegistry
+from app.db.users import authenticate_reader
 from app.db.writer import BatchWriter
+from app.rules.scope import OutsideScope, Reader, Scope, resolve_scope
 from app.settings import Settings, get_settings
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
@@ -81,3 +84,45 @@ async def authenticate_webhook(
 
 
 WebhookCallerDep = Annotated[WebhookCaller, Depends(authenticate_webhook)]
+
+
+READER_UNAUTHORIZED = ApiError(
+    401, "unauthorized", "valid UserName and AuthenticationToken headers are required"
+)
+
+
+async def current_reader(
+    engine: EngineDep,
+    username: Annotated[
+        str | None, Header(alias="UserName", description="Username or e-mail")
+    ] = None,
+    token: Annotated[str | None, Header(alias="AuthenticationToken")] = None,
+) -> Reader:
+    """The read API's caller. Every failure (missing header, unknown user, wrong token,
+    disabled user) gets the very same 401."""
+    if not username or not token:
+        raise READER_UNAUTHORIZED
+    async with engine.connect() as conn:
+        reader = await authenticate_reader(conn, username, token)
+    if reader is None:
+        raise READER_UNAUTHORIZED
+    return reader
+
+
+ReaderDep = Annotated[Reader, Depends(current_reader)]
+
+
+def caller_scope(
+    reader: ReaderDep,
+    sub_account: Annotated[
+        str | None,
+        Query(alias="subAccount", description="Admins: narrow to one sub-account"),
+    ] = None,
+) -> Scope:
+    try:
+        return resolve_scope(reader, sub_account)
+    except OutsideScope:
+        raise ApiError(403, "forbidden", "that sub-account is not yours") from None
+
+
+ScopeDep = Annotated[Scope, Depends(caller_scope)]

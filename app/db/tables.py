@@ -12,6 +12,7 @@ from sqlalchemy import (
     CheckConstraint,
     Column,
     DateTime,
+    ForeignKey,
     Identity,
     Index,
     Integer,
@@ -37,6 +38,8 @@ NAMING_CONVENTION = {
 metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 TS = DateTime(timezone=True)
+# xid8 as a plain bigint: comparable with pg_snapshot_xmin() the same way, simpler to bind.
+CURRENT_TX_ID = text("(pg_current_xact_id()::text::bigint)")
 
 webhook_keys = Table(
     "webhook_keys",
@@ -82,10 +85,17 @@ messages = Table(
         nullable=False,
         server_default=messages_change_seq.next_value(),
     ),
+    # The transaction that last changed the row: feeds serve only finished transactions, in
+    # (tx_id, change_seq) order, so a late commit can never land behind a reader's cursor.
+    Column("tx_id", BigInteger, nullable=False, server_default=CURRENT_TX_ID),
     Index(None, "correlation_id"),
     Index(None, "destination"),
-    Index(None, "sub_account", "first_seen_at"),
+    # Newest-first listings page on (first_seen_at, id), scoped or not.
+    Index(None, "sub_account", "first_seen_at", "id"),
+    Index(None, "first_seen_at", "id"),
     Index(None, "change_seq", unique=True),
+    Index(None, "tx_id", "change_seq"),
+    Index(None, "sub_account", "tx_id", "change_seq"),
 )
 
 # Append-only log of every accepted callback, DLR and MO, raw payload included.
@@ -134,9 +144,14 @@ mos = Table(
     Column("mt_email", Text, nullable=True),
     Column("stored_at", TS, nullable=False),
     Column("seq", BigInteger, Identity(), nullable=False),
-    Index(None, "sub_account", "received_at"),
+    Column("tx_id", BigInteger, nullable=False, server_default=CURRENT_TX_ID),
+    # Window searches page on (received_at, seq), scoped or not.
+    Index(None, "sub_account", "received_at", "seq"),
+    Index(None, "received_at", "seq"),
     Index(None, "mt_id"),
     Index(None, "seq", unique=True),
+    Index(None, "tx_id", "seq"),
+    Index(None, "sub_account", "tx_id", "seq"),
 )
 
 # Dead letters: every body we refused (except unauthenticated ones), raw, for an operator.
@@ -156,4 +171,36 @@ rejected_bodies = Table(
     Column("body_truncated", Boolean, nullable=False, server_default=text("false")),
     Column("replayed_at", TS, nullable=True),
     Index(None, "received_at"),
+)
+
+# Read API users, as at Wavy: admins see every sub-account, users only their own.
+users = Table(
+    "users",
+    metadata,
+    Column("id", Integer, Identity(), primary_key=True),
+    Column("username", Text, nullable=False, unique=True),
+    Column("email", Text, nullable=True),
+    Column("role", Text, nullable=False),
+    Column("sub_account", Text, nullable=True),
+    # sha256 of the token (tokens are long random secrets, or at least 16 chars when chosen).
+    Column("token_hash", Text, nullable=False),
+    Column("created_at", TS, nullable=False, server_default=text("now()")),
+    Column("disabled_at", TS, nullable=True),
+    CheckConstraint("role IN ('admin', 'user')", name="role"),
+    CheckConstraint("role = 'admin' OR sub_account IS NOT NULL", name="user_has_sub_account"),
+    Index("uq_users_lower_email", text("lower(email)"), unique=True),
+)
+
+# Where each user's consume-on-read lists (status/list, receive/list) stand.
+read_cursors = Table(
+    "read_cursors",
+    metadata,
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    Column("feed", Text, primary_key=True),
+    # '' for "everything the user may see", else the sub-account an admin narrowed to.
+    Column("scope", Text, primary_key=True),
+    Column("tx_id", BigInteger, nullable=False, server_default=text("0")),
+    Column("seq", BigInteger, nullable=False, server_default=text("0")),
+    Column("updated_at", TS, nullable=True),
+    CheckConstraint("feed IN ('status', 'mo')", name="feed"),
 )

@@ -146,6 +146,7 @@ def _build_upsert_messages() -> str:
         "first_seen_at = LEAST(m.first_seen_at, EXCLUDED.first_seen_at)",
         "updated_at = GREATEST(m.updated_at, EXCLUDED.updated_at)",
         "change_seq = nextval('messages_change_seq')",
+        "tx_id = pg_current_xact_id()::text::bigint",
     ]
     # Rewrite the row (and move it up the change feed) only when the merge changes something.
     merged_row = ", ".join(merged.values())

@@ -1,4 +1,5 @@
-"""Webhook keys: how they are made, stored (hashed) and checked (in constant time)."""
+"""Secrets: webhook keys and read-API tokens, how they are made, stored (hashed) and checked
+(in constant time)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,20 @@ def generate_key() -> str:
     return secrets.token_urlsafe(24)
 
 
+MIN_CHOSEN_SECRET_CHARS = 16
+
+
 def hash_key(key: str) -> str:
-    # Keys are long random secrets, not passwords: a fast hash is enough and keeps lookups cheap.
+    # Keys and tokens are long random secrets (or at least 16 chars when chosen by hand), not
+    # passwords: a fast hash is enough and keeps every request cheap.
     return hashlib.sha256(key.encode()).hexdigest()
+
+
+def secret_matches(presented: str, stored_hash: str | None) -> bool:
+    """Constant-time check; with no stored hash (unknown user) it does the same work and fails,
+    so timing does not reveal which usernames exist."""
+    expected = (stored_hash or "0" * 64).encode()
+    return hmac.compare_digest(hash_key(presented).encode(), expected) and stored_hash is not None
 
 
 def key_prefix(key: str) -> str:

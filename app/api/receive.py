@@ -1,0 +1,124 @@
+"""MO (reply) read API, on Wavy's paths: consume-on-read list, window search, safe feed."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+
+from app.api.deps import EngineDep, ReaderDep, ScopeDep
+from app.api.errors import ApiError, OrjsonResponse, responses
+from app.api.schemas import MoChanges, MoEnvelope, iso, mo_out
+from app.api.status import Limit, as_utc, bad_cursor
+from app.db import reads
+from app.rules.cursors import (
+    BadCursor,
+    feed_cursor,
+    read_feed_cursor,
+    read_time_cursor_int,
+    time_cursor,
+)
+
+router = APIRouter(prefix="/v1/sms/receive", tags=["replies (MOs)"])
+
+READ_RESPONSES = responses(401, 403, 422)
+DEFAULT_WINDOW = timedelta(days=5)  # Wavy's default start: five days ago
+
+
+def envelope(
+    rows: list[dict[str, Any]], start: datetime, end: datetime, next_cursor: str | None = None
+) -> OrjsonResponse:
+    body: dict[str, Any] = {
+        "total": len(rows),
+        "start": iso(start),
+        "end": iso(end),
+        "messages": [mo_out(row) for row in rows],
+    }
+    if next_cursor is not None:
+        body["next"] = next_cursor
+    return OrjsonResponse(body)
+
+
+@router.get(
+    "/list",
+    summary="MOs received since this user's previous call (consumed on read)",
+    description=(
+        "Each MO is returned once per user (and scope): two concurrent callers get disjoint "
+        "pages. Prefer `/changes` if a crash after reading must not lose replies."
+    ),
+    response_model=MoEnvelope,
+    responses=READ_RESPONSES,
+)
+async def list_new_replies(
+    reader: ReaderDep, scope: ScopeDep, engine: EngineDep, limit: Limit = 1000
+) -> OrjsonResponse:
+    async with engine.begin() as conn:
+        page = await reads.consume_feed(conn, reader, "mo", scope, limit)
+    start = page.previous_read_at or (page.rows[0]["stored_at"] if page.rows else page.read_at)
+    return envelope(page.rows, start, page.read_at)
+
+
+@router.get(
+    "/search",
+    summary="MOs received in a time window (oldest first), paginated",
+    description=(
+        "`start <= receivedAt <= end`; ISO-8601 with or without offset (none means UTC). "
+        "Defaults: start five days ago, end now. No limit on how far back. Beyond `limit` "
+        "the answer carries `next`: pass it as `cursor` for the following page."
+    ),
+    response_model=MoEnvelope,
+    responses=READ_RESPONSES,
+)
+async def search_replies(
+    scope: ScopeDep,
+    engine: EngineDep,
+    start: Annotated[datetime | None, Query(description="ISO-8601")] = None,
+    end: Annotated[datetime | None, Query(description="ISO-8601")] = None,
+    limit: Limit = 1000,
+    cursor: Annotated[str | None, Query(description="`next` of the previous page")] = None,
+) -> OrjsonResponse:
+    window_end = as_utc(end) or datetime.now(UTC)
+    window_start = as_utc(start) or window_end - DEFAULT_WINDOW
+    if window_start > window_end:
+        raise ApiError(422, "invalid_window", "start is after end")
+    try:
+        after = read_time_cursor_int(cursor) if cursor else None
+    except BadCursor:
+        raise bad_cursor() from None
+    async with engine.connect() as conn:
+        rows = await reads.mos_in_window(conn, scope, window_start, window_end, after, limit + 1)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    next_cursor = time_cursor(rows[-1]["received_at"], rows[-1]["seq"]) if more else None
+    return envelope(rows, window_start, window_end, next_cursor)
+
+
+@router.get(
+    "/changes",
+    summary="Safe MO feed: replies stored after a cursor (a pure read)",
+    description=(
+        "Start without `after`, then pass the returned `next`. Reading every page from the "
+        "start returns every MO exactly once, in the order they were stored."
+    ),
+    response_model=MoChanges,
+    responses=READ_RESPONSES,
+)
+async def reply_changes(
+    scope: ScopeDep,
+    engine: EngineDep,
+    after: Annotated[str | None, Query(description="`next` of the previous page")] = None,
+    limit: Limit = 1000,
+) -> OrjsonResponse:
+    try:
+        position = reads.FeedPosition(*read_feed_cursor(after)) if after else reads.FeedPosition()
+    except BadCursor:
+        raise bad_cursor() from None
+    async with engine.connect() as conn:
+        rows, next_position = await reads.feed_page(conn, "mo", scope, position, limit)
+    return OrjsonResponse(
+        {
+            "items": [mo_out(row) for row in rows],
+            "next": feed_cursor(next_position.tx_id, next_position.seq),
+        }
+    )

@@ -1,0 +1,175 @@
+"""The read API's shapes, in Wavy's field names, and the functions that build them from rows.
+
+The models document the API (OpenAPI); responses are built as plain dicts and serialized with
+orjson, which is what keeps a 1000-item answer cheap."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+Row = dict[str, Any]
+
+
+def iso(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def epoch_ms(moment: datetime | None) -> int | None:
+    return None if moment is None else int(moment.timestamp() * 1000)
+
+
+class StatusOut(BaseModel):
+    """A message's merged status, with Wavy's status-query fields (plus ours at the end)."""
+
+    id: str = Field(examples=["8f5af680-973e-11e4-ad43-4ee58e9a13a6"])
+    correlationId: str | None = Field(examples=["myId"])
+    carrierId: int | None = Field(examples=[5])
+    carrierName: str | None = Field(examples=["TIM"])
+    destination: str | None = Field(examples=["5519900001111"])
+    sentStatusCode: int | None = Field(examples=[2])
+    sentStatus: str | None = Field(examples=["SENT_SUCCESS"])
+    sentStatusAt: int | None = Field(description="epoch milliseconds", examples=[1420732929252])
+    sentStatusDate: str | None = Field(examples=["2015-01-08T16:02:09.252Z"])
+    deliveredStatusCode: int | None = Field(examples=[4])
+    deliveredStatus: str | None = Field(examples=["DELIVERED_SUCCESS"])
+    deliveredAt: int | None = Field(description="epoch milliseconds", examples=[1420732954000])
+    deliveredDate: str | None = Field(examples=["2015-01-08T16:02:34.000Z"])
+    campaignId: str | None = Field(examples=["1234"])
+    extraInfo: str | None = Field(examples=[None])
+    subAccount: str | None = Field(description="from the webhook key it came with")
+    firstSeenAt: str = Field(description="when we first heard of the message")
+    updatedAt: str = Field(description="when its status last changed")
+
+
+def status_out(row: Row) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "correlationId": row["correlation_id"],
+        "carrierId": row["carrier_id"],
+        "carrierName": row["carrier_name"],
+        "destination": row["destination"],
+        "sentStatusCode": row["sent_status_code"],
+        "sentStatus": row["sent_status"],
+        "sentStatusAt": epoch_ms(row["sent_at"]),
+        "sentStatusDate": iso(row["sent_at"]),
+        "deliveredStatusCode": row["delivered_status_code"],
+        "deliveredStatus": row["delivered_status"],
+        "deliveredAt": epoch_ms(row["delivered_at"]),
+        "deliveredDate": iso(row["delivered_at"]),
+        "campaignId": row["campaign_id"],
+        "extraInfo": row["extra_info"],
+        "subAccount": row["sub_account"],
+        "firstSeenAt": iso(row["first_seen_at"]),
+        "updatedAt": iso(row["updated_at"]),
+    }
+
+
+class MtOut(BaseModel):
+    id: str | None
+    correlationId: str | None
+    username: str | None
+    email: str | None
+
+
+class MoOut(BaseModel):
+    """A user's reply, with Wavy's MO fields."""
+
+    id: str = Field(examples=["25950050-7362-11e6-be62-001b7843e7d4"])
+    subAccount: str | None = Field(examples=["iFoodMarketing"])
+    campaignAlias: str | None = Field(examples=["iFoodPromo"])
+    carrierId: int | None = Field(examples=[1])
+    carrierName: str | None = Field(examples=["VIVO"])
+    source: str | None = Field(examples=["5516981562820"])
+    shortCode: str | None = Field(examples=["28128"])
+    messageText: str | None = Field(examples=["I want pizza"])
+    receivedAt: int = Field(description="epoch milliseconds", examples=[1473088405588])
+    receivedDate: str = Field(examples=["2016-09-05T12:13:25.588Z"])
+    mt: MtOut | None
+
+
+def mo_out(row: Row) -> dict[str, Any]:
+    has_mt = any(
+        row[name] is not None for name in ("mt_id", "mt_correlation_id", "mt_username", "mt_email")
+    )
+    return {
+        "id": row["id"],
+        "subAccount": row["sub_account"],
+        "campaignAlias": row["campaign_alias"],
+        "carrierId": row["carrier_id"],
+        "carrierName": row["carrier_name"],
+        "source": row["source"],
+        "shortCode": row["short_code"],
+        "messageText": row["message_text"],
+        "receivedAt": epoch_ms(row["received_at"]),
+        "receivedDate": iso(row["received_at"]),
+        "mt": {
+            "id": row["mt_id"],
+            "correlationId": row["mt_correlation_id"],
+            "username": row["mt_username"],
+            "email": row["mt_email"],
+        }
+        if has_mt
+        else None,
+    }
+
+
+class EventOut(BaseModel):
+    kind: str = Field(examples=["dlr"])
+    sentStatusCode: int | None
+    deliveredStatusCode: int | None
+    receivedAt: str = Field(description="when we received it")
+    payload: dict[str, Any] = Field(description="the raw JSON as Wavy sent it")
+
+
+def event_out(row: Row) -> dict[str, Any]:
+    return {
+        "kind": row["kind"],
+        "sentStatusCode": row["sent_status_code"],
+        "deliveredStatusCode": row["delivered_status_code"],
+        "receivedAt": iso(row["received_at"]),
+        "payload": row["payload"],
+    }
+
+
+class StatusDetail(StatusOut):
+    events: list[EventOut] = Field(description="every callback and DLR, oldest first")
+    replies: list[MoOut] = Field(description="the MOs that answer this message")
+
+
+class StatusSearch(BaseModel):
+    ids: list[str] = Field(default_factory=list, max_length=1000)
+    correlationIds: list[str] = Field(default_factory=list, max_length=1000)
+
+    model_config = {
+        "json_schema_extra": {"examples": [{"ids": ["8f5af680-973e"], "correlationIds": ["myId"]}]}
+    }
+
+
+class MoEnvelope(BaseModel):
+    """Wavy's MO list shape; ``next`` (ours) pages a search beyond its limit."""
+
+    total: int
+    start: str
+    end: str
+    messages: list[MoOut]
+    next: str | None = Field(default=None, description="cursor for the next page, if any")
+
+
+class StatusChanges(BaseModel):
+    items: list[StatusOut]
+    next: str = Field(description="pass as `after` to continue; stays put when nothing is new")
+
+
+class MoChanges(BaseModel):
+    items: list[MoOut]
+    next: str
+
+
+class StatusPage(BaseModel):
+    items: list[StatusOut]
+    next: str | None = Field(description="cursor for the next (older) page, if any")

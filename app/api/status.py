@@ -1,0 +1,183 @@
+"""Status read API, on Wavy's paths: search, consume-on-read list, safe change feed, one
+message's full history, and a filtered listing for dashboards."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from app.api.deps import EngineDep, ReaderDep, ScopeDep
+from app.api.errors import ApiError, OrjsonResponse, responses
+from app.api.schemas import (
+    StatusChanges,
+    StatusDetail,
+    StatusOut,
+    StatusPage,
+    StatusSearch,
+    event_out,
+    mo_out,
+    status_out,
+)
+from app.db import reads
+from app.rules.cursors import (
+    BadCursor,
+    feed_cursor,
+    read_feed_cursor,
+    read_time_cursor_str,
+    time_cursor,
+)
+
+router = APIRouter(prefix="/v1/sms/status", tags=["statuses"])
+
+READ_RESPONSES = responses(401, 403, 422)
+Limit = Annotated[int, Query(ge=1, le=1000, description="At most this many items (1-1000)")]
+
+
+def as_utc(moment: datetime | None) -> datetime | None:
+    """A time without offset in a query means UTC."""
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=UTC)
+
+
+def bad_cursor() -> ApiError:
+    return ApiError(422, "invalid_cursor", "the cursor is not one this API handed out")
+
+
+@router.post(
+    "/search",
+    summary="Statuses of these message ids and/or correlationIds",
+    response_model=list[StatusOut],
+    responses=READ_RESPONSES,
+)
+async def search_statuses(body: StatusSearch, scope: ScopeDep, engine: EngineDep) -> OrjsonResponse:
+    async with engine.connect() as conn:
+        rows = await reads.find_statuses(conn, scope, body.ids, body.correlationIds)
+    return OrjsonResponse([status_out(row) for row in rows])
+
+
+@router.get(
+    "/list",
+    summary="Statuses that changed since this user's previous call (consumed on read)",
+    description=(
+        "Oldest change first. A message comes again when its status changes again. The "
+        "position is kept per user in the database; prefer `/changes` if a crash between "
+        "reading and processing must not lose anything."
+    ),
+    response_model=list[StatusOut],
+    responses=READ_RESPONSES,
+)
+async def list_changed_statuses(
+    reader: ReaderDep, scope: ScopeDep, engine: EngineDep, limit: Limit = 1000
+) -> OrjsonResponse:
+    async with engine.begin() as conn:
+        page = await reads.consume_feed(conn, reader, "status", scope, limit)
+    return OrjsonResponse([status_out(row) for row in page.rows])
+
+
+@router.get(
+    "/changes",
+    summary="Safe change feed: statuses changed after a cursor (a pure read)",
+    description=(
+        "Start without `after`, then pass the returned `next`. Reading every page from the "
+        "start returns every change exactly once; a message whose status changes again comes "
+        "again. Nothing is consumed: re-reading a cursor gives the same items."
+    ),
+    response_model=StatusChanges,
+    responses=READ_RESPONSES,
+)
+async def status_changes(
+    scope: ScopeDep,
+    engine: EngineDep,
+    after: Annotated[str | None, Query(description="`next` of the previous page")] = None,
+    limit: Limit = 1000,
+) -> OrjsonResponse:
+    try:
+        position = reads.FeedPosition(*read_feed_cursor(after)) if after else reads.FeedPosition()
+    except BadCursor:
+        raise bad_cursor() from None
+    async with engine.connect() as conn:
+        rows, next_position = await reads.feed_page(conn, "status", scope, position, limit)
+    return OrjsonResponse(
+        {
+            "items": [status_out(row) for row in rows],
+            "next": feed_cursor(next_position.tx_id, next_position.seq),
+        }
+    )
+
+
+@router.get(
+    "",
+    summary="Filtered listing for dashboards, newest first, paginated",
+    response_model=StatusPage,
+    responses=READ_RESPONSES,
+)
+async def list_statuses(
+    scope: ScopeDep,
+    engine: EngineDep,
+    correlation_id: Annotated[str | None, Query(alias="correlationId")] = None,
+    destination: str | None = None,
+    carrier_name: Annotated[str | None, Query(alias="carrierName")] = None,
+    campaign_id: Annotated[str | None, Query(alias="campaignId")] = None,
+    sent_status_code: Annotated[
+        int | None, Query(alias="sentStatusCode", ge=0, le=2**31 - 1)
+    ] = None,
+    delivered_status_code: Annotated[
+        int | None, Query(alias="deliveredStatusCode", ge=0, le=2**31 - 1)
+    ] = None,
+    from_: Annotated[
+        datetime | None, Query(alias="from", description="First seen at or after (ISO-8601)")
+    ] = None,
+    to: Annotated[datetime | None, Query(description="First seen at or before (ISO-8601)")] = None,
+    limit: Limit = 100,
+    cursor: Annotated[str | None, Query(description="`next` of the previous page")] = None,
+) -> OrjsonResponse:
+    try:
+        before = read_time_cursor_str(cursor) if cursor else None
+    except BadCursor:
+        raise bad_cursor() from None
+    filters = reads.StatusFilters(
+        correlation_id=correlation_id,
+        destination=destination,
+        carrier_name=carrier_name,
+        campaign_id=campaign_id,
+        sent_status_code=sent_status_code,
+        delivered_status_code=delivered_status_code,
+        first_seen_from=as_utc(from_),
+        first_seen_to=as_utc(to),
+    )
+    async with engine.connect() as conn:
+        rows = await reads.list_statuses(conn, scope, filters, before, limit + 1)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    last = rows[-1] if rows else None
+    return OrjsonResponse(
+        {
+            "items": [status_out(row) for row in rows],
+            "next": time_cursor(last["first_seen_at"], last["id"]) if more and last else None,
+        }
+    )
+
+
+@router.get(
+    "/{message_id}",
+    summary="One message: its status, its whole history, and the replies to it",
+    response_model=StatusDetail,
+    responses=responses(401, 403, 404),
+)
+async def get_status(message_id: str, scope: ScopeDep, engine: EngineDep) -> OrjsonResponse:
+    async with engine.connect() as conn:
+        row = await reads.get_status(conn, scope, message_id)
+        if row is None:
+            raise ApiError(404, "not_found", "no such message (in your scope)")
+        history = await reads.status_history(conn, message_id)
+        replies = await reads.replies_to(conn, scope, message_id)
+    return OrjsonResponse(
+        {
+            **status_out(row),
+            "events": [event_out(event) for event in history],
+            "replies": [mo_out(reply) for reply in replies],
+        }
+    )

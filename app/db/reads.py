@@ -1,0 +1,209 @@
+"""Every query of the read API, always filtered by the caller's scope.
+
+Feeds (``*_changes``) serve only rows written by transactions that have finished
+(``tx_id < xmin`` of the current snapshot) in ``(tx_id, seq)`` order: a transaction still
+running can only ever commit rows *after* any cursor handed out, so paging from the start sees
+every item exactly once, however commits interleave.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, func, select, text, tuple_, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.db.tables import events, messages, mos, read_cursors
+from app.rules.scope import Reader, Scope
+
+Row = dict[str, Any]
+
+FINISHED_TX_HORIZON = text("pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+
+
+def _in_scope(table: Any, scope: Scope) -> list[ColumnElement[bool]]:
+    # Equality also keeps rows without a sub-account away from everyone but admins.
+    return [] if scope.everything else [table.c.sub_account == scope.sub_account]
+
+
+async def _rows(conn: AsyncConnection, statement: Select[Any]) -> list[Row]:
+    return [dict(row._mapping) for row in await conn.execute(statement)]
+
+
+async def find_statuses(
+    conn: AsyncConnection, scope: Scope, ids: Sequence[str], correlation_ids: Sequence[str]
+) -> list[Row]:
+    conditions = []
+    if ids:
+        conditions.append(messages.c.id == func.any(list(ids)))
+    if correlation_ids:
+        conditions.append(messages.c.correlation_id == func.any(list(correlation_ids)))
+    if not conditions:
+        return []
+    statement = (
+        select(messages)
+        .where(conditions[0] if len(conditions) == 1 else conditions[0] | conditions[1])
+        .where(*_in_scope(messages, scope))
+        .order_by(messages.c.first_seen_at, messages.c.id)
+    )
+    return await _rows(conn, statement)
+
+
+async def get_status(conn: AsyncConnection, scope: Scope, message_id: str) -> Row | None:
+    rows = await _rows(
+        conn, select(messages).where(messages.c.id == message_id, *_in_scope(messages, scope))
+    )
+    return rows[0] if rows else None
+
+
+async def status_history(conn: AsyncConnection, message_id: str) -> list[Row]:
+    statement = (
+        select(events)
+        .where(events.c.message_id == message_id, events.c.kind != "mo")
+        .order_by(events.c.received_at, events.c.id)
+    )
+    return await _rows(conn, statement)
+
+
+async def replies_to(conn: AsyncConnection, scope: Scope, message_id: str) -> list[Row]:
+    statement = (
+        select(mos)
+        .where(mos.c.mt_id == message_id, *_in_scope(mos, scope))
+        .order_by(mos.c.received_at, mos.c.seq)
+    )
+    return await _rows(conn, statement)
+
+
+@dataclass(frozen=True, slots=True)
+class FeedPosition:
+    tx_id: int = 0
+    seq: int = 0
+
+
+def _feed(kind: str) -> tuple[Any, Any]:
+    return (messages, messages.c.change_seq) if kind == "status" else (mos, mos.c.seq)
+
+
+async def feed_page(
+    conn: AsyncConnection, kind: str, scope: Scope, after: FeedPosition, limit: int
+) -> tuple[list[Row], FeedPosition]:
+    """Up to ``limit`` items after ``after``, and the position after the last one."""
+    table, seq = _feed(kind)
+    statement = (
+        select(table)
+        .where(
+            tuple_(table.c.tx_id, seq) > tuple_(after.tx_id, after.seq),
+            table.c.tx_id < FINISHED_TX_HORIZON,
+            *_in_scope(table, scope),
+        )
+        .order_by(table.c.tx_id, seq)
+        .limit(limit)
+    )
+    rows = await _rows(conn, statement)
+    if not rows:
+        return rows, after
+    last = rows[-1]
+    return rows, FeedPosition(last["tx_id"], last[seq.name])
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumedPage:
+    rows: list[Row]
+    previous_read_at: datetime | None
+    read_at: datetime
+
+
+async def consume_feed(
+    conn: AsyncConnection, reader: Reader, kind: str, scope: Scope, limit: int
+) -> ConsumedPage:
+    """Consume-on-read (Wavy's ``list`` endpoints): the next page after this user's stored
+    cursor, which moves past it in the same transaction. The cursor row is locked, so two
+    concurrent callers get disjoint pages and nothing is skipped."""
+    key = {"user_id": reader.id, "feed": kind, "scope": scope.cursor_key}
+    await conn.execute(pg_insert(read_cursors).values(**key).on_conflict_do_nothing())
+    cursor = (
+        await conn.execute(
+            select(read_cursors.c.tx_id, read_cursors.c.seq, read_cursors.c.updated_at)
+            .where(*(read_cursors.c[name] == value for name, value in key.items()))
+            .with_for_update()
+        )
+    ).one()
+    rows, position = await feed_page(
+        conn, kind, scope, FeedPosition(cursor.tx_id, cursor.seq), limit
+    )
+    read_at = (
+        await conn.execute(
+            update(read_cursors)
+            .where(*(read_cursors.c[name] == value for name, value in key.items()))
+            .values(tx_id=position.tx_id, seq=position.seq, updated_at=func.now())
+            .returning(read_cursors.c.updated_at)
+        )
+    ).scalar_one()
+    return ConsumedPage(rows=rows, previous_read_at=cursor.updated_at, read_at=read_at)
+
+
+async def mos_in_window(
+    conn: AsyncConnection,
+    scope: Scope,
+    start: datetime,
+    end: datetime,
+    after: tuple[datetime, int] | None,
+    limit: int,
+) -> list[Row]:
+    """MOs with ``start <= received_at <= end``, oldest first, ``limit`` at most."""
+    conditions = [mos.c.received_at >= start, mos.c.received_at <= end, *_in_scope(mos, scope)]
+    if after is not None:
+        conditions.append(tuple_(mos.c.received_at, mos.c.seq) > tuple_(*after))
+    statement = select(mos).where(*conditions).order_by(mos.c.received_at, mos.c.seq).limit(limit)
+    return await _rows(conn, statement)
+
+
+@dataclass(frozen=True, slots=True)
+class StatusFilters:
+    correlation_id: str | None = None
+    destination: str | None = None
+    carrier_name: str | None = None
+    campaign_id: str | None = None
+    sent_status_code: int | None = None
+    delivered_status_code: int | None = None
+    first_seen_from: datetime | None = None
+    first_seen_to: datetime | None = None
+
+
+async def list_statuses(
+    conn: AsyncConnection,
+    scope: Scope,
+    filters: StatusFilters,
+    before: tuple[datetime, str] | None,
+    limit: int,
+) -> list[Row]:
+    """Newest first (by first-seen time, then id), filtered, ``limit`` at most."""
+    conditions: list[ColumnElement[bool]] = list(_in_scope(messages, scope))
+    for name in (
+        "correlation_id",
+        "destination",
+        "carrier_name",
+        "campaign_id",
+        "sent_status_code",
+        "delivered_status_code",
+    ):
+        value = getattr(filters, name)
+        if value is not None:
+            conditions.append(messages.c[name] == value)
+    if filters.first_seen_from is not None:
+        conditions.append(messages.c.first_seen_at >= filters.first_seen_from)
+    if filters.first_seen_to is not None:
+        conditions.append(messages.c.first_seen_at <= filters.first_seen_to)
+    if before is not None:
+        conditions.append(tuple_(messages.c.first_seen_at, messages.c.id) < tuple_(*before))
+    statement = (
+        select(messages)
+        .where(*conditions)
+        .order_by(messages.c.first_seen_at.desc(), messages.c.id.desc())
+        .limit(limit)
+    )
+    return await _rows(conn, statement)

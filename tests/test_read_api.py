@@ -1,0 +1,544 @@
+"""The read API as its users meet it: Wavy's paths and shapes, authentication, sub-account
+scoping on every endpoint, consume-once lists, complete feeds, windows and pagination."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.db import users
+from app.rules.scope import Role
+from tests.conftest import add_key
+
+WAVY_STATUS_FIELDS = {
+    "id",
+    "correlationId",
+    "carrierId",
+    "carrierName",
+    "destination",
+    "sentStatusCode",
+    "sentStatus",
+    "sentStatusAt",
+    "sentStatusDate",
+    "deliveredStatusCode",
+    "deliveredStatus",
+    "deliveredAt",
+    "deliveredDate",
+    "campaignId",
+    "extraInfo",
+}
+WAVY_MO_FIELDS = {
+    "id",
+    "subAccount",
+    "campaignAlias",
+    "carrierId",
+    "carrierName",
+    "source",
+    "shortCode",
+    "messageText",
+    "receivedAt",
+    "receivedDate",
+    "mt",
+}
+
+
+class World:
+    """An admin, a user of acme, a user of globex, and webhook keys for acme, globex and none."""
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self.client = client
+        self.headers: dict[str, dict[str, str]] = {}
+        self.keys: dict[str | None, str] = {}
+
+    async def post(self, kind: str, body: Any, sub: str | None = "acme") -> None:
+        response = await self.client.post(
+            f"/v1/webhooks/{kind}", params={"key": self.keys[sub]}, json=body
+        )
+        assert response.status_code == 200, response.text
+
+    async def get(self, who: str, path: str, **params: Any) -> httpx.Response:
+        return await self.client.get(path, headers=self.headers[who], params=params)
+
+    async def ok(self, who: str, path: str, **params: Any) -> Any:
+        response = await self.get(who, path, **params)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+
+@pytest.fixture
+async def world(app: FastAPI, client: httpx.AsyncClient) -> World:
+    w = World(client)
+    async with app.state.engine.begin() as conn:
+        for name, role, sub, email in (
+            ("boss", Role.ADMIN, None, "Boss@Example.com"),
+            ("ana", Role.USER, "acme", "ana@acme.test"),
+            ("gil", Role.USER, "globex", None),
+        ):
+            token = await users.add_user(
+                conn, username=name, role=role, sub_account=sub, email=email, token=None
+            )
+            w.headers[name] = {"UserName": name, "AuthenticationToken": token}
+    for sub in ("acme", "globex", None):
+        w.keys[sub] = await add_key(app, sub)
+    return w
+
+
+def dlr(message_id: str, code: int = 4, **fields: Any) -> dict[str, Any]:
+    return {
+        "id": message_id,
+        "sentStatusCode": 2,
+        "deliveredStatusCode": code,
+        "deliveredAt": 1420732954000,
+        **fields,
+    }
+
+
+def mo(
+    mo_id: str, sub: str | None, received_ms: int = 1473088405588, **fields: Any
+) -> dict[str, Any]:
+    return {
+        "id": mo_id,
+        "subAccount": sub,
+        "messageText": f"reply {mo_id}",
+        "receivedAt": received_ms,
+        **fields,
+    }
+
+
+# --- authentication -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"UserName": "ana"},
+        {"AuthenticationToken": "x" * 32},
+        {"UserName": "ana", "AuthenticationToken": "wrong-token-wrong-token"},
+        {"UserName": "nobody", "AuthenticationToken": "wrong-token-wrong-token"},
+    ],
+)
+async def test_every_authentication_failure_gets_the_same_401(
+    world: World, headers: dict[str, str]
+) -> None:
+    response = await world.client.get("/v1/sms/receive/list", headers=headers)
+
+    assert response.status_code == 401
+    assert response.json() == {
+        "error": {
+            "code": "unauthorized",
+            "message": "valid UserName and AuthenticationToken headers are required",
+        }
+    }
+
+
+async def test_disabled_user_gets_the_same_401(app: FastAPI, world: World) -> None:
+    async with app.state.engine.begin() as conn:
+        await users.disable_user(conn, "ana")
+
+    response = await world.get("ana", "/v1/sms/receive/list")
+
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "unauthorized"
+
+
+async def test_rotated_token_replaces_the_old_one(app: FastAPI, world: World) -> None:
+    async with app.state.engine.begin() as conn:
+        new_token = await users.rotate_token(conn, "ana")
+
+    old = await world.get("ana", "/v1/sms/receive/list")
+    new = await world.client.get(
+        "/v1/sms/receive/list", headers={"UserName": "ana", "AuthenticationToken": new_token or ""}
+    )
+
+    assert (old.status_code, new.status_code) == (401, 200)
+
+
+async def test_header_names_are_case_insensitive_and_email_logs_in(world: World) -> None:
+    token = world.headers["boss"]["AuthenticationToken"]
+
+    lower = await world.client.get(
+        "/v1/sms/receive/list", headers={"username": "boss", "authenticationtoken": token}
+    )
+    by_email = await world.client.get(
+        "/v1/sms/receive/list",
+        headers={"USERNAME": "boss@example.COM", "AUTHENTICATIONTOKEN": token},
+    )
+
+    assert lower.status_code == 200
+    assert by_email.status_code == 200
+
+
+# --- scoping --------------------------------------------------------------------------------
+
+
+async def seed_statuses(world: World) -> None:
+    await world.post("dlr", dlr("a-1", correlationId="order-1"), "acme")
+    await world.post("dlr", dlr("g-1", correlationId="order-1"), "globex")
+    await world.post("dlr", dlr("n-1", correlationId="order-1"), None)
+
+
+async def test_search_returns_wavy_fields_and_only_the_callers_sub_account(world: World) -> None:
+    await seed_statuses(world)
+    body = {"ids": ["a-1", "g-1", "n-1", "unknown"], "correlationIds": ["order-1"]}
+
+    ana = await world.client.post("/v1/sms/status/search", headers=world.headers["ana"], json=body)
+    boss = await world.client.post(
+        "/v1/sms/status/search", headers=world.headers["boss"], json=body
+    )
+
+    assert [s["id"] for s in ana.json()] == ["a-1"]
+    assert set(ana.json()[0]) >= WAVY_STATUS_FIELDS
+    assert ana.json()[0]["deliveredAt"] == 1420732954000
+    assert ana.json()[0]["deliveredDate"] == "2015-01-08T16:02:34.000Z"
+    assert sorted(s["id"] for s in boss.json()) == ["a-1", "g-1", "n-1"]  # unknown: absent
+
+
+async def test_admin_narrows_with_sub_account_and_a_user_cannot_widen(world: World) -> None:
+    await seed_statuses(world)
+
+    narrowed = await world.client.post(
+        "/v1/sms/status/search",
+        headers=world.headers["boss"],
+        params={"subAccount": "globex"},
+        json={"correlationIds": ["order-1"]},
+    )
+    forbidden = await world.client.post(
+        "/v1/sms/status/search",
+        headers=world.headers["ana"],
+        params={"subAccount": "globex"},
+        json={"ids": ["g-1"]},
+    )
+    own = await world.get("ana", "/v1/sms/status/list", subAccount="acme")
+
+    assert [s["id"] for s in narrowed.json()] == ["g-1"]
+    assert forbidden.status_code == 403
+    assert forbidden.json()["error"]["code"] == "forbidden"
+    assert own.status_code == 200
+
+
+async def test_search_refuses_more_than_1000_ids(world: World) -> None:
+    response = await world.client.post(
+        "/v1/sms/status/search", headers=world.headers["boss"], json={"ids": ["x"] * 1001}
+    )
+
+    assert response.status_code == 422
+
+
+async def test_status_detail_has_history_and_replies_and_hides_other_sub_accounts(
+    world: World,
+) -> None:
+    await world.post("callback", {"id": "a-1", "sentStatusCode": 2, "extra": "kept"}, "acme")
+    await world.post("dlr", dlr("a-1", code=104), "acme")
+    await world.post("dlr", dlr("g-1"), "globex")
+    await world.post("mo", mo("r-acme", "acme", mt={"id": "a-1"}), "acme")
+    await world.post("mo", mo("r-globex", "globex", mt={"id": "a-1"}), "globex")
+
+    mine = await world.ok("ana", "/v1/sms/status/a-1")
+    theirs = await world.get("ana", "/v1/sms/status/g-1")
+    as_admin = await world.ok("boss", "/v1/sms/status/a-1")
+
+    assert [e["kind"] for e in mine["events"]] == ["callback", "dlr"]
+    assert mine["events"][0]["payload"]["extra"] == "kept"
+    assert mine["deliveredStatusCode"] == 104
+    assert [r["id"] for r in mine["replies"]] == ["r-acme"]
+    assert theirs.status_code == 404
+    assert sorted(r["id"] for r in as_admin["replies"]) == ["r-acme", "r-globex"]
+
+
+async def test_data_without_sub_account_is_for_admins_only(world: World) -> None:
+    await world.post("dlr", dlr("n-1"), None)
+    await world.post("mo", mo("r-none", None), None)
+
+    assert (await world.get("ana", "/v1/sms/status/n-1")).status_code == 404
+    assert (await world.ok("ana", "/v1/sms/receive/changes"))["items"] == []
+    assert (await world.ok("boss", "/v1/sms/status/n-1"))["id"] == "n-1"
+    assert [m["id"] for m in (await world.ok("boss", "/v1/sms/receive/changes"))["items"]] == [
+        "r-none"
+    ]
+
+
+# --- consume-on-read lists ------------------------------------------------------------------
+
+
+async def test_status_list_returns_changes_once_and_again_when_the_status_changes(
+    world: World,
+) -> None:
+    await world.post("callback", {"id": "a-1", "sentStatusCode": 2}, "acme")
+    await world.post("callback", {"id": "a-2", "sentStatusCode": 2}, "acme")
+    await world.post("callback", {"id": "g-1", "sentStatusCode": 2}, "globex")
+
+    first = await world.ok("ana", "/v1/sms/status/list")
+    second = await world.ok("ana", "/v1/sms/status/list")
+    await world.post("dlr", dlr("a-1"), "acme")
+    third = await world.ok("ana", "/v1/sms/status/list")
+    gil = await world.ok("gil", "/v1/sms/status/list")
+
+    assert [s["id"] for s in first] == ["a-1", "a-2"]  # oldest change first
+    assert second == []
+    assert [(s["id"], s["deliveredStatusCode"]) for s in third] == [("a-1", 4)]
+    assert [s["id"] for s in gil] == ["g-1"]  # every user has their own position
+
+
+async def test_status_list_respects_limit(world: World) -> None:
+    await world.post("callback", [{"id": f"a-{i}"} for i in range(5)], "acme")
+
+    pages = [await world.ok("ana", "/v1/sms/status/list", limit=2) for _ in range(4)]
+
+    assert [len(page) for page in pages] == [2, 2, 1, 0]
+
+
+async def test_receive_list_has_wavys_envelope_and_consumes(world: World) -> None:
+    await world.post("mo", [mo("r-1", "acme"), mo("r-2", "acme"), mo("r-3", "globex")], "acme")
+
+    first = await world.ok("ana", "/v1/sms/receive/list")
+    second = await world.ok("ana", "/v1/sms/receive/list")
+
+    assert first["total"] == 2
+    assert {"total", "start", "end", "messages"} <= set(first)
+    assert [m["id"] for m in first["messages"]] == ["r-1", "r-2"]
+    assert set(first["messages"][0]) >= WAVY_MO_FIELDS
+    assert second["total"] == 0
+
+
+async def test_admin_receive_list_narrowed_to_one_sub_account(world: World) -> None:
+    await world.post("mo", [mo("r-1", "acme"), mo("r-3", "globex")], "acme")
+
+    narrowed = await world.ok("boss", "/v1/sms/receive/list", subAccount="globex")
+
+    assert [m["id"] for m in narrowed["messages"]] == ["r-3"]
+
+
+async def test_two_concurrent_readers_of_one_user_never_get_the_same_mo(world: World) -> None:
+    posted = {f"r-{i}" for i in range(300)}
+    await world.post("mo", [mo(i, "acme") for i in sorted(posted)], "acme")
+
+    async def drain() -> list[str]:
+        got: list[str] = []
+        while True:
+            page = await world.ok("ana", "/v1/sms/receive/list", limit=7)
+            if not page["messages"]:
+                return got
+            got += [m["id"] for m in page["messages"]]
+
+    first, second = await asyncio.gather(drain(), drain())
+
+    assert not set(first) & set(second)  # none twice
+    assert set(first) | set(second) == posted  # none skipped
+    assert len(first) + len(second) == len(posted)
+
+
+# --- safe feeds -----------------------------------------------------------------------------
+
+
+async def read_feed(
+    world: World, who: str, path: str, after: str | None, limit: int
+) -> tuple[list[str], str]:
+    params: dict[str, Any] = {"limit": limit}
+    if after:
+        params["after"] = after
+    page = await world.ok(who, path, **params)
+    return [item["id"] for item in page["items"]], page["next"]
+
+
+async def test_feed_sees_every_mo_exactly_once_while_they_arrive(world: World) -> None:
+    posted = [f"f-{i:04d}" for i in range(400)]
+
+    async def produce() -> None:
+        for start in range(0, len(posted), 10):
+            await asyncio.gather(
+                *(world.post("mo", mo(i, "acme"), "acme") for i in posted[start : start + 10])
+            )
+
+    seen: list[str] = []
+    cursor: str | None = None
+    producer = asyncio.create_task(produce())
+    while not producer.done():
+        ids, cursor = await read_feed(world, "ana", "/v1/sms/receive/changes", cursor, 13)
+        seen += ids
+    await producer
+    while True:  # catch up with what committed last
+        ids, cursor = await read_feed(world, "ana", "/v1/sms/receive/changes", cursor, 13)
+        if not ids:
+            break
+        seen += ids
+
+    assert len(seen) == len(set(seen)), "an MO came twice"
+    assert set(seen) == set(posted), "an MO was skipped"
+
+
+async def test_status_feed_is_a_pure_read_and_brings_changed_messages_again(
+    world: World,
+) -> None:
+    await world.post("callback", [{"id": "a-1"}, {"id": "a-2"}], "acme")
+    await world.post("callback", {"id": "g-1"}, "globex")
+
+    ids, cursor = await read_feed(world, "ana", "/v1/sms/status/changes", None, 10)
+    again, same_cursor = await read_feed(world, "ana", "/v1/sms/status/changes", None, 10)
+    nothing, unchanged = await read_feed(world, "ana", "/v1/sms/status/changes", cursor, 10)
+    await world.post("dlr", dlr("a-2"), "acme")
+    changed, _ = await read_feed(world, "ana", "/v1/sms/status/changes", cursor, 10)
+
+    assert ids == ["a-1", "a-2"]
+    assert (again, same_cursor) == (ids, cursor)  # nothing consumed
+    assert (nothing, unchanged) == ([], cursor)
+    assert changed == ["a-2"]
+
+
+@pytest.mark.parametrize("cursor", ["garbage", "W10", "WyJhIiwxXQ", "Wy0xLC0xXQ"])
+async def test_tampered_cursors_get_422(world: World, cursor: str) -> None:
+    for path, name in (
+        ("/v1/sms/status/changes", "after"),
+        ("/v1/sms/receive/changes", "after"),
+        ("/v1/sms/receive/search", "cursor"),
+        ("/v1/sms/status", "cursor"),
+    ):
+        response = await world.get("ana", path, **{name: cursor})
+        assert response.status_code == 422, (path, response.text)
+        assert response.json()["error"]["code"] == "invalid_cursor"
+
+
+# --- windows and listings -------------------------------------------------------------------
+
+
+async def test_receive_search_window_edges_are_inclusive_in_any_time_zone(world: World) -> None:
+    base = 1_700_000_000_000  # 2023-11-14T22:13:20Z
+    await world.post(
+        "mo",
+        [
+            mo("before", "acme", base - 1),
+            mo("at-start", "acme", base),
+            mo("at-end", "acme", base + 60_000),
+            mo("after", "acme", base + 60_001),
+        ],
+        "acme",
+    )
+
+    utc = await world.ok(
+        "ana", "/v1/sms/receive/search", start="2023-11-14T22:13:20Z", end="2023-11-14T22:14:20Z"
+    )
+    sao_paulo = await world.ok(
+        "ana",
+        "/v1/sms/receive/search",
+        start="2023-11-14T19:13:20-03:00",
+        end="2023-11-14T19:14:20-03:00",
+    )
+    naive = await world.ok(
+        "ana", "/v1/sms/receive/search", start="2023-11-14T22:13:20", end="2023-11-14T22:14:20"
+    )
+
+    assert [m["id"] for m in utc["messages"]] == ["at-start", "at-end"]
+    assert sao_paulo["messages"] == utc["messages"]
+    assert naive["messages"] == utc["messages"]
+    assert utc["start"] == "2023-11-14T22:13:20.000Z"
+
+
+async def test_receive_search_defaults_to_the_last_five_days(world: World) -> None:
+    import time
+
+    now_ms = int(time.time() * 1000)
+    day = 86_400_000
+    await world.post(
+        "mo", [mo("recent", "acme", now_ms - day), mo("old", "acme", now_ms - 6 * day)], "acme"
+    )
+
+    found = await world.ok("ana", "/v1/sms/receive/search")
+
+    assert [m["id"] for m in found["messages"]] == ["recent"]
+
+
+async def test_receive_search_pages_beyond_the_limit_with_a_cursor(world: World) -> None:
+    base = 1_700_000_000_000
+    # Equal times on purpose: the cursor must break ties without skipping or repeating.
+    await world.post("mo", [mo(f"p-{i:02d}", "acme", base + (i // 3)) for i in range(25)], "acme")
+
+    seen: list[str] = []
+    params: dict[str, Any] = {
+        "start": "2023-11-14T00:00:00Z",
+        "end": "2023-11-15T00:00:00Z",
+        "limit": 10,
+    }
+    while True:
+        page = await world.ok("ana", "/v1/sms/receive/search", **params)
+        seen += [m["id"] for m in page["messages"]]
+        if not page.get("next"):
+            break
+        params["cursor"] = page["next"]
+
+    assert seen == [f"p-{i:02d}" for i in range(25)]
+
+
+async def test_receive_search_start_after_end_is_422(world: World) -> None:
+    response = await world.get(
+        "ana", "/v1/sms/receive/search", start="2023-11-15T00:00:00Z", end="2023-11-14T00:00:00Z"
+    )
+
+    assert response.status_code == 422
+
+
+async def test_dashboard_listing_filters_and_pages_newest_first(world: World) -> None:
+    for i in range(7):
+        await world.post(
+            "dlr",
+            dlr(
+                f"a-{i}",
+                code=4 if i % 2 else 104,
+                carrierName="VIVO" if i < 5 else "TIM",
+                campaignId=64,
+            ),
+            "acme",
+        )
+    await world.post("dlr", dlr("g-1", carrierName="VIVO"), "globex")
+
+    first = await world.ok("ana", "/v1/sms/status", carrierName="VIVO", limit=2)
+    second = await world.ok(
+        "ana", "/v1/sms/status", carrierName="VIVO", limit=2, cursor=first["next"]
+    )
+    failed = await world.ok("ana", "/v1/sms/status", deliveredStatusCode=104, campaignId="64")
+
+    assert [s["id"] for s in first["items"]] == ["a-4", "a-3"]
+    assert [s["id"] for s in second["items"]] == ["a-2", "a-1"]
+    assert [s["id"] for s in failed["items"]] == ["a-6", "a-4", "a-2", "a-0"]
+    assert failed["next"] is None
+
+
+async def test_injection_attempts_in_parameters_are_just_values(
+    world: World, engine: AsyncEngine
+) -> None:
+    await world.post("dlr", dlr("a-1", correlationId="x"), "acme")
+
+    sneaky = await world.ok("ana", "/v1/sms/status", correlationId="x' OR '1'='1")
+    widened = await world.get("ana", "/v1/sms/status", subAccount="acme' OR '1'='1")
+
+    assert sneaky["items"] == []
+    assert widened.status_code == 403
+
+
+async def test_feed_never_hands_out_a_cursor_past_a_transaction_still_running(
+    world: World, engine: AsyncEngine
+) -> None:
+    """Sequence numbers are taken before commit: a slow transaction's row can commit after a
+    faster one with a higher number. The feed must wait for it rather than skip it."""
+    from sqlalchemy import text
+
+    async with engine.connect() as slow:
+        transaction = await slow.begin()
+        await slow.execute(
+            text(
+                "INSERT INTO mos (id, sub_account, received_at, stored_at) "
+                "VALUES ('slow', 'acme', now(), now())"
+            )
+        )
+        await world.post("mo", mo("fast", "acme"), "acme")  # higher seq, commits first
+
+        during, cursor = await read_feed(world, "ana", "/v1/sms/receive/changes", None, 100)
+        await transaction.commit()
+    after, _ = await read_feed(world, "ana", "/v1/sms/receive/changes", cursor, 100)
+
+    assert during == []  # "fast" waits behind the running transaction...
+    assert after == ["slow", "fast"]  # ...and nothing is skipped once it ends
