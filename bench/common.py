@@ -1,0 +1,127 @@
+"""Shared pieces of the benchmarks: a throw-away database, the service in a subprocess, and
+latency statistics."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+from sqlalchemy import make_url, text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from app.db.engine import normalize_database_url
+from app.db.migrate import upgrade_to_head
+
+DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def server_url() -> str:
+    return os.environ.get("BENCH_DATABASE_URL", DEFAULT_SERVER)
+
+
+async def _admin(url: str, statement: str) -> None:
+    engine = create_async_engine(normalize_database_url(url), isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text(statement))
+    finally:
+        await engine.dispose()
+
+
+@contextmanager
+def scratch_database(prefix: str) -> Iterator[str]:
+    """A new, migrated database on the benchmark server, dropped afterwards."""
+    base = server_url()
+    name = f"{prefix}_{secrets.token_hex(3)}"
+    asyncio.run(_admin(base, f'CREATE DATABASE "{name}"'))
+    url = make_url(base).set(database=name).render_as_string(hide_password=False)
+    try:
+        upgrade_to_head(url)
+        yield url
+    finally:
+        asyncio.run(_admin(base, f'DROP DATABASE "{name}" WITH (FORCE)'))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextmanager
+def running_service(
+    database_url: str, *, workers: int = 1, extra_env: dict[str, str] | None = None
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """``wavy-webhooks serve`` in its own process, as deployed; yields its base URL."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "WAVY_LOG_LEVEL": "warning",
+        **(extra_env or {}),
+    }
+    log = Path(os.environ.get("BENCH_LOG_DIR", tempfile.gettempdir())) / f"wavy-bench-{port}.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "app.cli",
+                "serve",
+                "--port",
+                str(port),
+                "--workers",
+                str(workers),
+                "--no-migrate",
+                "--open-ingest",
+            ],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                if process.poll() is not None:
+                    raise RuntimeError(f"service exited: {log.read_text()}")
+                try:
+                    httpx.get(f"{base}/openapi.json", timeout=1)
+                    break
+                except httpx.TransportError:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"service did not start: {log.read_text()}") from None
+                    time.sleep(0.2)
+            yield base, process
+        finally:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def percentiles(samples_ms: list[float]) -> dict[str, float]:
+    ordered = sorted(samples_ms)
+    cut = statistics.quantiles(ordered, n=100, method="inclusive")
+    return {"p50": cut[49], "p99": cut[98], "max": ordered[-1], "n": len(ordered)}
+
+
+def fmt(stats: dict[str, float]) -> str:
+    return (
+        f"p50 {stats['p50']:7.2f} ms   p99 {stats['p99']:7.2f} ms   "
+        f"max {stats['max']:7.2f} ms   (n={int(stats['n'])})"
+    )
