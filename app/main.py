@@ -18,7 +18,7 @@ from app.db.engine import create_engine, start_embedded_postgres
 from app.db.key_registry import KeyRegistry
 from app.db.writer import BatchWriter
 from app.payloads import Callback, Dlr, Mo
-from app.settings import Settings, get_settings
+from app.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ Errors always have the shape `{"error": {"code": ..., "message": ..., "details":
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    settings: Settings = app.dependency_overrides.get(get_settings, get_settings)()
+    settings: Settings = app.state.settings
     database_url = settings.database_url or start_embedded_postgres(settings.data_dir)
     engine = create_engine(settings, database_url)
     writer = BatchWriter(
@@ -79,13 +79,15 @@ def _openapi_with_payload_schemas(app: FastAPI) -> dict[str, Any]:
     return schema
 
 
-def create_app() -> FastAPI:
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The application; settings come from the environment unless given (tests, benchmarks)."""
     app = FastAPI(
         title="wavy-webhooks",
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
     )
+    app.state.settings = settings or Settings()
     install_error_handlers(app)
     app.include_router(webhooks.router)
     app.include_router(status.router)

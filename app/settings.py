@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 
 from pydantic import AliasChoices, Field
@@ -53,9 +52,3 @@ class Settings(BaseSettings):
 
     def webhook_base_url(self) -> str:
         return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
-
-
-@lru_cache
-def get_settings() -> Settings:
-    """Settings for the running process (FastAPI dependency; overridable in tests)."""
-    return Settings()

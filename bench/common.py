@@ -63,9 +63,14 @@ def free_port() -> int:
 
 @contextmanager
 def running_service(
-    database_url: str, *, workers: int = 1, extra_env: dict[str, str] | None = None
+    database_url: str,
+    *,
+    workers: int = 1,
+    extra_env: dict[str, str] | None = None,
+    app_factory: str | None = None,
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """``wavy-webhooks serve`` in its own process, as deployed; yields its base URL."""
+    """``wavy-webhooks serve`` in its own process, as deployed (or, with ``app_factory``,
+    uvicorn with the same options on another app); yields its base URL."""
     port = free_port()
     env = {
         **os.environ,

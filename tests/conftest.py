@@ -24,7 +24,7 @@ from app.db import queries
 from app.db.engine import normalize_database_url, start_embedded_postgres
 from app.db.migrate import upgrade_to_head
 from app.main import create_app
-from app.settings import Settings, get_settings
+from app.settings import Settings
 
 TABLES = ("events", "messages", "mos", "rejected_bodies", "webhook_keys", "users", "read_cursors")
 
@@ -80,8 +80,7 @@ def settings(database_url: str) -> Settings:
 
 @pytest.fixture(scope="session")
 async def app(settings: Settings) -> AsyncIterator[FastAPI]:
-    application = create_app()
-    application.dependency_overrides[get_settings] = lambda: settings
+    application = create_app(settings)
     config = uvicorn.Config(
         application, host="127.0.0.1", port=settings.port, log_level="warning", lifespan="on"
     )

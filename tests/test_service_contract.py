@@ -8,7 +8,6 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from app.api.deps import get_engine, get_writer
 from app.db.engine import create_engine, normalize_database_url
 from app.db.writer import BatchWriter
 from app.settings import Settings
@@ -36,17 +35,19 @@ def test_other_databases_are_refused() -> None:
 
 
 @pytest.fixture
-async def unreachable_database(app: FastAPI, settings: Settings) -> Iterator[None]:
-    """The app's engine and writer swapped for ones aimed at a port nobody listens on."""
+async def unreachable_database(
+    app: FastAPI, settings: Settings, webhook_key: str
+) -> Iterator[None]:
+    """The app's engine and writer swapped for ones aimed at a port nobody listens on (the
+    webhook key is made first, through the real one)."""
     dead = settings.model_copy(update={"db_connect_timeout_s": 1.0, "db_pool_size": 1})
     engine = create_engine(dead, "postgresql://postgres@127.0.0.1:9/nowhere")
     writer = BatchWriter(engine, max_items=100, max_delay_s=0, queue_items=1000)
     await writer.start()
-    app.dependency_overrides[get_engine] = lambda: engine
-    app.dependency_overrides[get_writer] = lambda: writer
+    real = app.state.engine, app.state.writer
+    app.state.engine, app.state.writer = engine, writer
     yield
-    app.dependency_overrides.pop(get_engine)
-    app.dependency_overrides.pop(get_writer)
+    app.state.engine, app.state.writer = real
     await writer.stop()
     await engine.dispose()
 

@@ -8,7 +8,7 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db import queries
-from app.settings import Settings, get_settings
+from app.settings import Settings
 from tests.conftest import add_key, fetch_all
 
 DLR = {"id": "m1", "sentStatusCode": 2, "deliveredStatusCode": 4}
@@ -98,13 +98,11 @@ async def test_keys_are_stored_hashed(app: FastAPI, engine: AsyncEngine) -> None
 async def test_open_ingest_accepts_without_a_key(
     app: FastAPI, client: httpx.AsyncClient, settings: Settings, engine: AsyncEngine
 ) -> None:
-    app.dependency_overrides[get_settings] = lambda: settings.model_copy(
-        update={"open_ingest": True}
-    )
+    app.state.settings = settings.model_copy(update={"open_ingest": True})
     try:
         response = await client.post("/v1/webhooks/dlr", json=DLR)
     finally:
-        app.dependency_overrides[get_settings] = lambda: settings
+        app.state.settings = settings
 
     assert response.status_code == 200
     [row] = await fetch_all(engine, "SELECT sub_account FROM messages")

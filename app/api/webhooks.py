@@ -11,9 +11,10 @@ from urllib.parse import parse_qsl
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.api.deps import EngineDep, SettingsDep, WebhookCaller, WebhookCallerDep, WriterDep
-from app.api.errors import ApiError, responses
+from app.api.deps import WebhookCaller, WebhookContext, WebhookContextDep
+from app.api.errors import ApiError, OrjsonResponse, responses
 from app.db.queries import RejectedBody, store_rejected_body
 from app.db.writer import WriteFailed, WriterOverloaded
 from app.payloads import Callback, Dlr, Mo, mo_from_query, replace_nul_characters
@@ -25,7 +26,6 @@ from app.rules.webhook_body import (
     too_large,
     validate_document,
 )
-from app.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ async def read_limited_body(request: Request, limit: int) -> tuple[bytes, bool]:
 
 
 async def _dead_letter(
-    engine: EngineDep,
+    engine: AsyncEngine,
     request: Request,
     caller: WebhookCaller,
     kind: str,
@@ -115,40 +115,31 @@ def _unavailable(message: str) -> ApiError:
 
 
 async def _store(
-    kind: str,
-    parsed: ParsedBody,
-    caller: WebhookCaller,
-    writer: WriterDep,
-    settings: Settings,
-    received_at: datetime,
-) -> IngestResult:
+    kind: str, parsed: ParsedBody, context: WebhookContext, received_at: datetime
+) -> OrjsonResponse:
     records = build_event_records(
         kind,
         parsed.payloads,
         parsed.raw_items,
-        sub_account=caller.sub_account,
+        sub_account=context.caller.sub_account,
         received_at=received_at,
     )
     if not records:
-        return IngestResult(received=0, duplicates=0)
+        return OrjsonResponse({"received": 0, "duplicates": 0})
     try:
-        result = await asyncio.wait_for(writer.write(records), settings.writer_timeout_s)
+        result = await asyncio.wait_for(
+            context.writer.write(records), context.settings.writer_timeout_s
+        )
     except WriterOverloaded:
         raise _unavailable("overloaded; nothing was stored, retry later") from None
     except (WriteFailed, TimeoutError):
         raise _unavailable("storage unavailable; nothing was confirmed, retry later") from None
-    return IngestResult(received=result.received, duplicates=result.duplicates)
+    return OrjsonResponse({"received": result.received, "duplicates": result.duplicates})
 
 
-async def _ingest_post(
-    kind: str,
-    request: Request,
-    caller: WebhookCaller,
-    settings: Settings,
-    engine: EngineDep,
-    writer: WriterDep,
-) -> IngestResult:
+async def _ingest_post(kind: str, request: Request, context: WebhookContext) -> OrjsonResponse:
     received_at = datetime.now(UTC)
+    settings = context.settings
     body, truncated = await read_limited_body(request, settings.max_body_bytes)
     try:
         if truncated:
@@ -156,57 +147,42 @@ async def _ingest_post(
         parsed = parse_webhook_body(kind, body, max_items=settings.max_items)
     except BodyRejected as rejection:
         raise await _dead_letter(
-            engine, request, caller, kind, body, truncated, rejection
+            context.engine, request, context.caller, kind, body, truncated, rejection
         ) from None
-    return await _store(kind, parsed, caller, writer, settings, received_at)
+    return await _store(kind, parsed, context, received_at)
 
 
 @router.post(
     "/callback",
     summary="Receive callbacks (first status: did the carrier take the message)",
     openapi_extra=_body_schema(Callback),
+    response_model=IngestResult,
     responses=INGEST_RESPONSES,
 )
-async def receive_callback(
-    request: Request,
-    caller: WebhookCallerDep,
-    settings: SettingsDep,
-    engine: EngineDep,
-    writer: WriterDep,
-) -> IngestResult:
-    return await _ingest_post("callback", request, caller, settings, engine, writer)
+async def receive_callback(request: Request, context: WebhookContextDep) -> OrjsonResponse:
+    return await _ingest_post("callback", request, context)
 
 
 @router.post(
     "/dlr",
     summary="Receive DLRs (second status: did the message reach the phone)",
     openapi_extra=_body_schema(Dlr),
+    response_model=IngestResult,
     responses=INGEST_RESPONSES,
 )
-async def receive_dlr(
-    request: Request,
-    caller: WebhookCallerDep,
-    settings: SettingsDep,
-    engine: EngineDep,
-    writer: WriterDep,
-) -> IngestResult:
-    return await _ingest_post("dlr", request, caller, settings, engine, writer)
+async def receive_dlr(request: Request, context: WebhookContextDep) -> OrjsonResponse:
+    return await _ingest_post("dlr", request, context)
 
 
 @router.post(
     "/mo",
     summary="Receive MOs (user replies) as JSON",
     openapi_extra=_body_schema(Mo),
+    response_model=IngestResult,
     responses=INGEST_RESPONSES,
 )
-async def receive_mo(
-    request: Request,
-    caller: WebhookCallerDep,
-    settings: SettingsDep,
-    engine: EngineDep,
-    writer: WriterDep,
-) -> IngestResult:
-    return await _ingest_post("mo", request, caller, settings, engine, writer)
+async def receive_mo(request: Request, context: WebhookContextDep) -> OrjsonResponse:
+    return await _ingest_post("mo", request, context)
 
 
 @router.get(
@@ -216,25 +192,20 @@ async def receive_mo(
         "The MO's fields as query parameters (`id`, `subAccount`, `messageText`, ...), the MT "
         "it answers as `mt.id`, `mt.correlationId`, `mt.username`, `mt.email` (or `mtId`...)."
     ),
+    response_model=IngestResult,
     responses=INGEST_RESPONSES,
 )
-async def receive_mo_by_get(
-    request: Request,
-    caller: WebhookCallerDep,
-    settings: SettingsDep,
-    engine: EngineDep,
-    writer: WriterDep,
-) -> IngestResult:
+async def receive_mo_by_get(request: Request, context: WebhookContextDep) -> OrjsonResponse:
     received_at = datetime.now(UTC)
     raw_query = request.url.query.encode()
     params = dict(parse_qsl(request.url.query, keep_blank_values=True))
     document = replace_nul_characters(mo_from_query(params, ignore=frozenset({"key"})))
     try:
-        if len(raw_query) > settings.max_body_bytes:
-            raise too_large(settings.max_body_bytes)
+        if len(raw_query) > context.settings.max_body_bytes:
+            raise too_large(context.settings.max_body_bytes)
         parsed = validate_document("mo", document, max_items=1)
     except BodyRejected as rejection:
         raise await _dead_letter(
-            engine, request, caller, "mo", raw_query, False, rejection
+            context.engine, request, context.caller, "mo", raw_query, False, rejection
         ) from None
-    return await _store("mo", parsed, caller, writer, settings, received_at)
+    return await _store("mo", parsed, context, received_at)

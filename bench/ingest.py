@@ -1,0 +1,248 @@
+"""Ingest benchmark: DLR load from wrk against the service and against its no-database ceiling,
+in the same run, then a check that every acknowledged DLR is stored.
+
+    .venv/bin/python -m bench.ingest                    # the full matrix (≈ 3 minutes)
+    .venv/bin/python -m bench.ingest --smoke            # a few seconds; CI checks zero missing
+    .venv/bin/python -m bench.ingest --soak 300         # 5 minutes, single objects, RSS watch
+
+Scenarios: single-object posts at 64 connections and 1000-item arrays at 8 connections, with 1
+and 2 workers. For each it prints events/s and p50/p99 latency of the service and of the
+ceiling (the same app with only the database write removed), their ratio, the largest RSS of
+any server process, and how many acknowledged DLRs are missing from the database (must be 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from app.db.engine import normalize_database_url
+from bench.common import running_service, scratch_database
+
+LUA = Path(__file__).with_name("dlr.lua")
+
+
+@dataclass
+class Scenario:
+    name: str
+    batch: int
+    connections: int
+    workers: int
+
+
+@dataclass
+class Result:
+    events_per_s: float
+    requests: int
+    acked_events: int
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    max_rss_mb: float
+    missing: int | None = None
+
+
+class RssWatcher:
+    """Samples the RSS of the server's process tree while a run goes on."""
+
+    def __init__(self, pid: int) -> None:
+        self.root = psutil.Process(pid)
+        self.max_rss = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            try:
+                processes = [self.root, *self.root.children(recursive=True)]
+                for process in processes:
+                    self.max_rss = max(self.max_rss, process.memory_info().rss)
+            except psutil.Error:
+                pass
+
+    def __enter__(self) -> RssWatcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def run_wrk(url: str, scenario: Scenario, run_id: str, seconds: int) -> tuple[dict, list[dict]]:
+    with tempfile.NamedTemporaryFile(suffix=".jsonl", delete=False) as out:
+        out_path = out.name
+    env = {
+        **os.environ,
+        "WAVY_BENCH_RUN": run_id,
+        "WAVY_BENCH_BATCH": str(scenario.batch),
+        "WAVY_BENCH_OUT": out_path,
+    }
+    connections = scenario.connections
+    subprocess.run(
+        [
+            "wrk",
+            f"-t{connections}",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--timeout",
+            "10s",
+            "-s",
+            str(LUA),
+            f"{url}/v1/webhooks/dlr",
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=seconds + 60,
+    )
+    lines = [json.loads(line) for line in Path(out_path).read_text().splitlines()]
+    os.unlink(out_path)
+    summary = next(line for line in lines if line.get("summary"))
+    return summary, [line for line in lines if "tid" in line]
+
+
+async def count_missing(database_url: str, run_id: str, batch: int, threads: list[dict]) -> int:
+    """Acknowledged = each wrk thread's answered requests (first..last) but the failed ones."""
+    engine = create_async_engine(normalize_database_url(database_url))
+    missing = 0
+    item = "|| '-' || i" if batch > 1 else ""
+    query = text(
+        f"""
+        SELECT count(*) FROM generate_series(CAST(:first AS int), CAST(:last AS int)) AS c,
+             generate_series(1, CAST(:batch AS int)) AS i
+        WHERE c <> ALL(CAST(:failed AS int[]))
+          AND NOT EXISTS (SELECT 1 FROM messages AS m
+                          WHERE m.id = CAST(:prefix AS text) || c {item})
+        """  # noqa: S608 - `item` is one of two constants
+    )
+    async with engine.connect() as conn:
+        for thread in threads:
+            failed = [int(n) for n in thread["failed"].split(",") if n]
+            missing += (
+                await conn.execute(
+                    query,
+                    {
+                        "first": thread["first"],
+                        "last": thread["last"],
+                        "batch": batch,
+                        "failed": failed,
+                        "prefix": f"{run_id}-{thread['tid']}-",
+                    },
+                )
+            ).scalar_one()
+    await engine.dispose()
+    return missing
+
+
+def measure(database_url: str, scenario: Scenario, seconds: int, *, ceiling: bool) -> Result:
+    run_id = f"{scenario.name}-{'ceiling' if ceiling else 'service'}-{time.monotonic_ns()}"
+    factory = "bench.ceiling:create_ceiling_app" if ceiling else None
+    with running_service(database_url, workers=scenario.workers, app_factory=factory) as (
+        url,
+        process,
+    ):
+        time.sleep(1)  # let workers finish starting
+        with RssWatcher(process.pid) as watcher:
+            summary, threads = run_wrk(url, scenario, run_id, seconds)
+    acked_requests = sum(
+        (t["last"] - t["first"] + 1 if t["first"] else 0)
+        - len([n for n in t["failed"].split(",") if n])
+        for t in threads
+    )
+    result = Result(
+        events_per_s=acked_requests * scenario.batch / (summary["duration_us"] / 1e6),
+        requests=summary["requests"],
+        acked_events=acked_requests * scenario.batch,
+        p50_ms=summary["p50_us"] / 1000,
+        p99_ms=summary["p99_us"] / 1000,
+        errors=summary["non_2xx"]
+        + summary["connect_errors"]
+        + summary["read_errors"]
+        + summary["write_errors"]
+        + summary["timeouts"],
+        max_rss_mb=watcher.max_rss / 2**20,
+    )
+    if not ceiling:
+        result.missing = asyncio.run(count_missing(database_url, run_id, scenario.batch, threads))
+    return result
+
+
+def line(label: str, r: Result) -> str:
+    missing = "" if r.missing is None else f"  missing {r.missing}"
+    return (
+        f"  {label:8} {r.events_per_s:9,.0f} events/s  p50 {r.p50_ms:7.2f} ms  "
+        f"p99 {r.p99_ms:7.2f} ms  errors {r.errors}  max RSS {r.max_rss_mb:5.0f} MB{missing}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="DLR ingest benchmark (wrk)")
+    parser.add_argument("--seconds", type=int, default=15, help="length of each wrk run")
+    parser.add_argument("--smoke", action="store_true", help="2-second runs, check zero missing")
+    parser.add_argument(
+        "--soak",
+        type=int,
+        metavar="SECONDS",
+        help="one long single-object run with 1 worker (memory)",
+    )
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed (Debian: apt-get install wrk)")
+
+    if args.soak:
+        scenarios = [Scenario("soak", 1, 64, 1)]
+        seconds, ceilings = args.soak, False
+    elif args.smoke:
+        scenarios = [Scenario("single-1w", 1, 16, 1), Scenario("array-1w", 1000, 2, 1)]
+        seconds, ceilings = 2, False
+    else:
+        scenarios = [
+            Scenario("single-1w", 1, 64, 1),
+            Scenario("single-2w", 1, 64, 2),
+            Scenario("array-1w", 1000, 8, 1),
+            Scenario("array-2w", 1000, 8, 2),
+        ]
+        seconds, ceilings = args.seconds, True
+
+    total_missing = 0
+    with scratch_database("wavy_bench_ingest") as database_url:
+        for scenario in scenarios:
+            shape = "single objects" if scenario.batch == 1 else f"{scenario.batch}-item arrays"
+            print(
+                f"\n## {shape}, {scenario.connections} connections, "
+                f"{scenario.workers} worker(s), {seconds} s",
+                flush=True,
+            )
+            service = measure(database_url, scenario, seconds, ceiling=False)
+            print(line("service", service), flush=True)
+            total_missing += service.missing or 0
+            if ceilings:
+                ceiling = measure(database_url, scenario, seconds, ceiling=True)
+                print(line("ceiling", ceiling), flush=True)
+                print(
+                    f"  ratio    {service.events_per_s / ceiling.events_per_s:.2f} "
+                    "of the no-database ceiling",
+                    flush=True,
+                )
+    print(f"\nacknowledged but missing, all runs: {total_missing}")
+    if total_missing:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
