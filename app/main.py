@@ -44,6 +44,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         max_items=settings.batch_max_items,
         max_delay_s=settings.batch_max_delay_ms / 1000,
         queue_items=settings.writer_queue_items,
+        concurrency=settings.writer_concurrency,
     )
     registry = KeyRegistry(engine, ttl_s=settings.key_cache_seconds)
     if settings.open_ingest:

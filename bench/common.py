@@ -80,23 +80,24 @@ def running_service(
     }
     log = Path(os.environ.get("BENCH_LOG_DIR", tempfile.gettempdir())) / f"wavy-bench-{port}.log"
     with log.open("wb") as out:
-        process = subprocess.Popen(
-            [
-                sys.executable,
+        if app_factory is None:
+            command = ["-m", "app.cli", "serve", "--no-migrate", "--open-ingest"]
+        else:
+            env["WAVY_OPEN_INGEST"] = "true"
+            command = [
                 "-m",
-                "app.cli",
-                "serve",
-                "--port",
-                str(port),
-                "--workers",
-                str(workers),
-                "--no-migrate",
-                "--open-ingest",
-            ],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+                "uvicorn",
+                app_factory,
+                "--factory",
+                "--loop",
+                "uvloop",
+                "--http",
+                "httptools",
+                "--log-level",
+                "warning",
+            ]
+        command = [sys.executable, *command, "--port", str(port), "--workers", str(workers)]
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
         base = f"http://127.0.0.1:{port}"
         try:
             deadline = time.monotonic() + 60

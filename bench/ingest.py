@@ -200,6 +200,12 @@ def main() -> None:
         metavar="SECONDS",
         help="one long single-object run with 1 worker (memory)",
     )
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        metavar="NAME",
+        help="run only these scenarios (single-1w single-2w array-1w array-2w)",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed (Debian: apt-get install wrk)")
@@ -218,6 +224,8 @@ def main() -> None:
             Scenario("array-2w", 1000, 8, 2),
         ]
         seconds, ceilings = args.seconds, True
+    if args.only:
+        scenarios = [scenario for scenario in scenarios if scenario.name in args.only]
 
     total_missing = 0
     with scratch_database("wavy_bench_ingest") as database_url:

@@ -1,7 +1,7 @@
 """The batching writer: many requests, one transaction, and an answer only after the commit.
 
-Requests hand their records to ``BatchWriter.write`` and wait. A single task takes everything
-queued (up to ``batch_max_items``), writes each table with one set-based statement over
+Requests hand their records to ``BatchWriter.write`` and wait. Each of a few writer tasks takes
+everything queued (up to ``batch_max_items``), writes each table with one set-based statement over
 ``unnest`` arrays, commits, and only then wakes the waiting requests with their counts. Under
 load batches grow by themselves (group commit): while one commits, the next gathers.
 
@@ -56,7 +56,7 @@ INSERT_EVENTS = text(
     INSERT INTO events (kind, message_id, sub_account, sent_status_code,
                         delivered_status_code, received_at, payload)
     SELECT kind, message_id, sub_account, sent_code, delivered_code, received_at,
-           CAST(payload AS jsonb)
+           CAST(payload AS json)
     FROM unnest(CAST(:kind AS text[]), CAST(:message_id AS text[]),
                 CAST(:sub_account AS text[]), CAST(:sent_code AS int[]),
                 CAST(:delivered_code AS int[]), CAST(:received_at AS timestamptz[]),
@@ -243,26 +243,33 @@ class BatchWriter:
         max_items: int,
         max_delay_s: float,
         queue_items: int,
+        concurrency: int = 2,
     ) -> None:
         self._engine = engine
+        self._concurrency = concurrency
         self._max_items = max_items
         self._max_delay_s = max_delay_s
         self._queue_items = queue_items
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._queued_items = 0
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="batch-writer")
+        # Several batches in flight: one commits while the next is written, so the database's
+        # round trips and commit waits overlap instead of adding up.
+        self._tasks = [
+            asyncio.create_task(self._run(), name=f"batch-writer-{n}")
+            for n in range(self._concurrency)
+        ]
 
     async def stop(self) -> None:
         """Commit what was handed in, then end (graceful shutdown: nothing accepted is dropped)."""
         self._stopping = True
         await self._queue.join()
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def write(self, records: list[EventRecord]) -> WriteResult:
         """Returns once the records are committed; raises WriterOverloaded or WriteFailed."""

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from app.payloads import Callback, Dlr, Mo
+from app.payloads import Mo
 from app.rules.status_merge import MessageStatus, status_from_event
 
 
@@ -82,7 +82,7 @@ def build_event_records(
     records: list[EventRecord] = []
     for payload, raw in zip(payloads, raw_items, strict=True):
         payload_json = orjson.dumps(raw).decode()
-        if isinstance(payload, Mo):
+        if kind == "mo":
             mo = mo_record(payload, sub_account=sub_account, received_at=received_at)
             records.append(
                 EventRecord(
@@ -97,7 +97,6 @@ def build_event_records(
                 )
             )
             continue
-        assert isinstance(payload, Callback)
         status = status_from_event(payload, sub_account=sub_account, received_at=received_at)
         records.append(
             EventRecord(
@@ -105,9 +104,7 @@ def build_event_records(
                 message_id=payload.id,
                 sub_account=sub_account,
                 sent_status_code=payload.sent_status_code,
-                delivered_status_code=(
-                    payload.delivered_status_code if isinstance(payload, Dlr) else None
-                ),
+                delivered_status_code=payload.delivered_status_code if kind == "dlr" else None,
                 received_at=received_at,
                 payload_json=payload_json,
                 status=status,

@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from functools import reduce
 from typing import Any, TypeVar
 
-from app.payloads import Callback, Dlr
+from app.payloads import Callback, Dlr, campaign_text
 from app.rules.status_codes import DELIVERED_STATUS_NAMES, SENT_STATUS_NAMES, status_name
 
 SENT_BY_NOBODY, SENT_BY_DLR, SENT_BY_CALLBACK = 0, 1, 2
@@ -94,8 +94,10 @@ def status_from_event(
     """The row a single callback or DLR would produce on its own."""
     sent_time = event.sent_time
     has_sent_stage = event.sent_status_code is not None or sent_time is not None
-    source = SENT_BY_CALLBACK if not isinstance(event, Dlr) else SENT_BY_DLR
-    delivered = event if isinstance(event, Dlr) else None
+    # type() rather than isinstance(): pydantic models are ABCs, and isinstance on them was a
+    # measurable share of a 1000-item batch.
+    delivered = event if type(event) is Dlr else None
+    source = SENT_BY_DLR if delivered is not None else SENT_BY_CALLBACK
     return MessageStatus(
         id=event.id,
         sub_account=sub_account,
@@ -103,7 +105,7 @@ def status_from_event(
         destination=event.destination,
         carrier_id=event.carrier_id,
         carrier_name=event.carrier_name,
-        campaign_id=event.campaign_id,
+        campaign_id=campaign_text(event.campaign_id),
         extra_info=event.extra_info,
         sent_source=source if has_sent_stage else SENT_BY_NOBODY,
         sent_status_code=event.sent_status_code if has_sent_stage else None,
