@@ -34,6 +34,7 @@ from app.db.engine import normalize_database_url
 from bench.common import running_service, scratch_database
 
 LUA = Path(__file__).with_name("dlr.lua")
+ARRAY_CONNECTIONS = int(os.environ.get("BENCH_ARRAY_CONNECTIONS", "8"))
 
 
 @dataclass
@@ -220,8 +221,8 @@ def main() -> None:
         scenarios = [
             Scenario("single-1w", 1, 64, 1),
             Scenario("single-2w", 1, 64, 2),
-            Scenario("array-1w", 1000, 8, 1),
-            Scenario("array-2w", 1000, 8, 2),
+            Scenario("array-1w", 1000, ARRAY_CONNECTIONS, 1),
+            Scenario("array-2w", 1000, ARRAY_CONNECTIONS, 2),
         ]
         seconds, ceilings = args.seconds, True
     if args.only:

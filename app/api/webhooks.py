@@ -39,9 +39,28 @@ class IngestResult(BaseModel):
     duplicates: int = Field(description="Of those, how many were already stored", examples=[0])
 
 
+KEY_PARAMETERS: list[dict[str, Any]] = [
+    {
+        "name": "key",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "string"},
+        "description": "Webhook key (or send it as X-Webhook-Key, or as a basic-auth password)",
+    },
+    {
+        "name": "X-Webhook-Key",
+        "in": "header",
+        "required": False,
+        "schema": {"type": "string"},
+        "description": "Webhook key",
+    },
+]
+
+
 def _body_schema(model: type[BaseModel], max_items: int = 1000) -> dict[str, Any]:
     ref = {"$ref": f"#/components/schemas/{model.__name__}"}
     return {
+        "parameters": KEY_PARAMETERS,
         "requestBody": {
             "required": True,
             "content": {
@@ -51,7 +70,7 @@ def _body_schema(model: type[BaseModel], max_items: int = 1000) -> dict[str, Any
                     }
                 }
             },
-        }
+        },
     }
 
 
@@ -192,6 +211,7 @@ async def receive_mo(request: Request, context: WebhookContextDep) -> OrjsonResp
         "The MO's fields as query parameters (`id`, `subAccount`, `messageText`, ...), the MT "
         "it answers as `mt.id`, `mt.correlationId`, `mt.username`, `mt.email` (or `mtId`...)."
     ),
+    openapi_extra={"parameters": KEY_PARAMETERS},
     response_model=IngestResult,
     responses=INGEST_RESPONSES,
 )

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import text
+import asyncpg
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -51,36 +52,45 @@ class _Pending:
     future: asyncio.Future[WriteResult] = field(repr=False)
 
 
-INSERT_EVENTS = text(
-    """
+# Plain asyncpg SQL with positional parameters: the writer talks to asyncpg directly (see
+# write_records), skipping SQLAlchemy's per-statement layer on the hottest path.
+INSERT_EVENTS = """
     INSERT INTO events (kind, message_id, sub_account, sent_status_code,
                         delivered_status_code, received_at, payload)
     SELECT kind, message_id, sub_account, sent_code, delivered_code, received_at,
            CAST(payload AS json)
-    FROM unnest(CAST(:kind AS text[]), CAST(:message_id AS text[]),
-                CAST(:sub_account AS text[]), CAST(:sent_code AS int[]),
-                CAST(:delivered_code AS int[]), CAST(:received_at AS timestamptz[]),
-                CAST(:payload AS text[]))
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::int[], $6::timestamptz[],
+                $7::text[])
          AS u(kind, message_id, sub_account, sent_code, delivered_code, received_at, payload)
     ON CONFLICT ON CONSTRAINT uq_events_exact_retry DO NOTHING
     RETURNING message_id, kind, sent_status_code, delivered_status_code
-    """
-)
+"""
 
-INSERT_MOS = text(
-    """
-    INSERT INTO mos (id, sub_account, campaign_alias, carrier_id, carrier_name, source,
-                     short_code, message_text, received_at, mt_id, mt_correlation_id,
-                     mt_username, mt_email, stored_at)
-    SELECT * FROM unnest(
-        CAST(:id AS text[]), CAST(:sub_account AS text[]), CAST(:campaign_alias AS text[]),
-        CAST(:carrier_id AS bigint[]), CAST(:carrier_name AS text[]), CAST(:source AS text[]),
-        CAST(:short_code AS text[]), CAST(:message_text AS text[]),
-        CAST(:received_at AS timestamptz[]), CAST(:mt_id AS text[]),
-        CAST(:mt_correlation_id AS text[]), CAST(:mt_username AS text[]),
-        CAST(:mt_email AS text[]), CAST(:stored_at AS timestamptz[]))
-    ON CONFLICT (id) DO NOTHING
-    """
+_MO_COLUMNS: dict[str, str] = {
+    "id": "text",
+    "sub_account": "text",
+    "campaign_alias": "text",
+    "carrier_id": "bigint",
+    "carrier_name": "text",
+    "source": "text",
+    "short_code": "text",
+    "message_text": "text",
+    "received_at": "timestamptz",
+    "mt_id": "text",
+    "mt_correlation_id": "text",
+    "mt_username": "text",
+    "mt_email": "text",
+    "stored_at": "timestamptz",
+}
+
+
+def _unnest(columns: dict[str, str]) -> str:
+    return ", ".join(f"${n}::{kind}[]" for n, kind in enumerate(columns.values(), start=1))
+
+
+INSERT_MOS = (
+    f"INSERT INTO mos ({', '.join(_MO_COLUMNS)}) "  # noqa: S608 - constant column names only
+    f"SELECT * FROM unnest({_unnest(_MO_COLUMNS)}) ON CONFLICT (id) DO NOTHING"
 )
 
 _STATUS_COLUMNS: dict[str, str] = {
@@ -139,7 +149,7 @@ def _merged_expressions() -> dict[str, str]:
 
 def _build_upsert_messages() -> str:
     columns = list(_STATUS_COLUMNS)
-    arrays = ", ".join(f"CAST(:{c} AS {t}[])" for c, t in _STATUS_COLUMNS.items())
+    arrays = _unnest(_STATUS_COLUMNS)
     merged = _merged_expressions()
     assignments = [f"{c} = {e}" for c, e in merged.items()]
     assignments += [
@@ -160,14 +170,14 @@ def _build_upsert_messages() -> str:
     )
 
 
-UPSERT_MESSAGES = text(_build_upsert_messages())
+UPSERT_MESSAGES = _build_upsert_messages()
 
 
-def _columns(rows: list[Any], names: tuple[str, ...] | list[str]) -> dict[str, list[Any]]:
-    return {name: [getattr(row, name) for row in rows] for name in names}
+def _arrays(rows: list[Any], names: Iterable[str]) -> list[list[Any]]:
+    return [[getattr(row, name) for row in rows] for name in names]
 
 
-async def write_records(conn: AsyncConnection, records: list[EventRecord]) -> set[int]:
+async def write_records(conn: asyncpg.Connection, records: list[EventRecord]) -> set[int]:
     """Write one batch inside the caller's transaction. Returns the positions (in ``records``)
     of the events that were new; every other one repeats an event already stored."""
     first_seen: dict[tuple[str, str, int | None, int | None], int] = {}
@@ -176,17 +186,20 @@ async def write_records(conn: AsyncConnection, records: list[EventRecord]) -> se
     # Sorted so that concurrent batches (other workers) take row locks in the same order.
     candidates = sorted(first_seen.items(), key=lambda item: repr(item[0]))
     rows = [records[position] for _, position in candidates]
-    result = await conn.execute(
+    result = await conn.fetch(
         INSERT_EVENTS,
-        {
-            "kind": [r.kind for r in rows],
-            "message_id": [r.message_id for r in rows],
-            "sub_account": [r.sub_account for r in rows],
-            "sent_code": [r.sent_status_code for r in rows],
-            "delivered_code": [r.delivered_status_code for r in rows],
-            "received_at": [r.received_at for r in rows],
-            "payload": [r.payload_json for r in rows],
-        },
+        *_arrays(
+            rows,
+            (
+                "kind",
+                "message_id",
+                "sub_account",
+                "sent_status_code",
+                "delivered_status_code",
+                "received_at",
+                "payload_json",
+            ),
+        ),
     )
     inserted_keys = {tuple(row) for row in result}
     new_positions = {pos for key, pos in candidates if key in inserted_keys}
@@ -194,36 +207,21 @@ async def write_records(conn: AsyncConnection, records: list[EventRecord]) -> se
 
     statuses = merge_status_events([r.status for r in new_records if r.status is not None])
     if statuses:
-        await conn.execute(UPSERT_MESSAGES, _columns(statuses, list(_STATUS_COLUMNS)))
+        await conn.execute(UPSERT_MESSAGES, *_arrays(statuses, _STATUS_COLUMNS))
     mos = sorted((r.mo for r in new_records if r.mo is not None), key=lambda mo: mo.id)
     if mos:
-        await conn.execute(
-            INSERT_MOS,
-            _columns(
-                mos,
-                (
-                    "id",
-                    "sub_account",
-                    "campaign_alias",
-                    "carrier_id",
-                    "carrier_name",
-                    "source",
-                    "short_code",
-                    "message_text",
-                    "received_at",
-                    "mt_id",
-                    "mt_correlation_id",
-                    "mt_username",
-                    "mt_email",
-                    "stored_at",
-                ),
-            ),
-        )
+        await conn.execute(INSERT_MOS, *_arrays(mos, _MO_COLUMNS))
     return new_positions
 
 
+async def _driver_connection(conn: AsyncConnection) -> asyncpg.Connection:
+    raw = await conn.get_raw_connection()
+    driver: asyncpg.Connection = raw.driver_connection
+    return driver
+
+
 def _is_transient(error: BaseException) -> bool:
-    orig = getattr(error, "orig", None)
+    orig = getattr(error, "orig", error)
     return getattr(orig, "sqlstate", None) in TRANSIENT_SQLSTATES
 
 
@@ -319,7 +317,7 @@ class BatchWriter:
     async def _commit_batch(self, batch: list[_Pending]) -> None:
         try:
             results = await self._commit_with_retries(batch)
-        except SQLAlchemyError as error:
+        except (SQLAlchemyError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as error:
             if len(batch) == 1 or _is_connection_problem(error):
                 log.warning("batch of %d requests failed: %s", len(batch), error)
                 for pending in batch:
@@ -337,10 +335,14 @@ class BatchWriter:
         records = [record for pending in batch for record in pending.records]
         for attempt in range(1, TRANSIENT_ATTEMPTS + 1):
             try:
-                async with self._engine.begin() as conn:
-                    new_positions = await write_records(conn, records)
+                async with self._engine.connect() as conn:
+                    driver = await _driver_connection(conn)
+                    # asyncpg's own transaction: SQLAlchemy's adapter would only BEGIN on its
+                    # own first statement, and these statements bypass it.
+                    async with driver.transaction():
+                        new_positions = await write_records(driver, records)
                 break
-            except DBAPIError as error:
+            except (DBAPIError, asyncpg.PostgresError) as error:
                 if attempt == TRANSIENT_ATTEMPTS or not _is_transient(error):
                     raise
         results, offset = [], 0
