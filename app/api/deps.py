@@ -1,5 +1,5 @@
-"""FastAPI dependencies: settings, the engine, the writer, who is calling (a webhook sender or
-a read-API user) and what they may see."""
+"""FastAPI dependencies: the engine, the webhook context (caller, settings, writer), the
+read-API user and what they may see."""
 
 from __future__ import annotations
 
@@ -22,26 +22,12 @@ from app.settings import Settings
 # the no-database ceiling went from 637 to several thousand requests/s).
 
 
-async def get_app_settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
-
-
-SettingsDep = Annotated[Settings, Depends(get_app_settings)]
-
-
 async def get_engine(request: Request) -> AsyncEngine:
     engine: AsyncEngine = request.app.state.engine
     return engine
 
 
-async def get_writer(request: Request) -> BatchWriter:
-    writer: BatchWriter = request.app.state.writer
-    return writer
-
-
 EngineDep = Annotated[AsyncEngine, Depends(get_engine)]
-WriterDep = Annotated[BatchWriter, Depends(get_writer)]
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,16 +9,10 @@ from fastapi import APIRouter, Query
 
 from app.api.deps import EngineDep, ReaderDep, ScopeDep
 from app.api.errors import ApiError, OrjsonResponse, responses
+from app.api.paging import After, Limit, as_utc, bad_cursor, feed_response
 from app.api.schemas import MoChanges, MoEnvelope, iso, mo_out
-from app.api.status import Limit, as_utc, bad_cursor
 from app.db import reads
-from app.rules.cursors import (
-    BadCursor,
-    feed_cursor,
-    read_feed_cursor,
-    read_time_cursor_int,
-    time_cursor,
-)
+from app.rules.cursors import BadCursor, read_time_cursor_int, time_cursor
 
 router = APIRouter(prefix="/v1/sms/receive", tags=["replies (MOs)"])
 
@@ -105,20 +99,6 @@ async def search_replies(
     responses=READ_RESPONSES,
 )
 async def reply_changes(
-    scope: ScopeDep,
-    engine: EngineDep,
-    after: Annotated[str | None, Query(description="`next` of the previous page")] = None,
-    limit: Limit = 1000,
+    scope: ScopeDep, engine: EngineDep, after: After = None, limit: Limit = 1000
 ) -> OrjsonResponse:
-    try:
-        position = reads.FeedPosition(*read_feed_cursor(after)) if after else reads.FeedPosition()
-    except BadCursor:
-        raise bad_cursor() from None
-    async with engine.connect() as conn:
-        rows, next_position = await reads.feed_page(conn, "mo", scope, position, limit)
-    return OrjsonResponse(
-        {
-            "items": [mo_out(row) for row in rows],
-            "next": feed_cursor(next_position.tx_id, next_position.seq),
-        }
-    )
+    return await feed_response("mo", scope, engine, after, limit, mo_out)

@@ -3,13 +3,14 @@ message's full history, and a filtered listing for dashboards."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
 
 from app.api.deps import EngineDep, ReaderDep, ScopeDep
 from app.api.errors import ApiError, OrjsonResponse, responses
+from app.api.paging import After, Limit, as_utc, bad_cursor, feed_response
 from app.api.schemas import (
     StatusChanges,
     StatusDetail,
@@ -21,29 +22,11 @@ from app.api.schemas import (
     status_out,
 )
 from app.db import reads
-from app.rules.cursors import (
-    BadCursor,
-    feed_cursor,
-    read_feed_cursor,
-    read_time_cursor_str,
-    time_cursor,
-)
+from app.rules.cursors import BadCursor, read_time_cursor_str, time_cursor
 
 router = APIRouter(prefix="/v1/sms/status", tags=["statuses"])
 
 READ_RESPONSES = responses(401, 403, 422)
-Limit = Annotated[int, Query(ge=1, le=1000, description="At most this many items (1-1000)")]
-
-
-def as_utc(moment: datetime | None) -> datetime | None:
-    """A time without offset in a query means UTC."""
-    if moment is None or moment.tzinfo is not None:
-        return moment
-    return moment.replace(tzinfo=UTC)
-
-
-def bad_cursor() -> ApiError:
-    return ApiError(422, "invalid_cursor", "the cursor is not one this API handed out")
 
 
 @router.post(
@@ -89,23 +72,9 @@ async def list_changed_statuses(
     responses=READ_RESPONSES,
 )
 async def status_changes(
-    scope: ScopeDep,
-    engine: EngineDep,
-    after: Annotated[str | None, Query(description="`next` of the previous page")] = None,
-    limit: Limit = 1000,
+    scope: ScopeDep, engine: EngineDep, after: After = None, limit: Limit = 1000
 ) -> OrjsonResponse:
-    try:
-        position = reads.FeedPosition(*read_feed_cursor(after)) if after else reads.FeedPosition()
-    except BadCursor:
-        raise bad_cursor() from None
-    async with engine.connect() as conn:
-        rows, next_position = await reads.feed_page(conn, "status", scope, position, limit)
-    return OrjsonResponse(
-        {
-            "items": [status_out(row) for row in rows],
-            "next": feed_cursor(next_position.tx_id, next_position.seq),
-        }
-    )
+    return await feed_response("status", scope, engine, after, limit, status_out)
 
 
 @router.get(
