@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 from collections.abc import Awaitable, Callable
+from types import FrameType
 from typing import Annotated, TypeVar
 
 import typer
@@ -69,6 +71,10 @@ def print_webhook_urls(settings: Settings, key: str, sub_account: str | None) ->
     typer.echo("The key is shown only now; it is stored hashed.")
 
 
+def _exit_normally(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
+
+
 @cli.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Interface to bind [env WAVY_HOST]")] = None,
@@ -110,6 +116,10 @@ def serve(
             typer.echo("No webhook key existed, so one was created.")
             print_webhook_urls(settings, created, None)
 
+    # uvicorn re-raises a SIGTERM after its graceful shutdown, with the handler it found
+    # installed; the default one would kill the process before atexit stops the embedded
+    # PostgreSQL (docker stop, systemd). This one exits normally instead.
+    signal.signal(signal.SIGTERM, _exit_normally)
     uvicorn.run(
         "app.main:create_app",
         factory=True,

@@ -156,8 +156,8 @@ class Service:
                 time.sleep(0.2)
         raise AssertionError(f"serve did not start: {self.log.read_text()}")
 
-    def stop(self) -> None:
-        self.process.send_signal(signal.SIGINT)
+    def stop(self, how: signal.Signals = signal.SIGINT) -> None:
+        self.process.send_signal(how)
         self.process.wait(timeout=60)
         self.out.close()
 
@@ -189,8 +189,12 @@ def test_serve_without_database_url_uses_embedded_postgres_and_keeps_data(
         again = httpx.post(f"http://127.0.0.1:{port}/v1/webhooks/dlr?key={key}", json=dlr)
         assert again.json() == {"received": 1, "duplicates": 1}  # the first DLR is still there
     finally:
-        second.stop()
-    assert (tmp_path / "data" / "pgdata" / "PG_VERSION").exists()
+        second.stop(signal.SIGTERM)  # what docker stop and systemd send
+    pgdata = tmp_path / "data" / "pgdata"
+    assert (pgdata / "PG_VERSION").exists()
+    # The embedded server stopped with the service (it removes postmaster.pid when it does).
+    assert not (pgdata / "postmaster.pid").exists()
+    assert second.process.returncode == 0
 
 
 def test_cli_users_add_list_disable_rotate(empty_database: str) -> None:

