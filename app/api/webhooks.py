@@ -80,9 +80,6 @@ INGEST_RESPONSES = responses(400, 401, 413, 422, 503)
 async def read_limited_body(request: Request, limit: int) -> tuple[bytes, bool]:
     """The body, or its first ``limit`` bytes and True when it is longer: we stop reading there,
     so an endless or huge body costs at most ``limit`` bytes of memory."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        return b"", True
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
