@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -100,3 +103,90 @@ async def test_openapi_documents_every_route_and_the_error_shape(
     assert (
         "sentStatusAt" in schemas["Dlr"]["properties"] or "sentAt" in schemas["Dlr"]["properties"]
     )
+
+
+@pytest.fixture
+async def poison_trigger(engine: Any) -> AsyncIterator[None]:
+    """A real database refusal for one message id (SQLSTATE 22023, a data exception), the way
+    a value PostgreSQL cannot take would fail a whole batch."""
+    from sqlalchemy import text
+
+    async with engine.begin() as conn:
+        await conn.execute(
+            text("""
+            CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF NEW.message_id = 'poison' THEN
+                    RAISE EXCEPTION 'refused' USING ERRCODE = '22023';
+                END IF;
+                RETURN NEW;
+            END $$""")
+        )
+        await conn.execute(
+            text(
+                "CREATE TRIGGER refuse_poison BEFORE INSERT ON events "
+                "FOR EACH ROW EXECUTE FUNCTION refuse_poison()"
+            )
+        )
+    yield
+    async with engine.begin() as conn:
+        await conn.execute(text("DROP TRIGGER refuse_poison ON events"))
+        await conn.execute(text("DROP FUNCTION refuse_poison()"))
+
+
+@pytest.mark.usefixtures("poison_trigger")
+async def test_a_poisoned_request_fails_alone_and_its_batch_neighbours_are_stored(
+    hook: Any, engine: Any
+) -> None:
+    ids = [f"ok-{i}" for i in range(30)]
+
+    responses = await asyncio.gather(
+        hook("dlr", {"id": "poison"}), *(hook("dlr", {"id": i}) for i in ids)
+    )
+
+    assert responses[0].status_code == 503
+    assert [r.status_code for r in responses[1:]] == [200] * len(ids)
+    async with engine.connect() as conn:
+        from sqlalchemy import text
+
+        stored = set((await conn.execute(text("SELECT id FROM messages"))).scalars())
+    assert stored == set(ids)
+
+
+@pytest.fixture
+async def silent_database(
+    app: FastAPI, settings: Settings, webhook_key: str
+) -> AsyncIterator[None]:
+    """A 'database' on a local port that accepts connections and never answers, so every
+    connection attempt waits out its (1 s) timeout, as during a network outage."""
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # until the client gives up
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    dead = settings.model_copy(update={"db_connect_timeout_s": 1.0, "db_pool_size": 1})
+    engine = create_engine(dead, f"postgresql://postgres@127.0.0.1:{port}/nowhere")
+    writer = BatchWriter(engine, max_items=100, max_delay_s=0.05, queue_items=1000)
+    await writer.start()
+    real = app.state.engine, app.state.writer
+    app.state.engine, app.state.writer = engine, writer
+    yield
+    app.state.engine, app.state.writer = real
+    await writer.stop()
+    await engine.dispose()
+    server.close()
+
+
+@pytest.mark.usefixtures("silent_database")
+async def test_an_outage_fails_a_whole_batch_at_once_rather_than_request_by_request(
+    hook: Any,
+) -> None:
+    """Retrying 20 requests one by one would cost 20 connect timeouts of 1 s (and the requests
+    would hit their own 10 s deadline first); failing the batch costs one or two."""
+    started = time.monotonic()
+
+    responses = await asyncio.gather(*(hook("dlr", {"id": f"m{i}"}) for i in range(20)))
+
+    assert {r.status_code for r in responses} == {503}
+    assert time.monotonic() - started < 6

@@ -225,10 +225,17 @@ def _is_transient(error: BaseException) -> bool:
     return getattr(orig, "sqlstate", None) in TRANSIENT_SQLSTATES
 
 
-def _is_connection_problem(error: BaseException) -> bool:
-    return (isinstance(error, DBAPIError) and error.connection_invalidated) or isinstance(
-        error, OSError | TimeoutError
-    )
+# SQLSTATE classes a request's own data can cause: data exception, integrity violation,
+# program limit exceeded. Only these are worth isolating request by request.
+POISON_SQLSTATE_CLASSES = frozenset({"22", "23", "54"})
+
+
+def _could_be_poison(error: BaseException) -> bool:
+    """True when one request's data may have failed the batch. Anything else (the database
+    away, restarting, out of connections) fails every request alike, and retrying them one
+    by one would only stall the writer for connect timeout after connect timeout."""
+    sqlstate = getattr(getattr(error, "orig", error), "sqlstate", None)
+    return isinstance(sqlstate, str) and sqlstate[:2] in POISON_SQLSTATE_CLASSES
 
 
 class BatchWriter:
@@ -318,7 +325,7 @@ class BatchWriter:
         try:
             results = await self._commit_with_retries(batch)
         except (SQLAlchemyError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as error:
-            if len(batch) == 1 or _is_connection_problem(error):
+            if len(batch) == 1 or not _could_be_poison(error):
                 log.warning("batch of %d requests failed: %s", len(batch), error)
                 for pending in batch:
                     _fail(pending, WriteFailed(str(error)))
