@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
@@ -37,22 +38,30 @@ def test_other_databases_are_refused() -> None:
         normalize_database_url("mysql://u:p@db/wavy")
 
 
-@pytest.fixture
-async def unreachable_database(
-    app: FastAPI, settings: Settings, webhook_key: str
-) -> Iterator[None]:
-    """The app's engine and writer swapped for ones aimed at a port nobody listens on (the
-    webhook key is made first, through the real one)."""
+@asynccontextmanager
+async def writes_going_to(app: FastAPI, settings: Settings, url: str) -> AsyncIterator[None]:
+    """The app's engine and writer swapped for ones aimed at ``url`` (1 s connect timeout)."""
     dead = settings.model_copy(update={"db_connect_timeout_s": 1.0, "db_pool_size": 1})
-    engine = create_engine(dead, "postgresql://postgres@127.0.0.1:9/nowhere")
-    writer = BatchWriter(engine, max_items=100, max_delay_s=0, queue_items=1000)
+    engine = create_engine(dead, url)
+    writer = BatchWriter(engine, max_items=100, max_delay_s=0.05, queue_items=1000)
     await writer.start()
     real = app.state.engine, app.state.writer
     app.state.engine, app.state.writer = engine, writer
-    yield
-    app.state.engine, app.state.writer = real
-    await writer.stop()
-    await engine.dispose()
+    try:
+        yield
+    finally:
+        app.state.engine, app.state.writer = real
+        await writer.stop()
+        await engine.dispose()
+
+
+@pytest.fixture
+async def unreachable_database(
+    app: FastAPI, settings: Settings, webhook_key: str
+) -> AsyncIterator[None]:
+    """Nothing listens on the port (the webhook key is made first, through the real one)."""
+    async with writes_going_to(app, settings, "postgresql://postgres@127.0.0.1:9/nowhere"):
+        yield
 
 
 @pytest.mark.usefixtures("unreachable_database")
@@ -165,16 +174,8 @@ async def silent_database(
 
     server = await asyncio.start_server(hold, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    dead = settings.model_copy(update={"db_connect_timeout_s": 1.0, "db_pool_size": 1})
-    engine = create_engine(dead, f"postgresql://postgres@127.0.0.1:{port}/nowhere")
-    writer = BatchWriter(engine, max_items=100, max_delay_s=0.05, queue_items=1000)
-    await writer.start()
-    real = app.state.engine, app.state.writer
-    app.state.engine, app.state.writer = engine, writer
-    yield
-    app.state.engine, app.state.writer = real
-    await writer.stop()
-    await engine.dispose()
+    async with writes_going_to(app, settings, f"postgresql://postgres@127.0.0.1:{port}/x"):
+        yield
     server.close()
 
 
