@@ -143,9 +143,9 @@ async def _store(
     if not records:
         return OrjsonResponse({"received": 0, "duplicates": 0})
     try:
-        result = await asyncio.wait_for(
-            context.writer.write(records), context.settings.writer_timeout_s
-        )
+        # asyncio.timeout, not wait_for: wait_for wraps the call in a Task per request.
+        async with asyncio.timeout(context.settings.writer_timeout_s):
+            result = await context.writer.write(records)
     except WriterOverloaded:
         raise _unavailable("overloaded; nothing was stored, retry later") from None
     except (WriteFailed, TimeoutError):
