@@ -48,12 +48,16 @@ def _basic_auth_password(authorization: str | None) -> str | None:
     return password if sep else None
 
 
-UNAUTHORIZED = ApiError(
-    401,
-    "unauthorized",
-    "a valid webhook key is required (?key=, X-Webhook-Key header, or basic-auth password)",
-    headers={"WWW-Authenticate": 'Basic realm="wavy-webhooks"'},
-)
+# Errors are built per request, never shared: a shared instance's __traceback__ and
+# __context__ are overwritten by every concurrent request that raises it (Starlette happens to
+# clear them after handling today; nothing here should depend on that).
+def webhook_unauthorized() -> ApiError:
+    return ApiError(
+        401,
+        "unauthorized",
+        "a valid webhook key is required (?key=, X-Webhook-Key header, or basic-auth password)",
+        headers={"WWW-Authenticate": 'Basic realm="wavy-webhooks"'},
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +92,7 @@ async def webhook_context(request: Request) -> WebhookContext:
     if caller is None and settings.open_ingest:
         caller = WebhookCaller(sub_account=None)
     if caller is None:
-        raise UNAUTHORIZED
+        raise webhook_unauthorized()
     return WebhookContext(
         caller=caller, settings=settings, engine=state.engine, writer=state.writer
     )
@@ -97,9 +101,10 @@ async def webhook_context(request: Request) -> WebhookContext:
 WebhookContextDep = Annotated[WebhookContext, Depends(webhook_context)]
 
 
-READER_UNAUTHORIZED = ApiError(
-    401, "unauthorized", "valid UserName and AuthenticationToken headers are required"
-)
+def reader_unauthorized() -> ApiError:
+    return ApiError(
+        401, "unauthorized", "valid UserName and AuthenticationToken headers are required"
+    )
 
 
 async def current_reader(
@@ -112,11 +117,11 @@ async def current_reader(
     """The read API's caller. Every failure (missing header, unknown user, wrong token,
     disabled user) gets the very same 401."""
     if not username or not token:
-        raise READER_UNAUTHORIZED
+        raise reader_unauthorized()
     async with engine.connect() as conn:
         reader = await authenticate_reader(conn, username, token)
     if reader is None:
-        raise READER_UNAUTHORIZED
+        raise reader_unauthorized()
     return reader
 
 
