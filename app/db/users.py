@@ -40,7 +40,7 @@ async def add_user(
             username=username,
             email=email,
             role=role.value,
-            sub_account=sub_account if role is Role.USER else sub_account or None,
+            sub_account=sub_account or None,  # a user without one is refused by a CHECK
             token_hash=hash_key(token),
         )
     )
