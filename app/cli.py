@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
+import enum
+import logging.config
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from types import FrameType
 from typing import Annotated, TypeVar
 
@@ -17,6 +23,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from app.db import queries, users
 from app.db.engine import create_engine, start_embedded_postgres, sync_url
 from app.db.migrate import upgrade_to_head
+from app.logs import logging_config
+from app.metrics import MULTIPROC_ENV, prepare_multiprocess_dir
 from app.rules.credentials import MIN_CHOSEN_SECRET_CHARS
 from app.rules.scope import Role
 from app.settings import Settings
@@ -71,6 +79,11 @@ def print_webhook_urls(settings: Settings, key: str, sub_account: str | None) ->
     typer.echo("The key is shown only now; it is stored hashed.")
 
 
+class LogFormatChoice(enum.StrEnum):
+    text = "text"
+    json = "json"
+
+
 def _exit_normally(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(0)
 
@@ -87,6 +100,10 @@ def serve(
         bool,
         typer.Option("--open-ingest", help="Accept webhooks without a key [env WAVY_OPEN_INGEST]"),
     ] = False,
+    log_format: Annotated[
+        LogFormatChoice | None,
+        typer.Option(help="text or json (one object per line) [env WAVY_LOG_FORMAT]"),
+    ] = None,
 ) -> None:
     """Run the HTTP service (migrating first, and creating a webhook key if there is none)."""
     import uvicorn
@@ -97,7 +114,15 @@ def serve(
             os.environ[f"WAVY_{name}"] = str(value)
     if open_ingest:
         os.environ["WAVY_OPEN_INGEST"] = "true"
+    if log_format is not None:
+        os.environ["WAVY_LOG_FORMAT"] = log_format.value
     settings = Settings()
+    log_config = logging_config(settings.log_level, settings.log_format)
+    logging.config.dictConfig(log_config)
+    # Before the workers start: they inherit it, and count into files /metrics adds up.
+    metrics_dir = os.environ.get(MULTIPROC_ENV) or tempfile.mkdtemp(prefix="wavy-metrics-")
+    prepare_multiprocess_dir(Path(metrics_dir))
+    atexit.register(shutil.rmtree, metrics_dir, ignore_errors=True)
     database_url = resolve_database_url(settings)
     os.environ["DATABASE_URL"] = database_url
     if not no_migrate:
@@ -129,7 +154,12 @@ def serve(
         loop="uvloop",
         http="httptools",
         log_level=settings.log_level,
-        timeout_graceful_shutdown=int(settings.writer_timeout_s),
+        log_config=log_config,
+        access_log=False,  # ours (app.access) logs routes, never URLs holding webhook keys
+        limit_concurrency=settings.limit_concurrency,
+        # In-flight requests wait at most writer_timeout_s for their commit; then the writer
+        # drains what it holds: a stop takes bounded time and acknowledges nothing unsaved.
+        timeout_graceful_shutdown=int(settings.writer_timeout_s) + 5,
     )
 
 

@@ -3,6 +3,8 @@ batching writer and the key cache (``uvicorn app.main:create_app --factory``).""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -11,11 +13,15 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.api import receive, status, webhooks
+from app import metrics
+from app.api import health, receive, status, webhooks
 from app.api.errors import install_error_handlers
+from app.api.middleware import ObserveRequests
 from app.db.engine import create_engine, start_embedded_postgres
 from app.db.key_registry import KeyRegistry
+from app.db.migrate import head_revision
 from app.db.writer import BatchWriter
 from app.payloads import Callback, Dlr, Mo
 from app.settings import Settings
@@ -52,12 +58,27 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     await registry.refresh()
     await writer.start()
     app.state.engine, app.state.writer, app.state.key_registry = engine, writer, registry
+    app.state.schema_head = head_revision()
+    sampler = asyncio.create_task(_sample_gauges(engine, writer), name="sample-gauges")
     try:
         yield
     finally:
         # Commit what requests already handed in before the connections go away.
         await writer.stop()
+        sampler.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sampler
         await engine.dispose()
+
+
+async def _sample_gauges(engine: AsyncEngine, writer: BatchWriter) -> None:
+    """Queue depth and pool use, once a second: cheaper than tracking them per request."""
+    pool = engine.sync_engine.pool
+    while True:
+        checked_out: int = pool.checkedout()  # type: ignore[attr-defined]
+        idle: int = pool.checkedin()  # type: ignore[attr-defined]
+        metrics.sample_gauges(writer.queued_items, checked_out, checked_out + idle)
+        await asyncio.sleep(1.0)
 
 
 def _openapi_with_payload_schemas(app: FastAPI) -> dict[str, Any]:
@@ -88,8 +109,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=DESCRIPTION,
         lifespan=lifespan,
     )
-    app.state.settings = settings or Settings()
+    app.state.settings = settings = settings or Settings()
     install_error_handlers(app)
+    app.add_middleware(ObserveRequests, access_log_enabled=settings.access_log)
+    app.include_router(health.router)
     app.include_router(webhooks.router)
     app.include_router(status.router)
     app.include_router(receive.router)

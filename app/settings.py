@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -49,7 +50,18 @@ class Settings(BaseSettings):
     db_connect_timeout_s: float = 5.0
 
     key_cache_seconds: float = 5.0
+    # A body that has not fully arrived after this long is refused (408): slow senders and
+    # slowloris clients cannot hold a connection and its buffer forever.
+    body_timeout_s: float = 10.0
+    # Per worker: past this many open connections uvicorn answers 503 at once (a burst gets
+    # quick refusals instead of piling up in memory).
+    limit_concurrency: int = 2048
+
     log_level: str = "info"
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="json: one JSON object per line, for a log pipeline"
+    )
+    access_log: bool = Field(default=True, description="One line per request (at info level)")
 
     def webhook_base_url(self) -> str:
         return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")

@@ -10,6 +10,7 @@ import secrets
 import socket
 import tempfile
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,9 @@ from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from app.db import queries
-from app.db.engine import normalize_database_url, start_embedded_postgres
+from app.db.engine import create_engine, normalize_database_url, start_embedded_postgres
 from app.db.migrate import upgrade_to_head
+from app.db.writer import BatchWriter
 from app.main import create_app
 from app.settings import Settings
 
@@ -149,3 +151,46 @@ async def fetch_all(engine: AsyncEngine, sql: str, **params: Any) -> list[dict[s
     async with engine.connect() as conn:
         result = await conn.execute(text(sql), params)
         return [dict(row._mapping) for row in result]
+
+
+@asynccontextmanager
+async def writes_going_to(app: FastAPI, settings: Settings, url: str) -> AsyncIterator[None]:
+    """The app's engine and writer swapped for ones aimed at ``url`` (1 s connect timeout)."""
+    dead = settings.model_copy(update={"db_connect_timeout_s": 1.0, "db_pool_size": 1})
+    engine = create_engine(dead, url)
+    writer = BatchWriter(engine, max_items=100, max_delay_s=0.05, queue_items=1000)
+    await writer.start()
+    real = app.state.engine, app.state.writer
+    app.state.engine, app.state.writer = engine, writer
+    try:
+        yield
+    finally:
+        app.state.engine, app.state.writer = real
+        await writer.stop()
+        await engine.dispose()
+
+
+@pytest.fixture
+async def unreachable_database(
+    app: FastAPI, settings: Settings, webhook_key: str
+) -> AsyncIterator[None]:
+    """Nothing listens on the port (the webhook key is made first, through the real one)."""
+    async with writes_going_to(app, settings, "postgresql://postgres@127.0.0.1:9/nowhere"):
+        yield
+
+
+@pytest.fixture
+async def silent_database(
+    app: FastAPI, settings: Settings, webhook_key: str
+) -> AsyncIterator[None]:
+    """A 'database' on a local port that accepts connections and never answers, so every
+    connection attempt waits out its (1 s) timeout, as during a network outage."""
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # until the client gives up
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with writes_going_to(app, settings, f"postgresql://postgres@127.0.0.1:{port}/x"):
+        yield
+    server.close()

@@ -5,16 +5,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
 
-from app.db.engine import create_engine, normalize_database_url
-from app.db.writer import BatchWriter
-from app.settings import Settings
+from app.db.engine import normalize_database_url
 
 
 @pytest.mark.parametrize(
@@ -36,32 +32,6 @@ def test_every_postgres_url_spelling_means_asyncpg(raw: str) -> None:
 def test_other_databases_are_refused() -> None:
     with pytest.raises(ValueError, match="only PostgreSQL"):
         normalize_database_url("mysql://u:p@db/wavy")
-
-
-@asynccontextmanager
-async def writes_going_to(app: FastAPI, settings: Settings, url: str) -> AsyncIterator[None]:
-    """The app's engine and writer swapped for ones aimed at ``url`` (1 s connect timeout)."""
-    dead = settings.model_copy(update={"db_connect_timeout_s": 1.0, "db_pool_size": 1})
-    engine = create_engine(dead, url)
-    writer = BatchWriter(engine, max_items=100, max_delay_s=0.05, queue_items=1000)
-    await writer.start()
-    real = app.state.engine, app.state.writer
-    app.state.engine, app.state.writer = engine, writer
-    try:
-        yield
-    finally:
-        app.state.engine, app.state.writer = real
-        await writer.stop()
-        await engine.dispose()
-
-
-@pytest.fixture
-async def unreachable_database(
-    app: FastAPI, settings: Settings, webhook_key: str
-) -> AsyncIterator[None]:
-    """Nothing listens on the port (the webhook key is made first, through the real one)."""
-    async with writes_going_to(app, settings, "postgresql://postgres@127.0.0.1:9/nowhere"):
-        yield
 
 
 @pytest.mark.usefixtures("unreachable_database")
@@ -160,23 +130,6 @@ async def test_a_poisoned_request_fails_alone_and_its_batch_neighbours_are_store
 
         stored = set((await conn.execute(text("SELECT id FROM messages"))).scalars())
     assert stored == set(ids)
-
-
-@pytest.fixture
-async def silent_database(
-    app: FastAPI, settings: Settings, webhook_key: str
-) -> AsyncIterator[None]:
-    """A 'database' on a local port that accepts connections and never answers, so every
-    connection attempt waits out its (1 s) timeout, as during a network outage."""
-
-    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.read()  # until the client gives up
-
-    server = await asyncio.start_server(hold, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    async with writes_going_to(app, settings, f"postgresql://postgres@127.0.0.1:{port}/x"):
-        yield
-    server.close()
 
 
 @pytest.mark.usefixtures("silent_database")

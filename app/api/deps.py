@@ -11,6 +11,7 @@ from typing import Annotated
 from fastapi import Depends, Header, Query, Request
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app import metrics
 from app.api.errors import ApiError
 from app.db.users import authenticate_reader
 from app.db.writer import BatchWriter
@@ -92,6 +93,7 @@ async def webhook_context(request: Request) -> WebhookContext:
     if caller is None and settings.open_ingest:
         caller = WebhookCaller(sub_account=None)
     if caller is None:
+        metrics.WEBHOOK_AUTH_FAILURES.labels("unknown_key" if presented else "no_key").inc()
         raise webhook_unauthorized()
     return WebhookContext(
         caller=caller, settings=settings, engine=state.engine, writer=state.writer
@@ -117,10 +119,12 @@ async def current_reader(
     """The read API's caller. Every failure (missing header, unknown user, wrong token,
     disabled user) gets the very same 401."""
     if not username or not token:
+        metrics.READER_AUTH_FAILURES.inc()
         raise reader_unauthorized()
     async with engine.connect() as conn:
         reader = await authenticate_reader(conn, username, token)
     if reader is None:
+        metrics.READER_AUTH_FAILURES.inc()
         raise reader_unauthorized()
     return reader
 

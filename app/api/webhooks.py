@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app import metrics
 from app.api.deps import WebhookCaller, WebhookContext, WebhookContextDep
 from app.api.errors import ApiError, OrjsonResponse, responses
 from app.db.queries import RejectedBody, store_rejected_body
@@ -24,6 +25,7 @@ from app.rules.webhook_body import (
     ParsedBody,
     parse_webhook_body,
     too_large,
+    too_slow,
     validate_document,
 )
 
@@ -74,21 +76,35 @@ def _body_schema(model: type[BaseModel], max_items: int = 1000) -> dict[str, Any
     }
 
 
-INGEST_RESPONSES = responses(400, 401, 413, 422, 503)
+INGEST_RESPONSES = responses(400, 401, 408, 413, 422, 503)
 
 
-async def read_limited_body(request: Request, limit: int) -> tuple[bytes, bool]:
-    """The body, or its first ``limit`` bytes and True when it is longer: we stop reading there,
-    so an endless or huge body costs at most ``limit`` bytes of memory."""
+async def read_limited_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The body, refused once it passes ``limit`` bytes (we stop reading there, so an endless
+    or huge body costs at most ``limit`` bytes of memory) or ``timeout_s`` seconds (a slow
+    sender cannot hold the connection). The refusal carries what had arrived."""
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            chunks.append(chunk[: len(chunk) - (size - limit)])
-            return b"".join(chunks), True
-        chunks.append(chunk)
-    return b"".join(chunks), False
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    chunks.append(chunk[: len(chunk) - (size - limit)])
+                    raise PartialBody(b"".join(chunks), too_large(limit))
+                chunks.append(chunk)
+    except TimeoutError:
+        raise PartialBody(b"".join(chunks), too_slow(timeout_s)) from None
+    return b"".join(chunks)
+
+
+class PartialBody(Exception):
+    """The body was cut off; ``received`` is what had arrived."""
+
+    def __init__(self, received: bytes, rejection: BodyRejected) -> None:
+        super().__init__(rejection.message)
+        self.received = received
+        self.rejection = rejection
 
 
 async def _dead_letter(
@@ -121,6 +137,7 @@ async def _dead_letter(
     except (SQLAlchemyError, OSError) as error:
         log.warning("could not store a rejected %s body: %s", kind, error)
         return _unavailable("storage unavailable; the body was not recorded")
+    metrics.REJECTED.labels(kind, rejection.reason).inc()
     return ApiError(
         rejection.status_code, rejection.reason, rejection.message, details=rejection.details
     )
@@ -147,23 +164,34 @@ async def _store(
         async with asyncio.timeout(context.settings.writer_timeout_s):
             result = await context.writer.write(records)
     except WriterOverloaded:
+        metrics.UNAVAILABLE.labels("overloaded").inc()
         raise _unavailable("overloaded; nothing was stored, retry later") from None
-    except (WriteFailed, TimeoutError):
+    except WriteFailed:
+        metrics.UNAVAILABLE.labels("write_failed").inc()
         raise _unavailable("storage unavailable; nothing was confirmed, retry later") from None
+    except TimeoutError:
+        metrics.UNAVAILABLE.labels("timeout").inc()
+        raise _unavailable("storage unavailable; nothing was confirmed, retry later") from None
+    metrics.EVENTS.labels(kind, "accepted").inc(result.received - result.duplicates)
+    if result.duplicates:
+        metrics.EVENTS.labels(kind, "duplicate").inc(result.duplicates)
     return OrjsonResponse({"received": result.received, "duplicates": result.duplicates})
 
 
 async def _ingest_post(kind: str, request: Request, context: WebhookContext) -> OrjsonResponse:
     received_at = datetime.now(UTC)
     settings = context.settings
-    body, truncated = await read_limited_body(request, settings.max_body_bytes)
     try:
-        if truncated:
-            raise too_large(settings.max_body_bytes)
+        body = await read_limited_body(request, settings.max_body_bytes, settings.body_timeout_s)
+    except PartialBody as cut:
+        raise await _dead_letter(
+            context.engine, request, context.caller, kind, cut.received, True, cut.rejection
+        ) from None
+    try:
         parsed = parse_webhook_body(kind, body, max_items=settings.max_items)
     except BodyRejected as rejection:
         raise await _dead_letter(
-            context.engine, request, context.caller, kind, body, truncated, rejection
+            context.engine, request, context.caller, kind, body, False, rejection
         ) from None
     return await _store(kind, parsed, context, received_at)
 

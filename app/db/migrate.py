@@ -7,6 +7,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.script import ScriptDirectory
 
 import migrations
 
@@ -30,3 +31,11 @@ def downgrade_to_base(database_url: str) -> None:
 async def upgrade_to_head_async(database_url: str) -> None:
     # env.py runs its own event loop, so it must run off the caller's loop.
     await asyncio.to_thread(upgrade_to_head, database_url)
+
+
+def head_revision() -> str:
+    """The newest migration shipped with this code: what /readyz expects the database at."""
+    head = ScriptDirectory.from_config(alembic_config("postgresql://unused")).get_current_head()
+    if head is None:
+        raise RuntimeError("no migrations found")
+    return head

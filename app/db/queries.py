@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db.tables import rejected_bodies, webhook_keys
@@ -131,3 +131,12 @@ async def get_rejected_body(conn: AsyncConnection, rejected_id: int) -> bytes | 
         select(rejected_bodies.c.body).where(rejected_bodies.c.id == rejected_id)
     )
     return body
+
+
+async def schema_revision(conn: AsyncConnection) -> str | None:
+    """The migration the database is at (None before the first one)."""
+    found = await conn.execute(text("SELECT to_regclass('alembic_version') IS NOT NULL"))
+    if not found.scalar():
+        return None
+    revision: str | None = await conn.scalar(text("SELECT version_num FROM alembic_version"))
+    return revision

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,7 @@ import asyncpg
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from app import metrics
 from app.rules.records import EventRecord
 from app.rules.status_merge import DESCRIPTIVE_FIELDS, merge_status_events
 
@@ -260,6 +262,14 @@ class BatchWriter:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
 
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    @property
+    def queued_items(self) -> int:
+        return self._queued_items
+
     async def start(self) -> None:
         # Several batches in flight: one commits while the next is written, so the database's
         # round trips and commit waits overlap instead of adding up.
@@ -322,9 +332,11 @@ class BatchWriter:
                     self._queue.task_done()
 
     async def _commit_batch(self, batch: list[_Pending]) -> None:
+        started = time.perf_counter()
         try:
             results = await self._commit_with_retries(batch)
         except (SQLAlchemyError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as error:
+            metrics.BATCH_FAILURES.inc()
             if len(batch) == 1 or not _could_be_poison(error):
                 log.warning("batch of %d requests failed: %s", len(batch), error)
                 for pending in batch:
@@ -334,6 +346,9 @@ class BatchWriter:
             for pending in batch:
                 await self._commit_batch([pending])
             return
+        metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
+        metrics.BATCH_REQUESTS.observe(len(batch))
+        metrics.BATCH_ITEMS.observe(sum(len(pending.records) for pending in batch))
         for pending, result in zip(batch, results, strict=True):
             if not pending.future.done():
                 pending.future.set_result(result)

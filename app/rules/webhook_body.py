@@ -46,6 +46,10 @@ def too_large(max_bytes: int) -> BodyRejected:
     return BodyRejected(413, "body_too_large", f"body is larger than {max_bytes} bytes")
 
 
+def too_slow(timeout_s: float) -> BodyRejected:
+    return BodyRejected(408, "body_timeout", f"the body did not arrive within {timeout_s:g} s")
+
+
 def parse_json_body(body: bytes) -> Any:
     if not body.strip():
         raise BodyRejected(400, "empty_body", "the body is empty; send a JSON object or array")

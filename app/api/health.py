@@ -1,0 +1,55 @@
+"""For operators and load balancers: liveness, readiness and Prometheus metrics (no
+credentials: nothing here reveals stored data)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Request
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.responses import Response
+
+from app.api.errors import ApiError, OrjsonResponse, responses
+from app.db.queries import schema_revision
+from app.metrics import render_metrics
+
+router = APIRouter(tags=["operations"])
+
+# /readyz must answer fast even when the database hangs: a load balancer's probe times out.
+READINESS_TIMEOUT_S = 2.0
+
+
+@router.get("/healthz", summary="Liveness: the process is up and serving")
+async def healthz() -> OrjsonResponse:
+    return OrjsonResponse({"status": "ok"})
+
+
+def _not_ready(message: str) -> ApiError:
+    return ApiError(503, "not_ready", message, headers={"Retry-After": "5"})
+
+
+@router.get(
+    "/readyz",
+    summary="Readiness: the database answers and its schema is at this code's migrations' head",
+    responses=responses(503),
+)
+async def readyz(request: Request) -> OrjsonResponse:
+    state = request.app.state
+    if state.writer.stopping:
+        raise _not_ready("shutting down")
+    expected: str = state.schema_head
+    try:
+        async with asyncio.timeout(READINESS_TIMEOUT_S):
+            async with state.engine.connect() as conn:
+                revision = await schema_revision(conn)
+    except (TimeoutError, SQLAlchemyError, OSError):
+        raise _not_ready("the database does not answer") from None
+    if revision != expected:
+        raise _not_ready(f"database schema at {revision}, this code needs {expected}")
+    return OrjsonResponse({"status": "ready", "schema": revision})
+
+
+@router.get("/metrics", summary="Prometheus metrics (all workers)", response_class=Response)
+async def metrics() -> Response:
+    body, content_type = render_metrics()
+    return Response(body, media_type=content_type)

@@ -1,0 +1,132 @@
+"""Every Prometheus metric the service exports, and how /metrics collects them across workers.
+
+With several worker processes each one counts on its own; ``serve`` points
+``PROMETHEUS_MULTIPROC_DIR`` at a fresh directory before the workers start, prometheus-client
+then keeps each worker's values in files there, and /metrics (answered by any worker) adds them
+up. Without that variable (tests, a bare ``uvicorn``), the process's own registry is served.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client import multiprocess as prometheus_multiprocess
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+EVENTS = Counter(
+    "wavy_events_total",
+    "Webhook items committed, by kind and outcome (accepted = new, duplicate = exact retry)",
+    ["kind", "outcome"],
+)
+REJECTED = Counter(
+    "wavy_rejected_bodies_total",
+    "Webhook bodies refused with a 4xx, by kind and reason (each is kept as a dead letter)",
+    ["kind", "reason"],
+)
+WEBHOOK_AUTH_FAILURES = Counter(
+    "wavy_webhook_auth_failures_total",
+    "Webhook requests refused for a missing or unknown key",
+    ["reason"],
+)
+READER_AUTH_FAILURES = Counter(
+    "wavy_reader_auth_failures_total", "Read-API requests refused for bad credentials"
+)
+UNAVAILABLE = Counter(
+    "wavy_webhook_unavailable_total",
+    "Webhook requests answered 503 (nothing stored), by reason",
+    ["reason"],
+)
+REQUEST_SECONDS = Histogram(
+    "wavy_http_request_duration_seconds",
+    "Time from the request's arrival to the end of the answer, by route template",
+    ["method", "route", "status"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+BATCH_ITEMS = Histogram(
+    "wavy_writer_batch_items",
+    "Items per committed batch",
+    buckets=(1, 5, 10, 50, 100, 500, 1000, 2500, 5000, 10000),
+)
+BATCH_REQUESTS = Histogram(
+    "wavy_writer_batch_requests",
+    "Requests sharing one committed batch",
+    buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500),
+)
+COMMIT_SECONDS = Histogram(
+    "wavy_writer_commit_duration_seconds",
+    "Time to write and commit one batch",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+BATCH_FAILURES = Counter(
+    "wavy_writer_batch_failures_total", "Batches the database refused (their requests got 503)"
+)
+# Gauges are sampled once a second by each worker (see sample_gauges), not on the hot path.
+QUEUED_ITEMS = Gauge(
+    "wavy_writer_queued_items",
+    "Items waiting for the writer (bounded by WAVY_WRITER_QUEUE_ITEMS per worker)",
+    multiprocess_mode="livesum",
+)
+POOL_CHECKED_OUT = Gauge(
+    "wavy_db_pool_checked_out",
+    "Database connections in use",
+    multiprocess_mode="livesum",
+)
+POOL_CONNECTIONS = Gauge(
+    "wavy_db_pool_connections",
+    "Database connections open (in use or idle in the pool)",
+    multiprocess_mode="livesum",
+)
+
+
+def sample_gauges(queued_items: int, pool_checked_out: int, pool_connections: int) -> None:
+    QUEUED_ITEMS.set(queued_items)
+    POOL_CHECKED_OUT.set(pool_checked_out)
+    POOL_CONNECTIONS.set(pool_connections)
+
+
+PURGED_ROWS = Counter(
+    "wavy_purged_rows_total", "Rows removed by the retention purge, by table", ["table"]
+)
+
+
+def prepare_multiprocess_dir(directory: Path) -> None:
+    """Start ``serve`` with an empty metrics directory (stale files from an earlier run would
+    be summed in) and tell the workers, which inherit the environment, to use it."""
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    os.environ[MULTIPROC_ENV] = str(directory)
+
+
+def render_metrics() -> tuple[bytes, str]:
+    """The exposition text for /metrics and its content type."""
+    directory = os.environ.get(MULTIPROC_ENV)
+    if directory:
+        _forget_dead_workers(directory)
+        registry = CollectorRegistry()
+        prometheus_multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(), CONTENT_TYPE_LATEST
+
+
+def _forget_dead_workers(directory: str) -> None:
+    """A crashed worker's live gauges would be summed forever: drop those of gone processes
+    (uvicorn replaces crashed workers, under a new pid)."""
+    for path in Path(directory).glob("gauge_live*_*.db"):
+        pid = int(path.stem.rsplit("_", 1)[1])
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            prometheus_multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
+        except PermissionError:
+            pass  # alive, owned by someone else

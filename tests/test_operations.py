@@ -1,0 +1,183 @@
+"""What an operator relies on: health and readiness probes, metrics, request ids, logs that
+never leak secrets, and slow bodies cut off."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.db.migrate import head_revision
+from app.settings import Settings
+from tests.conftest import fetch_all
+
+
+async def scrape(client: httpx.AsyncClient) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    response = await client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    samples = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return samples
+
+
+def value(samples: dict[Any, float], name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+async def test_healthz_answers_without_credentials(client: httpx.AsyncClient) -> None:
+    response = await client.get("/healthz")
+
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+async def test_readyz_reports_the_schema_head(client: httpx.AsyncClient) -> None:
+    response = await client.get("/readyz")
+
+    assert response.status_code == 200
+    assert response.json() == {"status": "ready", "schema": head_revision()}
+
+
+@pytest.mark.usefixtures("unreachable_database")
+async def test_readyz_is_503_while_the_database_is_unreachable(client: httpx.AsyncClient) -> None:
+    response = await client.get("/readyz")
+
+    assert response.status_code == 503
+    assert response.headers["retry-after"]
+    assert response.json()["error"]["code"] == "not_ready"
+
+
+@pytest.mark.usefixtures("silent_database")
+async def test_readyz_answers_503_promptly_when_the_database_hangs(
+    client: httpx.AsyncClient,
+) -> None:
+    started = time.monotonic()
+
+    response = await client.get("/readyz")
+
+    assert response.status_code == 503
+    # A load balancer's probe gives up after a few seconds; ours must answer before that.
+    assert time.monotonic() - started < 4
+
+
+@pytest.fixture
+async def schema_behind(engine: AsyncEngine) -> AsyncIterator[None]:
+    async with engine.begin() as conn:
+        await conn.execute(text("UPDATE alembic_version SET version_num = '0001'"))
+    yield
+    async with engine.begin() as conn:
+        await conn.execute(
+            text("UPDATE alembic_version SET version_num = :head"), {"head": head_revision()}
+        )
+
+
+@pytest.mark.usefixtures("schema_behind")
+async def test_readyz_is_503_when_the_schema_is_not_migrated(client: httpx.AsyncClient) -> None:
+    response = await client.get("/readyz")
+
+    assert response.status_code == 503
+    assert "0001" in response.json()["error"]["message"]
+
+
+async def test_metrics_count_accepted_duplicates_and_latency_per_route(
+    client: httpx.AsyncClient, hook: Any
+) -> None:
+    before = await scrape(client)
+
+    assert (await hook("dlr", {"id": "m1", "deliveredStatusCode": 4})).status_code == 200
+    assert (await hook("dlr", {"id": "m1", "deliveredStatusCode": 4})).status_code == 200
+    after = await scrape(client)
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert delta("wavy_events_total", kind="dlr", outcome="accepted") == 1
+    assert delta("wavy_events_total", kind="dlr", outcome="duplicate") == 1
+    route = {"method": "POST", "route": "/v1/webhooks/dlr", "status": "200"}
+    assert delta("wavy_http_request_duration_seconds_count", **route) == 2
+    assert delta("wavy_writer_batch_items_count") >= 1
+    assert delta("wavy_writer_commit_duration_seconds_count") >= 1
+
+
+async def test_metrics_count_refusals_by_reason(client: httpx.AsyncClient, hook: Any) -> None:
+    before = await scrape(client)
+
+    await hook("dlr", content=b"{broken")
+    await client.post("/v1/webhooks/dlr", params={"key": "wrong"}, json={"id": "x"})
+    await client.post("/v1/webhooks/dlr", json={"id": "x"})
+    after = await scrape(client)
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert delta("wavy_rejected_bodies_total", kind="dlr", reason="malformed_json") == 1
+    assert delta("wavy_webhook_auth_failures_total", reason="unknown_key") == 1
+    assert delta("wavy_webhook_auth_failures_total", reason="no_key") == 1
+
+
+async def test_every_answer_carries_a_request_id_and_a_sane_one_is_reused(
+    client: httpx.AsyncClient,
+) -> None:
+    generated = await client.get("/healthz")
+    reused = await client.get("/healthz", headers={"X-Request-ID": "lb-1234"})
+    refused = await client.get("/healthz", headers={"X-Request-ID": "evil value<script>" * 20})
+
+    assert len(generated.headers["x-request-id"]) == 32
+    assert reused.headers["x-request-id"] == "lb-1234"
+    assert "evil" not in refused.headers["x-request-id"]
+
+
+async def test_access_log_names_the_route_and_never_the_key_or_the_text(
+    hook: Any, webhook_key: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO):
+        await hook("mo", {"id": "mo-1", "messageText": "my secret reply"})
+
+    lines = [r for r in caplog.records if r.name == "app.access"]
+    assert len(lines) == 1
+    line = lines[0]
+    assert line.getMessage().startswith("POST /v1/webhooks/mo 200 ")
+    assert getattr(line, "request_id", "")
+    ours = [r for r in caplog.records if r.name.startswith(("app", "uvicorn"))]
+    everything = " ".join(r.getMessage() + str(r.__dict__) for r in ours)
+    assert webhook_key not in everything
+    assert "my secret reply" not in everything
+
+
+@pytest.fixture
+async def short_body_timeout(app: FastAPI, settings: Settings) -> AsyncIterator[float]:
+    app.state.settings = settings.model_copy(update={"body_timeout_s": 0.5})
+    yield 0.5
+    app.state.settings = settings
+
+
+async def test_a_body_that_trickles_in_is_cut_off_with_408_and_kept(
+    short_body_timeout: float, settings: Settings, webhook_key: str, engine: AsyncEngine
+) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", settings.port)
+    writer.write(
+        f"POST /v1/webhooks/dlr?key={webhook_key} HTTP/1.1\r\nHost: x\r\n"
+        'Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"id": '.encode()
+    )
+    await writer.drain()
+    started = time.monotonic()
+
+    status_line = await asyncio.wait_for(reader.readline(), timeout=10)
+
+    assert b" 408 " in status_line
+    assert time.monotonic() - started < 5
+    writer.close()
+    kept = await fetch_all(engine, "SELECT reason, body, body_truncated FROM rejected_bodies")
+    assert kept == [{"reason": "body_timeout", "body": b'{"id": ', "body_truncated": True}]
