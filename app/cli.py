@@ -18,14 +18,15 @@ from typing import Annotated, TypeVar
 
 import typer
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app.db import queries, users
+from app.db import queries, replay, retention, users
 from app.db.engine import create_engine, start_embedded_postgres, sync_url
 from app.db.migrate import upgrade_to_head
 from app.logs import logging_config
 from app.metrics import MULTIPROC_ENV, prepare_multiprocess_dir
 from app.rules.credentials import MIN_CHOSEN_SECRET_CHARS
+from app.rules.retention import BadAge, parse_age
 from app.rules.scope import Role
 from app.settings import Settings
 
@@ -60,6 +61,21 @@ def run_with_connection(
         try:
             async with engine.begin() as conn:
                 return await work(conn)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(main())
+
+
+def run_with_engine(
+    settings: Settings, database_url: str, work: Callable[[AsyncEngine], Awaitable[T]]
+) -> T:
+    """For work that manages its own transactions (purge batches, replays)."""
+
+    async def main() -> T:
+        engine = create_engine(settings, database_url)
+        try:
+            return await work(engine)
         finally:
             await engine.dispose()
 
@@ -171,6 +187,34 @@ def migrate() -> None:
     typer.echo("database schema is up to date")
 
 
+@cli.command()
+def purge(
+    older_than: Annotated[
+        str, typer.Option("--older-than", help="Age like 90d, 12h or 2w", show_default=False)
+    ],
+    batch_rows: Annotated[int, typer.Option(help="Rows per DELETE (one short transaction)")] = 5000,
+) -> None:
+    """Remove events, statuses, replies and dead letters older than an age, in small batches
+    that never lock out the webhooks. (Or set WAVY_RETENTION for the service to do it.)"""
+    try:
+        age = parse_age(older_than)
+    except BadAge as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(2) from None
+    settings = Settings()
+
+    async def run(engine: AsyncEngine) -> retention.PurgeReport:
+        return await retention.purge_older_than(engine, age, batch_rows=batch_rows)
+
+    report = run_with_engine(settings, resolve_database_url(settings), run)
+    if not report.ran:
+        typer.echo("another purge is running; nothing done", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"removed everything older than {report.cutoff.isoformat(timespec='seconds')}:")
+    for table, count in report.deleted.items():
+        typer.echo(f"  {table:16} {count}")
+
+
 @keys_cli.command("add")
 def keys_add(
     sub_account: Annotated[
@@ -243,6 +287,7 @@ def rejected_list(
             f"#{row.id} {row.received_at.isoformat(timespec='seconds')} {row.method} "
             f"/{row.endpoint} {row.status_code} {row.reason} "
             f"sub-account={row.sub_account or '-'} {len(row.body)}B  {preview}{more}"
+            + (" [replayed]" if row.replayed_at else "")
         )
     if not rows:
         typer.echo("no rejected bodies")
@@ -263,6 +308,46 @@ def rejected_show(
         typer.echo(f"no rejected body #{rejected_id}", err=True)
         raise typer.Exit(1)
     sys.stdout.buffer.write(body)
+
+
+@rejected_cli.command("replay")
+def rejected_replay(
+    ids: Annotated[
+        list[int] | None, typer.Argument(help="Ids from `rejected list`", show_default=False)
+    ] = None,
+    replay_all: Annotated[
+        bool, typer.Option("--all", help="Every dead letter not replayed yet")
+    ] = False,
+) -> None:
+    """Ingest refused bodies again (after a fix), as if they had just been accepted, with their
+    original receive time. Bodies still refused stay where they are; exit code 1 if any."""
+    if bool(ids) == replay_all:
+        typer.echo("give dead-letter ids or --all (not both)", err=True)
+        raise typer.Exit(2)
+    settings = Settings()
+
+    async def run(engine: AsyncEngine) -> list[replay.ReplayResult]:
+        chosen = ids or await replay.pending_rejected_ids(engine)
+        return [
+            await replay.replay_rejected(engine, rejected_id, max_items=settings.max_items)
+            for rejected_id in chosen
+        ]
+
+    results = run_with_engine(settings, resolve_database_url(settings), run)
+    for result in results:
+        if result.outcome == "stored":
+            line = f"stored ({result.stored} new, {result.duplicates} already stored)"
+        elif result.outcome == "still_refused":
+            line = f"still refused: {result.reason}"
+        elif result.outcome == "cut_off":
+            line = "not replayable: only the start of the body was kept"
+        else:
+            line = "no such dead letter"
+        typer.echo(f"#{result.rejected_id} {line}")
+    if not results:
+        typer.echo("nothing to replay")
+    if any(result.outcome != "stored" for result in results):
+        raise typer.Exit(1)
 
 
 @users_cli.command("add")

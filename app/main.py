@@ -22,6 +22,7 @@ from app.api.middleware import ObserveRequests
 from app.db.engine import create_engine, start_embedded_postgres
 from app.db.key_registry import KeyRegistry
 from app.db.migrate import head_revision
+from app.db.retention import purge_periodically
 from app.db.writer import BatchWriter
 from app.payloads import Callback, Dlr, Mo
 from app.settings import Settings
@@ -59,15 +60,20 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     await writer.start()
     app.state.engine, app.state.writer, app.state.key_registry = engine, writer, registry
     app.state.schema_head = head_revision()
-    sampler = asyncio.create_task(_sample_gauges(engine, writer), name="sample-gauges")
+    background = [asyncio.create_task(_sample_gauges(engine, writer), name="sample-gauges")]
+    retention_age = settings.retention_age()
+    if retention_age is not None:
+        purge = purge_periodically(engine, retention_age, settings.purge_interval_s)
+        background.append(asyncio.create_task(purge, name="retention-purge"))
     try:
         yield
     finally:
         # Commit what requests already handed in before the connections go away.
         await writer.stop()
-        sampler.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sampler
+        for task in background:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await engine.dispose()
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.rules.retention import parse_age
 
 
 class Settings(BaseSettings):
@@ -57,11 +60,25 @@ class Settings(BaseSettings):
     # quick refusals instead of piling up in memory).
     limit_concurrency: int = 2048
 
+    # Keep data this long (90d, 12h, 2w); unset keeps everything. Checked every purge interval.
+    retention: str | None = None
+    purge_interval_s: float = 3600.0
+
     log_level: str = "info"
     log_format: Literal["text", "json"] = Field(
         default="text", description="json: one JSON object per line, for a log pipeline"
     )
     access_log: bool = Field(default=True, description="One line per request (at info level)")
+
+    @field_validator("retention")
+    @classmethod
+    def _retention_is_an_age(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_age(value)
+        return value
+
+    def retention_age(self) -> timedelta | None:
+        return parse_age(self.retention) if self.retention else None
 
     def webhook_base_url(self) -> str:
         return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")

@@ -122,6 +122,8 @@ def test_every_command_has_help() -> None:
         ["rejected"],
         ["rejected", "list"],
         ["rejected", "show"],
+        ["rejected", "replay"],
+        ["purge"],
     ):
         result = subprocess.run(
             [*CLI, *command, "--help"], capture_output=True, text=True, timeout=60, check=False

@@ -6,7 +6,6 @@ import asyncio
 import logging
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
@@ -18,15 +17,16 @@ from app.api.deps import WebhookCaller, WebhookContext, WebhookContextDep
 from app.api.errors import ApiError, OrjsonResponse, responses
 from app.db.queries import RejectedBody, store_rejected_body
 from app.db.writer import WriteFailed, WriterOverloaded
-from app.payloads import Callback, Dlr, Mo, mo_from_query, replace_nul_characters
+from app.payloads import Callback, Dlr, Mo
 from app.rules.records import build_event_records
 from app.rules.webhook_body import (
     BodyRejected,
     ParsedBody,
+    parse_mo_query,
     parse_webhook_body,
+    query_without_credentials,
     too_large,
     too_slow,
-    validate_document,
 )
 
 log = logging.getLogger(__name__)
@@ -242,15 +242,14 @@ async def receive_mo(request: Request, context: WebhookContextDep) -> OrjsonResp
 )
 async def receive_mo_by_get(request: Request, context: WebhookContextDep) -> OrjsonResponse:
     received_at = datetime.now(UTC)
-    raw_query = request.url.query.encode()
-    params = dict(parse_qsl(request.url.query, keep_blank_values=True))
-    document = replace_nul_characters(mo_from_query(params, ignore=frozenset({"key"})))
+    query = request.url.query
     try:
-        if len(raw_query) > context.settings.max_body_bytes:
+        if len(query) > context.settings.max_body_bytes:
             raise too_large(context.settings.max_body_bytes)
-        parsed = validate_document("mo", document, max_items=1)
+        parsed = parse_mo_query(query)
     except BodyRejected as rejection:
+        kept = query_without_credentials(query)[: context.settings.max_body_bytes].encode()
         raise await _dead_letter(
-            context.engine, request, context.caller, "mo", raw_query, False, rejection
+            context.engine, request, context.caller, "mo", kept, False, rejection
         ) from None
     return await _store("mo", parsed, context, received_at)

@@ -118,6 +118,7 @@ class RejectedRow:
     reason: str
     body: bytes
     body_truncated: bool
+    replayed_at: datetime | None
 
 
 async def list_rejected_bodies(conn: AsyncConnection, *, limit: int) -> list[RejectedRow]:

@@ -216,7 +216,7 @@ async def write_records(conn: asyncpg.Connection, records: list[EventRecord]) ->
     return new_positions
 
 
-async def _driver_connection(conn: AsyncConnection) -> asyncpg.Connection:
+async def driver_connection(conn: AsyncConnection) -> asyncpg.Connection:
     raw = await conn.get_raw_connection()
     driver: asyncpg.Connection = raw.driver_connection
     return driver
@@ -358,7 +358,7 @@ class BatchWriter:
         for attempt in range(1, TRANSIENT_ATTEMPTS + 1):
             try:
                 async with self._engine.connect() as conn:
-                    driver = await _driver_connection(conn)
+                    driver = await driver_connection(conn)
                     # asyncpg's own transaction: SQLAlchemy's adapter would only BEGIN on its
                     # own first statement, and these statements bypass it.
                     async with driver.transaction():

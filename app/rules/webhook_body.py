@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qsl
 
 import orjson
 from pydantic import ValidationError
@@ -16,6 +17,7 @@ from pydantic import ValidationError
 from app.payloads import (
     describe_validation_errors,
     has_nul_escape,
+    mo_from_query,
     replace_nul_characters,
     validate_items,
 )
@@ -100,3 +102,28 @@ def validate_document(kind: str, document: Any, *, max_items: int) -> ParsedBody
 
 def parse_webhook_body(kind: str, body: bytes, *, max_items: int) -> ParsedBody:
     return validate_document(kind, parse_json_body(body), max_items=max_items)
+
+
+# Credentials that can ride in a query string: never kept, not even in a dead letter.
+CREDENTIAL_PARAMETERS = frozenset({"key"})
+
+
+def query_without_credentials(query: str) -> str:
+    """The query string as sent, minus the webhook key: what a refused GET MO keeps."""
+    return "&".join(
+        part for part in query.split("&") if part.partition("=")[0] not in CREDENTIAL_PARAMETERS
+    )
+
+
+def parse_mo_query(query: str) -> ParsedBody:
+    """An MO sent as a query string (GET), validated like a JSON one."""
+    params = dict(parse_qsl(query, keep_blank_values=True))
+    document = replace_nul_characters(mo_from_query(params, ignore=CREDENTIAL_PARAMETERS))
+    return validate_document("mo", document, max_items=1)
+
+
+def parse_stored_body(endpoint: str, method: str, body: bytes, *, max_items: int) -> ParsedBody:
+    """A dead letter parsed again, the way its route parsed it (replay after a fix)."""
+    if method == "GET":
+        return parse_mo_query(body.decode("utf-8", "replace"))
+    return parse_webhook_body(endpoint, body, max_items=max_items)

@@ -1,0 +1,99 @@
+"""The retention purge: old events, statuses, replies and dead letters removed in small batches.
+
+Each batch is its own short transaction that skips rows an ingest batch holds locked, so a
+purge of millions of rows never blocks the webhooks for longer than one small DELETE. Only one
+purge runs at a time across workers and replicas (an advisory lock).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app import metrics
+
+log = logging.getLogger(__name__)
+
+# Any constant both sides agree on; hashtext() keeps it readable.
+PURGE_LOCK = "SELECT pg_try_advisory_lock(hashtext('wavy-webhooks purge'))"
+PURGE_UNLOCK = "SELECT pg_advisory_unlock(hashtext('wavy-webhooks purge'))"
+
+# One statement per table, each deleting at most :batch rows older than :cutoff. A message is
+# old only when it has not changed since the cutoff either (a late DLR keeps it).
+_PURGE_BATCH = {
+    "events": """
+        DELETE FROM events WHERE id IN (
+            SELECT id FROM events WHERE received_at < :cutoff
+            LIMIT :batch FOR UPDATE SKIP LOCKED)""",
+    "messages": """
+        DELETE FROM messages WHERE id IN (
+            SELECT id FROM messages WHERE first_seen_at < :cutoff AND updated_at < :cutoff
+            LIMIT :batch FOR UPDATE SKIP LOCKED)""",
+    "mos": """
+        DELETE FROM mos WHERE id IN (
+            SELECT id FROM mos WHERE received_at < :cutoff
+            LIMIT :batch FOR UPDATE SKIP LOCKED)""",
+    "rejected_bodies": """
+        DELETE FROM rejected_bodies WHERE id IN (
+            SELECT id FROM rejected_bodies WHERE received_at < :cutoff
+            LIMIT :batch FOR UPDATE SKIP LOCKED)""",
+}
+
+
+@dataclass
+class PurgeReport:
+    cutoff: datetime
+    ran: bool = True  # False when another purge held the lock
+    deleted: dict[str, int] = field(default_factory=dict)
+
+
+async def purge_older_than(
+    engine: AsyncEngine, age: timedelta, *, batch_rows: int = 5000
+) -> PurgeReport:
+    report = PurgeReport(cutoff=datetime.now(UTC) - age)
+    async with engine.connect() as lock_conn:
+        if not await lock_conn.scalar(text(PURGE_LOCK)):
+            report.ran = False
+            return report
+        await lock_conn.commit()
+        try:
+            for table, statement in _PURGE_BATCH.items():
+                report.deleted[table] = await _purge_table(
+                    engine, table, statement, report.cutoff, batch_rows
+                )
+        finally:
+            await lock_conn.execute(text(PURGE_UNLOCK))
+            await lock_conn.commit()
+    return report
+
+
+async def _purge_table(
+    engine: AsyncEngine, table: str, statement: str, cutoff: datetime, batch_rows: int
+) -> int:
+    total = 0
+    while True:
+        async with engine.begin() as conn:
+            result = await conn.execute(text(statement), {"cutoff": cutoff, "batch": batch_rows})
+        deleted = result.rowcount
+        total += deleted
+        metrics.PURGED_ROWS.labels(table).inc(deleted)
+        if deleted < batch_rows:
+            return total
+        await asyncio.sleep(0)  # let the webhooks' own work through between batches
+
+
+async def purge_periodically(engine: AsyncEngine, age: timedelta, interval_s: float) -> None:
+    """The service's background purge (WAVY_RETENTION): runs until cancelled."""
+    while True:
+        try:
+            report = await purge_older_than(engine, age)
+            if report.ran and any(report.deleted.values()):
+                log.info("purged rows older than %s: %s", report.cutoff, report.deleted)
+        except Exception as error:  # a failed purge must not end the loop; next round retries
+            log.warning("retention purge failed: %s", error)
+        await asyncio.sleep(interval_s)
