@@ -17,27 +17,16 @@ from tests.test_migrations_and_cli import run_cli
 
 async def backdate(engine: AsyncEngine, message_id: str, days: int) -> None:
     """Make everything stored about one message (and its replies) ``days`` old."""
+    age = "make_interval(days => :days)"
+    statements = [
+        f"UPDATE events SET received_at = received_at - {age} WHERE message_id = :id",
+        f"UPDATE messages SET first_seen_at = first_seen_at - {age}, "
+        f"updated_at = updated_at - {age} WHERE id = :id",
+        f"UPDATE mos SET received_at = received_at - {age} WHERE id = :id",
+    ]
     async with engine.begin() as conn:
-        params = {"id": message_id, "days": days}
-        await conn.execute(
-            text(
-                "UPDATE events SET received_at = received_at - make_interval(days => :days) WHERE message_id = :id"
-            ),
-            params,
-        )
-        await conn.execute(
-            text(
-                "UPDATE messages SET first_seen_at = first_seen_at - make_interval(days => :days), "
-                "updated_at = updated_at - make_interval(days => :days) WHERE id = :id"
-            ),
-            params,
-        )
-        await conn.execute(
-            text(
-                "UPDATE mos SET received_at = received_at - make_interval(days => :days) WHERE id = :id"
-            ),
-            params,
-        )
+        for statement in statements:
+            await conn.execute(text(statement), {"id": message_id, "days": days})
 
 
 async def test_purge_removes_only_what_is_older_than_the_age(
