@@ -41,9 +41,9 @@ async def _admin(url: str, statement: str) -> None:
 
 
 @contextmanager
-def scratch_database(prefix: str) -> Iterator[str]:
-    """A new, migrated database on the benchmark server, dropped afterwards."""
-    base = server_url()
+def scratch_database(prefix: str, server: str | None = None) -> Iterator[str]:
+    """A new, migrated database on the benchmark server (or ``server``), dropped afterwards."""
+    base = server or server_url()
     name = f"{prefix}_{secrets.token_hex(3)}"
     asyncio.run(_admin(base, f'CREATE DATABASE "{name}"'))
     url = make_url(base).set(database=name).render_as_string(hide_password=False)

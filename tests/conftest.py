@@ -154,11 +154,13 @@ async def fetch_all(engine: AsyncEngine, sql: str, **params: Any) -> list[dict[s
 
 
 @asynccontextmanager
-async def writes_going_to(app: FastAPI, settings: Settings, url: str) -> AsyncIterator[None]:
+async def writes_going_to(
+    app: FastAPI, settings: Settings, url: str, *, queue_items: int = 1000
+) -> AsyncIterator[None]:
     """The app's engine and writer swapped for ones aimed at ``url`` (1 s connect timeout)."""
     dead = settings.model_copy(update={"db_connect_timeout_s": 1.0, "db_pool_size": 1})
     engine = create_engine(dead, url)
-    writer = BatchWriter(engine, max_items=100, max_delay_s=0.05, queue_items=1000)
+    writer = BatchWriter(engine, max_items=100, max_delay_s=0.05, queue_items=queue_items)
     await writer.start()
     real = app.state.engine, app.state.writer
     app.state.engine, app.state.writer = engine, writer
@@ -179,18 +181,24 @@ async def unreachable_database(
         yield
 
 
-@pytest.fixture
-async def silent_database(
-    app: FastAPI, settings: Settings, webhook_key: str
-) -> AsyncIterator[None]:
+@asynccontextmanager
+async def silent_database_url() -> AsyncIterator[str]:
     """A 'database' on a local port that accepts connections and never answers, so every
-    connection attempt waits out its (1 s) timeout, as during a network outage."""
+    connection attempt waits out its timeout, as during a network outage."""
 
     async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.read()  # until the client gives up
 
     server = await asyncio.start_server(hold, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    async with writes_going_to(app, settings, f"postgresql://postgres@127.0.0.1:{port}/x"):
-        yield
+    yield f"postgresql://postgres@127.0.0.1:{port}/x"
     server.close()
+
+
+@pytest.fixture
+async def silent_database(
+    app: FastAPI, settings: Settings, webhook_key: str
+) -> AsyncIterator[None]:
+    """Writes go to a database that never answers (1 s connect timeout)."""
+    async with silent_database_url() as url, writes_going_to(app, settings, url):
+        yield

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db.migrate import head_revision
 from app.settings import Settings
-from tests.conftest import fetch_all
+from tests.conftest import fetch_all, silent_database_url, writes_going_to
 
 
 async def scrape(client: httpx.AsyncClient) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -181,3 +181,26 @@ async def test_a_body_that_trickles_in_is_cut_off_with_408_and_kept(
     writer.close()
     kept = await fetch_all(engine, "SELECT reason, body, body_truncated FROM rejected_bodies")
     assert kept == [{"reason": "body_timeout", "body": b'{"id": ', "body_truncated": True}]
+
+
+@pytest.fixture
+async def full_writer(app: FastAPI, settings: Settings, webhook_key: str) -> AsyncIterator[None]:
+    """A writer that holds one item at most, stuck on a database that never answers."""
+    async with silent_database_url() as url, writes_going_to(app, settings, url, queue_items=1):
+        yield
+
+
+@pytest.mark.usefixtures("full_writer")
+async def test_a_full_write_queue_refuses_at_once_with_503(app: FastAPI, hook: Any) -> None:
+    stuck = asyncio.create_task(hook("dlr", {"id": "first"}))
+    while app.state.writer.queued_items == 0:  # noqa: ASYNC110 - polling state we do not own
+        await asyncio.sleep(0.01)
+    started = time.monotonic()
+
+    refused = await hook("dlr", {"id": "second"})
+
+    assert refused.status_code == 503
+    assert refused.json()["error"]["message"].startswith("overloaded")
+    assert refused.headers["retry-after"]
+    assert time.monotonic() - started < 0.5  # not after the stuck write's 1 s timeout
+    assert (await stuck).status_code == 503

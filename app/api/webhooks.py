@@ -147,6 +147,11 @@ def _unavailable(message: str) -> ApiError:
     return ApiError(503, "unavailable", message, headers={"Retry-After": RETRY_AFTER_S})
 
 
+def _overloaded() -> ApiError:
+    metrics.UNAVAILABLE.labels("overloaded").inc()
+    return _unavailable("overloaded; nothing was stored, retry later")
+
+
 async def _store(
     kind: str, parsed: ParsedBody, context: WebhookContext, received_at: datetime
 ) -> OrjsonResponse:
@@ -164,8 +169,7 @@ async def _store(
         async with asyncio.timeout(context.settings.writer_timeout_s):
             result = await context.writer.write(records)
     except WriterOverloaded:
-        metrics.UNAVAILABLE.labels("overloaded").inc()
-        raise _unavailable("overloaded; nothing was stored, retry later") from None
+        raise _overloaded() from None
     except WriteFailed:
         metrics.UNAVAILABLE.labels("write_failed").inc()
         raise _unavailable("storage unavailable; nothing was confirmed, retry later") from None
@@ -187,6 +191,8 @@ async def _ingest_post(kind: str, request: Request, context: WebhookContext) -> 
         raise await _dead_letter(
             context.engine, request, context.caller, kind, cut.received, True, cut.rejection
         ) from None
+    if context.writer.is_full():
+        raise _overloaded()
     try:
         parsed = parse_webhook_body(kind, body, max_items=settings.max_items)
     except BodyRejected as rejection:
@@ -243,6 +249,8 @@ async def receive_mo(request: Request, context: WebhookContextDep) -> OrjsonResp
 async def receive_mo_by_get(request: Request, context: WebhookContextDep) -> OrjsonResponse:
     received_at = datetime.now(UTC)
     query = request.url.query
+    if context.writer.is_full():
+        raise _overloaded()
     try:
         if len(query) > context.settings.max_body_bytes:
             raise too_large(context.settings.max_body_bytes)

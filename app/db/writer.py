@@ -270,6 +270,11 @@ class BatchWriter:
     def queued_items(self) -> int:
         return self._queued_items
 
+    def is_full(self) -> bool:
+        """True when nothing more can be queued: callers refuse at once, before spending CPU
+        on parsing a body that could not be taken anyway (a burst then costs little)."""
+        return self._stopping or self._queued_items >= self._queue_items
+
     async def start(self) -> None:
         # Several batches in flight: one commits while the next is written, so the database's
         # round trips and commit waits overlap instead of adding up.

