@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import metrics
 from app.api.errors import ApiError
+from app.api.params import SearchText
 from app.db.users import authenticate_reader
 from app.db.writer import BatchWriter
 from app.rules.scope import OutsideScope, Reader, Scope, resolve_scope
@@ -135,7 +136,7 @@ ReaderDep = Annotated[Reader, Depends(current_reader)]
 async def caller_scope(
     reader: ReaderDep,
     sub_account: Annotated[
-        str | None,
+        SearchText | None,
         Query(alias="subAccount", description="Admins: narrow to one sub-account"),
     ] = None,
 ) -> Scope:

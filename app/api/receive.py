@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query
 from app.api.deps import EngineDep, ReaderDep, ScopeDep
 from app.api.errors import ApiError, OrjsonResponse, responses
 from app.api.paging import After, Limit, as_utc, bad_cursor, feed_response
+from app.api.params import IsoTime
 from app.api.schemas import MoChanges, MoEnvelope, iso, mo_out
 from app.db import reads
 from app.rules.cursors import BadCursor, read_time_cursor_int, time_cursor
@@ -18,6 +19,14 @@ router = APIRouter(prefix="/v1/sms/receive", tags=["replies (MOs)"])
 
 READ_RESPONSES = responses(401, 403, 422)
 DEFAULT_WINDOW = timedelta(days=5)  # Wavy's default start: five days ago
+
+
+def _days_before(end: datetime) -> datetime:
+    """The default start; an ``end`` in the first days of year 1 starts at year 1 itself."""
+    try:
+        return end - DEFAULT_WINDOW
+    except OverflowError:
+        return datetime.min.replace(tzinfo=UTC)
 
 
 def envelope(
@@ -67,13 +76,13 @@ async def list_new_replies(
 async def search_replies(
     scope: ScopeDep,
     engine: EngineDep,
-    start: Annotated[datetime | None, Query(description="ISO-8601")] = None,
-    end: Annotated[datetime | None, Query(description="ISO-8601")] = None,
+    start: Annotated[IsoTime | None, Query(description="ISO-8601")] = None,
+    end: Annotated[IsoTime | None, Query(description="ISO-8601")] = None,
     limit: Limit = 1000,
     cursor: Annotated[str | None, Query(description="`next` of the previous page")] = None,
 ) -> OrjsonResponse:
     window_end = as_utc(end) or datetime.now(UTC)
-    window_start = as_utc(start) or window_end - DEFAULT_WINDOW
+    window_start = as_utc(start) or _days_before(window_end)
     if window_start > window_end:
         raise ApiError(422, "invalid_window", "start is after end")
     try:

@@ -10,6 +10,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from app.api.params import SearchText
+
 Row = dict[str, Any]
 
 
@@ -142,8 +144,8 @@ class StatusDetail(StatusOut):
 
 
 class StatusSearch(BaseModel):
-    ids: list[str] = Field(default_factory=list, max_length=1000)
-    correlationIds: list[str] = Field(default_factory=list, max_length=1000)
+    ids: list[SearchText] = Field(default_factory=list, max_length=1000)
+    correlationIds: list[SearchText] = Field(default_factory=list, max_length=1000)
 
     model_config = {
         "json_schema_extra": {"examples": [{"ids": ["8f5af680-973e"], "correlationIds": ["myId"]}]}

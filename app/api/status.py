@@ -3,7 +3,6 @@ message's full history, and a filtered listing for dashboards."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -11,6 +10,7 @@ from fastapi import APIRouter, Query
 from app.api.deps import EngineDep, ReaderDep, ScopeDep
 from app.api.errors import ApiError, OrjsonResponse, responses
 from app.api.paging import After, Limit, as_utc, bad_cursor, feed_response
+from app.api.params import IsoTime, SearchText
 from app.api.schemas import (
     StatusChanges,
     StatusDetail,
@@ -27,13 +27,14 @@ from app.rules.cursors import BadCursor, read_time_cursor_str, time_cursor
 router = APIRouter(prefix="/v1/sms/status", tags=["statuses"])
 
 READ_RESPONSES = responses(401, 403, 422)
+SEARCH_RESPONSES = responses(400, 401, 403, 422)
 
 
 @router.post(
     "/search",
     summary="Statuses of these message ids and/or correlationIds",
     response_model=list[StatusOut],
-    responses=READ_RESPONSES,
+    responses=SEARCH_RESPONSES,
 )
 async def search_statuses(body: StatusSearch, scope: ScopeDep, engine: EngineDep) -> OrjsonResponse:
     async with engine.connect() as conn:
@@ -86,10 +87,10 @@ async def status_changes(
 async def list_statuses(
     scope: ScopeDep,
     engine: EngineDep,
-    correlation_id: Annotated[str | None, Query(alias="correlationId")] = None,
-    destination: str | None = None,
-    carrier_name: Annotated[str | None, Query(alias="carrierName")] = None,
-    campaign_id: Annotated[str | None, Query(alias="campaignId")] = None,
+    correlation_id: Annotated[SearchText | None, Query(alias="correlationId")] = None,
+    destination: SearchText | None = None,
+    carrier_name: Annotated[SearchText | None, Query(alias="carrierName")] = None,
+    campaign_id: Annotated[SearchText | None, Query(alias="campaignId")] = None,
     sent_status_code: Annotated[
         int | None, Query(alias="sentStatusCode", ge=0, le=2**31 - 1)
     ] = None,
@@ -97,9 +98,9 @@ async def list_statuses(
         int | None, Query(alias="deliveredStatusCode", ge=0, le=2**31 - 1)
     ] = None,
     from_: Annotated[
-        datetime | None, Query(alias="from", description="First seen at or after (ISO-8601)")
+        IsoTime | None, Query(alias="from", description="First seen at or after (ISO-8601)")
     ] = None,
-    to: Annotated[datetime | None, Query(description="First seen at or before (ISO-8601)")] = None,
+    to: Annotated[IsoTime | None, Query(description="First seen at or before (ISO-8601)")] = None,
     limit: Limit = 100,
     cursor: Annotated[str | None, Query(description="`next` of the previous page")] = None,
 ) -> OrjsonResponse:
@@ -136,7 +137,7 @@ async def list_statuses(
     response_model=StatusDetail,
     responses=responses(401, 403, 404),
 )
-async def get_status(message_id: str, scope: ScopeDep, engine: EngineDep) -> OrjsonResponse:
+async def get_status(message_id: SearchText, scope: ScopeDep, engine: EngineDep) -> OrjsonResponse:
     async with engine.connect() as conn:
         row = await reads.get_status(conn, scope, message_id)
         if row is None:

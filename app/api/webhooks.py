@@ -17,7 +17,7 @@ from app.api.deps import WebhookCaller, WebhookContext, WebhookContextDep
 from app.api.errors import ApiError, OrjsonResponse, responses
 from app.db.queries import RejectedBody, store_rejected_body
 from app.db.writer import WriteFailed, WriterOverloaded
-from app.payloads import Callback, Dlr, Mo
+from app.payloads import Callback, Dlr, Mo, MtLink
 from app.rules.records import build_event_records
 from app.rules.webhook_body import (
     BodyRejected,
@@ -74,6 +74,39 @@ def _body_schema(model: type[BaseModel], max_items: int = 1000) -> dict[str, Any
             },
         },
     }
+
+
+def _query_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """A model field's schema as a query parameter: its non-null form (absent means null)."""
+    branches = [s for s in schema.get("anyOf", [schema]) if s.get("type") != "null"]
+    return {k: v for k, v in branches[0].items() if k not in ("title", "default")}
+
+
+def _mo_query_parameters() -> list[dict[str, Any]]:
+    """The GET form of an MO, documented from the same models that validate it."""
+    parameters = []
+    for name, schema in Mo.model_json_schema(by_alias=True)["properties"].items():
+        if name != "mt":
+            parameters.append(
+                {
+                    "name": name,
+                    "in": "query",
+                    "required": name == "id",
+                    "schema": _query_schema(schema),
+                }
+            )
+    for name, schema in MtLink.model_json_schema(by_alias=True)["properties"].items():
+        parameters.append(
+            {
+                "name": f"mt.{name}",
+                "in": "query",
+                "required": False,
+                "schema": _query_schema(schema),
+                "description": f"The MT this MO answers: its {name} (or mt{name[:1].upper()}"
+                f"{name[1:]})",
+            }
+        )
+    return parameters
 
 
 INGEST_RESPONSES = responses(400, 401, 408, 413, 422, 503)
@@ -242,7 +275,7 @@ async def receive_mo(request: Request, context: WebhookContextDep) -> OrjsonResp
         "The MO's fields as query parameters (`id`, `subAccount`, `messageText`, ...), the MT "
         "it answers as `mt.id`, `mt.correlationId`, `mt.username`, `mt.email` (or `mtId`...)."
     ),
-    openapi_extra={"parameters": KEY_PARAMETERS},
+    openapi_extra={"parameters": [*KEY_PARAMETERS, *_mo_query_parameters()]},
     response_model=IngestResult,
     responses=INGEST_RESPONSES,
 )

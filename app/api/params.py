@@ -1,0 +1,33 @@
+"""Types for what the read routes take from query strings, paths and search bodies: text that
+PostgreSQL can compare, and times written the way the API documents them (ISO-8601)."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BeforeValidator
+
+from app.payloads import REPLACEMENT_CHARACTER
+
+
+def _nul_as_stored(value: str) -> str:
+    """PostgreSQL text cannot hold U+0000, and ingestion stores it as U+FFFD: a search for a
+    value with a NUL then finds what was stored for it (instead of failing)."""
+    return value.replace("\x00", REPLACEMENT_CHARACTER)
+
+
+_NUMBER = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*")
+
+
+def _iso_8601_only(value: Any) -> Any:
+    """pydantic would read "0.5" as a Unix time; the API promises ISO-8601 and its schema says
+    so, so a bare number is refused rather than guessed at."""
+    if isinstance(value, str) and _NUMBER.fullmatch(value):
+        raise ValueError("expected an ISO-8601 date-time such as 2026-01-31T12:00:00Z")
+    return value
+
+
+SearchText = Annotated[str, AfterValidator(_nul_as_stored)]
+IsoTime = Annotated[datetime, BeforeValidator(_iso_8601_only)]

@@ -1,0 +1,148 @@
+"""Hostile and odd input: schemathesis against our own OpenAPI spec, and the cases it found."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from app.db import users
+from app.rules.scope import Role
+from tests.conftest import add_key
+
+# Response-side checks: no 5xx, every status / content type / header / body as documented,
+# credentials really enforced, 405 with a correct Allow. The request-side heuristics
+# (positive_data_acceptance, negative_data_rejection) are left out on purpose: the webhooks
+# accept Wavy's documented leniencies (blank fields mean absent, unknown fields are kept) and
+# cursors are opaque tokens a made-up string does not satisfy.
+CHECKS = ",".join(
+    [
+        "not_a_server_error",
+        "status_code_conformance",
+        "content_type_conformance",
+        "response_headers_conformance",
+        "response_schema_conformance",
+        "missing_required_header",
+        "unsupported_method",
+        "allow_header_conformance",
+        "ignored_auth",
+    ]
+)
+
+
+def schemathesis_command() -> list[str]:
+    found = Path(sys.executable).with_name("schemathesis")
+    return [str(found)] if found.exists() else [shutil.which("schemathesis") or "schemathesis"]
+
+
+@pytest.mark.slow
+async def test_schemathesis_finds_no_server_error_and_no_answer_outside_the_spec(
+    app: FastAPI, base_url: str
+) -> None:
+    key = await add_key(app, "acme")
+    async with app.state.engine.begin() as conn:
+        token = await users.add_user(
+            conn, username="fuzz", role=Role.ADMIN, sub_account=None, email=None, token=None
+        )
+    command = [
+        *schemathesis_command(),
+        "run",
+        f"{base_url}/openapi.json",
+        "--checks",
+        CHECKS,
+        "--header",
+        f"X-Webhook-Key: {key}",
+        "--header",
+        "UserName: fuzz",
+        "--header",
+        f"AuthenticationToken: {token}",
+        "--max-examples",
+        "25",
+        "--seed",
+        "20261125",  # reproducible in CI; change it locally to explore further
+        # The coverage phase trips over an internal schemathesis error (a Python AST recursion
+        # SystemError in its own schema walker), unrelated to the service under test.
+        "--phases",
+        "examples,fuzzing,stateful",
+    ]
+
+    # In a thread: the service answers from this test's own event loop.
+    result = await asyncio.to_thread(
+        subprocess.run, command, capture_output=True, text=True, timeout=600, check=False
+    )
+
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    # Exit code 0 means no check failed; make sure cases were really sent.
+    assert re.search(r"(\d+) generated, \1 passed", result.stdout), result.stdout[-3000:]
+
+
+@pytest.fixture
+async def admin_headers(app: FastAPI) -> dict[str, str]:
+    async with app.state.engine.begin() as conn:
+        token = await users.add_user(
+            conn, username="probe", role=Role.ADMIN, sub_account=None, email=None, token=None
+        )
+    return {"UserName": "probe", "AuthenticationToken": token}
+
+
+async def test_a_nul_in_a_search_finds_what_was_stored_for_it(
+    hook: Any, client: httpx.AsyncClient, admin_headers: dict[str, str]
+) -> None:
+    """Found by schemathesis: PostgreSQL refused the NUL and the search answered 500."""
+    await hook("dlr", {"id": "m1", "correlationId": "a\u0000b", "deliveredStatusCode": 4})
+
+    found = await client.get(
+        "/v1/sms/status", params={"correlationId": "a\u0000b"}, headers=admin_headers
+    )
+    by_path = await client.get("/v1/sms/status/m%00", headers=admin_headers)
+    narrowed = await client.get(
+        "/v1/sms/receive/search", params={"subAccount": "\u0000"}, headers=admin_headers
+    )
+
+    assert found.status_code == 200
+    assert [item["id"] for item in found.json()["items"]] == ["m1"]
+    assert found.json()["items"][0]["correlationId"] == "a\ufffdb"
+    assert by_path.status_code == 404
+    assert narrowed.status_code == 200
+
+
+@pytest.mark.parametrize("value", ["0.5", "1700000000", "-3", "1e9"])
+async def test_a_bare_number_is_not_taken_for_a_time(
+    client: httpx.AsyncClient, admin_headers: dict[str, str], value: str
+) -> None:
+    """Found by schemathesis: the spec says ISO-8601, pydantic would read a Unix time."""
+    response = await client.get(
+        "/v1/sms/receive/search", params={"start": value}, headers=admin_headers
+    )
+
+    assert response.status_code == 422
+    assert response.json()["error"]["details"][0]["field"] == "query.start"
+
+
+async def test_a_window_ending_in_year_one_is_answered(
+    client: httpx.AsyncClient, admin_headers: dict[str, str]
+) -> None:
+    """Found by schemathesis: the default start (end minus five days) overflowed into a 500."""
+    response = await client.get(
+        "/v1/sms/receive/search", params={"end": "0001-01-02T00:00:00Z"}, headers=admin_headers
+    )
+
+    assert response.status_code == 200
+    assert response.json()["start"].startswith("0001-01-01T00:00:00")
+
+
+async def test_405_names_every_method_the_path_serves(client: httpx.AsyncClient) -> None:
+    """Found by schemathesis: Starlette's Allow named only the first route of the path."""
+    response = await client.put("/v1/webhooks/mo")
+
+    assert response.status_code == 405
+    assert response.headers["allow"] == "GET, POST"
+    assert response.json()["error"]["code"] == "method_not_allowed"
