@@ -16,8 +16,14 @@ WORKDIR /home/wavy
 ENV WAVY_HOST=0.0.0.0 \
     WAVY_PORT=8000 \
     WAVY_DATA_DIR=/data \
+    WAVY_LOG_FORMAT=json \
     PYTHONUNBUFFERED=1
 EXPOSE 8000
 VOLUME ["/data"]
+# Liveness only: readiness (/readyz, database and schema) is for the load balancer to ask.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=30s \
+    CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2)"
+# SIGTERM: stop taking requests, commit and answer what is in flight, exit (give it 30 s).
+STOPSIGNAL SIGTERM
 # Applies migrations, creates a webhook key if none exists (printed to the log), then serves.
 CMD ["wavy-webhooks", "serve"]

@@ -281,7 +281,8 @@ def db_restart(_: str, seconds: int) -> Outcome:
     outcome.notes.append(
         f"database down {window['up'] - window['down']:.1f} s; /readyz during: "
         f"{sorted(set(during))}, ready again "
-        f"{first_ready - window['up'] if first_ready else -1:.1f} s after the database; "
+        f"{first_ready - window['starting'] if first_ready else -1:.1f} s after PostgreSQL "
+        "was told to start; "
         f"errors: {errors_of(load.summary)}"
     )
     return outcome
