@@ -18,6 +18,14 @@ from app.rules.records import EventRecord
 
 
 class NoDatabaseWriter:
+    """The BatchWriter's interface, answering at once."""
+
+    stopping = False
+    queued_items = 0
+
+    def is_full(self) -> bool:
+        return False
+
     async def write(self, records: list[EventRecord]) -> WriteResult:
         return WriteResult(received=len(records), duplicates=0)
 

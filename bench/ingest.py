@@ -220,7 +220,7 @@ def main() -> None:
         seconds, ceilings = args.soak, False
     elif args.smoke:
         scenarios = [Scenario("single-1w", 1, 16, 1), Scenario("array-1w", 1000, 2, 1)]
-        seconds, ceilings = 2, False
+        seconds, ceilings = 2, True  # the ceiling too: it must keep working as the app changes
     else:
         scenarios = [
             Scenario("single-1w", 1, 64, 1),
@@ -247,6 +247,8 @@ def main() -> None:
             if ceilings:
                 ceiling = measure(database_url, scenario, seconds, ceiling=True)
                 print(line("ceiling", ceiling), flush=True)
+                if ceiling.errors or not ceiling.events_per_s:
+                    sys.exit("the ceiling app answered errors: the comparison is meaningless")
                 print(
                     f"  ratio    {service.events_per_s / ceiling.events_per_s:.2f} "
                     "of the no-database ceiling",
