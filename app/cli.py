@@ -56,15 +56,13 @@ def resolve_database_url(settings: Settings) -> str:
 def run_with_connection(
     settings: Settings, database_url: str, work: Callable[[AsyncConnection], Awaitable[T]]
 ) -> T:
-    async def main() -> T:
-        engine = create_engine(settings, database_url)
-        try:
-            async with engine.begin() as conn:
-                return await work(conn)
-        finally:
-            await engine.dispose()
+    """For work done in one transaction (most commands)."""
 
-    return asyncio.run(main())
+    async def in_transaction(engine: AsyncEngine) -> T:
+        async with engine.begin() as conn:
+            return await work(conn)
+
+    return run_with_engine(settings, database_url, in_transaction)
 
 
 def run_with_engine(
