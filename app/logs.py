@@ -26,7 +26,7 @@ class RequestIdFilter(logging.Filter):
 
 
 _TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
-_JSON_FIELDS = "%(asctime)s %(levelname)s %(name)s %(message)s %(request_id)s"
+_JSON_FIELDS = "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s %(request_id)s"
 
 
 def logging_config(level: str, log_format: LogFormat) -> dict[str, Any]:

@@ -5,22 +5,20 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import secrets
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import make_url, text
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.db.engine import normalize_database_url
 from app.db.migrate import downgrade_to_base, upgrade_to_head
-from tests.conftest import _admin, free_port
+from tests.conftest import free_port
 
 CLI = [sys.executable, "-m", "app.cli"]
 
@@ -35,14 +33,6 @@ async def table_names(url: str) -> set[str]:
             return {row[0] for row in rows}
     finally:
         await engine.dispose()
-
-
-@pytest.fixture
-def empty_database(server_url: str) -> Iterator[str]:
-    name = f"wavy_migr_{secrets.token_hex(4)}"
-    asyncio.run(_admin(server_url, f'CREATE DATABASE "{name}"'))
-    yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
-    asyncio.run(_admin(server_url, f'DROP DATABASE "{name}" WITH (FORCE)'))
 
 
 def test_migrations_upgrade_downgrade_and_upgrade_again(empty_database: str) -> None:

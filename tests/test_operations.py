@@ -4,9 +4,14 @@ never leak secrets, and slow bodies cut off."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
+import re
+import signal
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,7 +23,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db.migrate import head_revision
 from app.settings import Settings
-from tests.conftest import fetch_all, silent_database_url, writes_going_to
+from tests.conftest import fetch_all, free_port, silent_database_url, writes_going_to
+from tests.test_migrations_and_cli import Service
 
 
 async def scrape(client: httpx.AsyncClient) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -204,3 +210,41 @@ async def test_a_full_write_queue_refuses_at_once_with_503(app: FastAPI, hook: A
     assert refused.headers["retry-after"]
     assert time.monotonic() - started < 0.5  # not after the stuck write's 1 s timeout
     assert (await stuck).status_code == 503
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_view_of_metrics_and_log_json_without_secrets(
+    empty_database: str, tmp_path: Path
+) -> None:
+    env = {
+        **os.environ,
+        "DATABASE_URL": empty_database,
+        "WAVY_WORKERS": "2",
+        "WAVY_LOG_FORMAT": "json",
+    }
+    port = free_port()
+    service = Service(env, port, tmp_path)
+    try:
+        output = service.wait_ready()
+        key = re.search(r"/v1/webhooks/dlr\?key=(\S+)", output).group(1)  # type: ignore[union-attr]
+        base = f"http://127.0.0.1:{port}"
+        # New connections each time, so both workers take some of the requests.
+        for n in range(40):
+            stored = httpx.post(f"{base}/v1/webhooks/dlr?key={key}", json={"id": f"w-{n}"})
+            assert stored.status_code == 200
+        scrapes = [httpx.get(f"{base}/metrics").text for _ in range(6)]
+        ready = httpx.get(f"{base}/readyz")
+        alive = httpx.get(f"{base}/healthz")
+    finally:
+        service.stop(signal.SIGTERM)
+
+    accepted = 'wavy_events_total{kind="dlr",outcome="accepted"} 40.0'
+    assert all(accepted in scrape for scrape in scrapes)  # whichever worker answered
+    assert ready.status_code == alive.status_code == 200
+    log_lines = [line for line in service.log.read_text().splitlines() if line.startswith("{")]
+    access = [json.loads(line) for line in log_lines if '"app.access"' in line]
+    assert len(access) >= 40
+    assert {entry["route"] for entry in access} >= {"/v1/webhooks/dlr", "/metrics"}
+    assert all(entry["request_id"] for entry in access)
+    assert len({entry["process"] for entry in access}) == 2  # both workers served
+    assert all(key not in line for line in log_lines)  # printed once at start-up, never logged

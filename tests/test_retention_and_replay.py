@@ -10,7 +10,9 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.db.retention import purge_periodically
 from app.rules.retention import BadAge, parse_age
+from app.settings import Settings
 from tests.conftest import fetch_all
 from tests.test_migrations_and_cli import run_cli
 
@@ -145,3 +147,28 @@ async def test_replaying_twice_stores_nothing_twice(engine: AsyncEngine, databas
     assert first.returncode == again.returncode == 0
     assert "(0 new, 1 already stored)" in again.stdout
     assert len(await fetch_all(engine, "SELECT id FROM events")) == 1
+
+
+async def test_the_service_purges_by_itself_when_retention_is_set(
+    hook: Any, engine: AsyncEngine
+) -> None:
+    await hook("dlr", {"id": "old", "deliveredStatusCode": 4})
+    await hook("dlr", {"id": "new", "deliveredStatusCode": 4})
+    await backdate(engine, "old", days=100)
+
+    purging = asyncio.create_task(purge_periodically(engine, timedelta(days=90), interval_s=0.05))
+    try:
+        async with asyncio.timeout(10):
+            while await fetch_all(engine, "SELECT id FROM messages WHERE id = 'old'"):  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+    finally:
+        purging.cancel()
+
+    assert [r["id"] for r in await fetch_all(engine, "SELECT id FROM messages")] == ["new"]
+
+
+def test_retention_setting_must_be_an_age() -> None:
+    assert Settings(retention="90d").retention_age() == timedelta(days=90)
+    assert Settings().retention_age() is None
+    with pytest.raises(ValueError, match="not an age"):
+        Settings(retention="ninety")
