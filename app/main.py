@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import metrics
-from app.api import health, receive, status, webhooks
+from app.api import health, receive, stats, status, webhooks
 from app.api.errors import install_error_handlers
 from app.api.middleware import ObserveRequests
 from app.db.engine import create_engine, start_embedded_postgres
@@ -122,5 +122,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(webhooks.router)
     app.include_router(status.router)
     app.include_router(receive.router)
+    app.include_router(stats.router)
     app.openapi = lambda: _openapi_with_payload_schemas(app)  # type: ignore[method-assign]
     return app

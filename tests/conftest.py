@@ -28,7 +28,16 @@ from app.db.writer import BatchWriter
 from app.main import create_app
 from app.settings import Settings
 
-TABLES = ("events", "messages", "mos", "rejected_bodies", "webhook_keys", "users", "read_cursors")
+TABLES = (
+    "events",
+    "messages",
+    "mos",
+    "rejected_bodies",
+    "webhook_keys",
+    "users",
+    "read_cursors",
+    "stats_rollup",
+)
 
 
 def free_port() -> int:

@@ -44,6 +44,7 @@ def test_migrations_upgrade_downgrade_and_upgrade_again(empty_database: str) -> 
         "webhook_keys",
         "users",
         "read_cursors",
+        "stats_rollup",
         "alembic_version",
     }
 

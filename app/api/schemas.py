@@ -175,3 +175,52 @@ class MoChanges(BaseModel):
 class StatusPage(BaseModel):
     items: list[StatusOut]
     next: str | None = Field(description="cursor for the next (older) page, if any")
+
+
+class LatencyBucket(BaseModel):
+    le: int | None = Field(
+        description="upper bound in seconds (exclusive); null: the open last bucket"
+    )
+    count: int
+
+
+class TimeToDeliver(BaseModel):
+    count: int = Field(description="messages delivered (DLR 4) with both times known")
+    p50: float | None = Field(description="seconds, interpolated inside its histogram bucket")
+    p90: float | None
+    p99: float | None
+    histogram: list[LatencyBucket]
+
+
+class WaitingForDlr(BaseModel):
+    carrierSendsDlr: int = Field(description="carrier-accepted (2), no DLR yet")
+    carrierWithoutDlr: int = Field(
+        description="same, on carriers that never send DLRs (Oi, Sercomtel)"
+    )
+
+
+class StatsFigures(BaseModel):
+    messages: int = Field(description="messages first seen in the window")
+    sentStatusCodes: dict[str, int] = Field(description='code -> messages; "none": no callback yet')
+    deliveredStatusCodes: dict[str, int] = Field(description='code -> messages; "none": no DLR yet')
+    deliveryRate: float | None = Field(
+        description="delivered (DLR 4) / carrier-accepted (callback 2)"
+    )
+    timeToDeliver: TimeToDeliver
+    waitingForDlr: WaitingForDlr
+    mosReceived: int = Field(description="MOs received in the window (by their own time)")
+    replies: int = Field(description="MOs answering these messages")
+    repliedMessages: int = Field(description="messages with at least one reply")
+    replyRate: float | None = Field(description="repliedMessages / messages")
+
+
+class StatsGroup(StatsFigures):
+    key: str = Field(description="the hour (ISO), day (YYYY-MM-DD), carrier name or campaign id")
+
+
+class StatsAnswer(BaseModel):
+    start: str = Field(alias="from")
+    end: str = Field(alias="to")
+    groupBy: str
+    groups: list[StatsGroup]
+    totals: StatsFigures

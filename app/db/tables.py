@@ -18,6 +18,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    PrimaryKeyConstraint,
     Sequence,
     SmallInteger,
     Table,
@@ -88,6 +89,8 @@ messages = Table(
     # The transaction that last changed the row: feeds serve only finished transactions, in
     # (tx_id, change_seq) order, so a late commit can never land behind a reader's cursor.
     Column("tx_id", BigInteger, nullable=False, server_default=CURRENT_TX_ID),
+    # MOs stored that answer this message (their mt.id): kept by the writer, read by the stats.
+    Column("reply_count", Integer, nullable=False, server_default=text("0")),
     Index(None, "correlation_id"),
     Index(None, "destination"),
     # Newest-first listings page on (first_seen_at, id), scoped or not.
@@ -153,6 +156,24 @@ mos = Table(
     Index(None, "seq", unique=True),
     Index(None, "tx_id", "seq"),
     Index(None, "sub_account", "tx_id", "seq"),
+)
+
+# Delivery statistics per hour, sub-account, campaign and carrier, kept by triggers on
+# messages and mos (migration 0004; rules in app.rules.delivery_stats). '' stands for "none"
+# in the key columns so that they can form the primary key.
+stats_rollup = Table(
+    "stats_rollup",
+    metadata,
+    Column("sub_account", Text, nullable=False),
+    Column("hour", TS, nullable=False),
+    Column("campaign_id", Text, nullable=False),
+    Column("carrier_name", Text, nullable=False),
+    Column("metric", Text, nullable=False),
+    Column("value", Integer, nullable=False),
+    Column("count", BigInteger, nullable=False),
+    PrimaryKeyConstraint("sub_account", "hour", "campaign_id", "carrier_name", "metric", "value"),
+    # Admins' unscoped windows.
+    Index(None, "hour"),
 )
 
 # Dead letters: every body we refused (except unauthenticated ones), raw, for an operator.

@@ -174,6 +174,15 @@ def _build_upsert_messages() -> str:
 
 UPSERT_MESSAGES = _build_upsert_messages()
 
+# New replies counted on the message they answer (the delivery stats' reply rate). An MO
+# stored before its message has no row to count on yet: see docs/operations.md.
+COUNT_REPLIES = """
+    UPDATE messages AS m SET reply_count = m.reply_count + r.n
+    FROM (SELECT mt_id, count(*)::int AS n FROM unnest($1::text[]) AS u(mt_id) GROUP BY mt_id)
+         AS r
+    WHERE m.id = r.mt_id
+"""
+
 
 def _arrays(rows: list[Any], names: Iterable[str]) -> list[list[Any]]:
     return [[getattr(row, name) for row in rows] for name in names]
@@ -213,6 +222,9 @@ async def write_records(conn: asyncpg.Connection, records: list[EventRecord]) ->
     mos = sorted((r.mo for r in new_records if r.mo is not None), key=lambda mo: mo.id)
     if mos:
         await conn.execute(INSERT_MOS, *_arrays(mos, _MO_COLUMNS))
+        answered = sorted(mo.mt_id for mo in mos if mo.mt_id is not None)
+        if answered:
+            await conn.execute(COUNT_REPLIES, answered)
     return new_positions
 
 

@@ -1,0 +1,70 @@
+"""GET /v1/stats: delivery figures per hour, day, carrier or campaign, from the rollup."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from app.api.deps import EngineDep, ScopeDep
+from app.api.errors import ApiError, OrjsonResponse, responses
+from app.api.paging import as_utc
+from app.api.params import IsoTime, SearchText
+from app.api.schemas import StatsAnswer, iso
+from app.db.stats import StatsWindow, rollup_counts
+from app.rules.delivery_stats import GroupBy, group_figures, sum_groups
+
+router = APIRouter(prefix="/v1/stats", tags=["statistics"])
+
+DEFAULT_WINDOW = timedelta(days=7)
+HOUR = timedelta(hours=1)
+
+
+def _hour_floor(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+@router.get(
+    "",
+    summary="Delivery statistics per hour, day, carrier or campaign",
+    description=(
+        "Messages count in the hour they were first seen; `from` and `to` (ISO-8601, "
+        "default: the last 7 days) select whole hours, both included. Per group: messages, "
+        "counts per sent and delivered status code, delivery rate, time from sent to "
+        "delivered (p50/p90/p99 and the histogram), messages still waiting for a DLR (split "
+        "by whether their carrier sends DLRs at all), MOs received, replies and reply rate. "
+        "Scoped like the read API: users see their sub-account, admins all or `subAccount`."
+    ),
+    response_model=StatsAnswer,
+    responses=responses(401, 403, 422),
+)
+async def delivery_stats(
+    scope: ScopeDep,
+    engine: EngineDep,
+    from_: Annotated[IsoTime | None, Query(alias="from", description="ISO-8601")] = None,
+    to: Annotated[IsoTime | None, Query(description="ISO-8601")] = None,
+    campaign_id: Annotated[SearchText | None, Query(alias="campaignId")] = None,
+    group_by: Annotated[GroupBy, Query(alias="groupBy")] = "day",
+) -> OrjsonResponse:
+    last_hour = _hour_floor(as_utc(to) or datetime.now(UTC))
+    try:
+        first_hour = _hour_floor(as_utc(from_) or last_hour - DEFAULT_WINDOW)
+    except OverflowError:
+        first_hour = datetime.min.replace(tzinfo=UTC)
+    if first_hour > last_hour:
+        raise ApiError(422, "invalid_window", "from is after to")
+    async with engine.connect() as conn:
+        rows = await rollup_counts(
+            conn, scope, StatsWindow(first_hour, last_hour, campaign_id), group_by
+        )
+    groups, totals = sum_groups(rows)
+    return OrjsonResponse(
+        {
+            "from": iso(first_hour),
+            "to": iso(last_hour),
+            "groupBy": group_by,
+            "groups": [{"key": key, **group_figures(counts)} for key, counts in groups.items()],
+            "totals": group_figures(totals),
+        }
+    )

@@ -1,0 +1,236 @@
+"""GET /v1/stats against hand-computed figures on a crafted campaign, with out-of-order and
+repeated events that must not be counted twice."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.db import users
+from app.rules.delivery_stats import LATENCY_BUCKETS_S, OPEN_BUCKET, latency_percentile
+from app.rules.scope import Role
+from tests.conftest import add_key
+
+T = 1_764_000_000_000  # sentAt of every message (epoch ms)
+
+
+def callback(message_id: str, code: int, carrier: str, campaign: str = "c1") -> dict[str, Any]:
+    return {
+        "id": message_id,
+        "sentStatusCode": code,
+        "sentAt": T,
+        "carrierName": carrier,
+        "campaignId": campaign,
+    }
+
+
+def dlr(message_id: str, code: int, after_s: int, carrier: str) -> dict[str, Any]:
+    return {
+        "id": message_id,
+        "sentStatusCode": 2,
+        "sentAt": T,
+        "deliveredStatusCode": code,
+        "deliveredAt": T + after_s * 1000,
+        "carrierName": carrier,
+        "campaignId": "c1",
+    }
+
+
+def mo(mo_id: str, answers: str | None) -> dict[str, Any]:
+    return {
+        "id": mo_id,
+        "subAccount": "acme",
+        "carrierName": "VIVO",
+        "messageText": "ok",
+        **({"mt": {"id": answers}} if answers else {}),
+    }
+
+
+class Stats:
+    def __init__(self, client: httpx.AsyncClient, headers: dict[str, dict[str, str]]) -> None:
+        self.client = client
+        self.headers = headers
+
+    async def get(self, who: str, **params: Any) -> Any:
+        response = await self.client.get("/v1/stats", params=params, headers=self.headers[who])
+        assert response.status_code == 200, response.text
+        return response.json()
+
+
+@pytest.fixture
+async def stats(app: FastAPI, client: httpx.AsyncClient) -> Stats:
+    headers = {}
+    async with app.state.engine.begin() as conn:
+        for name, role, sub in (("boss", Role.ADMIN, None), ("ana", Role.USER, "acme")):
+            token = await users.add_user(
+                conn, username=name, role=role, sub_account=sub, email=None, token=None
+            )
+            headers[name] = {"UserName": name, "AuthenticationToken": token}
+    return Stats(client, headers)
+
+
+@pytest.fixture
+async def campaign(app: FastAPI, hook: Any, client: httpx.AsyncClient) -> None:
+    """Six messages of acme, told out of order and with retries, and four replies."""
+    posts = [
+        ("callback", callback("m1", 2, "VIVO")),
+        ("dlr", dlr("m1", 4, 10, "VIVO")),
+        ("dlr", dlr("m1", 4, 10, "VIVO")),  # exact retry
+        ("dlr", dlr("m2", 4, 100, "VIVO")),  # the DLR before its callback
+        ("callback", callback("m2", 2, "VIVO")),
+        ("callback", callback("m2", 2, "VIVO")),  # exact retry
+        ("callback", callback("m3", 2, "OI")),  # Oi never sends DLRs
+        ("callback", callback("m4", 2, "TIM")),  # still waiting
+        ("callback", callback("m5", 2, "CLARO")),
+        ("dlr", dlr("m5", 104, 300, "CLARO")),  # not delivered
+        ("callback", callback("m6", 101, "CLARO")),  # refused before the carrier
+        ("mo", [mo("r1", "m1"), mo("r2", "m1"), mo("r3", "m4"), mo("r4", None)]),
+        ("mo", mo("r1", "m1")),  # exact retry of a reply
+    ]
+    for kind, body in posts:
+        assert (await hook(kind, body)).status_code == 200
+    # Another sub-account's traffic, invisible to acme's user.
+    globex = await add_key(app, "globex")
+    response = await client.post(
+        "/v1/webhooks/callback", params={"key": globex}, json=callback("g1", 2, "VIVO")
+    )
+    assert response.status_code == 200
+
+
+EXPECTED_TOTALS = {
+    "messages": 6,
+    "sentStatusCodes": {"2": 5, "101": 1},
+    "deliveredStatusCodes": {"none": 3, "4": 2, "104": 1},
+    "deliveryRate": 0.4,
+    "waitingForDlr": {"carrierSendsDlr": 1, "carrierWithoutDlr": 1},
+    "mosReceived": 4,
+    "replies": 3,
+    "repliedMessages": 2,
+    "replyRate": 0.3333,
+}
+
+
+@pytest.mark.usefixtures("campaign")
+async def test_totals_match_the_hand_count_despite_retries_and_disorder(stats: Stats) -> None:
+    answer = await stats.get("ana")
+
+    totals = answer["totals"]
+    assert {key: totals[key] for key in EXPECTED_TOTALS} == EXPECTED_TOTALS
+    latency = totals["timeToDeliver"]
+    assert latency["count"] == 2
+    # 10 s falls in [10, 15), 100 s in [60, 120): interpolated inside those buckets.
+    assert (latency["p50"], latency["p90"], latency["p99"]) == (15.0, 108.0, 118.8)
+    assert {b["le"]: b["count"] for b in latency["histogram"] if b["count"]} == {15: 1, 120: 1}
+
+
+@pytest.mark.usefixtures("campaign")
+async def test_per_carrier_delivery_and_replies(stats: Stats) -> None:
+    answer = await stats.get("ana", groupBy="carrier")
+
+    by_carrier = {group["key"]: group for group in answer["groups"]}
+    assert set(by_carrier) == {"VIVO", "OI", "TIM", "CLARO"}
+    vivo, claro, oi = by_carrier["VIVO"], by_carrier["CLARO"], by_carrier["OI"]
+    assert (vivo["messages"], vivo["deliveryRate"], vivo["repliedMessages"]) == (2, 1.0, 1)
+    assert vivo["mosReceived"] == 4  # MOs count under their own carrier
+    assert claro["sentStatusCodes"] == {"2": 1, "101": 1}
+    assert claro["deliveredStatusCodes"] == {"104": 1, "none": 1}
+    assert claro["deliveryRate"] == 0.0
+    assert oi["waitingForDlr"] == {"carrierSendsDlr": 0, "carrierWithoutDlr": 1}
+
+
+@pytest.mark.usefixtures("campaign")
+async def test_admin_sees_every_sub_account_and_can_narrow(stats: Stats) -> None:
+    everything = await stats.get("boss")
+    acme = await stats.get("boss", subAccount="acme")
+
+    assert everything["totals"]["messages"] == 7
+    assert acme["totals"]["messages"] == 6
+
+
+@pytest.mark.usefixtures("campaign")
+async def test_a_user_cannot_ask_for_another_sub_account(stats: Stats) -> None:
+    response = await stats.client.get(
+        "/v1/stats", params={"subAccount": "globex"}, headers=stats.headers["ana"]
+    )
+
+    assert response.status_code == 403
+
+
+@pytest.mark.usefixtures("campaign")
+async def test_hours_and_days_follow_when_messages_were_first_seen(
+    stats: Stats, engine: AsyncEngine
+) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "UPDATE messages SET first_seen_at = first_seen_at - interval '3 days' "
+                "WHERE id = 'm6'"
+            )
+        )
+
+    by_day = await stats.get("ana", groupBy="day")
+    by_hour = await stats.get("ana", groupBy="hour")
+    long_ago = await stats.get("ana", **{"from": "2000-01-01T00:00Z", "to": "2000-01-02T00:00Z"})
+
+    assert sorted(group["messages"] for group in by_day["groups"]) == [1, 5]
+    assert sorted(group["messages"] for group in by_hour["groups"]) == [1, 5]
+    assert by_day["totals"]["messages"] == 6
+    assert long_ago["groups"] == []
+    assert long_ago["totals"]["messages"] == 0
+
+
+@pytest.mark.usefixtures("campaign")
+async def test_campaign_filter_and_grouping(stats: Stats, hook: Any) -> None:
+    await hook("callback", callback("x1", 2, "VIVO", campaign="c2"))
+
+    only_c2 = await stats.get("ana", campaignId="c2")
+    by_campaign = await stats.get("ana", groupBy="campaign")
+
+    assert only_c2["totals"]["messages"] == 1
+    assert {g["key"]: g["messages"] for g in by_campaign["groups"]} == {"c1": 6, "c2": 1, "": 0}
+
+
+async def test_a_window_the_wrong_way_round_is_refused(stats: Stats) -> None:
+    response = await stats.client.get(
+        "/v1/stats",
+        params={"from": "2026-02-01T00:00:00Z", "to": "2026-01-01T00:00:00Z"},
+        headers=stats.headers["ana"],
+    )
+
+    assert response.status_code == 422
+
+
+async def test_the_database_buckets_times_as_the_rules_say(engine: AsyncEngine) -> None:
+    """The migration's SQL copy of the bucket bounds against app.rules.delivery_stats."""
+    probes = [bound - 0.5 for bound in LATENCY_BUCKETS_S] + [LATENCY_BUCKETS_S[-1] + 1]
+    async with engine.connect() as conn:
+        buckets = [
+            (await conn.execute(text("SELECT stats_latency_bucket(:s)"), {"s": s})).scalar_one()
+            for s in probes
+        ]
+
+    assert buckets == [*LATENCY_BUCKETS_S, OPEN_BUCKET]
+
+
+def test_percentiles_interpolate_inside_a_bucket_and_floor_the_open_one() -> None:
+    assert latency_percentile({}, 0.5) is None
+    assert latency_percentile({10: 4}, 0.5) == 7.5  # half-way through [5, 10)
+    assert latency_percentile({OPEN_BUCKET: 1}, 0.99) == float(LATENCY_BUCKETS_S[-1])
+
+
+@pytest.mark.usefixtures("campaign")
+async def test_purged_messages_leave_the_figures(stats: Stats, engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(text("DELETE FROM messages WHERE id IN ('m5', 'm6')"))
+        await conn.execute(text("DELETE FROM mos WHERE id = 'r4'"))
+
+    totals = (await stats.get("ana"))["totals"]
+
+    assert totals["messages"] == 4
+    assert totals["sentStatusCodes"] == {"2": 4}
+    assert totals["mosReceived"] == 3
