@@ -5,9 +5,10 @@ follows the number of hours, carriers and campaigns in the window, not of messag
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, literal, select
+from sqlalchemy import ColumnElement, and_, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db.tables import stats_rollup
@@ -15,15 +16,24 @@ from app.rules.delivery_stats import GroupBy
 from app.rules.scope import Scope
 
 
-def _group_key(group_by: GroupBy) -> ColumnElement[str]:
-    utc_hour = func.timezone("UTC", stats_rollup.c.hour)
+def _group_key(group_by: GroupBy) -> ColumnElement[Any]:
+    """What rows are grouped by in SQL: raw values (formatting a time per rollup row costs more
+    than the whole aggregation); ``group_label`` turns each group's key into text."""
     if group_by == "hour":
-        return func.to_char(utc_hour, literal('YYYY-MM-DD"T"HH24:00:00"Z"'))
+        return stats_rollup.c.hour
     if group_by == "day":
-        return func.to_char(utc_hour, literal("YYYY-MM-DD"))
+        return func.date_trunc("day", func.timezone("UTC", stats_rollup.c.hour))
     if group_by == "carrier":
         return stats_rollup.c.carrier_name
     return stats_rollup.c.campaign_id
+
+
+def group_label(group_by: GroupBy, key: Any) -> str:
+    if group_by == "hour":
+        return f"{key.astimezone(UTC):%Y-%m-%dT%H:00:00Z}"
+    if group_by == "day":
+        return f"{key:%Y-%m-%d}"
+    return str(key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,4 +65,4 @@ async def rollup_counts(
         .order_by(key)
     )
     rows = await conn.execute(query)
-    return [(row[0], row[1], row[2], int(row[3])) for row in rows]
+    return [(group_label(group_by, row[0]), row[1], row[2], int(row[3])) for row in rows]
