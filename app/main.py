@@ -12,11 +12,12 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import metrics
-from app.api import health, receive, stats, status, webhooks
+from app.api import dashboard, health, receive, stats, status, webhooks
 from app.api.errors import install_error_handlers
 from app.api.middleware import ObserveRequests
 from app.db.engine import create_engine, start_embedded_postgres
@@ -123,5 +124,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(status.router)
     app.include_router(receive.router)
     app.include_router(stats.router)
+    app.include_router(dashboard.router)
+    app.mount("/static", StaticFiles(directory=dashboard.STATIC_DIR), name="static")
     app.openapi = lambda: _openapi_with_payload_schemas(app)  # type: ignore[method-assign]
     return app

@@ -1,0 +1,41 @@
+"""The delivery dashboard (one static page and its assets, shipped inside the package) and
+GET /v1/me, which the page asks to know whether to offer the sub-account choice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import APIRouter
+from pydantic import BaseModel
+from starlette.responses import FileResponse
+
+from app.api.deps import ReaderDep
+from app.api.errors import OrjsonResponse, responses
+
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+
+router = APIRouter()
+
+
+@router.get("/dashboard", include_in_schema=False)
+async def dashboard() -> FileResponse:
+    return FileResponse(STATIC_DIR / "dashboard.html", media_type="text/html")
+
+
+class Me(BaseModel):
+    userName: str
+    role: str
+    subAccount: str | None
+
+
+@router.get(
+    "/v1/me",
+    tags=["users"],
+    summary="Who the credentials belong to (role and sub-account)",
+    response_model=Me,
+    responses=responses(401),
+)
+async def who_am_i(reader: ReaderDep) -> OrjsonResponse:
+    return OrjsonResponse(
+        {"userName": reader.username, "role": reader.role.value, "subAccount": reader.sub_account}
+    )

@@ -1,0 +1,364 @@
+// The delivery dashboard: every figure comes from the service's own API (/v1/stats, the read
+// API), with the user's UserName and AuthenticationToken kept in sessionStorage (this tab
+// only). Data is always written with textContent, never as HTML: MO texts come from phones.
+"use strict";
+
+const CREDENTIALS = "wavy-dashboard-credentials";
+const charts = {};
+let me = null;
+
+const $ = (selector) => document.querySelector(selector);
+
+function element(tag, text, attributes = {}) {
+  const node = document.createElement(tag);
+  if (text !== undefined && text !== null) node.textContent = String(text);
+  for (const [name, value] of Object.entries(attributes)) node.setAttribute(name, value);
+  return node;
+}
+
+function credentials() {
+  const saved = sessionStorage.getItem(CREDENTIALS);
+  return saved ? JSON.parse(saved) : null;
+}
+
+class Unauthorized extends Error {}
+
+async function api(path, options = {}) {
+  const saved = credentials();
+  if (!saved) throw new Unauthorized();
+  const response = await fetch(path, {
+    ...options,
+    headers: {
+      UserName: saved.username,
+      AuthenticationToken: saved.token,
+      ...(options.body ? { "Content-Type": "application/json" } : {}),
+    },
+  });
+  if (response.status === 401) throw new Unauthorized();
+  if (response.status === 404) return null;
+  if (!response.ok) {
+    const body = await response.json().catch(() => ({}));
+    throw new Error(body.error ? body.error.message : `HTTP ${response.status}`);
+  }
+  return response.json();
+}
+
+// --- figures ---------------------------------------------------------------------------------
+
+const number = (value) => (value === null || value === undefined ? "–" : value.toLocaleString("en-US"));
+const percent = (value) => (value === null || value === undefined ? "–" : `${(value * 100).toFixed(1)}%`);
+const seconds = (value) => {
+  if (value === null || value === undefined) return "–";
+  if (value < 120) return `${value.toFixed(0)} s`;
+  if (value < 7200) return `${(value / 60).toFixed(1)} min`;
+  return `${(value / 3600).toFixed(1)} h`;
+};
+
+function sumCodes(codes, keep) {
+  return Object.entries(codes).reduce((total, [code, count]) => total + (keep(code) ? count : 0), 0);
+}
+
+// Failed: refused before or by the carrier (any sent code but 2), or not delivered (any DLR
+// code but 4).
+function failedCount(figures) {
+  const sentFailed = sumCodes(figures.sentStatusCodes, (code) => code !== "2" && code !== "none");
+  const notDelivered = sumCodes(figures.deliveredStatusCodes, (code) => code !== "4" && code !== "none");
+  return sentFailed + notDelivered;
+}
+
+function renderKpis(totals) {
+  const latency = totals.timeToDeliver;
+  const tiles = [
+    ["messages", "Messages", totals.messages, number],
+    ["accepted", "Accepted by carrier", totals.sentStatusCodes["2"] || 0, number],
+    ["delivered", "Delivered", totals.deliveredStatusCodes["4"] || 0, number],
+    ["failed", "Failed", failedCount(totals), number],
+    ["delivery-rate", "Delivery rate", totals.deliveryRate, percent],
+    ["waiting", "Waiting for DLR", totals.waitingForDlr.carrierSendsDlr, number],
+    ["waiting-no-dlr", "No DLR expected (Oi, Sercomtel)", totals.waitingForDlr.carrierWithoutDlr, number],
+    ["p50", "Time to deliver, median", latency.p50, seconds],
+    ["p90", "Time to deliver, p90", latency.p90, seconds],
+    ["replies", "Replies", totals.replies, number],
+    ["reply-rate", "Reply rate", totals.replyRate, percent],
+    ["mos", "MOs received", totals.mosReceived, number],
+  ];
+  const box = $("#kpis");
+  box.replaceChildren();
+  for (const [id, label, value, format] of tiles) {
+    const kind = id.startsWith("waiting") ? "waiting" : id;
+    const tile = element("div", undefined, { class: `kpi ${kind}`, "data-testid": `kpi-${id}` });
+    tile.append(element("div", label, { class: "label" }));
+    tile.append(element("div", format(value), { class: "value", "data-value": value ?? "" }));
+    box.append(tile);
+  }
+}
+
+function drawChart(id, config) {
+  if (charts[id]) charts[id].destroy();
+  charts[id] = new Chart(document.getElementById(id), {
+    ...config,
+    options: { responsive: true, maintainAspectRatio: false, animation: false, ...config.options },
+  });
+}
+
+function color(name) {
+  return getComputedStyle(document.documentElement).getPropertyValue(`--${name}`).trim();
+}
+
+function renderFunnel(stats) {
+  const groups = stats.groups;
+  const label = (key) => (stats.groupBy === "hour" ? key.slice(5, 13).replace("T", " ") + "h" : key);
+  drawChart("funnel-chart", {
+    type: "bar",
+    data: {
+      labels: groups.map((g) => label(g.key)),
+      datasets: [
+        { label: "sent", data: groups.map((g) => g.messages), backgroundColor: color("sent") },
+        { label: "carrier-accepted", data: groups.map((g) => g.sentStatusCodes["2"] || 0), backgroundColor: color("accepted") },
+        { label: "delivered", data: groups.map((g) => g.deliveredStatusCodes["4"] || 0), backgroundColor: color("delivered") },
+        { label: "failed", data: groups.map(failedCount), backgroundColor: color("failed") },
+      ],
+    },
+  });
+}
+
+function renderCarriers(stats) {
+  const groups = stats.groups.filter((g) => g.messages > 0);
+  drawChart("carrier-chart", {
+    type: "bar",
+    data: {
+      labels: groups.map((g) => g.key || "(unknown)"),
+      datasets: [
+        { label: "delivery rate %", data: groups.map((g) => (g.deliveryRate ?? 0) * 100), backgroundColor: color("delivered"), yAxisID: "rate" },
+        { label: "failed", data: groups.map(failedCount), backgroundColor: color("failed"), yAxisID: "count" },
+      ],
+    },
+    options: {
+      scales: {
+        rate: { position: "left", min: 0, max: 100, title: { display: true, text: "%" } },
+        count: { position: "right", beginAtZero: true, grid: { drawOnChartArea: false } },
+      },
+    },
+  });
+  const body = $("#carrier-table tbody");
+  body.replaceChildren();
+  for (const g of groups) {
+    const row = element("tr", undefined, { "data-testid": `carrier-${g.key || "unknown"}` });
+    const waiting = g.waitingForDlr.carrierSendsDlr + g.waitingForDlr.carrierWithoutDlr;
+    for (const value of [g.key || "(unknown)", number(g.messages), number(g.sentStatusCodes["2"] || 0),
+      number(g.deliveredStatusCodes["4"] || 0), percent(g.deliveryRate), number(failedCount(g)), number(waiting)]) {
+      row.append(element("td", value));
+    }
+    body.append(row);
+  }
+}
+
+function renderLatency(totals) {
+  const latency = totals.timeToDeliver;
+  let lower = 0;
+  const labels = latency.histogram.map((bucket) => {
+    const text = bucket.le === null ? `≥ ${seconds(lower)}` : `< ${seconds(bucket.le)}`;
+    lower = bucket.le ?? lower;
+    return text;
+  });
+  drawChart("latency-chart", {
+    type: "bar",
+    data: { labels, datasets: [{ label: "messages delivered", data: latency.histogram.map((b) => b.count), backgroundColor: color("delivered") }] },
+  });
+  $("#latency-summary").textContent =
+    `${number(latency.count)} delivered · median ${seconds(latency.p50)} · p90 ${seconds(latency.p90)} · p99 ${seconds(latency.p99)}`;
+}
+
+// --- replies and search --------------------------------------------------------------------
+
+async function renderReplies(params) {
+  const body = $("#replies tbody");
+  let found = [];
+  for (const hours of [1, 24, 24 * 7, 24 * 30]) {
+    const start = new Date(Date.now() - hours * 3600e3).toISOString();
+    const query = new URLSearchParams({ start, limit: "1000" });
+    if (params.get("subAccount")) query.set("subAccount", params.get("subAccount"));
+    const page = await api(`/v1/sms/receive/search?${query}`);
+    found = page.messages;
+    if (found.length >= 10 || page.next) break;
+  }
+  const recent = found.slice(-10).reverse();
+  const answered = recent.map((mo) => mo.mt && mo.mt.id).filter(Boolean);
+  const statuses = answered.length
+    ? await api("/v1/sms/status/search", { method: "POST", body: JSON.stringify({ ids: answered }) })
+    : [];
+  const byId = Object.fromEntries(statuses.map((s) => [s.id, s]));
+  body.replaceChildren();
+  for (const mo of recent) {
+    const row = element("tr", undefined, { "data-testid": "reply" });
+    row.append(element("td", mo.receivedDate ? mo.receivedDate.replace("T", " ").slice(0, 19) : "–"));
+    row.append(element("td", mo.source || "–"));
+    row.append(element("td", mo.messageText || "", { class: "text" }));
+    const target = mo.mt && mo.mt.id;
+    const status = target && byId[target];
+    const answers = element("td", target
+      ? `${target}${status ? ` (to ${status.destination || "?"}, campaign ${status.campaignId || "–"})` : ""}`
+      : "–");
+    if (target) {
+      row.classList.add("clickable");
+      row.addEventListener("click", () => showHistory(target));
+    }
+    row.append(answers);
+    body.append(row);
+  }
+  if (!recent.length) {
+    const row = element("tr");
+    row.append(element("td", "No replies in the last 30 days.", { colspan: "4" }));
+    body.append(row);
+  }
+}
+
+async function showHistory(id) {
+  const box = $("#history");
+  box.replaceChildren(element("p", "Loading…", { class: "muted" }));
+  const detail = await api(`/v1/sms/status/${encodeURIComponent(id)}`);
+  box.replaceChildren();
+  if (!detail) {
+    box.append(element("p", `No message ${id} (in your scope).`, { class: "muted" }));
+    return;
+  }
+  box.append(element("h2", `Message ${detail.id}`, { "data-testid": "history-title" }));
+  const facts = [
+    ["correlationId", detail.correlationId], ["destination", detail.destination],
+    ["carrier", detail.carrierName], ["campaign", detail.campaignId],
+    ["sent", `${detail.sentStatusCode ?? "–"} ${detail.sentStatus ?? ""} ${detail.sentDate ?? ""}`],
+    ["delivered", `${detail.deliveredStatusCode ?? "–"} ${detail.deliveredStatus ?? ""} ${detail.deliveredDate ?? ""}`],
+  ];
+  const list = element("p", undefined, { class: "muted" });
+  list.textContent = facts.map(([k, v]) => `${k}: ${v ?? "–"}`).join(" · ");
+  box.append(list);
+  const table = element("table", undefined, { "data-testid": "history-events" });
+  const head = element("tr");
+  for (const title of ["received", "kind", "sent code", "delivered code"]) head.append(element("th", title));
+  const thead = element("thead");
+  thead.append(head);
+  const tbody = element("tbody");
+  table.append(thead, tbody);
+  for (const event of detail.events) {
+    const row = element("tr");
+    for (const value of [event.receivedDate || event.receivedAt, event.kind, event.sentStatusCode ?? "–", event.deliveredStatusCode ?? "–"]) {
+      row.append(element("td", value));
+    }
+    tbody.append(row);
+  }
+  const wrap = element("div", undefined, { class: "scroll" });
+  wrap.append(table);
+  box.append(wrap);
+  if (detail.replies.length) {
+    box.append(element("p", `Replies: ${detail.replies.map((r) => r.messageText).join(" · ")}`));
+  }
+}
+
+async function search(q) {
+  const box = $("#search-results");
+  box.replaceChildren();
+  $("#history").replaceChildren();
+  const direct = await api(`/v1/sms/status/${encodeURIComponent(q)}`);
+  if (direct) return showHistory(q);
+  const matches = [];
+  for (const field of ["correlationId", "destination"]) {
+    const page = await api(`/v1/sms/status?${new URLSearchParams({ [field]: q, limit: "20" })}`);
+    matches.push(...page.items);
+  }
+  if (!matches.length) {
+    box.append(element("p", `Nothing found for “${q}”.`, { class: "muted" }));
+    return;
+  }
+  if (matches.length === 1) return showHistory(matches[0].id);
+  const table = element("table");
+  const tbody = element("tbody");
+  for (const m of matches) {
+    const row = element("tr", undefined, { class: "clickable" });
+    for (const value of [m.id, m.correlationId, m.destination, m.deliveredStatus || m.sentStatus]) {
+      row.append(element("td", value ?? "–"));
+    }
+    row.addEventListener("click", () => showHistory(m.id));
+    tbody.append(row);
+  }
+  table.append(tbody);
+  box.append(table);
+}
+
+// --- the page ------------------------------------------------------------------------------
+
+function windowParams() {
+  const form = new FormData($("#controls"));
+  const hours = Number(form.get("window"));
+  const params = new URLSearchParams({
+    from: new Date(Date.now() - hours * 3600e3).toISOString(),
+  });
+  for (const name of ["subAccount", "campaignId"]) {
+    const value = (form.get(name) || "").trim();
+    if (value) params.set(name, value);
+  }
+  return { params, groupBy: hours <= 48 ? "hour" : "day" };
+}
+
+async function refresh() {
+  const { params, groupBy } = windowParams();
+  $("#status").textContent = "Loading…";
+  try {
+    const overTime = await api(`/v1/stats?${params}&groupBy=${groupBy}`);
+    const byCarrier = await api(`/v1/stats?${params}&groupBy=carrier`);
+    renderKpis(overTime.totals);
+    renderFunnel(overTime);
+    renderCarriers(byCarrier);
+    renderLatency(overTime.totals);
+    await renderReplies(params);
+    $("#status").textContent = `${overTime.from.slice(0, 16).replace("T", " ")} to ${overTime.to.slice(0, 16).replace("T", " ")} UTC`;
+    document.body.dataset.loaded = params.toString();
+  } catch (error) {
+    if (error instanceof Unauthorized) return showLogin("Please log in again.");
+    $("#status").textContent = `Could not load: ${error.message}`;
+  }
+}
+
+function showLogin(message = "") {
+  sessionStorage.removeItem(CREDENTIALS);
+  $("#board").hidden = true;
+  $("#logout").hidden = true;
+  $("#login").hidden = false;
+  $("#who").textContent = "";
+  $("#login-error").textContent = message;
+}
+
+async function showBoard() {
+  me = await api("/v1/me");
+  $("#login").hidden = true;
+  $("#board").hidden = false;
+  $("#logout").hidden = false;
+  $("#who").textContent = `${me.userName} (${me.role}${me.subAccount ? `, ${me.subAccount}` : ""})`;
+  // Users see their own sub-account only; admins choose.
+  $("#sub-account-field").hidden = me.role !== "admin";
+  await refresh();
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("#login-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const form = new FormData(event.target);
+    sessionStorage.setItem(CREDENTIALS, JSON.stringify({
+      username: form.get("username").trim(), token: form.get("token").trim(),
+    }));
+    try {
+      await showBoard();
+    } catch (error) {
+      showLogin(error instanceof Unauthorized ? "Wrong UserName or token." : error.message);
+    }
+  });
+  $("#logout").addEventListener("click", () => showLogin());
+  $("#controls").addEventListener("submit", (event) => { event.preventDefault(); refresh(); });
+  $("#search-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    search(new FormData(event.target).get("q").trim()).catch((error) => {
+      $("#search-results").replaceChildren(element("p", error.message, { class: "error" }));
+    });
+  });
+  if (credentials()) showBoard().catch(() => showLogin());
+  else showLogin();
+});

@@ -1,0 +1,188 @@
+"""The dashboard in a real headless Chromium: log in, read the figures, compare them with
+/v1/stats, search a message, and check it fits a phone. Screenshots are kept in
+``test-artifacts/`` (or ``$TEST_ARTIFACTS``)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl
+
+import httpx
+import pytest
+
+from tests.test_delivery_stats import Stats, campaign, stats  # noqa: F401 - fixtures
+
+async_api = pytest.importorskip("playwright.async_api")
+
+CHROMIUM = next(
+    (found for name in ("chromium", "chromium-browser") if (found := shutil.which(name))), None
+)
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="no Chromium installed (Debian: apt-get install chromium); .ci/run installs it",
+)
+
+ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", "test-artifacts"))
+TILES = (
+    "messages",
+    "accepted",
+    "delivered",
+    "failed",
+    "delivery-rate",
+    "waiting",
+    "waiting-no-dlr",
+    "p50",
+    "p90",
+    "replies",
+    "reply-rate",
+    "mos",
+)
+
+
+def expected_tiles(totals: dict[str, Any]) -> dict[str, str]:
+    """The API's totals, computed the way the page labels them (as the raw values it keeps)."""
+    sent, delivered = totals["sentStatusCodes"], totals["deliveredStatusCodes"]
+    failed = sum(n for code, n in sent.items() if code not in ("2", "none")) + sum(
+        n for code, n in delivered.items() if code not in ("4", "none")
+    )
+    values: dict[str, Any] = {
+        "messages": totals["messages"],
+        "accepted": sent.get("2", 0),
+        "delivered": delivered.get("4", 0),
+        "failed": failed,
+        "delivery-rate": totals["deliveryRate"],
+        "waiting": totals["waitingForDlr"]["carrierSendsDlr"],
+        "waiting-no-dlr": totals["waitingForDlr"]["carrierWithoutDlr"],
+        "p50": totals["timeToDeliver"]["p50"],
+        "p90": totals["timeToDeliver"]["p90"],
+        "replies": totals["replies"],
+        "reply-rate": totals["replyRate"],
+        "mos": totals["mosReceived"],
+    }
+    return {key: "" if value is None else _js_number(value) for key, value in values.items()}
+
+
+def _js_number(value: float) -> str:
+    """How JavaScript writes a number into an attribute (15.0 -> "15")."""
+    return str(int(value)) if float(value).is_integer() else repr(value)
+
+
+async def log_in(page: Any, base_url: str, username: str, token: str) -> None:
+    await page.goto(f"{base_url}/dashboard")
+    await page.fill("input[name=username]", username)
+    await page.fill("input[name=token]", token)
+    await page.click("#login-form button[type=submit]")
+    await page.wait_for_selector("body[data-loaded]", timeout=15_000)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("campaign")
+async def test_the_dashboard_shows_what_the_stats_api_counts(
+    base_url: str,
+    client: httpx.AsyncClient,
+    stats: Stats,  # noqa: F811 - the fixture
+) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, tiny
+    token = stats.headers["ana"]["AuthenticationToken"]
+    outside: list[str] = []
+    async with async_api.async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"]
+        )
+        try:
+            page = await browser.new_page(viewport={"width": 1280, "height": 900})
+            page.on(
+                "request",
+                lambda request: (
+                    None if request.url.startswith(base_url) else outside.append(request.url)
+                ),
+            )
+            await log_in(page, base_url, "ana", token)
+            shown = {
+                tile: await page.get_attribute(f"[data-testid=kpi-{tile}] .value", "data-value")
+                for tile in TILES
+            }
+            loaded_with = dict(parse_qsl(await page.get_attribute("body", "data-loaded") or ""))
+            who = await page.text_content("[data-testid=who]")
+            sub_account_offered = await page.is_visible("#sub-account-field")
+            vivo = await page.text_content("[data-testid=carrier-VIVO]")
+            replies = await page.locator("[data-testid=reply]").all_text_contents()
+            await page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+
+            await page.fill("#search-form input[name=q]", "m2")
+            await page.click("#search-form button")
+            await page.wait_for_selector("[data-testid=history-events] tbody tr")
+            history_rows = await page.locator("[data-testid=history-events] tbody tr").count()
+            title = await page.text_content("[data-testid=history-title]")
+
+            phone = await browser.new_page(viewport={"width": 390, "height": 844})
+            await log_in(phone, base_url, "ana", token)  # a new tab logs in again
+            overflow = await phone.evaluate(
+                "document.documentElement.scrollWidth - window.innerWidth"
+            )
+            await phone.screenshot(path=str(ARTIFACTS / "dashboard-phone.png"), full_page=True)
+        finally:
+            await browser.close()
+
+    api = await stats.get("ana", **loaded_with, groupBy="day")
+    assert shown == expected_tiles(api["totals"])
+    assert shown["messages"] == "6"  # the crafted campaign, counted once
+    assert who == "ana (user, acme)"
+    assert not sub_account_offered  # a user sees their sub-account only
+    assert vivo is not None
+    assert vivo.startswith("VIVO22")  # 2 messages, 2 accepted
+    assert len(replies) == 4
+    assert any("m1" in reply and "ok" in reply for reply in replies)
+    assert title == "Message m2"
+    assert history_rows == 2  # its DLR and its callback (the retry was recorded once)
+    assert overflow <= 0  # nothing wider than a phone's screen
+    assert outside == []  # no CDN, no outside request of any kind
+
+
+@pytest.mark.slow
+async def test_wrong_credentials_stay_on_the_login_form(base_url: str) -> None:
+    async with async_api.async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"]
+        )
+        try:
+            page = await browser.new_page()
+            await page.goto(f"{base_url}/dashboard")
+            await page.fill("input[name=username]", "nobody")
+            await page.fill("input[name=token]", "wrong-token-wrong-token")
+            await page.click("#login-form button[type=submit]")
+            await page.wait_for_function(
+                "document.querySelector('#login-error').textContent.length > 0"
+            )
+            error = await page.text_content("#login-error")
+            board_hidden = await page.is_hidden("#board")
+        finally:
+            await browser.close()
+
+    assert error == "Wrong UserName or token."
+    assert board_hidden
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("campaign")
+async def test_an_admin_chooses_the_sub_account(base_url: str, stats: Stats) -> None:  # noqa: F811
+    token = stats.headers["boss"]["AuthenticationToken"]
+    async with async_api.async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"]
+        )
+        try:
+            page = await browser.new_page()
+            await log_in(page, base_url, "boss", token)
+            everything = await page.get_attribute("[data-testid=kpi-messages] .value", "data-value")
+            await page.fill("#controls input[name=subAccount]", "acme")
+            await page.click("#controls button[type=submit]")
+            await page.wait_for_selector("body[data-loaded*='subAccount=acme']")
+            narrowed = await page.get_attribute("[data-testid=kpi-messages] .value", "data-value")
+        finally:
+            await browser.close()
+
+    assert (everything, narrowed) == ("7", "6")
