@@ -189,7 +189,9 @@ class TimeToDeliver(BaseModel):
     p50: float | None = Field(description="seconds, interpolated inside its histogram bucket")
     p90: float | None
     p99: float | None
-    histogram: list[LatencyBucket]
+    histogram: list[LatencyBucket] | None = Field(
+        default=None, description="in the totals only: messages per time-to-deliver bucket"
+    )
 
 
 class WaitingForDlr(BaseModel):

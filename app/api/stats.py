@@ -65,6 +65,6 @@ async def delivery_stats(
             "to": iso(last_hour),
             "groupBy": group_by,
             "groups": [{"key": key, **group_figures(counts)} for key, counts in groups.items()],
-            "totals": group_figures(totals),
+            "totals": group_figures(totals, histogram=True),
         }
     )
