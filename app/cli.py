@@ -155,6 +155,20 @@ def serve(
             typer.echo("No webhook key existed, so one was created.")
             print_webhook_urls(settings, created, None)
 
+    async def ensure_an_admin(conn: AsyncConnection) -> str | None:
+        if await users.count_users(conn):
+            return None
+        return await users.add_user(
+            conn, username="admin", role=Role.ADMIN, sub_account=None, email=None, token=None
+        )
+
+    admin_token = run_with_connection(settings, database_url, ensure_an_admin)
+    if admin_token:
+        typer.echo("No read-API user existed, so an admin was created (token shown only now):")
+        typer.echo("  UserName             admin")
+        typer.echo(f"  AuthenticationToken  {admin_token}")
+        typer.echo(f"  Dashboard            {settings.webhook_base_url()}/dashboard")
+
     # uvicorn re-raises a SIGTERM after its graceful shutdown, with the handler it found
     # installed; the default one would kill the process before atexit stops the embedded
     # PostgreSQL (docker stop, systemd). This one exits normally instead.

@@ -172,6 +172,15 @@ def test_serve_without_database_url_uses_embedded_postgres_and_keeps_data(
         key = match.group(1)
         stored = httpx.post(f"http://127.0.0.1:{port}/v1/webhooks/dlr?key={key}", json=dlr)
         assert stored.json() == {"received": 1, "duplicates": 0}
+        # A first start also makes an admin, so the dashboard can be opened at once.
+        token = re.search(r"AuthenticationToken\s+(\S+)", output)
+        assert token, output
+        assert f"http://127.0.0.1:{port}/dashboard" in output
+        me = httpx.get(
+            f"http://127.0.0.1:{port}/v1/me",
+            headers={"UserName": "admin", "AuthenticationToken": token.group(1)},
+        )
+        assert me.json() == {"userName": "admin", "role": "admin", "subAccount": None}
     finally:
         first.stop()
 
@@ -179,6 +188,7 @@ def test_serve_without_database_url_uses_embedded_postgres_and_keeps_data(
     try:
         output = second.wait_ready()
         assert "key=" not in output  # the key survived: no new one was made
+        assert "AuthenticationToken" not in output  # and so did the admin
         again = httpx.post(f"http://127.0.0.1:{port}/v1/webhooks/dlr?key={key}", json=dlr)
         assert again.json() == {"received": 1, "duplicates": 1}  # the first DLR is still there
     finally:

@@ -47,6 +47,10 @@ async def add_user(
     return token
 
 
+async def count_users(conn: AsyncConnection) -> int:
+    return int(await conn.scalar(select(func.count()).select_from(users)) or 0)
+
+
 async def list_users(conn: AsyncConnection) -> list[UserInfo]:
     columns = [users.c[name] for name in UserInfo.__dataclass_fields__]
     rows = await conn.execute(select(*columns).order_by(users.c.id))
