@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.db.engine import normalize_database_url
 from app.db.migrate import downgrade_to_base, upgrade_to_head
-from tests.conftest import free_port
+from tests.conftest import TABLES, free_port
 
 CLI = [sys.executable, "-m", "app.cli"]
 
@@ -36,17 +36,7 @@ async def table_names(url: str) -> set[str]:
 
 
 def test_migrations_upgrade_downgrade_and_upgrade_again(empty_database: str) -> None:
-    expected = {
-        "events",
-        "messages",
-        "mos",
-        "rejected_bodies",
-        "webhook_keys",
-        "users",
-        "read_cursors",
-        "stats_rollup",
-        "alembic_version",
-    }
+    expected = {*TABLES, "alembic_version"}
 
     upgrade_to_head(empty_database)
     assert asyncio.run(table_names(empty_database)) == expected
