@@ -14,8 +14,8 @@ from typing import Any, Literal
 
 LogFormat = Literal["text", "json"]
 
-# The request being handled, for every log line written meanwhile (empty outside requests).
-current_request_id: ContextVar[str] = ContextVar("current_request_id", default="")
+# The request being handled, for every log line written meanwhile ("-" outside requests).
+current_request_id: ContextVar[str] = ContextVar("current_request_id", default="-")
 
 
 class RequestIdFilter(logging.Filter):

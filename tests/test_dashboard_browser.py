@@ -109,6 +109,7 @@ async def test_the_dashboard_shows_what_the_stats_api_counts(
             who = await page.text_content("[data-testid=who]")
             sub_account_offered = await page.is_visible("#sub-account-field")
             vivo = await page.text_content("[data-testid=carrier-VIVO]")
+            oi = await page.text_content("[data-testid=carrier-OI]")
             replies = await page.locator("[data-testid=reply]").all_text_contents()
             await page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
 
@@ -134,6 +135,8 @@ async def test_the_dashboard_shows_what_the_stats_api_counts(
     assert not sub_account_offered  # a user sees their sub-account only
     assert vivo is not None
     assert vivo.startswith("VIVO22")  # 2 messages, 2 accepted
+    assert oi is not None
+    assert "no DLRs" in oi  # not a 0% delivery rate
     assert len(replies) == 4
     assert any("m1" in reply and "ok" in reply for reply in replies)
     assert title == "Message m2"

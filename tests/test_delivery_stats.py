@@ -141,6 +141,7 @@ async def test_per_carrier_delivery_and_replies(stats: Stats) -> None:
     assert claro["deliveredStatusCodes"] == {"104": 1, "none": 1}
     assert claro["deliveryRate"] == 0.0
     assert oi["waitingForDlr"] == {"carrierSendsDlr": 0, "carrierWithoutDlr": 1}
+    assert (oi["carrierSendsDlr"], vivo["carrierSendsDlr"]) == (False, True)
 
 
 @pytest.mark.usefixtures("campaign")

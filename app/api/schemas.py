@@ -218,6 +218,9 @@ class StatsFigures(BaseModel):
 
 class StatsGroup(StatsFigures):
     key: str = Field(description="the hour (ISO), day (YYYY-MM-DD), carrier name or campaign id")
+    carrierSendsDlr: bool | None = Field(
+        default=None, description="groupBy=carrier only: false for carriers that never send DLRs"
+    )
 
 
 class StatsAnswer(BaseModel):

@@ -13,7 +13,13 @@ from app.api.paging import as_utc
 from app.api.params import IsoTime, SearchText
 from app.api.schemas import StatsAnswer, iso
 from app.db.stats import StatsWindow, rollup_counts
-from app.rules.delivery_stats import GroupBy, group_figures, sum_groups
+from app.rules.delivery_stats import (
+    GroupBy,
+    GroupCounts,
+    carrier_sends_dlr,
+    group_figures,
+    sum_groups,
+)
 
 router = APIRouter(prefix="/v1/stats", tags=["statistics"])
 
@@ -23,6 +29,14 @@ HOUR = timedelta(hours=1)
 
 def _hour_floor(moment: datetime) -> datetime:
     return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def _group(group_by: GroupBy, key: str, counts: GroupCounts) -> dict[str, object]:
+    group: dict[str, object] = {"key": key, **group_figures(counts)}
+    if group_by == "carrier":
+        # A 0% delivery rate on Oi means "no DLRs", not "nothing delivered": say which it is.
+        group["carrierSendsDlr"] = carrier_sends_dlr(key)
+    return group
 
 
 @router.get(
@@ -64,7 +78,7 @@ async def delivery_stats(
             "from": iso(first_hour),
             "to": iso(last_hour),
             "groupBy": group_by,
-            "groups": [{"key": key, **group_figures(counts)} for key, counts in groups.items()],
+            "groups": [_group(group_by, key, counts) for key, counts in groups.items()],
             "totals": group_figures(totals, histogram=True),
         }
     )

@@ -129,7 +129,7 @@ function renderCarriers(stats) {
     data: {
       labels: groups.map((g) => g.key || "(unknown)"),
       datasets: [
-        { label: "delivery rate %", data: groups.map((g) => (g.deliveryRate ?? 0) * 100), backgroundColor: color("delivered"), yAxisID: "rate" },
+        { label: "delivery rate %", data: groups.map((g) => (g.carrierSendsDlr === false ? null : (g.deliveryRate ?? 0) * 100)), backgroundColor: color("delivered"), yAxisID: "rate" },
         { label: "failed", data: groups.map(failedCount), backgroundColor: color("failed"), yAxisID: "count" },
       ],
     },
@@ -146,7 +146,8 @@ function renderCarriers(stats) {
     const row = element("tr", undefined, { "data-testid": `carrier-${g.key || "unknown"}` });
     const waiting = g.waitingForDlr.carrierSendsDlr + g.waitingForDlr.carrierWithoutDlr;
     for (const value of [g.key || "(unknown)", number(g.messages), number(g.sentStatusCodes["2"] || 0),
-      number(g.deliveredStatusCodes["4"] || 0), percent(g.deliveryRate), number(failedCount(g)), number(waiting)]) {
+      number(g.deliveredStatusCodes["4"] || 0), g.carrierSendsDlr === false ? "no DLRs" : percent(g.deliveryRate),
+      number(failedCount(g)), number(waiting)]) {
       row.append(element("td", value));
     }
     body.append(row);
