@@ -69,6 +69,10 @@ class Settings(BaseSettings):
         default="text", description="json: one JSON object per line, for a log pipeline"
     )
     access_log: bool = Field(default=True, description="One line per request (at info level)")
+    opentelemetry: bool = Field(
+        default=False,
+        description="FastAPI's built-in OpenTelemetry traces, metrics and logs (opt-in)",
+    )
 
     @field_validator("retention")
     @classmethod
