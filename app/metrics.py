@@ -89,15 +89,15 @@ POOL_CONNECTIONS = Gauge(
 )
 
 
+PURGED_ROWS = Counter(
+    "wavy_purged_rows_total", "Rows removed by the retention purge, by table", ["table"]
+)
+
+
 def sample_gauges(queued_items: int, pool_checked_out: int, pool_connections: int) -> None:
     QUEUED_ITEMS.set(queued_items)
     POOL_CHECKED_OUT.set(pool_checked_out)
     POOL_CONNECTIONS.set(pool_connections)
-
-
-PURGED_ROWS = Counter(
-    "wavy_purged_rows_total", "Rows removed by the retention purge, by table", ["table"]
-)
 
 
 def prepare_multiprocess_dir(directory: Path) -> None:

@@ -12,7 +12,13 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db import users
-from app.rules.delivery_stats import LATENCY_BUCKETS_S, OPEN_BUCKET, latency_percentile
+from app.rules.delivery_stats import (
+    CARRIERS_WITHOUT_DLR,
+    LATENCY_BUCKETS_S,
+    OPEN_BUCKET,
+    carrier_sends_dlr,
+    latency_percentile,
+)
 from app.rules.scope import Role
 from tests.conftest import add_key
 
@@ -235,3 +241,16 @@ async def test_purged_messages_leave_the_figures(stats: Stats, engine: AsyncEngi
     assert totals["messages"] == 4
     assert totals["sentStatusCodes"] == {"2": 4}
     assert totals["mosReceived"] == 3
+
+
+async def test_the_database_knows_the_same_carriers_without_dlr(hook: Any, stats: Stats) -> None:
+    """The migration's SQL copy of CARRIERS_WITHOUT_DLR against app.rules.delivery_stats,
+    written as Wavy might (any case, stray spaces)."""
+    carriers = [f" {name.lower()} " for name in sorted(CARRIERS_WITHOUT_DLR)]
+    for n, carrier in enumerate([*carriers, "VIVO"]):
+        await hook("callback", callback(f"w{n}", 2, carrier))
+
+    waiting = (await stats.get("ana"))["totals"]["waitingForDlr"]
+
+    assert waiting == {"carrierSendsDlr": 1, "carrierWithoutDlr": len(CARRIERS_WITHOUT_DLR)}
+    assert [carrier_sends_dlr(c) for c in carriers] == [False] * len(carriers)

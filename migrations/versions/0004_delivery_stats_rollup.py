@@ -29,6 +29,11 @@ OPEN_BUCKET = 2147483647
 CARRIERS_WITHOUT_DLR = "'OI', 'SERCOMTEL'"
 
 HOUR = "(date_trunc('hour', {ts} AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')"
+# The rollup's key, and the row every contribution function returns (key, then its weight).
+KEY = "sub_account, hour, campaign_id, carrier_name, metric, value"
+C_KEY = ", ".join(f"c.{column.strip()}" for column in KEY.split(","))
+CONTRIBUTION = """TABLE (sub_account text, hour timestamptz, campaign_id text, carrier_name text,
+                   metric text, value integer, weight integer)"""
 
 FUNCTIONS = [
     f"""
@@ -39,8 +44,7 @@ FUNCTIONS = [
     $$""",
     f"""
     CREATE FUNCTION stats_message_contributions(m messages)
-    RETURNS TABLE (sub_account text, hour timestamptz, campaign_id text, carrier_name text,
-                   metric text, value integer, weight integer)
+    RETURNS {CONTRIBUTION}
     LANGUAGE sql STABLE PARALLEL SAFE AS $$
         SELECT coalesce(m.sub_account, ''), {HOUR.format(ts="m.first_seen_at")},
                coalesce(m.campaign_id, ''), coalesce(m.carrier_name, ''),
@@ -66,8 +70,7 @@ FUNCTIONS = [
     $$""",
     f"""
     CREATE FUNCTION stats_mo_contributions(r mos)
-    RETURNS TABLE (sub_account text, hour timestamptz, campaign_id text, carrier_name text,
-                   metric text, value integer, weight integer)
+    RETURNS {CONTRIBUTION}
     LANGUAGE sql STABLE PARALLEL SAFE AS $$
         SELECT coalesce(r.sub_account, ''), {HOUR.format(ts="r.received_at")}, '',
                coalesce(r.carrier_name, ''), 'mos_received', 0, 1
@@ -78,20 +81,16 @@ FUNCTIONS = [
 def _rollup_trigger_function(table: str, contributions: str) -> str:
     def apply(rows: str) -> str:
         return f"""
-            INSERT INTO stats_rollup AS s
-                   (sub_account, hour, campaign_id, carrier_name, metric, value, count)
-            SELECT sub_account, hour, campaign_id, carrier_name, metric, value, sum(weight)
-            FROM ({rows}) AS d
-            GROUP BY sub_account, hour, campaign_id, carrier_name, metric, value
-            HAVING sum(weight) <> 0
-            ORDER BY sub_account, hour, campaign_id, carrier_name, metric, value
+            INSERT INTO stats_rollup AS s ({KEY}, count)
+            SELECT {KEY}, sum(weight) FROM ({rows}) AS d
+            GROUP BY {KEY} HAVING sum(weight) <> 0
+            ORDER BY {KEY}
             ON CONFLICT ON CONSTRAINT pk_stats_rollup
             DO UPDATE SET count = s.count + EXCLUDED.count;"""
 
     added = f"SELECT c.* FROM new_rows AS n, LATERAL {contributions}(n) AS c"
     removed = (
-        "SELECT c.sub_account, c.hour, c.campaign_id, c.carrier_name, c.metric, c.value, "
-        f"-c.weight AS weight FROM old_rows AS o, LATERAL {contributions}(o) AS c"
+        f"SELECT {C_KEY}, -c.weight AS weight FROM old_rows AS o, LATERAL {contributions}(o) AS c"
     )
     return f"""
     CREATE FUNCTION stats_rollup_{table}() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -118,13 +117,13 @@ def _triggers(table: str) -> list[str]:
     ]
 
 
-BACKFILL = """
-    INSERT INTO stats_rollup (sub_account, hour, campaign_id, carrier_name, metric, value, count)
-    SELECT sub_account, hour, campaign_id, carrier_name, metric, value, sum(weight)
+BACKFILL = f"""
+    INSERT INTO stats_rollup ({KEY}, count)
+    SELECT {KEY}, sum(weight)
     FROM (SELECT c.* FROM messages AS m, LATERAL stats_message_contributions(m) AS c
           UNION ALL
           SELECT c.* FROM mos AS r, LATERAL stats_mo_contributions(r) AS c) AS d
-    GROUP BY sub_account, hour, campaign_id, carrier_name, metric, value
+    GROUP BY {KEY}
 """
 
 REPLY_COUNTS = """
