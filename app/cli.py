@@ -134,9 +134,14 @@ def serve(
     log_config = logging_config(settings.log_level, settings.log_format)
     logging.config.dictConfig(log_config)
     # Before the workers start: they inherit it, and count into files /metrics adds up.
-    metrics_dir = os.environ.get(MULTIPROC_ENV) or tempfile.mkdtemp(prefix="wavy-metrics-")
-    prepare_multiprocess_dir(Path(metrics_dir))
-    atexit.register(shutil.rmtree, metrics_dir, ignore_errors=True)
+    # One worker runs in this process, whose metrics were created in memory when
+    # prometheus_client was imported (it reads the variable only then): no directory for it.
+    metrics_dir = os.environ.get(MULTIPROC_ENV)
+    if metrics_dir is None and settings.workers > 1:
+        metrics_dir = tempfile.mkdtemp(prefix="wavy-metrics-")
+        atexit.register(shutil.rmtree, metrics_dir, ignore_errors=True)
+    if metrics_dir is not None:
+        prepare_multiprocess_dir(Path(metrics_dir))
     database_url = resolve_database_url(settings)
     os.environ["DATABASE_URL"] = database_url
     if not no_migrate:

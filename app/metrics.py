@@ -9,7 +9,6 @@ up. Without that variable (tests, a bare ``uvicorn``), the process's own registr
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 from prometheus_client import (
@@ -101,10 +100,13 @@ def sample_gauges(queued_items: int, pool_checked_out: int, pool_connections: in
 
 
 def prepare_multiprocess_dir(directory: Path) -> None:
-    """Start ``serve`` with an empty metrics directory (stale files from an earlier run would
-    be summed in) and tell the workers, which inherit the environment, to use it."""
-    shutil.rmtree(directory, ignore_errors=True)
-    directory.mkdir(parents=True)
+    """Start ``serve`` with a metrics directory holding nothing from an earlier run (it would
+    be summed in) and tell the workers, which inherit the environment, to use it. Files of
+    this very process stay: it opened them when prometheus_client was imported."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for path in directory.glob("*.db"):
+        if not path.stem.endswith(f"_{os.getpid()}"):
+            path.unlink(missing_ok=True)
     os.environ[MULTIPROC_ENV] = str(directory)
 
 

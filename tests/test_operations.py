@@ -213,6 +213,34 @@ async def test_a_full_write_queue_refuses_at_once_with_503(app: FastAPI, hook: A
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("operator_dir", [False, True], ids=["own-dir", "operator-dir"])
+def test_one_worker_serves_its_metrics(
+    empty_database: str, tmp_path: Path, operator_dir: bool
+) -> None:
+    env = {**os.environ, "DATABASE_URL": empty_database, "WAVY_WORKERS": "1"}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    if operator_dir:
+        stale = tmp_path / "metrics"
+        stale.mkdir()
+        # An earlier run's count, which must not be added to this run's.
+        (stale / "counter_999999.db").write_bytes(b"stale")
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(stale)
+    service = Service(env, free_port(), tmp_path)
+    try:
+        output = service.wait_ready()
+        key = re.search(r"/v1/webhooks/dlr\?key=(\S+)", output).group(1)  # type: ignore[union-attr]
+        base = f"http://127.0.0.1:{service.port}"
+        for n in range(3):
+            stored = httpx.post(f"{base}/v1/webhooks/dlr?key={key}", json={"id": f"one-{n}"})
+            assert stored.status_code == 200
+        scrape = httpx.get(f"{base}/metrics").text
+    finally:
+        service.stop(signal.SIGTERM)
+    assert 'wavy_events_total{kind="dlr",outcome="accepted"} 3.0' in scrape
+    assert "wavy_writer_batch_items_count" in scrape
+
+
+@pytest.mark.slow
 def test_two_workers_share_one_view_of_metrics_and_log_json_without_secrets(
     empty_database: str, tmp_path: Path
 ) -> None:
