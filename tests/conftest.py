@@ -22,7 +22,12 @@ from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from app.db import queries
-from app.db.engine import create_engine, normalize_database_url, start_embedded_postgres
+from app.db.engine import (
+    create_engine,
+    normalize_database_url,
+    start_embedded_postgres,
+    writer_connector,
+)
 from app.db.migrate import upgrade_to_head
 from app.db.tables import metadata
 from app.db.writer import BatchWriter
@@ -166,12 +171,19 @@ async def fetch_all(engine: AsyncEngine, sql: str, **params: Any) -> list[dict[s
 
 @asynccontextmanager
 async def writes_going_to(
-    app: FastAPI, settings: Settings, url: str, *, queue_items: int = 1000
+    app: FastAPI, settings: Settings, url: str, *, queue_items: int = 1000, **overrides: Any
 ) -> AsyncIterator[None]:
-    """The app's engine and writer swapped for ones aimed at ``url`` (1 s connect timeout)."""
-    dead = settings.model_copy(update={"db_connect_timeout_s": 1.0, "db_pool_size": 1})
+    """The app's engine and writer swapped for ones aimed at ``url`` (1 s connect timeout,
+    unless ``overrides`` of the settings say otherwise)."""
+    dead = settings.model_copy(update={"db_connect_timeout_s": 1.0, "db_pool_size": 1, **overrides})
     engine = create_engine(dead, url)
-    writer = BatchWriter(engine, max_items=100, max_delay_s=0.05, queue_items=queue_items)
+    writer = BatchWriter(
+        writer_connector(dead, url),
+        max_items=100,
+        max_delay_s=0.05,
+        queue_items=queue_items,
+        timeout_s=dead.writer_timeout_s,
+    )
     await writer.start()
     real = app.state.engine, app.state.writer
     app.state.engine, app.state.writer = engine, writer

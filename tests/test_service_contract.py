@@ -9,8 +9,10 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
 
-from app.db.engine import normalize_database_url
+from app.db.engine import WRITER_APPLICATION_NAME, normalize_database_url
+from tests.conftest import fetch_all, silent_database_url, writes_going_to
 
 
 @pytest.mark.parametrize(
@@ -144,3 +146,44 @@ async def test_an_outage_fails_a_whole_batch_at_once_rather_than_request_by_requ
 
     assert {r.status_code for r in responses} == {503}
     assert time.monotonic() - started < 6
+
+
+async def test_a_write_not_committed_in_time_gets_503_at_its_deadline(
+    app: Any, settings: Any, hook: Any
+) -> None:
+    # The database never answers and the connection attempt waits 3 s: the request's own
+    # deadline (writer_timeout_s) must answer first.
+    async with (
+        silent_database_url() as url,
+        writes_going_to(app, settings, url, db_connect_timeout_s=3.0, writer_timeout_s=0.5),
+    ):
+        started = time.monotonic()
+        response = await hook("dlr", {"id": "late"})
+        waited = time.monotonic() - started
+
+    assert response.status_code == 503
+    assert response.headers["retry-after"]
+    assert 0.5 <= waited < 2
+
+
+async def test_writes_resume_after_the_database_drops_the_writers_connections(
+    hook: Any, engine: Any
+) -> None:
+    assert (await hook("dlr", {"id": "before"})).status_code == 200
+    async with engine.connect() as conn:
+        dropped = await conn.execute(
+            text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = :name AND datname = current_database()"
+            ),
+            {"name": WRITER_APPLICATION_NAME},
+        )
+        assert dropped.scalars().all()  # the writer's connections were there, and are gone
+
+    answers = [(await hook("dlr", {"id": f"after-{n}"})).status_code for n in range(4)]
+
+    assert set(answers[:1]) <= {200, 503}  # the first may find the connection broken
+    assert answers[1:] == [200, 200, 200]
+    acknowledged = {f"after-{n}" for n, status in enumerate(answers) if status == 200}
+    stored = {row["id"] for row in await fetch_all(engine, "SELECT id FROM messages")}
+    assert acknowledged | {"before"} <= stored

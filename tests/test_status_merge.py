@@ -147,6 +147,31 @@ async def test_first_seen_and_last_update_times_are_kept(hook: Any, engine: Asyn
     assert row["change_seq"] > first["change_seq"]
 
 
+async def test_a_retry_with_other_details_changes_neither_history_nor_status(
+    hook: Any, engine: AsyncEngine
+) -> None:
+    await hook("dlr", dlr(4, 2_000_000, carrierName="TIM"))
+    retry = await hook("dlr", dlr(4, 3_000_000, carrierName="VIVO"))  # same kind, id, codes
+
+    assert retry.json() == {"received": 1, "duplicates": 1}
+    row = await stored(engine)
+    assert (row["delivered_at"], row["carrier_name"]) == (ms(2_000_000), "TIM")
+    assert len(await fetch_all(engine, "SELECT id FROM events")) == 1
+
+
+async def test_in_one_array_the_first_copy_of_an_event_is_the_one_kept(
+    hook: Any, engine: AsyncEngine
+) -> None:
+    response = await hook(
+        "dlr",
+        [dlr(4, 2_000_000, carrierName="TIM"), dlr(4, 3_000_000, carrierName="VIVO")],
+    )
+
+    assert response.json() == {"received": 2, "duplicates": 1}
+    row = await stored(engine)
+    assert (row["delivered_at"], row["carrier_name"]) == (ms(2_000_000), "TIM")
+
+
 async def test_exact_retries_in_one_array_are_one_event(hook: Any, engine: AsyncEngine) -> None:
     response = await hook("dlr", [dlr(4, 2_000_000)] * 3)
 

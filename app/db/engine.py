@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 from sqlalchemy import make_url
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -25,23 +28,48 @@ def normalize_database_url(raw: str) -> URL:
     return url.set(drivername="postgresql+asyncpg")
 
 
-def create_engine(settings: Settings, url: str | None = None) -> AsyncEngine:
+def _target(settings: Settings, url: str | None) -> str:
     target = url or settings.database_url
     if target is None:
         raise RuntimeError("no database URL: start_embedded_postgres() must run first")
-    connect_args: dict[str, Any] = {
+    return target
+
+
+# What pg_stat_activity shows for each kind of connection.
+APPLICATION_NAME = "wavy-webhooks"
+WRITER_APPLICATION_NAME = "wavy-webhooks-writer"
+
+
+def _connect_args(settings: Settings, application_name: str) -> dict[str, Any]:
+    """asyncpg's connection options, the same for the pool and the writer's connections."""
+    return {
         "timeout": settings.db_connect_timeout_s,
         # A hung statement must not hold requests past their own deadline.
         "command_timeout": settings.writer_timeout_s,
-        # PgBouncer-safe, and our statements are few and stable anyway.
-        "server_settings": {"application_name": "wavy-webhooks"},
+        "server_settings": {"application_name": application_name},
     }
+
+
+def create_engine(settings: Settings, url: str | None = None) -> AsyncEngine:
+    """The pool behind the read API, the probes and the maintenance commands."""
     return create_async_engine(
-        normalize_database_url(target),
+        normalize_database_url(_target(settings, url)),
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_pre_ping=True,
-        connect_args=connect_args,
+        connect_args=_connect_args(settings, APPLICATION_NAME),
+    )
+
+
+def writer_connector(
+    settings: Settings, url: str | None = None
+) -> Callable[[], Awaitable[asyncpg.Connection]]:
+    """How the batching writer opens its own long-lived connections (outside the pool)."""
+    dsn = normalize_database_url(_target(settings, url)).set(drivername="postgresql")
+    return functools.partial(
+        asyncpg.connect,
+        dsn.render_as_string(hide_password=False),
+        **_connect_args(settings, WRITER_APPLICATION_NAME),
     )
 
 

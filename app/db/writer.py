@@ -15,13 +15,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app import metrics
 from app.rules.records import EventRecord
@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 # PostgreSQL errors worth a second try of the same transaction.
 TRANSIENT_SQLSTATES = frozenset({"40001", "40P01"})  # serialization failure, deadlock
 TRANSIENT_ATTEMPTS = 3
+
+
+Connect = Callable[[], Awaitable[asyncpg.Connection]]
 
 
 class WriterOverloaded(Exception):
@@ -48,10 +51,19 @@ class WriteResult:
     duplicates: int
 
 
+class WriteTimedOut(WriteFailed):
+    """Not committed within the writer's timeout (503); it may still be, later."""
+
+
+# How often overdue requests are answered: the timeout is honoured within this much.
+DEADLINE_SWEEP_S = 0.1
+
+
 @dataclass(slots=True)
 class _Pending:
     records: list[EventRecord]
     future: asyncio.Future[WriteResult] = field(repr=False)
+    deadline: float
 
 
 # Plain asyncpg SQL with positional parameters: the writer talks to asyncpg directly (see
@@ -149,9 +161,8 @@ def _merged_expressions() -> dict[str, str]:
     return merged
 
 
-def _build_upsert_messages() -> str:
-    columns = list(_STATUS_COLUMNS)
-    arrays = _unnest(_STATUS_COLUMNS)
+def _merge_on_conflict() -> str:
+    """The ON CONFLICT clause that merges a status into the stored row (the SQL twin)."""
     merged = _merged_expressions()
     assignments = [f"{c} = {e}" for c, e in merged.items()]
     assignments += [
@@ -163,16 +174,41 @@ def _build_upsert_messages() -> str:
     # Rewrite the row (and move it up the change feed) only when the merge changes something.
     merged_row = ", ".join(merged.values())
     current_row = ", ".join(f"m.{c}" for c in merged)
-    # Only our own constant column names go into this text; values are bound parameters.
     return (
-        f"INSERT INTO messages AS m ({', '.join(columns)}) "  # noqa: S608
-        f"SELECT * FROM unnest({arrays}) "
         "ON CONFLICT (id) DO UPDATE SET " + ", ".join(assignments) + " "
         f"WHERE ROW({merged_row}) IS DISTINCT FROM ROW({current_row})"
     )
 
 
-UPSERT_MESSAGES = _build_upsert_messages()
+# Only our own constant column names go into these texts; values are bound parameters.
+_STATUS_COLUMN_LIST = ", ".join(_STATUS_COLUMNS)
+UPSERT_MESSAGES = (
+    f"INSERT INTO messages AS m ({_STATUS_COLUMN_LIST}) "  # noqa: S608
+    f"SELECT * FROM unnest({_unnest(_STATUS_COLUMNS)}) {_merge_on_conflict()}"
+)
+
+
+def _build_write_events_and_statuses() -> str:
+    """Events and the statuses of messages with one event in the batch, in one statement:
+    autocommitted, a batch of callbacks and DLRs costs one round trip. A status is merged only
+    when its event was new (joined to the events' RETURNING), so the message row stays the
+    merge of the logged events even when a retry differs from the first copy."""
+    first = 8  # after INSERT_EVENTS's seven arrays
+    arrays = ", ".join(
+        f"${n}::{kind}[]" for n, kind in enumerate([*_STATUS_COLUMNS.values(), "text"], first)
+    )
+    return (
+        f"WITH new_events AS ({INSERT_EVENTS.strip()}), "  # noqa: S608
+        f"statuses AS (INSERT INTO messages AS m ({_STATUS_COLUMN_LIST}) "
+        f"SELECT {', '.join(f's.{c}' for c in _STATUS_COLUMNS)} "
+        f"FROM unnest({arrays}) AS s({_STATUS_COLUMN_LIST}, event_kind), new_events AS e "
+        "WHERE e.message_id = s.id AND e.kind = s.event_kind "
+        f"ORDER BY s.id {_merge_on_conflict()}) "
+        "SELECT message_id, kind, sent_status_code, delivered_status_code FROM new_events"
+    )
+
+
+WRITE_EVENTS_AND_STATUSES = _build_write_events_and_statuses()
 
 # New replies counted on the message they answer (the delivery stats' reply rate). An MO
 # stored before its message has no row to count on yet: see docs/operations.md.
@@ -184,41 +220,78 @@ COUNT_REPLIES = """
 """
 
 
+_EVENT_FIELDS = (
+    "kind",
+    "message_id",
+    "sub_account",
+    "sent_status_code",
+    "delivered_status_code",
+    "received_at",
+    "payload_json",
+)
+
+
 def _arrays(rows: list[Any], names: Iterable[str]) -> list[list[Any]]:
     return [[getattr(row, name) for row in rows] for name in names]
 
 
+def _retry_order(key: tuple[str, str, int | None, int | None]) -> tuple[str, str, int, int]:
+    return (key[0], key[1], -1 if key[2] is None else key[2], -1 if key[3] is None else key[3])
+
+
+def needs_transaction(records: list[EventRecord]) -> bool:
+    """One statement is atomic by itself; a batch needs an explicit transaction only when it
+    has replies (their own statements) or several statuses for one message (merged after
+    the events' insert tells which were new)."""
+    seen: set[str] = set()
+    for record in records:
+        if record.mo is not None:
+            return True
+        if record.status is not None:
+            if record.message_id in seen:
+                return True
+            seen.add(record.message_id)
+    return False
+
+
 async def write_records(conn: asyncpg.Connection, records: list[EventRecord]) -> set[int]:
-    """Write one batch inside the caller's transaction. Returns the positions (in ``records``)
-    of the events that were new; every other one repeats an event already stored."""
+    """Write one batch, inside a transaction when ``needs_transaction(records)`` (the caller's
+    job). Returns the positions (in ``records``) of the events that were new; every other one
+    repeats an event already stored."""
     first_seen: dict[tuple[str, str, int | None, int | None], int] = {}
     for position, record in enumerate(records):
         first_seen.setdefault(record.retry_key, position)
     # Sorted so that concurrent batches (other workers) take row locks in the same order.
-    candidates = sorted(first_seen.items(), key=lambda item: repr(item[0]))
+    candidates = sorted(first_seen.items(), key=lambda item: _retry_order(item[0]))
     rows = [records[position] for _, position in candidates]
+    events_per_message: dict[str, int] = {}
+    for row in rows:
+        if row.status is not None:
+            events_per_message[row.message_id] = events_per_message.get(row.message_id, 0) + 1
+    single = [
+        row for row in rows if row.status is not None and events_per_message[row.message_id] == 1
+    ]
+    single_statuses = [row.status for row in single]
     result = await conn.fetch(
-        INSERT_EVENTS,
-        *_arrays(
-            rows,
-            (
-                "kind",
-                "message_id",
-                "sub_account",
-                "sent_status_code",
-                "delivered_status_code",
-                "received_at",
-                "payload_json",
-            ),
-        ),
+        WRITE_EVENTS_AND_STATUSES,
+        *_arrays(rows, _EVENT_FIELDS),
+        *_arrays(single_statuses, _STATUS_COLUMNS),
+        [row.kind for row in single],
     )
     inserted_keys = {tuple(row) for row in result}
     new_positions = {pos for key, pos in candidates if key in inserted_keys}
     new_records = [records[pos] for pos in sorted(new_positions)]
 
-    statuses = merge_status_events([r.status for r in new_records if r.status is not None])
-    if statuses:
-        await conn.execute(UPSERT_MESSAGES, *_arrays(statuses, _STATUS_COLUMNS))
+    # Messages with several events here: merge only the new ones (a retry changes nothing).
+    several = merge_status_events(
+        [
+            r.status
+            for r in new_records
+            if r.status is not None and events_per_message[r.message_id] > 1
+        ]
+    )
+    if several:
+        await conn.execute(UPSERT_MESSAGES, *_arrays(several, _STATUS_COLUMNS))
     mos = sorted((r.mo for r in new_records if r.mo is not None), key=lambda mo: mo.id)
     if mos:
         await conn.execute(INSERT_MOS, *_arrays(mos, _MO_COLUMNS))
@@ -235,8 +308,7 @@ async def driver_connection(conn: AsyncConnection) -> asyncpg.Connection:
 
 
 def _is_transient(error: BaseException) -> bool:
-    orig = getattr(error, "orig", error)
-    return getattr(orig, "sqlstate", None) in TRANSIENT_SQLSTATES
+    return getattr(error, "sqlstate", None) in TRANSIENT_SQLSTATES
 
 
 # SQLSTATE classes a request's own data can cause: data exception, integrity violation,
@@ -248,7 +320,7 @@ def _could_be_poison(error: BaseException) -> bool:
     """True when one request's data may have failed the batch. Anything else (the database
     away, restarting, out of connections) fails every request alike, and retrying them one
     by one would only stall the writer for connect timeout after connect timeout."""
-    sqlstate = getattr(getattr(error, "orig", error), "sqlstate", None)
+    sqlstate = getattr(error, "sqlstate", None)
     return isinstance(sqlstate, str) and sqlstate[:2] in POISON_SQLSTATE_CLASSES
 
 
@@ -257,20 +329,28 @@ class BatchWriter:
 
     def __init__(
         self,
-        engine: AsyncEngine,
+        connect: Connect,
         *,
         max_items: int,
         max_delay_s: float,
         queue_items: int,
+        timeout_s: float,
         concurrency: int = 2,
     ) -> None:
-        self._engine = engine
+        self._connect = connect
         self._concurrency = concurrency
         self._max_items = max_items
         self._max_delay_s = max_delay_s
         self._queue_items = queue_items
-        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
-        self._queued_items = 0
+        self._timeout_s = timeout_s
+        # A deque and an Event rather than asyncio.Queue: handing in costs an append, and a
+        # writer takes a whole batch at once (no Task and timer per request to gather it).
+        self._waiting: deque[_Pending] = deque()
+        self._waiting_items = 0
+        self._work = asyncio.Event()
+        self._idle = asyncio.Event()  # set whenever nothing is waiting or in flight
+        self._in_flight: list[list[_Pending]] = []
+        self._queued_items = 0  # waiting or in flight
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
 
@@ -294,66 +374,104 @@ class BatchWriter:
             asyncio.create_task(self._run(), name=f"batch-writer-{n}")
             for n in range(self._concurrency)
         ]
+        self._tasks.append(asyncio.create_task(self._expire_overdue(), name="batch-deadlines"))
 
     async def stop(self) -> None:
         """Commit what was handed in, then end (graceful shutdown: nothing accepted is dropped)."""
         self._stopping = True
-        await self._queue.join()
+        while self._waiting or self._in_flight:
+            self._idle.clear()
+            await self._idle.wait()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def write(self, records: list[EventRecord]) -> WriteResult:
-        """Returns once the records are committed; raises WriterOverloaded or WriteFailed."""
+        """Returns once the records are committed; raises WriterOverloaded or WriteFailed
+        (WriteTimedOut after ``timeout_s``)."""
         if self._stopping:
             raise WriterOverloaded("shutting down")
         if self._queued_items + len(records) > self._queue_items:
             raise WriterOverloaded("write queue full")
-        future: asyncio.Future[WriteResult] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        pending = _Pending(records, loop.create_future(), loop.time() + self._timeout_s)
+        self._waiting.append(pending)
+        self._waiting_items += len(records)
         self._queued_items += len(records)
-        self._queue.put_nowait(_Pending(records, future))
-        return await future
+        self._work.set()
+        return await pending.future
 
     async def _next_batch(self) -> list[_Pending]:
-        first = await self._queue.get()
-        batch, size = [first], len(first.records)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._max_delay_s
-        while size < self._max_items:
-            if self._queue.empty():
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                try:
-                    pending = await asyncio.wait_for(self._queue.get(), remaining)
-                except TimeoutError:
-                    break
-            else:
-                pending = self._queue.get_nowait()
+        while not self._waiting:
+            self._work.clear()
+            await self._work.wait()
+        if self._waiting_items < self._max_items and self._max_delay_s > 0:
+            await asyncio.sleep(self._max_delay_s)  # let concurrent requests join the batch
+        batch: list[_Pending] = []
+        size = 0
+        while self._waiting and size < self._max_items:
+            pending = self._waiting.popleft()
+            self._waiting_items -= len(pending.records)
+            if pending.future.done():  # its caller went away: nobody to answer
+                self._queued_items -= len(pending.records)
+                continue
             batch.append(pending)
             size += len(pending.records)
         return batch
 
     async def _run(self) -> None:
-        while True:
-            batch = await self._next_batch()
-            try:
-                await self._commit_batch(batch)
-            except Exception:  # the loop must outlive any single batch
-                log.exception("batch writer: unexpected error")
-                for pending in batch:
-                    _fail(pending, WriteFailed("unexpected writer error"))
-            finally:
-                for pending in batch:
-                    self._queued_items -= len(pending.records)
-                    self._queue.task_done()
+        connection = WriterConnection(self._connect)
+        try:
+            while True:
+                batch = await self._next_batch()
+                if not batch:
+                    self._note_if_idle()
+                    continue
+                self._in_flight.append(batch)
+                try:
+                    await self._commit_batch(connection, batch)
+                except Exception:  # the loop must outlive any single batch
+                    log.exception("batch writer: unexpected error")
+                    connection.discard()
+                    for pending in batch:
+                        _fail(pending, WriteFailed("unexpected writer error"))
+                finally:
+                    self._in_flight.remove(batch)
+                    self._queued_items -= sum(len(pending.records) for pending in batch)
+                    self._note_if_idle()
+        finally:
+            await connection.close()
 
-    async def _commit_batch(self, batch: list[_Pending]) -> None:
+    def _note_if_idle(self) -> None:
+        if not self._waiting and not self._in_flight:
+            self._idle.set()
+
+    async def _expire_overdue(self) -> None:
+        """Answer WriteTimedOut to whatever waited ``timeout_s``, queued or in flight, so no
+        request hangs on a stuck database; one sweep for all is cheaper than a timer each."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(DEADLINE_SWEEP_S)
+            now = loop.time()
+            while self._waiting and self._waiting[0].deadline <= now:
+                pending = self._waiting.popleft()
+                self._waiting_items -= len(pending.records)
+                self._queued_items -= len(pending.records)
+                _fail(pending, WriteTimedOut("waited too long for the database"))
+            self._note_if_idle()
+            for batch in self._in_flight:
+                for pending in batch:
+                    if pending.deadline <= now:
+                        _fail(pending, WriteTimedOut("the database did not commit in time"))
+
+    async def _commit_batch(self, connection: WriterConnection, batch: list[_Pending]) -> None:
         started = time.perf_counter()
         try:
-            results = await self._commit_with_retries(batch)
-        except (SQLAlchemyError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as error:
+            results = await self._commit_with_retries(connection, batch)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as error:
             metrics.BATCH_FAILURES.inc()
+            if not _could_be_poison(error):
+                connection.discard()  # it may be broken; the next batch opens a new one
             if len(batch) == 1 or not _could_be_poison(error):
                 log.warning("batch of %d requests failed: %s", len(batch), error)
                 for pending in batch:
@@ -361,7 +479,7 @@ class BatchWriter:
                 return
             # Isolate the poisoned request: retry each one in its own transaction.
             for pending in batch:
-                await self._commit_batch([pending])
+                await self._commit_batch(connection, [pending])
             return
         metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
         metrics.BATCH_REQUESTS.observe(len(batch))
@@ -370,18 +488,21 @@ class BatchWriter:
             if not pending.future.done():
                 pending.future.set_result(result)
 
-    async def _commit_with_retries(self, batch: list[_Pending]) -> list[WriteResult]:
+    async def _commit_with_retries(
+        self, connection: WriterConnection, batch: list[_Pending]
+    ) -> list[WriteResult]:
         records = [record for pending in batch for record in pending.records]
+        in_transaction = needs_transaction(records)
         for attempt in range(1, TRANSIENT_ATTEMPTS + 1):
+            conn = await connection.acquire()
             try:
-                async with self._engine.connect() as conn:
-                    driver = await driver_connection(conn)
-                    # asyncpg's own transaction: SQLAlchemy's adapter would only BEGIN on its
-                    # own first statement, and these statements bypass it.
-                    async with driver.transaction():
-                        new_positions = await write_records(driver, records)
+                if in_transaction:
+                    async with conn.transaction():
+                        new_positions = await write_records(conn, records)
+                else:
+                    new_positions = await write_records(conn, records)  # one statement
                 break
-            except (DBAPIError, asyncpg.PostgresError) as error:
+            except asyncpg.PostgresError as error:
                 if attempt == TRANSIENT_ATTEMPTS or not _is_transient(error):
                     raise
         results, offset = [], 0
@@ -391,6 +512,33 @@ class BatchWriter:
             results.append(WriteResult(received=count, duplicates=count - new))
             offset += count
         return results
+
+
+class WriterConnection:
+    """One writer task's own connection: no pool checkout and no liveness ping per batch. One
+    that may be broken is dropped, and the next batch opens a new one."""
+
+    def __init__(self, connect: Connect) -> None:
+        self._connect = connect
+        self._conn: asyncpg.Connection | None = None
+
+    async def acquire(self) -> asyncpg.Connection:
+        if self._conn is None or self._conn.is_closed():
+            self._conn = await self._connect()
+        return self._conn
+
+    def discard(self) -> None:
+        if self._conn is not None:
+            self._conn.terminate()
+            self._conn = None
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            try:
+                await conn.close(timeout=2)
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError):
+                conn.terminate()
 
 
 def _fail(pending: _Pending, error: Exception) -> None:
