@@ -1,9 +1,12 @@
-"""The batching writer: many requests, one transaction, and an answer only after the commit.
+"""The batching writer: many requests, one commit, and an answer only after the commit.
 
-Requests hand their records to ``BatchWriter.write`` and wait. Each of a few writer tasks takes
-everything queued (up to ``batch_max_items``), writes each table with one set-based statement over
-``unnest`` arrays, commits, and only then wakes the waiting requests with their counts. Under
-load batches grow by themselves (group commit): while one commits, the next gathers.
+Requests hand their records to ``BatchWriter.write`` and wait. Each of a few writer tasks, on
+a connection of its own, takes everything waiting (up to ``batch_max_items``) and writes it
+with set-based statements over ``unnest`` arrays: callbacks and DLRs in one autocommitted
+statement (one round trip: on a busy event loop every round trip costs a loop turn), replies
+or several events of one message in an explicit transaction. Only after the commit does it
+wake the waiting requests with their counts. Under load batches grow by themselves (group
+commit): while one commits, the next gathers.
 
 A failed batch fails nobody yet: it is retried request by request, so one poisoned request
 cannot take its neighbours down; whatever still fails gets ``WriteFailed`` (the HTTP layer
