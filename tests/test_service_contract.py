@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -13,6 +14,7 @@ from sqlalchemy import text
 
 from app.db.engine import WRITER_APPLICATION_NAME, normalize_database_url
 from tests.conftest import fetch_all, silent_database_url, writes_going_to
+from tests.test_migrations_and_cli import run_cli
 
 
 @pytest.mark.parametrize(
@@ -111,7 +113,7 @@ async def poison_trigger(engine: Any) -> AsyncIterator[None]:
         )
     yield
     async with engine.begin() as conn:
-        await conn.execute(text("DROP TRIGGER refuse_poison ON events"))
+        await conn.execute(text("DROP TRIGGER IF EXISTS refuse_poison ON events"))
         await conn.execute(text("DROP FUNCTION refuse_poison()"))
 
 
@@ -125,13 +127,36 @@ async def test_a_poisoned_request_fails_alone_and_its_batch_neighbours_are_store
         hook("dlr", {"id": "poison"}), *(hook("dlr", {"id": i}) for i in ids)
     )
 
-    assert responses[0].status_code == 503
+    assert responses[0].status_code == 422
+    assert responses[0].json()["error"]["code"] == "database_refused"
     assert [r.status_code for r in responses[1:]] == [200] * len(ids)
-    async with engine.connect() as conn:
-        from sqlalchemy import text
-
-        stored = set((await conn.execute(text("SELECT id FROM messages"))).scalars())
+    stored = {row["id"] for row in await fetch_all(engine, "SELECT id FROM messages")}
     assert stored == set(ids)
+    [kept] = await fetch_all(engine, "SELECT reason, status_code, body FROM rejected_bodies")
+    assert kept == {"reason": "database_refused", "status_code": 422, "body": b'{"id":"poison"}'}
+
+
+@pytest.mark.usefixtures("poison_trigger")
+async def test_a_body_the_database_refused_is_stored_by_replay_once_the_cause_is_gone(
+    hook: Any, engine: Any, database_url: str
+) -> None:
+    assert (await hook("dlr", {"id": "poison", "deliveredStatusCode": 4})).status_code == 422
+    [kept] = await fetch_all(engine, "SELECT id FROM rejected_bodies")
+
+    def replay() -> subprocess.CompletedProcess[str]:
+        return run_cli("rejected", "replay", str(kept["id"]), database_url=database_url)
+
+    still = await asyncio.to_thread(replay)
+    async with engine.begin() as conn:
+        await conn.execute(text("DROP TRIGGER refuse_poison ON events"))  # the cause, fixed
+    fixed = await asyncio.to_thread(replay)
+
+    assert still.returncode == 1
+    assert f"#{kept['id']} still refused: database_refused" in still.stdout
+    assert fixed.returncode == 0
+    assert f"#{kept['id']} stored (1 new" in fixed.stdout
+    [message] = await fetch_all(engine, "SELECT id, delivered_status_code FROM messages")
+    assert message == {"id": "poison", "delivered_status_code": 4}
 
 
 @pytest.mark.usefixtures("silent_database")

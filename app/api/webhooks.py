@@ -16,7 +16,7 @@ from app import metrics
 from app.api.deps import WebhookCaller, WebhookContext, WebhookContextDep
 from app.api.errors import ApiError, OrjsonResponse, responses
 from app.db.queries import RejectedBody, store_rejected_body
-from app.db.writer import WriteFailed, WriterOverloaded, WriteTimedOut
+from app.db.writer import WriteFailed, WriteRefused, WriterOverloaded, WriteTimedOut
 from app.payloads import Callback, Dlr, Mo, MtLink
 from app.rules.records import build_event_records
 from app.rules.webhook_body import (
@@ -25,6 +25,7 @@ from app.rules.webhook_body import (
     parse_mo_query,
     parse_webhook_body,
     query_without_credentials,
+    refused_by_database,
     too_large,
     too_slow,
 )
@@ -186,8 +187,15 @@ def _overloaded() -> ApiError:
 
 
 async def _store(
-    kind: str, parsed: ParsedBody, context: WebhookContext, received_at: datetime
+    kind: str,
+    parsed: ParsedBody,
+    context: WebhookContext,
+    received_at: datetime,
+    request: Request,
+    kept: bytes,
 ) -> OrjsonResponse:
+    """Hand the records to the writer and answer from the outcome; ``kept`` is what becomes
+    the dead letter if PostgreSQL refuses the data itself."""
     records = build_event_records(
         kind,
         parsed.payloads,
@@ -201,6 +209,11 @@ async def _store(
         result = await context.writer.write(records)  # bounded by WAVY_WRITER_TIMEOUT_S
     except WriterOverloaded:
         raise _overloaded() from None
+    except WriteRefused as refusal:
+        rejection = refused_by_database(refusal.sqlstate)
+        raise await _dead_letter(
+            context.engine, request, context.caller, kind, kept, False, rejection
+        ) from None
     except WriteFailed as failure:
         reason = "timeout" if isinstance(failure, WriteTimedOut) else "write_failed"
         metrics.UNAVAILABLE.labels(reason).inc()
@@ -228,7 +241,7 @@ async def _ingest_post(kind: str, request: Request, context: WebhookContext) -> 
         raise await _dead_letter(
             context.engine, request, context.caller, kind, body, False, rejection
         ) from None
-    return await _store(kind, parsed, context, received_at)
+    return await _store(kind, parsed, context, received_at, request, body)
 
 
 @router.post(
@@ -280,13 +293,13 @@ async def receive_mo_by_get(request: Request, context: WebhookContextDep) -> Orj
     query = request.url.query
     if context.writer.is_full():
         raise _overloaded()
+    kept = query_without_credentials(query)[: context.settings.max_body_bytes].encode()
     try:
         if len(query) > context.settings.max_body_bytes:
             raise too_large(context.settings.max_body_bytes)
         parsed = parse_mo_query(query)
     except BodyRejected as rejection:
-        kept = query_without_credentials(query)[: context.settings.max_body_bytes].encode()
         raise await _dead_letter(
             context.engine, request, context.caller, "mo", kept, False, rejection
         ) from None
-    return await _store("mo", parsed, context, received_at)
+    return await _store("mo", parsed, context, received_at, request, kept)

@@ -8,11 +8,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+import asyncpg
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db.tables import rejected_bodies
-from app.db.writer import driver_connection, write_records
+from app.db.writer import could_be_poison, driver_connection, write_records
 from app.rules.records import build_event_records
 from app.rules.webhook_body import BodyRejected, parse_stored_body
 
@@ -63,11 +64,16 @@ async def replay_rejected(engine: AsyncEngine, rejected_id: int, *, max_items: i
         sub_account=row.sub_account,
         received_at=row.received_at,
     )
-    async with engine.connect() as conn:
-        driver = await driver_connection(conn)
-        async with driver.transaction():
-            new_positions = await write_records(driver, records)
-            await driver.execute(MARK_REPLAYED, rejected_id)
+    try:
+        async with engine.connect() as conn:
+            driver = await driver_connection(conn)
+            async with driver.transaction():
+                new_positions = await write_records(driver, records)
+                await driver.execute(MARK_REPLAYED, rejected_id)
+    except asyncpg.PostgresError as error:
+        if not could_be_poison(error):
+            raise  # the database is away, not refusing this body: the command fails
+        return ReplayResult(rejected_id, "still_refused", reason="database_refused")
     return ReplayResult(
         rejected_id,
         "stored",

@@ -54,6 +54,15 @@ class WriteResult:
     duplicates: int
 
 
+class WriteRefused(WriteFailed):
+    """PostgreSQL refused this request's own data, alone in its batch (a data exception, an
+    integrity violation, a program limit): retrying it can only fail again."""
+
+    def __init__(self, sqlstate: str, message: str) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
 class WriteTimedOut(WriteFailed):
     """Not committed within the writer's timeout (503); it may still be, later."""
 
@@ -319,7 +328,7 @@ def _is_transient(error: BaseException) -> bool:
 POISON_SQLSTATE_CLASSES = frozenset({"22", "23", "54"})
 
 
-def _could_be_poison(error: BaseException) -> bool:
+def could_be_poison(error: BaseException) -> bool:
     """True when one request's data may have failed the batch. Anything else (the database
     away, restarting, out of connections) fails every request alike, and retrying them one
     by one would only stall the writer for connect timeout after connect timeout."""
@@ -473,9 +482,14 @@ class BatchWriter:
             results = await self._commit_with_retries(connection, batch)
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as error:
             metrics.BATCH_FAILURES.inc()
-            if not _could_be_poison(error):
+            poison = could_be_poison(error)
+            if not poison:
                 connection.discard()  # it may be broken; the next batch opens a new one
-            if len(batch) == 1 or not _could_be_poison(error):
+            if len(batch) == 1 and poison:
+                log.warning("PostgreSQL refused a request's data: %s", error)
+                _fail(batch[0], WriteRefused(getattr(error, "sqlstate", ""), str(error)))
+                return
+            if not poison:
                 log.warning("batch of %d requests failed: %s", len(batch), error)
                 for pending in batch:
                     _fail(pending, WriteFailed(str(error)))

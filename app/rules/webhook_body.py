@@ -44,6 +44,17 @@ class ParsedBody:
     raw_items: list[Any]
 
 
+def refused_by_database(sqlstate: str) -> BodyRejected:
+    """Valid by our rules, yet PostgreSQL refuses it (its text is not echoed: it may quote the
+    data). A 4xx stops the sender's retries of a body that can only fail again; it is kept,
+    and ``rejected replay`` stores it once the cause is fixed."""
+    return BodyRejected(
+        422,
+        "database_refused",
+        f"the database refused this body's data (SQLSTATE {sqlstate}); it was kept for an operator",
+    )
+
+
 def too_large(max_bytes: int) -> BodyRejected:
     return BodyRejected(413, "body_too_large", f"body is larger than {max_bytes} bytes")
 
