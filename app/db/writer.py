@@ -361,7 +361,7 @@ class BatchWriter:
         self._waiting_items = 0
         self._work = asyncio.Event()
         self._idle = asyncio.Event()  # set whenever nothing is waiting or in flight
-        self._in_flight: list[list[_Pending]] = []
+        self._in_flight: dict[int, list[_Pending]] = {}  # by id(): batches are not compared
         self._queued_items = 0  # waiting or in flight
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -439,7 +439,7 @@ class BatchWriter:
                 if not batch:
                     self._note_if_idle()
                     continue
-                self._in_flight.append(batch)
+                self._in_flight[id(batch)] = batch
                 try:
                     await self._commit_batch(connection, batch)
                 except Exception:  # the loop must outlive any single batch
@@ -448,7 +448,7 @@ class BatchWriter:
                     for pending in batch:
                         _fail(pending, WriteFailed("unexpected writer error"))
                 finally:
-                    self._in_flight.remove(batch)
+                    del self._in_flight[id(batch)]
                     self._queued_items -= sum(len(pending.records) for pending in batch)
                     self._note_if_idle()
         finally:
@@ -471,7 +471,7 @@ class BatchWriter:
                 self._queued_items -= len(pending.records)
                 _fail(pending, WriteTimedOut("waited too long for the database"))
             self._note_if_idle()
-            for batch in self._in_flight:
+            for batch in self._in_flight.values():
                 for pending in batch:
                     if pending.deadline <= now:
                         _fail(pending, WriteTimedOut("the database did not commit in time"))
