@@ -212,6 +212,18 @@ async def test_a_full_write_queue_refuses_at_once_with_503(app: FastAPI, hook: A
     assert (await stuck).status_code == 503
 
 
+def post_dlrs_with_the_printed_key(service: Service, prefix: str, count: int) -> tuple[str, str]:
+    """Once ``serve`` is up, post ``count`` DLRs (each on a new connection) with the webhook
+    key it printed at start-up; returns the base URL and the key."""
+    output = service.wait_ready()
+    key = re.search(r"/v1/webhooks/dlr\?key=(\S+)", output).group(1)  # type: ignore[union-attr]
+    base = f"http://127.0.0.1:{service.port}"
+    for n in range(count):
+        stored = httpx.post(f"{base}/v1/webhooks/dlr?key={key}", json={"id": f"{prefix}-{n}"})
+        assert stored.status_code == 200
+    return base, key
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("operator_dir", [False, True], ids=["own-dir", "operator-dir"])
 def test_one_worker_serves_its_metrics(
@@ -227,12 +239,7 @@ def test_one_worker_serves_its_metrics(
         env["PROMETHEUS_MULTIPROC_DIR"] = str(stale)
     service = Service(env, free_port(), tmp_path)
     try:
-        output = service.wait_ready()
-        key = re.search(r"/v1/webhooks/dlr\?key=(\S+)", output).group(1)  # type: ignore[union-attr]
-        base = f"http://127.0.0.1:{service.port}"
-        for n in range(3):
-            stored = httpx.post(f"{base}/v1/webhooks/dlr?key={key}", json={"id": f"one-{n}"})
-            assert stored.status_code == 200
+        base, _ = post_dlrs_with_the_printed_key(service, "one", 3)
         scrape = httpx.get(f"{base}/metrics").text
     finally:
         service.stop(signal.SIGTERM)
@@ -250,16 +257,10 @@ def test_two_workers_share_one_view_of_metrics_and_log_json_without_secrets(
         "WAVY_WORKERS": "2",
         "WAVY_LOG_FORMAT": "json",
     }
-    port = free_port()
-    service = Service(env, port, tmp_path)
+    service = Service(env, free_port(), tmp_path)
     try:
-        output = service.wait_ready()
-        key = re.search(r"/v1/webhooks/dlr\?key=(\S+)", output).group(1)  # type: ignore[union-attr]
-        base = f"http://127.0.0.1:{port}"
         # New connections each time, so both workers take some of the requests.
-        for n in range(40):
-            stored = httpx.post(f"{base}/v1/webhooks/dlr?key={key}", json={"id": f"w-{n}"})
-            assert stored.status_code == 200
+        base, key = post_dlrs_with_the_printed_key(service, "w", 40)
         scrapes = [httpx.get(f"{base}/metrics").text for _ in range(6)]
         ready = httpx.get(f"{base}/readyz")
         alive = httpx.get(f"{base}/healthz")
