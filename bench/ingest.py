@@ -8,15 +8,18 @@ in the same run, then a check that every acknowledged DLR is stored.
 Scenarios: single-object posts at 64 connections and 1000-item arrays at 8 connections, with 1
 and 2 workers. For each it prints events/s and p50/p99 latency of the service and of the
 ceiling (the same app with only the database write removed), their ratio, the largest RSS of
-any server process, and how many acknowledged DLRs are missing from the database (must be 0).
+any server process, how many acknowledged DLRs are missing from the database (must be 0), and
+the CPU the run cost the service, PostgreSQL and wrk (they share this machine's cores).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -54,6 +57,8 @@ class Result:
     p99_ms: float
     errors: int
     max_rss_mb: float
+    cpu_seconds: dict[str, float]
+    seconds: float
     missing: int | None = None
 
 
@@ -82,6 +87,44 @@ class RssWatcher:
     def __exit__(self, *_: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+class CpuMeter:
+    """CPU time a run costs, by who spends it: the service's processes, PostgreSQL's (every
+    process of the machine's server, as psutil sees them) and wrk (a reaped child of this
+    process, so it is read from getrusage). Where the time goes on a box they all share."""
+
+    def __init__(self, server_pid: int) -> None:
+        self.server = psutil.Process(server_pid)
+        self.used: dict[str, float] = {}
+
+    def _service_and_postgres(self) -> dict[str, float]:
+        seconds = {"service": 0.0, "postgres": 0.0}
+        service = {self.server.pid, *(p.pid for p in self.server.children(recursive=True))}
+        for process in psutil.process_iter(["name"]):
+            group = "service" if process.pid in service else None
+            if group is None and process.info["name"] == "postgres":
+                group = "postgres"
+            if group is not None:
+                with contextlib.suppress(psutil.Error):
+                    times = process.cpu_times()
+                    seconds[group] += times.user + times.system
+        return seconds
+
+    @staticmethod
+    def _children() -> float:
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return usage.ru_utime + usage.ru_stime
+
+    def __enter__(self) -> CpuMeter:
+        self._before = self._service_and_postgres()
+        self._children_before = self._children()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        after = self._service_and_postgres()
+        self.used = {group: after[group] - self._before[group] for group in after}
+        self.used["wrk"] = self._children() - self._children_before
 
 
 def run_wrk(url: str, scenario: Scenario, run_id: str, seconds: int) -> tuple[dict, list[dict]]:
@@ -166,7 +209,7 @@ def measure(database_url: str, scenario: Scenario, seconds: int, *, ceiling: boo
         process,
     ):
         time.sleep(1)  # let workers finish starting
-        with RssWatcher(process.pid) as watcher:
+        with RssWatcher(process.pid) as watcher, CpuMeter(process.pid) as cpu:
             summary, threads = run_wrk(url, scenario, run_id, seconds)
     acked_requests = acked_request_count(threads)
     result = Result(
@@ -181,6 +224,8 @@ def measure(database_url: str, scenario: Scenario, seconds: int, *, ceiling: boo
         + summary["write_errors"]
         + summary["timeouts"],
         max_rss_mb=watcher.max_rss / 2**20,
+        cpu_seconds=cpu.used,
+        seconds=summary["duration_us"] / 1e6,
     )
     if not ceiling:
         result.missing = asyncio.run(count_missing(database_url, run_id, scenario.batch, threads))
@@ -189,9 +234,15 @@ def measure(database_url: str, scenario: Scenario, seconds: int, *, ceiling: boo
 
 def line(label: str, r: Result) -> str:
     missing = "" if r.missing is None else f"  missing {r.missing}"
+    events = max(r.acked_events, 1)
+    cpu = ", ".join(
+        f"{group} {used / r.seconds:4.0%} ({used / events * 1e6:.0f} us/event)"
+        for group, used in r.cpu_seconds.items()
+    )
     return (
         f"  {label:8} {r.events_per_s:9,.0f} events/s  p50 {r.p50_ms:7.2f} ms  "
-        f"p99 {r.p99_ms:7.2f} ms  errors {r.errors}  max RSS {r.max_rss_mb:5.0f} MB{missing}"
+        f"p99 {r.p99_ms:7.2f} ms  errors {r.errors}  max RSS {r.max_rss_mb:5.0f} MB{missing}\n"
+        f"           CPU of one core: {cpu}"
     )
 
 
