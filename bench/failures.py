@@ -43,6 +43,7 @@ from bench.common import running_service, scratch_database
 from bench.ingest import (
     RssWatcher,
     Scenario,
+    WrkLine,
     acked_request_count,
     count_missing,
     run_wrk,
@@ -64,8 +65,8 @@ class Outcome:
 
 @dataclass
 class Load:
-    summary: dict
-    threads: list[dict]
+    summary: WrkLine
+    threads: list[WrkLine]
     acked_events: int
 
 
@@ -78,7 +79,7 @@ def load_with_fault(
     fault_at_s: float,
 ) -> Load:
     """wrk for ``seconds`` while ``fault`` strikes ``fault_at_s`` seconds in."""
-    box: dict[str, tuple[dict, list[dict]]] = {}
+    box: dict[str, tuple[WrkLine, list[WrkLine]]] = {}
 
     def drive() -> None:
         box["result"] = run_wrk(url, scenario, run_id, seconds)
@@ -92,7 +93,7 @@ def load_with_fault(
     return Load(summary, threads, acked_request_count(threads) * scenario.batch)
 
 
-def errors_of(summary: dict) -> str:
+def errors_of(summary: WrkLine) -> str:
     return ", ".join(
         f"{name} {summary[key]}"
         for name, key in (
@@ -193,12 +194,12 @@ def private_postgres() -> Iterator[tuple[str, Callable[[], None], Callable[[], N
         socket_dir = parse_qs(urlsplit(uri).query)["host"][0]
 
         def stop() -> None:
-            _commands.pg_ctl(
+            _commands.pg_ctl(  # type: ignore[attr-defined]  # made at import time
                 ["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user
             )
 
         def start() -> None:
-            _commands.pg_ctl(
+            _commands.pg_ctl(  # type: ignore[attr-defined]  # made at import time
                 ["-w", "-o", '-h ""', "-o", f"-k {socket_dir}", "-l", str(server.log), "start"],
                 pgdata=server.pgdata,
                 user=server.system_user,

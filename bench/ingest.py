@@ -28,6 +28,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 from sqlalchemy import text
@@ -37,6 +38,8 @@ from app.db.engine import normalize_database_url
 from bench.common import running_service, scratch_database
 
 LUA = Path(__file__).with_name("dlr.lua")
+# One JSON line written by dlr.lua: a thread's acknowledged ranges, or the run's summary.
+WrkLine = dict[str, Any]
 ARRAY_CONNECTIONS = int(os.environ.get("BENCH_ARRAY_CONNECTIONS", "8"))
 
 
@@ -127,7 +130,9 @@ class CpuMeter:
         self.used["wrk"] = self._children() - self._children_before
 
 
-def run_wrk(url: str, scenario: Scenario, run_id: str, seconds: int) -> tuple[dict, list[dict]]:
+def run_wrk(
+    url: str, scenario: Scenario, run_id: str, seconds: int
+) -> tuple[WrkLine, list[WrkLine]]:
     with tempfile.NamedTemporaryFile(suffix=".jsonl", delete=False) as out:
         out_path = out.name
     env = {
@@ -160,7 +165,7 @@ def run_wrk(url: str, scenario: Scenario, run_id: str, seconds: int) -> tuple[di
     return summary, [line for line in lines if "tid" in line]
 
 
-def acked_ranges(thread: dict) -> list[tuple[int, int]]:
+def acked_ranges(thread: WrkLine) -> list[tuple[int, int]]:
     """The request numbers one wrk thread got a 200 for, as written by dlr.lua."""
     ranges = []
     for part in thread["acked"].split(","):
@@ -170,11 +175,11 @@ def acked_ranges(thread: dict) -> list[tuple[int, int]]:
     return ranges
 
 
-def acked_request_count(threads: list[dict]) -> int:
+def acked_request_count(threads: list[WrkLine]) -> int:
     return sum(last - first + 1 for t in threads for first, last in acked_ranges(t))
 
 
-async def count_missing(database_url: str, run_id: str, batch: int, threads: list[dict]) -> int:
+async def count_missing(database_url: str, run_id: str, batch: int, threads: list[WrkLine]) -> int:
     """How many DLRs of requests answered 200 are not in the database."""
     engine = create_async_engine(normalize_database_url(database_url))
     missing = 0

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.conftest import fetch_all
 
-CALLBACK_EXAMPLE = {
+CALLBACK_EXAMPLE: dict[str, Any] = {
     "id": "f9c100ff-aed0-4456-898c-e57d754c439c",
     "correlationId": "client-id",
     "carrierId": 1,
@@ -25,7 +25,7 @@ CALLBACK_EXAMPLE = {
     "campaignId": "64",
     "extraInfo": "",
 }
-DLR_EXAMPLE = {
+DLR_EXAMPLE: dict[str, Any] = {
     "id": "8f5af680-973e-11e4-ad43-4ee58e9a13a6",
     "correlationId": "myId",
     "carrierId": 5,
@@ -41,7 +41,7 @@ DLR_EXAMPLE = {
     "deliveredDate": "2015-01-08T16:02:34Z",
     "campaignId": 1234,
 }
-MO_EXAMPLE = {
+MO_EXAMPLE: dict[str, Any] = {
     "id": "25950050-7362-11e6-be62-001b7843e7d4",
     "subAccount": "iFoodMarketing",
     "campaignAlias": "iFoodPromo",
