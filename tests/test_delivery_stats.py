@@ -121,6 +121,20 @@ EXPECTED_TOTALS = {
 }
 
 
+async def test_a_reply_stored_before_its_message_counts_once_the_message_arrives(
+    hook: Any, stats: Stats
+) -> None:
+    assert (await hook("mo", [mo("early", "m9"), mo("early-2", "m9")])).status_code == 200
+    assert (await hook("callback", callback("m9", 2, "VIVO"))).status_code == 200
+    assert (await hook("mo", mo("late", "m9"))).status_code == 200
+    assert (await hook("dlr", dlr("m9", 4, 5, "VIVO"))).status_code == 200
+
+    totals = (await stats.get("ana"))["totals"]
+
+    assert (totals["messages"], totals["mosReceived"]) == (1, 3)
+    assert (totals["replies"], totals["repliedMessages"], totals["replyRate"]) == (3, 1, 1.0)
+
+
 @pytest.mark.usefixtures("campaign")
 async def test_totals_match_the_hand_count_despite_retries_and_disorder(stats: Stats) -> None:
     answer = await stats.get("ana")

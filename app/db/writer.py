@@ -192,11 +192,18 @@ def _merge_on_conflict() -> str:
     )
 
 
+def _replies_so_far(row: str) -> str:
+    """A message row starts with the replies already stored for it (a reply can arrive before
+    anything about its message); COUNT_REPLIES counts the later ones on the existing row."""
+    return f"(SELECT count(*)::int FROM mos WHERE mos.mt_id = {row}.id)"  # noqa: S608
+
+
 # Only our own constant column names go into these texts; values are bound parameters.
 _STATUS_COLUMN_LIST = ", ".join(_STATUS_COLUMNS)
 UPSERT_MESSAGES = (
-    f"INSERT INTO messages AS m ({_STATUS_COLUMN_LIST}) "  # noqa: S608
-    f"SELECT * FROM unnest({_unnest(_STATUS_COLUMNS)}) {_merge_on_conflict()}"
+    f"INSERT INTO messages AS m ({_STATUS_COLUMN_LIST}, reply_count) "  # noqa: S608
+    f"SELECT u.*, {_replies_so_far('u')} "
+    f"FROM unnest({_unnest(_STATUS_COLUMNS)}) AS u({_STATUS_COLUMN_LIST}) {_merge_on_conflict()}"
 )
 
 
@@ -211,8 +218,8 @@ def _build_write_events_and_statuses() -> str:
     )
     return (
         f"WITH new_events AS ({INSERT_EVENTS.strip()}), "  # noqa: S608
-        f"statuses AS (INSERT INTO messages AS m ({_STATUS_COLUMN_LIST}) "
-        f"SELECT {', '.join(f's.{c}' for c in _STATUS_COLUMNS)} "
+        f"statuses AS (INSERT INTO messages AS m ({_STATUS_COLUMN_LIST}, reply_count) "
+        f"SELECT {', '.join(f's.{c}' for c in _STATUS_COLUMNS)}, {_replies_so_far('s')} "
         f"FROM unnest({arrays}) AS s({_STATUS_COLUMN_LIST}, event_kind), new_events AS e "
         "WHERE e.message_id = s.id AND e.kind = s.event_kind "
         f"ORDER BY s.id {_merge_on_conflict()}) "
@@ -223,7 +230,7 @@ def _build_write_events_and_statuses() -> str:
 WRITE_EVENTS_AND_STATUSES = _build_write_events_and_statuses()
 
 # New replies counted on the message they answer (the delivery stats' reply rate). An MO
-# stored before its message has no row to count on yet: see docs/operations.md.
+# stored before its message is counted when the message row is created (_replies_so_far).
 COUNT_REPLIES = """
     UPDATE messages AS m SET reply_count = m.reply_count + r.n
     FROM (SELECT mt_id, count(*)::int AS n FROM unnest($1::text[]) AS u(mt_id) GROUP BY mt_id)
