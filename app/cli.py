@@ -17,6 +17,7 @@ from types import FrameType
 from typing import Annotated, TypeVar
 
 import typer
+from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -448,7 +449,13 @@ def users_rotate_token(username: Annotated[str, typer.Argument()]) -> None:
 
 
 def main() -> None:
-    cli()
+    try:
+        cli()
+    except ValidationError as error:  # from Settings(): name the variable, skip the traceback
+        for problem in error.errors():
+            name = "_".join(str(part) for part in problem["loc"]).upper()
+            typer.echo(f"invalid setting WAVY_{name}: {problem['msg']}", err=True)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

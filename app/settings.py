@@ -6,7 +6,15 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.rules.retention import parse_age
@@ -16,6 +24,8 @@ class Settings(BaseSettings):
     """The one place settings live. Env names are ``WAVY_<FIELD>``; ``DATABASE_URL`` also works
     unprefixed because that is what every platform and compose file already exports."""
 
+    # Numbers are bounded: a zero batch size or writer count would stall every write, so a
+    # wrong value stops the start with the variable's name rather than hanging later.
     model_config = SettingsConfigDict(env_prefix="WAVY_", extra="ignore")
 
     database_url: str | None = Field(
@@ -28,8 +38,8 @@ class Settings(BaseSettings):
         description="Where the embedded PostgreSQL keeps its data when DATABASE_URL is unset",
     )
     host: str = "127.0.0.1"
-    port: int = 8000
-    workers: int = 1
+    port: int = Field(default=8000, ge=0, le=65535)
+    workers: PositiveInt = 1
     public_url: str | None = Field(
         default=None,
         description="Base URL Wavy reaches us at, used when printing webhook URLs",
@@ -38,33 +48,33 @@ class Settings(BaseSettings):
         default=False, description="Accept webhooks without a key (logged as a warning)"
     )
 
-    max_body_bytes: int = 1024 * 1024
-    max_items: int = 1000
+    max_body_bytes: PositiveInt = 1024 * 1024
+    max_items: PositiveInt = 1000
 
     # The batching writer: commit what concurrent requests hand in together.
-    batch_max_items: int = 5000
+    batch_max_items: PositiveInt = 5000
     # 0: a writer takes what is waiting at once; under load batches still form, from what
     # arrives while the previous batch commits. A delay only added latency (bench.ingest).
-    batch_max_delay_ms: float = 0.0
-    writer_concurrency: int = 2
-    writer_queue_items: int = 50_000
-    writer_timeout_s: float = 10.0
+    batch_max_delay_ms: NonNegativeFloat = 0.0
+    writer_concurrency: PositiveInt = 2
+    writer_queue_items: PositiveInt = 50_000
+    writer_timeout_s: PositiveFloat = 10.0
 
-    db_pool_size: int = 10
-    db_max_overflow: int = 5
-    db_connect_timeout_s: float = 5.0
+    db_pool_size: PositiveInt = 10
+    db_max_overflow: NonNegativeInt = 5
+    db_connect_timeout_s: PositiveFloat = 5.0
 
-    key_cache_seconds: float = 5.0
+    key_cache_seconds: NonNegativeFloat = 5.0
     # A body that has not fully arrived after this long is refused (408): slow senders and
     # slowloris clients cannot hold a connection and its buffer forever.
-    body_timeout_s: float = 10.0
+    body_timeout_s: PositiveFloat = 10.0
     # Per worker: past this many open connections uvicorn answers 503 at once (a burst gets
     # quick refusals instead of piling up in memory).
-    limit_concurrency: int = 2048
+    limit_concurrency: PositiveInt = 2048
 
     # Keep data this long (90d, 12h, 2w); unset keeps everything. Checked every purge interval.
     retention: str | None = None
-    purge_interval_s: float = 3600.0
+    purge_interval_s: PositiveFloat = 3600.0
 
     log_level: str = "info"
     log_format: Literal["text", "json"] = Field(

@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.db.migrate import head_revision
 from app.settings import Settings
 from tests.conftest import fetch_all, free_port, silent_database_url, writes_going_to
-from tests.test_migrations_and_cli import Service
+from tests.test_migrations_and_cli import Service, run_cli
 
 
 async def scrape(client: httpx.AsyncClient) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -277,3 +277,32 @@ def test_two_workers_share_one_view_of_metrics_and_log_json_without_secrets(
     assert all(entry["request_id"] for entry in access)
     assert len({entry["process"] for entry in access}) == 2  # both workers served
     assert all(key not in line for line in log_lines)  # printed once at start-up, never logged
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("WAVY_BATCH_MAX_ITEMS", "0"),
+        ("WAVY_WRITER_CONCURRENCY", "0"),
+        ("WAVY_WRITER_TIMEOUT_S", "-1"),
+        ("WAVY_BATCH_MAX_DELAY_MS", "-2"),
+    ],
+)
+def test_a_setting_that_would_stall_the_writer_stops_the_start(
+    variable: str, value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(variable, value)
+    field = variable.removeprefix("WAVY_").lower()
+    with pytest.raises(ValueError, match=field):
+        Settings()
+
+
+def test_serve_names_the_wrong_setting_and_exits(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WAVY_WRITER_CONCURRENCY", "0")
+
+    result = run_cli("serve", database_url="postgresql://postgres@127.0.0.1:9/never-reached")
+
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "invalid setting WAVY_WRITER_CONCURRENCY: Input should be greater than 0"
+    )
