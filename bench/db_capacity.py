@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from app.db.writer import needs_transaction, write_records
+from app.db.writer import write_records
 from app.payloads import Dlr
 from app.rules.records import EventRecord, build_event_records
 from bench.common import scratch_database
@@ -67,11 +67,7 @@ async def drive(dsn: str, connections: int, batches: list[list[EventRecord]]) ->
         conn = await asyncpg.connect(dsn)
         try:
             for records in queue:
-                if needs_transaction(records):
-                    async with conn.transaction():
-                        await write_records(conn, records)
-                else:  # as the writer does: one autocommitted statement
-                    await write_records(conn, records)
+                await write_records(conn, records)  # one statement, as the writer sends it
                 committed += len(records)
         finally:
             await conn.close()

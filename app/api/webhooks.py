@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -192,9 +193,9 @@ async def _store(
     context: WebhookContext,
     received_at: datetime,
     request: Request,
-    kept: bytes,
+    kept: Callable[[], bytes],
 ) -> OrjsonResponse:
-    """Hand the records to the writer and answer from the outcome; ``kept`` is what becomes
+    """Hand the records to the writer and answer from the outcome; ``kept()`` is what becomes
     the dead letter if PostgreSQL refuses the data itself."""
     records = build_event_records(
         kind,
@@ -212,7 +213,7 @@ async def _store(
     except WriteRefused as refusal:
         rejection = refused_by_database(refusal.sqlstate)
         raise await _dead_letter(
-            context.engine, request, context.caller, kind, kept, False, rejection
+            context.engine, request, context.caller, kind, kept(), False, rejection
         ) from None
     except WriteFailed as failure:
         reason = "timeout" if isinstance(failure, WriteTimedOut) else "write_failed"
@@ -241,7 +242,7 @@ async def _ingest_post(kind: str, request: Request, context: WebhookContext) -> 
         raise await _dead_letter(
             context.engine, request, context.caller, kind, body, False, rejection
         ) from None
-    return await _store(kind, parsed, context, received_at, request, body)
+    return await _store(kind, parsed, context, received_at, request, lambda: body)
 
 
 @router.post(
@@ -293,13 +294,16 @@ async def receive_mo_by_get(request: Request, context: WebhookContextDep) -> Orj
     query = request.url.query
     if context.writer.is_full():
         raise _overloaded()
-    kept = query_without_credentials(query)[: context.settings.max_body_bytes].encode()
+
+    def kept() -> bytes:  # the refused query, without the key, as its dead letter
+        return query_without_credentials(query)[: context.settings.max_body_bytes].encode()
+
     try:
         if len(query) > context.settings.max_body_bytes:
             raise too_large(context.settings.max_body_bytes)
         parsed = parse_mo_query(query)
     except BodyRejected as rejection:
         raise await _dead_letter(
-            context.engine, request, context.caller, "mo", kept, False, rejection
+            context.engine, request, context.caller, "mo", kept(), False, rejection
         ) from None
     return await _store("mo", parsed, context, received_at, request, kept)

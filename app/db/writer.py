@@ -258,7 +258,7 @@ def _retry_order(key: tuple[str, str, int | None, int | None]) -> tuple[str, str
     return (key[0], key[1], -1 if key[2] is None else key[2], -1 if key[3] is None else key[3])
 
 
-def needs_transaction(records: list[EventRecord]) -> bool:
+def _needs_transaction(records: list[EventRecord]) -> bool:
     """One statement is atomic by itself; a batch needs an explicit transaction only when it
     has replies (their own statements) or several statuses for one message (merged after
     the events' insert tells which were new)."""
@@ -274,9 +274,12 @@ def needs_transaction(records: list[EventRecord]) -> bool:
 
 
 async def write_records(conn: asyncpg.Connection, records: list[EventRecord]) -> set[int]:
-    """Write one batch, inside a transaction when ``needs_transaction(records)`` (the caller's
-    job). Returns the positions (in ``records``) of the events that were new; every other one
-    repeats an event already stored."""
+    """Write one batch atomically: as one statement when it can, else in a transaction of its
+    own (or the caller's, if one is open). Returns the positions (in ``records``) of the events
+    that were new; every other one repeats an event already stored."""
+    if _needs_transaction(records) and not conn.is_in_transaction():
+        async with conn.transaction():
+            return await write_records(conn, records)
     first_seen: dict[tuple[str, str, int | None, int | None], int] = {}
     for position, record in enumerate(records):
         first_seen.setdefault(record.retry_key, position)
@@ -516,15 +519,10 @@ class BatchWriter:
         self, connection: WriterConnection, batch: list[_Pending]
     ) -> list[WriteResult]:
         records = [record for pending in batch for record in pending.records]
-        in_transaction = needs_transaction(records)
         for attempt in range(1, TRANSIENT_ATTEMPTS + 1):
             conn = await connection.acquire()
             try:
-                if in_transaction:
-                    async with conn.transaction():
-                        new_positions = await write_records(conn, records)
-                else:
-                    new_positions = await write_records(conn, records)  # one statement
+                new_positions = await write_records(conn, records)
                 break
             except asyncpg.PostgresError as error:
                 if attempt == TRANSIENT_ATTEMPTS or not _is_transient(error):
