@@ -258,7 +258,7 @@ async def test_purged_messages_leave_the_figures(stats: Stats, engine: AsyncEngi
 
 
 async def test_the_database_knows_the_same_carriers_without_dlr(hook: Any, stats: Stats) -> None:
-    """The migration's SQL copy of CARRIERS_WITHOUT_DLR against app.rules.delivery_stats,
+    """The migrations' SQL copy of CARRIERS_WITHOUT_DLR against app.rules.delivery_stats,
     written as Wavy might (any case, stray spaces)."""
     carriers = [f" {name.lower()} " for name in sorted(CARRIERS_WITHOUT_DLR)]
     for n, carrier in enumerate([*carriers, "VIVO"]):
@@ -268,3 +268,44 @@ async def test_the_database_knows_the_same_carriers_without_dlr(hook: Any, stats
 
     assert waiting == {"carrierSendsDlr": 1, "carrierWithoutDlr": len(CARRIERS_WITHOUT_DLR)}
     assert [carrier_sends_dlr(c) for c in carriers] == [False] * len(carriers)
+
+
+RECOUNT = """
+    SELECT sub_account, hour, campaign_id, carrier_name, metric, value, sum(weight) AS count
+    FROM (SELECT c.* FROM messages AS m, LATERAL stats_message_contributions(m) AS c
+          UNION ALL
+          SELECT c.* FROM mos AS r, LATERAL stats_mo_contributions(r) AS c) AS d
+    GROUP BY 1, 2, 3, 4, 5, 6 HAVING sum(weight) <> 0
+    ORDER BY 1, 2, 3, 4, 5, 6
+"""
+KEPT = """
+    SELECT sub_account, hour, campaign_id, carrier_name, metric, value, count
+    FROM stats_rollup WHERE count <> 0
+    ORDER BY 1, 2, 3, 4, 5, 6
+"""
+
+
+async def test_rollup_kept_batch_by_batch_equals_a_recount_of_the_tables(
+    hook: Any, engine: AsyncEngine
+) -> None:
+    """The trigger counts a statement's rows by profile before expanding them: arrays where
+    many messages contribute alike, updates of stored rows and deletes must still add up to a
+    recount of messages and mos from scratch."""
+    carriers = ["VIVO", "TIM", "OI"]
+    callbacks = [callback(f"b{n}", 2 if n % 5 else 101, carriers[n % 3]) for n in range(40)]
+    dlrs = [dlr(f"b{n}", 4 if n % 4 else 104, 10 + n % 7 * 50, carriers[n % 3]) for n in range(25)]
+    early = [dlr(f"e{n}", 4, 30, "VIVO") for n in range(10)]  # DLRs of messages not yet seen
+    assert (await hook("callback", callbacks[:20])).status_code == 200
+    assert (await hook("dlr", dlrs + early + dlrs[:5])).status_code == 200  # retries inside
+    assert (await hook("callback", callbacks[20:] + callbacks[:3])).status_code == 200
+    assert (await hook("mo", [mo(f"r{n}", f"b{n % 6}") for n in range(12)])).status_code == 200
+    async with engine.begin() as conn:
+        await conn.execute(text("DELETE FROM messages WHERE id IN ('b1', 'b2', 'e3')"))
+        await conn.execute(text("DELETE FROM mos WHERE id IN ('r0', 'r7')"))
+
+    async with engine.connect() as conn:
+        kept = (await conn.execute(text(KEPT))).all()
+        recount = (await conn.execute(text(RECOUNT))).all()
+
+    assert kept == recount
+    assert sum(row[-1] for row in kept if row.metric == "messages") == 40 + 10 - 3

@@ -1,6 +1,7 @@
 """The stats API's one query: rollup counts in a window, scoped, summed per group. It reads
-``stats_rollup`` only (kept by triggers, see migration 0004), never the raw tables, so its cost
-follows the number of hours, carriers and campaigns in the window, not of messages."""
+``stats_rollup`` only (kept by triggers, see migrations 0004 and 0005), never the raw tables,
+so its cost follows the number of hours, carriers and campaigns in the window, not of
+messages."""
 
 from __future__ import annotations
 

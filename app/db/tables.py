@@ -159,7 +159,7 @@ mos = Table(
 )
 
 # Delivery statistics per hour, sub-account, campaign and carrier, kept by triggers on
-# messages and mos (migration 0004; rules in app.rules.delivery_stats). '' stands for "none"
+# messages and mos (migrations 0004, 0005; rules in app.rules.delivery_stats). '' stands for "none"
 # in the key columns so that they can form the primary key.
 stats_rollup = Table(
     "stats_rollup",
