@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.payloads import validate_items
+from app.rules.records import build_event_records
 from app.rules.status_merge import merge_status_events, status_from_event
 from tests.conftest import add_key, fetch_all
 
@@ -324,3 +325,21 @@ async def test_sql_merge_of_two_separate_events_matches_the_rules(
 
     row = await stored(engine, message_id)
     assert {c: row[c] for c in DATA_COLUMNS} == expected_row([first, second])
+
+
+@given(event=an_event)
+def test_a_status_carries_its_events_key_columns(event: tuple[str, dict[str, Any], str]) -> None:
+    """The one-statement write reads a status's sub-account, codes and times from its event
+    row instead of sending them twice: the two must always agree."""
+    kind, fields, sub = event
+    now = datetime.now(UTC)
+    item = {"id": "m", **fields}
+    [record] = build_event_records(
+        kind, validate_items(kind, [item]), [item], sub_account=sub, received_at=now
+    )
+    status = record.status
+    assert status is not None
+    assert (status.id, status.sub_account) == (record.message_id, record.sub_account)
+    assert status.sent_status_code == record.sent_status_code
+    assert status.delivered_status_code == record.delivered_status_code
+    assert status.first_seen_at == status.updated_at == record.received_at

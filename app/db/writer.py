@@ -89,7 +89,7 @@ INSERT_EVENTS = """
                 $7::text[])
          AS u(kind, message_id, sub_account, sent_code, delivered_code, received_at, payload)
     ON CONFLICT ON CONSTRAINT uq_events_exact_retry DO NOTHING
-    RETURNING message_id, kind, sent_status_code, delivered_status_code
+    RETURNING message_id, kind, sent_status_code, delivered_status_code, sub_account, received_at
 """
 
 _MO_COLUMNS: dict[str, str] = {
@@ -207,6 +207,21 @@ UPSERT_MESSAGES = (
 )
 
 
+# A status's key columns are its event's (app.rules.records builds both from one payload): in
+# the one-statement path they are read from the inserted event rather than sent twice, which
+# spares the driver five arrays of a batch's 25 (timestamps are its dearest values to encode).
+_STATUS_FROM_EVENT: dict[str, str] = {
+    "sub_account": "e.sub_account",
+    "sent_status_code": "e.sent_status_code",
+    "delivered_status_code": "e.delivered_status_code",
+    "first_seen_at": "e.received_at",
+    "updated_at": "e.received_at",
+}
+_STATUS_OWN_COLUMNS: dict[str, str] = {
+    name: kind for name, kind in _STATUS_COLUMNS.items() if name not in _STATUS_FROM_EVENT
+}
+
+
 def _build_write_events_and_statuses() -> str:
     """Events and the statuses of messages with one event in the batch, in one statement:
     autocommitted, a batch of callbacks and DLRs costs one round trip. A status is merged only
@@ -214,14 +229,17 @@ def _build_write_events_and_statuses() -> str:
     merge of the logged events even when a retry differs from the first copy."""
     first = 8  # after INSERT_EVENTS's seven arrays
     arrays = ", ".join(
-        f"${n}::{kind}[]" for n, kind in enumerate([*_STATUS_COLUMNS.values(), "text"], first)
+        f"${n}::{kind}[]" for n, kind in enumerate(_STATUS_OWN_COLUMNS.values(), first)
     )
+    own_columns = ", ".join(_STATUS_OWN_COLUMNS)
+    values = ", ".join(_STATUS_FROM_EVENT.get(c, f"s.{c}") for c in _STATUS_COLUMNS)
     return (
         f"WITH new_events AS ({INSERT_EVENTS.strip()}), "  # noqa: S608
         f"statuses AS (INSERT INTO messages AS m ({_STATUS_COLUMN_LIST}, reply_count) "
-        f"SELECT {', '.join(f's.{c}' for c in _STATUS_COLUMNS)}, {_replies_so_far('s')} "
-        f"FROM unnest({arrays}) AS s({_STATUS_COLUMN_LIST}, event_kind), new_events AS e "
-        "WHERE e.message_id = s.id AND e.kind = s.event_kind "
+        f"SELECT {values}, {_replies_so_far('s')} "
+        f"FROM unnest({arrays}) AS s({own_columns}), new_events AS e "
+        # One event per message here; an MO's id may equal a message id, so kind is checked.
+        "WHERE e.message_id = s.id AND e.kind <> 'mo' "
         f"ORDER BY s.id {_merge_on_conflict()}) "
         "SELECT message_id, kind, sent_status_code, delivered_status_code FROM new_events"
     )
@@ -297,8 +315,7 @@ async def write_records(conn: asyncpg.Connection, records: list[EventRecord]) ->
     result = await conn.fetch(
         WRITE_EVENTS_AND_STATUSES,
         *_arrays(rows, _EVENT_FIELDS),
-        *_arrays(single_statuses, _STATUS_COLUMNS),
-        [row.kind for row in single],
+        *_arrays(single_statuses, _STATUS_OWN_COLUMNS),
     )
     inserted_keys = {tuple(row) for row in result}
     new_positions = {pos for key, pos in candidates if key in inserted_keys}
