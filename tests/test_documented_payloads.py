@@ -182,7 +182,7 @@ async def test_epoch_milliseconds_win_over_the_iso_string(hook: Any, engine: Asy
     assert (await message(engine, "m1"))["sent_at"] == utc(1266660300123)
 
 
-@pytest.mark.parametrize("absent", ["missing", None, ""])
+@pytest.mark.parametrize("absent", ["missing", None, "", " \t"])
 async def test_optional_fields_missing_null_or_empty_all_mean_absent(
     hook: Any, engine: AsyncEngine, absent: Any
 ) -> None:
