@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.db.writer import driver_connection, write_records
 from app.payloads import validate_items
 from app.rules.records import build_event_records
 from app.rules.status_merge import merge_status_events, status_from_event
@@ -343,3 +344,34 @@ def test_a_status_carries_its_events_key_columns(event: tuple[str, dict[str, Any
     assert status.sent_status_code == record.sent_status_code
     assert status.delivered_status_code == record.delivered_status_code
     assert status.first_seen_at == status.updated_at == record.received_at
+
+
+async def test_a_reply_whose_id_equals_a_message_id_in_the_same_batch_is_kept_apart(
+    engine: AsyncEngine,
+) -> None:
+    """MO ids and MT ids are separate namespaces: a batch holding a DLR of message "x" and a
+    reply whose own id is "x" stores one message row, one reply and both events."""
+    now = datetime.now(UTC)
+    dlr_item = {"id": "x", **SENT_2, "deliveredStatusCode": 4, "deliveredAt": 2_000_000}
+    mo_item = {"id": "x", "messageText": "hi", "mt": {"id": "x"}}
+    records = [
+        *build_event_records(
+            "dlr",
+            validate_items("dlr", [dlr_item]),
+            [dlr_item],
+            sub_account="acme",
+            received_at=now,
+        ),
+        *build_event_records(
+            "mo", validate_items("mo", [mo_item]), [mo_item], sub_account="acme", received_at=now
+        ),
+    ]
+    async with engine.connect() as conn:
+        new = await write_records(await driver_connection(conn), records)
+        await conn.commit()
+
+    assert new == {0, 1}
+    [row] = await fetch_all(engine, "SELECT delivered_status_code, reply_count FROM messages")
+    assert row == {"delivered_status_code": 4, "reply_count": 1}
+    kinds = await fetch_all(engine, "SELECT kind FROM events ORDER BY kind")
+    assert [k["kind"] for k in kinds] == ["dlr", "mo"]
