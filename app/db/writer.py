@@ -308,10 +308,11 @@ async def write_records(conn: asyncpg.Connection, records: list[EventRecord]) ->
     for row in rows:
         if row.status is not None:
             events_per_message[row.message_id] = events_per_message.get(row.message_id, 0) + 1
-    single = [
-        row for row in rows if row.status is not None and events_per_message[row.message_id] == 1
+    single_statuses = [
+        row.status
+        for row in rows
+        if row.status is not None and events_per_message[row.message_id] == 1
     ]
-    single_statuses = [row.status for row in single]
     result = await conn.fetch(
         WRITE_EVENTS_AND_STATUSES,
         *_arrays(rows, _EVENT_FIELDS),
