@@ -19,6 +19,7 @@ import asyncpg
 from app.db.writer import write_records
 from app.payloads import Dlr
 from app.rules.records import EventRecord, build_event_records
+from app.rules.webhook_body import items_as_json
 from bench.common import scratch_database
 
 
@@ -51,7 +52,11 @@ def build_batches(count: int, size: int, tag: str) -> list[list[EventRecord]]:
         payloads = [Dlr.model_validate(item) for item in raw]
         batches.append(
             build_event_records(
-                "dlr", payloads, raw, sub_account="acme", received_at=datetime.now(UTC)
+                "dlr",
+                payloads,
+                items_as_json(raw),
+                sub_account="acme",
+                received_at=datetime.now(UTC),
             )
         )
     return batches

@@ -220,3 +220,19 @@ async def test_same_codes_with_other_content_count_as_a_retry(
     assert response.json() == {"received": 1, "duplicates": 1}
     [row] = await fetch_all(engine, "SELECT extra_info FROM messages")
     assert row["extra_info"] == "first"
+
+
+async def test_a_field_nested_too_deep_to_store_gets_400_and_is_kept(
+    hook: Any, engine: AsyncEngine
+) -> None:
+    # Valid JSON within the parser's 1024 levels, but deeper than an event's payload can be
+    # written back out: refused with the reason, never a 500.
+    body = b'{"id": "m1", "extra": ' + b"[" * 300 + b"]" * 300 + b"}"
+
+    response = await hook("dlr", content=body)
+
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "too_deeply_nested"
+    [letter] = await dead_letters(engine)
+    assert (letter["reason"], letter["body"]) == ("too_deeply_nested", body)
+    assert await stored_count(engine) == 0

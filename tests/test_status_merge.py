@@ -18,6 +18,7 @@ from app.db.writer import driver_connection, write_records
 from app.payloads import validate_items
 from app.rules.records import build_event_records
 from app.rules.status_merge import merge_status_events, status_from_event
+from app.rules.webhook_body import items_as_json
 from tests.conftest import add_key, fetch_all
 
 SENT_2 = {"sentStatusCode": 2, "sentStatus": "SENT_SUCCESS", "sentAt": 1_000_000}
@@ -336,7 +337,7 @@ def test_a_status_carries_its_events_key_columns(event: tuple[str, dict[str, Any
     now = datetime.now(UTC)
     item = {"id": "m", **fields}
     [record] = build_event_records(
-        kind, validate_items(kind, [item]), [item], sub_account=sub, received_at=now
+        kind, validate_items(kind, [item]), items_as_json([item]), sub_account=sub, received_at=now
     )
     status = record.status
     assert status is not None
@@ -358,12 +359,16 @@ async def test_a_reply_whose_id_equals_a_message_id_in_the_same_batch_is_kept_ap
         *build_event_records(
             "dlr",
             validate_items("dlr", [dlr_item]),
-            [dlr_item],
+            items_as_json([dlr_item]),
             sub_account="acme",
             received_at=now,
         ),
         *build_event_records(
-            "mo", validate_items("mo", [mo_item]), [mo_item], sub_account="acme", received_at=now
+            "mo",
+            validate_items("mo", [mo_item]),
+            items_as_json([mo_item]),
+            sub_account="acme",
+            received_at=now,
         ),
     ]
     async with engine.connect() as conn:

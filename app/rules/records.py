@@ -7,8 +7,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import orjson
-
 from app.payloads import Mo
 from app.rules.status_merge import MessageStatus, status_from_event
 
@@ -75,15 +73,14 @@ def mo_record(mo: Mo, *, sub_account: str | None, received_at: datetime) -> MoRe
 def build_event_records(
     kind: str,
     payloads: list[Any],
-    raw_items: list[Any],
+    payload_json: list[str],
     *,
     sub_account: str | None,
     received_at: datetime,
 ) -> list[EventRecord]:
-    """Pair each validated payload with its raw JSON (unknown fields included)."""
+    """Pair each validated payload with its JSON text (unknown fields included)."""
     records: list[EventRecord] = []
-    for payload, raw in zip(payloads, raw_items, strict=True):
-        payload_json = orjson.dumps(raw).decode()
+    for payload, item_json in zip(payloads, payload_json, strict=True):
         if kind == "mo":
             mo = mo_record(payload, sub_account=sub_account, received_at=received_at)
             records.append(
@@ -94,7 +91,7 @@ def build_event_records(
                     sent_status_code=None,
                     delivered_status_code=None,
                     received_at=received_at,
-                    payload_json=payload_json,
+                    payload_json=item_json,
                     mo=mo,
                 )
             )
@@ -108,7 +105,7 @@ def build_event_records(
                 sent_status_code=payload.sent_status_code,
                 delivered_status_code=payload.delivered_status_code if kind == "dlr" else None,
                 received_at=received_at,
-                payload_json=payload_json,
+                payload_json=item_json,
                 status=status,
             )
         )
