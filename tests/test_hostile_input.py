@@ -13,10 +13,11 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db import users
 from app.rules.scope import Role
-from tests.conftest import add_key
+from tests.conftest import add_key, fetch_all
 
 # Response-side checks: no 5xx, every status / content type / header / body as documented,
 # credentials really enforced, 405 with a correct Allow. The request-side heuristics
@@ -146,3 +147,52 @@ async def test_405_names_every_method_the_path_serves(client: httpx.AsyncClient)
     assert response.status_code == 405
     assert response.headers["allow"] == "GET, POST"
     assert response.json()["error"]["code"] == "method_not_allowed"
+
+
+# Texts that any hand-made encoding of a batch would get wrong: quotes, backslashes, escapes,
+# separators and control characters, the words null and NULL, and characters beyond the BMP.
+TRICKY_TEXTS = [
+    'say "hi"',
+    "back\\slash \\n not a newline",
+    "line\nbreak\ttab\r\x1e\x1f\x7f",
+    "null",
+    "NULL",
+    '{"a": [1, 2]}',
+    "a,b;c|d",
+    "emoji \U0001f600 and é",
+]
+
+
+async def test_tricky_texts_in_a_batch_are_stored_exactly(hook: Any, engine: AsyncEngine) -> None:
+    dlrs = [
+        {
+            "id": f"tricky-{n}",
+            "correlationId": text,
+            "carrierName": text,
+            "extraInfo": text,
+            "sentStatusCode": 2,
+            "sentStatus": text,
+        }
+        for n, text in enumerate(TRICKY_TEXTS)
+    ]
+    mos = [{"id": f"reply-{n}", "messageText": text} for n, text in enumerate(TRICKY_TEXTS)]
+
+    assert (await hook("dlr", dlrs)).status_code == 200
+    assert (await hook("mo", mos)).status_code == 200
+
+    rows = await fetch_all(
+        engine,
+        "SELECT id, correlation_id, carrier_name, extra_info, sent_status FROM messages",
+    )
+    stored = {row["id"]: row for row in rows}
+    for n, text in enumerate(TRICKY_TEXTS):
+        row = stored[f"tricky-{n}"]
+        assert (row["correlation_id"], row["carrier_name"], row["extra_info"]) == (text,) * 3
+        assert row["sent_status"] == text
+    replies = await fetch_all(engine, "SELECT id, message_text FROM mos")
+    assert {r["id"]: r["message_text"] for r in replies} == {
+        f"reply-{n}": text for n, text in enumerate(TRICKY_TEXTS)
+    }
+    payloads = await fetch_all(engine, "SELECT payload FROM events WHERE kind = 'dlr'")
+    assert sorted(p["payload"]["id"] for p in payloads) == sorted(d["id"] for d in dlrs)
+    assert all(p["payload"] in dlrs for p in payloads)
