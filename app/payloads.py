@@ -46,7 +46,9 @@ def drop_blank_fields(item: Any) -> Any:
     }
 
 
-def _as_utc(value: Any) -> Any:
+def as_utc(value: Any) -> Any:
+    """A validator: a datetime in UTC, one without offset read as UTC (Wavy's dates are, and
+    so are the API's); refused if UTC takes it past the calendar."""
     if not isinstance(value, datetime):
         return value
     if value.tzinfo is None:
@@ -65,7 +67,7 @@ OptKey = Annotated[str, Field(max_length=MAX_KEY_CHARS)] | None
 OptCode = Annotated[int, Field(ge=0, le=MAX_INT32)] | None
 OptId = Annotated[int, Field(ge=0, le=2**63 - 1)] | None
 OptEpochMs = Annotated[int, Field(ge=0, le=MAX_EPOCH_MS)] | None
-OptDate = Annotated[datetime, AfterValidator(_as_utc)] | None
+OptDate = Annotated[datetime, AfterValidator(as_utc)] | None
 MessageId = Annotated[str, Field(min_length=1, max_length=MAX_KEY_CHARS)]
 # Documented both as "64" and 1234: kept as text (see ``campaign_text``) without loss.
 Campaign = StrictInt | Annotated[str, Field(max_length=MAX_KEY_CHARS)] | None

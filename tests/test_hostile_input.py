@@ -128,6 +128,43 @@ async def test_a_bare_number_is_not_taken_for_a_time(
     assert response.json()["error"]["details"][0]["field"] == "query.start"
 
 
+@pytest.mark.parametrize(
+    ("path", "name"),
+    [
+        ("/v1/sms/status", "from"),
+        ("/v1/sms/status", "to"),
+        ("/v1/sms/receive/search", "start"),
+        ("/v1/sms/receive/search", "end"),
+        ("/v1/stats", "from"),
+        ("/v1/stats", "to"),
+    ],
+)
+@pytest.mark.parametrize("value", ["9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+14:00"])
+async def test_a_time_beyond_the_calendar_once_in_utc_gets_422(
+    client: httpx.AsyncClient, admin_headers: dict[str, str], path: str, name: str, value: str
+) -> None:
+    """Valid ISO-8601, but past year 9999 (or before year 1) once converted to UTC: the
+    driver could not send it and the search answered 500."""
+    response = await client.get(path, params={name: value}, headers=admin_headers)
+
+    assert response.status_code == 422
+    assert response.json()["error"]["details"][0]["field"] == f"query.{name}"
+
+
+async def test_times_with_an_offset_are_read_as_the_same_instant_in_utc(
+    client: httpx.AsyncClient, admin_headers: dict[str, str]
+) -> None:
+    response = await client.get(
+        "/v1/sms/receive/search",
+        params={"start": "2026-01-01T09:30:00+05:30", "end": "2026-01-01T06:00:00"},
+        headers=admin_headers,
+    )
+
+    assert response.status_code == 200
+    assert response.json()["start"].startswith("2026-01-01T04:00:00")
+    assert response.json()["end"].startswith("2026-01-01T06:00:00")
+
+
 async def test_a_window_ending_in_year_one_is_answered(
     client: httpx.AsyncClient, admin_headers: dict[str, str]
 ) -> None:

@@ -4,7 +4,6 @@ errors, and the answer of a safe change feed."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import Query
@@ -17,13 +16,6 @@ from app.rules.scope import Scope
 
 Limit = Annotated[int, Query(ge=1, le=1000, description="At most this many items (1-1000)")]
 After = Annotated[str | None, Query(description="`next` of the previous page")]
-
-
-def as_utc(moment: datetime | None) -> datetime | None:
-    """A time without offset in a query means UTC."""
-    if moment is None or moment.tzinfo is not None:
-        return moment
-    return moment.replace(tzinfo=UTC)
 
 
 def bad_cursor() -> ApiError:

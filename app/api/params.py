@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BeforeValidator
 
-from app.payloads import REPLACEMENT_CHARACTER
+from app.payloads import REPLACEMENT_CHARACTER, as_utc
 
 
 def _nul_as_stored(value: str) -> str:
@@ -30,4 +30,6 @@ def _iso_8601_only(value: Any) -> Any:
 
 
 SearchText = Annotated[str, AfterValidator(_nul_as_stored)]
-IsoTime = Annotated[datetime, BeforeValidator(_iso_8601_only)]
+# In UTC once validated, like the payloads' dates: the routes compare and echo one form, and
+# a time that UTC takes past year 9999 is a 422, not a value the driver cannot send.
+IsoTime = Annotated[datetime, BeforeValidator(_iso_8601_only), AfterValidator(as_utc)]

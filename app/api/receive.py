@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 
 from app.api.deps import EngineDep, ReaderDep, ScopeDep
 from app.api.errors import ApiError, OrjsonResponse, responses
-from app.api.paging import After, Limit, as_utc, bad_cursor, feed_response
+from app.api.paging import After, Limit, bad_cursor, feed_response
 from app.api.params import IsoTime
 from app.api.schemas import MoChanges, MoEnvelope, iso, mo_out
 from app.db import reads
@@ -81,8 +81,8 @@ async def search_replies(
     limit: Limit = 1000,
     cursor: Annotated[str | None, Query(description="`next` of the previous page")] = None,
 ) -> OrjsonResponse:
-    window_end = as_utc(end) or datetime.now(UTC)
-    window_start = as_utc(start) or _days_before(window_end)
+    window_end = end or datetime.now(UTC)
+    window_start = start or _days_before(window_end)
     if window_start > window_end:
         raise ApiError(422, "invalid_window", "start is after end")
     try:

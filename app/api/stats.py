@@ -9,7 +9,6 @@ from fastapi import APIRouter, Query
 
 from app.api.deps import EngineDep, ScopeDep
 from app.api.errors import ApiError, OrjsonResponse, responses
-from app.api.paging import as_utc
 from app.api.params import IsoTime, SearchText
 from app.api.schemas import StatsAnswer, iso
 from app.db.stats import StatsWindow, rollup_counts
@@ -61,9 +60,9 @@ async def delivery_stats(
     campaign_id: Annotated[SearchText | None, Query(alias="campaignId")] = None,
     group_by: Annotated[GroupBy, Query(alias="groupBy")] = "day",
 ) -> OrjsonResponse:
-    last_hour = _hour_floor(as_utc(to) or datetime.now(UTC))
+    last_hour = _hour_floor(to or datetime.now(UTC))
     try:
-        first_hour = _hour_floor(as_utc(from_) or last_hour - DEFAULT_WINDOW)
+        first_hour = _hour_floor(from_ or last_hour - DEFAULT_WINDOW)
     except OverflowError:
         first_hour = datetime.min.replace(tzinfo=UTC)
     if first_hour > last_hour:

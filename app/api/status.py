@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 
 from app.api.deps import EngineDep, ReaderDep, ScopeDep
 from app.api.errors import ApiError, OrjsonResponse, responses
-from app.api.paging import After, Limit, as_utc, bad_cursor, feed_response
+from app.api.paging import After, Limit, bad_cursor, feed_response
 from app.api.params import IsoTime, SearchText
 from app.api.schemas import (
     StatusChanges,
@@ -115,8 +115,8 @@ async def list_statuses(
         campaign_id=campaign_id,
         sent_status_code=sent_status_code,
         delivered_status_code=delivered_status_code,
-        first_seen_from=as_utc(from_),
-        first_seen_to=as_utc(to),
+        first_seen_from=from_,
+        first_seen_to=to,
     )
     async with engine.connect() as conn:
         rows = await reads.list_statuses(conn, scope, filters, before, limit + 1)
