@@ -200,7 +200,7 @@ async def _store(
     records = build_event_records(
         kind,
         parsed.payloads,
-        parsed.payload_json,
+        parsed.payloads_json,
         sub_account=context.caller.sub_account,
         received_at=received_at,
     )

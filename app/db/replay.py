@@ -60,7 +60,7 @@ async def replay_rejected(engine: AsyncEngine, rejected_id: int, *, max_items: i
     records = build_event_records(
         row.endpoint,
         parsed.payloads,
-        parsed.payload_json,
+        parsed.payloads_json,
         sub_account=row.sub_account,
         received_at=row.received_at,
     )

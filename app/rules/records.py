@@ -73,14 +73,14 @@ def mo_record(mo: Mo, *, sub_account: str | None, received_at: datetime) -> MoRe
 def build_event_records(
     kind: str,
     payloads: list[Any],
-    payload_json: list[str],
+    payloads_json: list[str],
     *,
     sub_account: str | None,
     received_at: datetime,
 ) -> list[EventRecord]:
     """Pair each validated payload with its JSON text (unknown fields included)."""
     records: list[EventRecord] = []
-    for payload, item_json in zip(payloads, payload_json, strict=True):
+    for payload, item_json in zip(payloads, payloads_json, strict=True):
         if kind == "mo":
             mo = mo_record(payload, sub_account=sub_account, received_at=received_at)
             records.append(

@@ -42,7 +42,7 @@ class BodyRejected(Exception):
 class ParsedBody:
     payloads: list[Any]
     # Each item as JSON text, unknown fields included: what its event row keeps.
-    payload_json: list[str]
+    payloads_json: list[str]
 
 
 def refused_by_database(sqlstate: str) -> BodyRejected:
@@ -109,7 +109,7 @@ def validate_document(kind: str, document: Any, *, max_items: int) -> ParsedBody
             f"{failed} {noun} failed validation; nothing was stored",
             details,
         ) from None
-    return ParsedBody(payloads=payloads, payload_json=items_as_json(items))
+    return ParsedBody(payloads=payloads, payloads_json=items_as_json(items))
 
 
 def items_as_json(items: list[Any]) -> list[str]:
