@@ -27,7 +27,8 @@ HOUR = timedelta(hours=1)
 
 
 def _hour_floor(moment: datetime) -> datetime:
-    return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    # Already UTC (IsoTime validates into UTC): the hour is a rollup hour.
+    return moment.replace(minute=0, second=0, microsecond=0)
 
 
 def _group(group_by: GroupBy, key: str, counts: GroupCounts) -> dict[str, object]:
