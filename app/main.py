@@ -44,7 +44,11 @@ Errors always have the shape `{"error": {"code": ..., "message": ..., "details":
 
 
 # Young objects collected when their count grows by this much (CPython's default is 700).
-GC_YOUNG_THRESHOLD = 10_000
+# A batch's objects (parsed items, models, records) live until its commit, ~0.1-0.2 s: at
+# 10,000 they outlived a collection and were walked again in the older generations, 11% of
+# the service's CPU under 1000-item arrays (1.1 s of 10.3 s in 15 s); at 100,000 they die
+# first (0.035 s). At most 100,000 small objects wait for a collection: a few MB.
+GC_YOUNG_THRESHOLD = 100_000
 
 
 def tune_garbage_collector() -> None:
