@@ -15,7 +15,7 @@ import httpx
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import String, text
+from sqlalchemy import Connection, String, inspect, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.db.engine import normalize_database_url
@@ -49,9 +49,17 @@ def test_migrations_upgrade_downgrade_and_upgrade_again(empty_database: str) -> 
     assert asyncio.run(table_names(empty_database)) == expected
 
 
+def primary_keys(sync: Connection) -> dict[str, list[str]]:
+    inspector = inspect(sync)
+    return {
+        name: inspector.get_pk_constraint(name)["constrained_columns"] for name in metadata.tables
+    }
+
+
 async def schema_differences(url: str) -> list[object]:
-    """What Alembic's autogenerate would still change, plus the column collations it cannot
-    see (it ignores a collation the database lacks and the model names)."""
+    """What Alembic's autogenerate would still change, plus what it does not compare: the
+    primary keys' columns and the column collations (it ignores a collation the database
+    lacks and the model names)."""
     engine = create_async_engine(normalize_database_url(url))
     try:
         async with engine.connect() as conn:
@@ -60,6 +68,7 @@ async def schema_differences(url: str) -> list[object]:
                     MigrationContext.configure(sync, opts={"compare_type": True}), metadata
                 )
             )
+            migrated_keys = await conn.run_sync(primary_keys)
             rows = await conn.execute(
                 text(
                     "SELECT table_name, column_name, collation_name FROM information_schema.columns"
@@ -77,6 +86,12 @@ async def schema_differences(url: str) -> list[object]:
     }
     if migrated != declared:
         differences.append(("collations", sorted(migrated.items()), sorted(declared.items())))
+    declared_keys = {
+        name: [column.name for column in table.primary_key.columns]
+        for name, table in metadata.tables.items()
+    }
+    if migrated_keys != declared_keys:
+        differences.append(("primary keys", migrated_keys, declared_keys))
     return differences
 
 

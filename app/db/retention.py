@@ -33,11 +33,16 @@ _OLD_ROWS = {
 }
 
 
+# How a row is found again: its primary key (the events' leads with received_at).
+_ROW_KEY = {"events": "received_at, id"}
+
+
 def _purge_batch_statement(table: str, old: str) -> str:
     """At most :batch old rows of one table, skipping rows a writer holds locked."""
+    key = _ROW_KEY.get(table, "id")
     return (
-        f"DELETE FROM {table} WHERE id IN ("  # noqa: S608 - constant table names and predicates
-        f"SELECT id FROM {table} WHERE {old} LIMIT :batch FOR UPDATE SKIP LOCKED)"
+        f"DELETE FROM {table} WHERE ({key}) IN ("  # noqa: S608 - constant names and predicates
+        f"SELECT {key} FROM {table} WHERE {old} LIMIT :batch FOR UPDATE SKIP LOCKED)"
     )
 
 
