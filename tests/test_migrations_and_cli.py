@@ -56,10 +56,24 @@ def primary_keys(sync: Connection) -> dict[str, list[str]]:
     }
 
 
+def _predicate(where: object) -> str:
+    return " ".join(str(where).replace("(", "").replace(")", "").split())
+
+
+def index_predicates(sync: Connection) -> dict[str, str]:
+    inspector = inspect(sync)
+    return {
+        str(index["name"]): _predicate(index["dialect_options"]["postgresql_where"])
+        for name in metadata.tables
+        for index in inspector.get_indexes(name)
+        if index.get("dialect_options", {}).get("postgresql_where") is not None
+    }
+
+
 async def schema_differences(url: str) -> list[object]:
     """What Alembic's autogenerate would still change, plus what it does not compare: the
-    primary keys' columns and the column collations (it ignores a collation the database
-    lacks and the model names)."""
+    primary keys' columns, the partial indexes' predicates and the column collations (it
+    ignores a collation the database lacks and the model names)."""
     engine = create_async_engine(normalize_database_url(url))
     try:
         async with engine.connect() as conn:
@@ -69,6 +83,7 @@ async def schema_differences(url: str) -> list[object]:
                 )
             )
             migrated_keys = await conn.run_sync(primary_keys)
+            migrated_predicates = await conn.run_sync(index_predicates)
             rows = await conn.execute(
                 text(
                     "SELECT table_name, column_name, collation_name FROM information_schema.columns"
@@ -92,6 +107,14 @@ async def schema_differences(url: str) -> list[object]:
     }
     if migrated_keys != declared_keys:
         differences.append(("primary keys", migrated_keys, declared_keys))
+    declared_predicates = {
+        str(index.name): _predicate(index.dialect_options["postgresql"]["where"])
+        for table in metadata.tables.values()
+        for index in table.indexes
+        if index.dialect_options["postgresql"]["where"] is not None
+    }
+    if migrated_predicates != declared_predicates:
+        differences.append(("partial indexes", migrated_predicates, declared_predicates))
     return differences
 
 
