@@ -5,7 +5,8 @@
 -- response, so it is never counted as acknowledged. Acknowledged request numbers are kept as
 -- ranges ("3-900,905-2000"): one range per thread in a calm run, a few when faults strike.
 -- Environment: WAVY_BENCH_RUN (id prefix), WAVY_BENCH_BATCH (1 = single objects, else
--- array size), WAVY_BENCH_OUT (where done() writes one JSON line per thread).
+-- array size), WAVY_BENCH_OUT (where done() writes one JSON line per thread), WAVY_BENCH_KEY
+-- (a webhook key to send, if any).
 
 local threads = {}
 local next_tid = 1
@@ -25,6 +26,10 @@ function init(args)
   range_end = 0
   wrk.method = "POST"
   wrk.headers["Content-Type"] = "application/json"
+  local key = os.getenv("WAVY_BENCH_KEY") or ""
+  if key ~= "" then
+    wrk.headers["X-Webhook-Key"] = key
+  end
 end
 
 local template = '{"id":"%s","correlationId":"c-%s","carrierId":5,"carrierName":"TIM",'

@@ -4,12 +4,15 @@ in the same run, then a check that every acknowledged DLR is stored.
     .venv/bin/python -m bench.ingest                    # the full matrix (≈ 3 minutes)
     .venv/bin/python -m bench.ingest --smoke            # a few seconds; CI checks zero missing
     .venv/bin/python -m bench.ingest --soak 300         # 5 minutes, single objects, RSS watch
+    .venv/bin/python -m bench.ingest --sub-account acme # post with a key of a sub-account
 
 Scenarios: single-object posts at 64 connections and 1000-item arrays at 8 connections, with 1
 and 2 workers. For each it prints events/s and p50/p99 latency of the service and of the
 ceiling (the same app with only the database write removed), their ratio, the largest RSS of
 any server process, how many acknowledged DLRs are missing from the database (must be 0), and
 the CPU the run cost the service, PostgreSQL and wrk (they share this machine's cores).
+Without ``--sub-account`` the service runs with open ingest and no key: the DLRs belong to no
+sub-account, as with a key made without one.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.db.engine import normalize_database_url
+from app.db.queries import add_webhook_key
 from bench.common import running_service, scratch_database
 
 LUA = Path(__file__).with_name("dlr.lua")
@@ -131,7 +135,7 @@ class CpuMeter:
 
 
 def run_wrk(
-    url: str, scenario: Scenario, run_id: str, seconds: int
+    url: str, scenario: Scenario, run_id: str, seconds: int, key: str | None = None
 ) -> tuple[WrkLine, list[WrkLine]]:
     with tempfile.NamedTemporaryFile(suffix=".jsonl", delete=False) as out:
         out_path = out.name
@@ -140,6 +144,7 @@ def run_wrk(
         "WAVY_BENCH_RUN": run_id,
         "WAVY_BENCH_BATCH": str(scenario.batch),
         "WAVY_BENCH_OUT": out_path,
+        "WAVY_BENCH_KEY": key or "",
     }
     connections = scenario.connections
     subprocess.run(
@@ -206,7 +211,20 @@ async def count_missing(database_url: str, run_id: str, batch: int, threads: lis
     return missing
 
 
-def measure(database_url: str, scenario: Scenario, seconds: int, *, ceiling: bool) -> Result:
+async def add_key(database_url: str, sub_account: str) -> str:
+    """A webhook key for ``sub_account``: its DLRs are stored under it, as a tenant's are."""
+    engine = create_async_engine(normalize_database_url(database_url))
+    try:
+        async with engine.begin() as conn:
+            _, key = await add_webhook_key(conn, sub_account=sub_account)
+    finally:
+        await engine.dispose()
+    return key
+
+
+def measure(
+    database_url: str, scenario: Scenario, seconds: int, *, ceiling: bool, key: str | None
+) -> Result:
     run_id = f"{scenario.name}-{'ceiling' if ceiling else 'service'}-{time.monotonic_ns()}"
     factory = "bench.ceiling:create_ceiling_app" if ceiling else None
     with running_service(database_url, workers=scenario.workers, app_factory=factory) as (
@@ -215,7 +233,7 @@ def measure(database_url: str, scenario: Scenario, seconds: int, *, ceiling: boo
     ):
         time.sleep(1)  # let workers finish starting
         with RssWatcher(process.pid) as watcher, CpuMeter(process.pid) as cpu:
-            summary, threads = run_wrk(url, scenario, run_id, seconds)
+            summary, threads = run_wrk(url, scenario, run_id, seconds, key)
     acked_requests = acked_request_count(threads)
     result = Result(
         events_per_s=acked_requests * scenario.batch / (summary["duration_us"] / 1e6),
@@ -267,6 +285,11 @@ def main() -> None:
         metavar="NAME",
         help="run only these scenarios (single-1w single-2w array-1w array-2w)",
     )
+    parser.add_argument(
+        "--sub-account",
+        metavar="NAME",
+        help="post with a webhook key of this sub-account (default: no key, no sub-account)",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed (Debian: apt-get install wrk)")
@@ -290,6 +313,9 @@ def main() -> None:
 
     total_missing = 0
     with scratch_database("wavy_bench_ingest") as database_url:
+        key = asyncio.run(add_key(database_url, args.sub_account)) if args.sub_account else None
+        if args.sub_account:
+            print(f"posting with a webhook key of sub-account {args.sub_account!r}")
         for scenario in scenarios:
             shape = "single objects" if scenario.batch == 1 else f"{scenario.batch}-item arrays"
             print(
@@ -297,11 +323,11 @@ def main() -> None:
                 f"{scenario.workers} worker(s), {seconds} s",
                 flush=True,
             )
-            service = measure(database_url, scenario, seconds, ceiling=False)
+            service = measure(database_url, scenario, seconds, ceiling=False, key=key)
             print(line("service", service), flush=True)
             total_missing += service.missing or 0
             if ceilings:
-                ceiling = measure(database_url, scenario, seconds, ceiling=True)
+                ceiling = measure(database_url, scenario, seconds, ceiling=True, key=key)
                 print(line("ceiling", ceiling), flush=True)
                 if ceiling.errors or not ceiling.events_per_s:
                     sys.exit("the ceiling app answered errors: the comparison is meaningless")
