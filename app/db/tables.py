@@ -116,7 +116,8 @@ messages = Table(
 events = Table(
     "events",
     metadata,
-    # Unique by itself, but keyed with received_at (below): nothing looks an event up by id.
+    # An identity: unique as generated, though only (received_at, id) is enforced (below);
+    # nothing looks an event up by id alone.
     Column("id", BigInteger, Identity(), nullable=False),
     Column("kind", KEY, nullable=False),
     Column("message_id", KEY, nullable=False),

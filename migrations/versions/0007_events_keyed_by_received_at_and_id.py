@@ -3,8 +3,8 @@
 Written by hand: autogenerate saw only the dropped index, not the primary key's new columns.
 The events' key becomes (received_at, id): one index serves the purge's range and the
 history's order, where pk_events (id) and ix_events_received_at cost a right-edge insert each
-per event. id stays unique (an identity). Building the new key scans the table under an
-exclusive lock: on a big store, run it in a quiet hour.
+per event. id stays an identity (unique as generated, no longer enforced alone). Building
+the new key scans the table under an exclusive lock: on a big store, run it in a quiet hour.
 
 Revision ID: 0007
 Revises: 0006
