@@ -4,8 +4,9 @@ Written by hand: autogenerate does not see a collation added to a column that ha
 identifier columns of the big tables (message ids, sub-accounts, campaign ids, the stats'
 metric names; see ``KEY`` in app.db.tables) now compare byte by byte. No row is rewritten (text
 to text is binary-compatible), but each index on these columns is rebuilt under an exclusive
-lock: on a big store, run it in a quiet hour. Orders change only for ids outside ASCII, and
-only on databases whose default collation is not already code-point order (C.UTF-8 is).
+lock: on a big store, run it in a quiet hour. Orders change only on databases whose default
+collation is not code-point order (C.UTF-8 is): there, ids that tie on time now sort byte by
+byte ("B" before "a").
 
 Revision ID: 0006
 Revises: 0005
