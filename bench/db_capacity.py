@@ -5,6 +5,11 @@ the app does.
 
     .venv/bin/python -m bench.db_capacity                 # 200 batches of 1000 DLRs per run
     .venv/bin/python -m bench.db_capacity --batch 100
+    .venv/bin/python -m bench.db_capacity --lifecycle     # callbacks, then their DLRs
+
+The default run posts DLRs of new message ids, as the ingest benchmark does. ``--lifecycle``
+measures a campaign's real order instead: the callbacks create the messages, then the DLRs
+rewrite them, and it reports how many of those rewrites PostgreSQL could make in place (HOT).
 """
 
 from __future__ import annotations
@@ -13,17 +18,18 @@ import argparse
 import asyncio
 import time
 from datetime import UTC, datetime
+from typing import Literal
 
 import asyncpg
 
 from app.db.writer import write_records
-from app.payloads import Dlr
+from app.payloads import Callback, Dlr
 from app.rules.records import EventRecord, build_event_records
 from app.rules.webhook_body import items_as_json
 from bench.common import scratch_database
 
 
-def dlr_batch(prefix: str, size: int) -> list[dict[str, object]]:
+def callback_batch(prefix: str, size: int) -> list[dict[str, object]]:
     return [
         {
             "id": f"{prefix}-{n}",
@@ -34,25 +40,35 @@ def dlr_batch(prefix: str, size: int) -> list[dict[str, object]]:
             "sentStatusCode": 2,
             "sentStatus": "SENT_SUCCESS",
             "sentStatusAt": 1420732929252,
-            "deliveredStatusCode": 4,
-            "deliveredStatus": "DELIVERED_SUCCESS",
-            "deliveredAt": 1420732954000,
             "campaignId": 1234,
         }
         for n in range(size)
     ]
 
 
-def build_batches(count: int, size: int, tag: str) -> list[list[EventRecord]]:
+def dlr_batch(prefix: str, size: int) -> list[dict[str, object]]:
+    """The callbacks of ``callback_batch(prefix, size)``, delivered."""
+    delivered = {
+        "deliveredStatusCode": 4,
+        "deliveredStatus": "DELIVERED_SUCCESS",
+        "deliveredAt": 1420732954000,
+    }
+    return [{**callback, **delivered} for callback in callback_batch(prefix, size)]
+
+
+def build_batches(
+    count: int, size: int, tag: str, kind: Literal["callback", "dlr"] = "dlr"
+) -> list[list[EventRecord]]:
     """Records as the service builds them, made before the clock starts: the run then times
     PostgreSQL (and the driver), not pydantic."""
+    model, make_batch = (Dlr, dlr_batch) if kind == "dlr" else (Callback, callback_batch)
     batches = []
     for n in range(count):
-        raw = dlr_batch(f"{tag}-{n}", size)
-        payloads = [Dlr.model_validate(item) for item in raw]
+        raw = make_batch(f"{tag}-{n}", size)
+        payloads = [model.model_validate(item) for item in raw]
         batches.append(
             build_event_records(
-                "dlr",
+                kind,
                 payloads,
                 items_as_json(raw),
                 sub_account="acme",
@@ -82,14 +98,50 @@ async def drive(dsn: str, connections: int, batches: list[list[EventRecord]]) ->
     return committed, time.monotonic() - started
 
 
+async def messages_rewritten(dsn: str) -> tuple[int, int]:
+    """Rows of ``messages`` updated so far, and how many of those in place (HOT: no new index
+    entries, no dead ones for VACUUM)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("SELECT pg_stat_force_next_flush()")
+        row = await conn.fetchrow(
+            "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'messages'"
+        )
+    finally:
+        await conn.close()
+    assert row is not None
+    return int(row["n_tup_upd"]), int(row["n_tup_hot_upd"])
+
+
+def measure_lifecycle(dsn: str, count: int, size: int) -> None:
+    """A campaign's order on 2 connections: callbacks create the messages, DLRs rewrite them."""
+    callbacks = build_batches(count, size, "life", "callback")
+    dlrs = build_batches(count, size, "life", "dlr")
+    print(f"{count} batches of {size} per step, 2 connections, records built beforehand")
+    events, took = asyncio.run(drive(dsn, 2, callbacks))
+    print(f"  callbacks of new messages:      {events / took:9,.0f} events/s", flush=True)
+    events, took = asyncio.run(drive(dsn, 2, dlrs))
+    print(f"  DLRs of those messages:         {events / took:9,.0f} events/s", flush=True)
+    updated, in_place = asyncio.run(messages_rewritten(dsn))
+    print(f"  message rows rewritten: {updated:,}, in place (HOT): {in_place:,}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="events/s one PostgreSQL takes via the writer")
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--events", type=int, default=200_000, help="per run")
+    parser.add_argument(
+        "--lifecycle",
+        action="store_true",
+        help="callbacks of new messages, then the DLRs of those messages (2 connections)",
+    )
     args = parser.parse_args()
     count = max(1, args.events // args.batch)
     with scratch_database("wavy_bench_capacity") as url:
         dsn = url.replace("postgresql+asyncpg://", "postgresql://")
+        if args.lifecycle:
+            measure_lifecycle(dsn, count, args.batch)
+            return
         print(f"{count} batches of {args.batch} new DLRs per run, records built beforehand")
         for connections in (1, 2, 4):
             batches = build_batches(count, args.batch, f"cap{connections}")
