@@ -6,7 +6,9 @@
 -- ranges ("3-900,905-2000"): one range per thread in a calm run, a few when faults strike.
 -- Environment: WAVY_BENCH_RUN (id prefix), WAVY_BENCH_BATCH (1 = single objects, else
 -- array size), WAVY_BENCH_OUT (where done() writes one JSON line per thread), WAVY_BENCH_KEY
--- (a webhook key to send, if any).
+-- (a webhook key to send, if any), WAVY_BENCH_SCATTER ("1": each id starts with a hash of its
+-- number, so new ids land all over the indexes as Wavy's UUIDs do, instead of next to the
+-- thread's previous one; bench/ingest.py's count_missing computes the same hash).
 
 local threads = {}
 local next_tid = 1
@@ -26,6 +28,7 @@ function init(args)
   range_end = 0
   wrk.method = "POST"
   wrk.headers["Content-Type"] = "application/json"
+  scatter = os.getenv("WAVY_BENCH_SCATTER") == "1"
   local key = os.getenv("WAVY_BENCH_KEY") or ""
   if key ~= "" then
     wrk.headers["X-Webhook-Key"] = key
@@ -38,16 +41,26 @@ local template = '{"id":"%s","correlationId":"c-%s","carrierId":5,"carrierName":
   .. '"deliveredStatusCode":4,"deliveredStatus":"DELIVERED_SUCCESS",'
   .. '"deliveredAt":1420732954000,"deliveredDate":"2015-01-08T16:02:34Z","campaignId":1234}'
 
+-- Knuth's multiplicative hash of an item's number, as 10 decimal digits. Exact in doubles:
+-- the product stays below 2^53 for runs of under 3 million items per thread.
+local function scattered(n)
+  return string.format("%010.0f", (n * 2654435761) % 4294967296)
+end
+
 function request()
   sent = sent + 1
   local base = run_id .. "-" .. tid .. "-" .. sent
   local body
   if batch <= 1 then
-    body = string.format(template, base, base)
+    local id = scatter and (scattered(sent) .. "-" .. base) or base
+    body = string.format(template, id, id)
   else
     local parts = {}
     for i = 1, batch do
       local id = base .. "-" .. i
+      if scatter then
+        id = scattered((sent - 1) * batch + i) .. "-" .. id
+      end
       parts[i] = string.format(template, id, id)
     end
     body = "[" .. table.concat(parts, ",") .. "]"
