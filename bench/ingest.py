@@ -17,7 +17,7 @@ sub-account, as with a key made without one.
 
 Each DLR id starts with a hash of its number, so new ids land all over the indexes keyed by
 message id, as Wavy's random UUIDs do. ``--clustered-ids`` drops the hash: each thread's ids
-then land next to its previous ones, which made PostgreSQL about a fifth cheaper per event
+then land next to its previous ones, which made PostgreSQL about a sixth cheaper per event
 (docs/benchmarks.md) and flattered every array figure measured before.
 """
 
