@@ -7,8 +7,9 @@
 -- Environment: WAVY_BENCH_RUN (id prefix), WAVY_BENCH_BATCH (1 = single objects, else
 -- array size), WAVY_BENCH_OUT (where done() writes one JSON line per thread), WAVY_BENCH_KEY
 -- (a webhook key to send, if any), WAVY_BENCH_SCATTER ("1": each id starts with a hash of its
--- number, so new ids land all over the indexes as Wavy's UUIDs do, instead of next to the
--- thread's previous one; bench/ingest.py's count_missing computes the same hash).
+-- thread and number, so new ids land all over the indexes as Wavy's UUIDs do, instead of next
+-- to the thread's previous one, and each DLR goes to its own phone number instead of all to
+-- one; bench/ingest.py's count_missing computes the same hash).
 
 local threads = {}
 local next_tid = 1
@@ -36,15 +37,25 @@ function init(args)
 end
 
 local template = '{"id":"%s","correlationId":"c-%s","carrierId":5,"carrierName":"TIM",'
-  .. '"destination":"5519900001111","sentStatusCode":2,"sentStatus":"SENT_SUCCESS",'
+  .. '"destination":"%s","sentStatusCode":2,"sentStatus":"SENT_SUCCESS",'
   .. '"sentStatusAt":1420732929252,"sentStatusDate":"2015-01-08T16:02:09Z",'
   .. '"deliveredStatusCode":4,"deliveredStatus":"DELIVERED_SUCCESS",'
   .. '"deliveredAt":1420732954000,"deliveredDate":"2015-01-08T16:02:34Z","campaignId":1234}'
 
--- Knuth's multiplicative hash of an item's number, as 10 decimal digits. Exact in doubles:
--- the product stays below 2^53 for runs of under 3 million items per thread.
+local ONE_PHONE = "5519900001111"
+
+-- Knuth's multiplicative hash of an item's number, each thread's shifted by a 64th of the
+-- range, as 10 decimal digits. Exact in doubles: the sum stays below 2^53 for runs of under 3
+-- million items per thread.
 local function scattered(n)
-  return string.format("%010.0f", (n * 2654435761) % 4294967296)
+  return string.format("%010.0f", (n * 2654435761 + tid * 67108864) % 4294967296)
+end
+
+local function dlr(id, hash)
+  if hash then
+    return string.format(template, hash .. "-" .. id, hash .. "-" .. id, "55" .. hash)
+  end
+  return string.format(template, id, id, ONE_PHONE)
 end
 
 function request()
@@ -52,16 +63,11 @@ function request()
   local base = run_id .. "-" .. tid .. "-" .. sent
   local body
   if batch <= 1 then
-    local id = scatter and (scattered(sent) .. "-" .. base) or base
-    body = string.format(template, id, id)
+    body = dlr(base, scatter and scattered(sent))
   else
     local parts = {}
     for i = 1, batch do
-      local id = base .. "-" .. i
-      if scatter then
-        id = scattered((sent - 1) * batch + i) .. "-" .. id
-      end
-      parts[i] = string.format(template, id, id)
+      parts[i] = dlr(base .. "-" .. i, scatter and scattered((sent - 1) * batch + i))
     end
     body = "[" .. table.concat(parts, ",") .. "]"
   end

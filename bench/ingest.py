@@ -15,10 +15,11 @@ the CPU the run cost the service, PostgreSQL and wrk (they share this machine's 
 Without ``--sub-account`` the service runs with open ingest and no key: the DLRs belong to no
 sub-account, as with a key made without one.
 
-Each DLR id starts with a hash of its number, so new ids land all over the indexes keyed by
-message id, as Wavy's random UUIDs do. ``--clustered-ids`` drops the hash: each thread's ids
-then land next to its previous ones, which made PostgreSQL about a sixth cheaper per event
-(docs/benchmarks.md) and flattered every array figure measured before.
+Each DLR id starts with a hash of its thread and number, so new ids land all over the indexes
+keyed by message id, as Wavy's random UUIDs do, and each DLR goes to its own phone number.
+``--clustered-ids`` drops the hash and sends every DLR to one number, as runs before 2026-11-25
+(evening) did: each thread's ids then land next to its previous ones, which made PostgreSQL
+much cheaper per event (docs/benchmarks.md) and flattered every array figure measured before.
 """
 
 from __future__ import annotations
@@ -197,9 +198,11 @@ def acked_request_count(threads: list[WrkLine]) -> int:
     return sum(last - first + 1 for t in threads for first, last in acked_ranges(t))
 
 
-# dlr.lua's scattered(n) for item i of request c: the same hash, as the same ten digits.
+# dlr.lua's scattered(n) for item i of request c of thread :tid: the same hash, as the same
+# ten digits.
 _SCATTERED = (
-    "lpad((((c - 1) * CAST(:batch AS int) + i) * 2654435761 % 4294967296)::text, 10, '0') || '-' ||"
+    "lpad(((((c - 1) * CAST(:batch AS int) + i) * 2654435761 + CAST(:tid AS bigint) * 67108864)"
+    " % 4294967296)::text, 10, '0') || '-' ||"
 )
 
 
@@ -227,6 +230,7 @@ async def count_missing(
                     "last": last,
                     "batch": batch,
                     "prefix": f"{run_id}-{thread['tid']}-",
+                    "tid": thread["tid"],
                 }
                 missing += (await conn.execute(query, params)).scalar_one()
     await engine.dispose()
