@@ -7,7 +7,9 @@ the app does.
     .venv/bin/python -m bench.db_capacity --batch 100
     .venv/bin/python -m bench.db_capacity --lifecycle     # callbacks, then their DLRs
 
-The default run posts DLRs of new message ids, as the ingest benchmark does. ``--lifecycle``
+Ids and phone numbers are scattered over the indexes as Wavy's are (runs before 2026-11-25,
+evening, used ids that clustered and one phone number, and flattered PostgreSQL). The default
+run posts DLRs of new message ids, as the ingest benchmark does. ``--lifecycle``
 measures a campaign's real order instead: the callbacks create the messages, then the DLRs
 rewrite them, and it reports how many of those rewrites PostgreSQL could make in place (HOT).
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import time
 from datetime import UTC, datetime
 from typing import Literal
@@ -29,14 +32,21 @@ from app.rules.webhook_body import items_as_json
 from bench.common import scratch_database
 
 
+def _scattered(prefix: str, n: int) -> str:
+    """Ten digits that put item ``n`` of a batch anywhere in an index, as Wavy's random UUIDs
+    and a campaign's phone numbers land (the ingest benchmark's dlr.lua does the same)."""
+    digest = hashlib.blake2b(f"{prefix}-{n}".encode(), digest_size=8).digest()
+    return f"{int.from_bytes(digest, 'big') % 10**10:010d}"
+
+
 def callback_batch(prefix: str, size: int) -> list[dict[str, object]]:
     return [
         {
-            "id": f"{prefix}-{n}",
-            "correlationId": f"c-{prefix}-{n}",
+            "id": f"{_scattered(prefix, n)}-{prefix}-{n}",
+            "correlationId": f"c-{_scattered(prefix, n)}-{prefix}-{n}",
             "carrierId": 5,
             "carrierName": "TIM",
-            "destination": "5519900001111",
+            "destination": f"55{_scattered(prefix, n)}",
             "sentStatusCode": 2,
             "sentStatus": "SENT_SUCCESS",
             "sentStatusAt": 1420732929252,
