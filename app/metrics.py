@@ -67,6 +67,11 @@ COMMIT_SECONDS = Histogram(
     "Time to write and commit one batch",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
+REPLY_COUNTS_CORRECTED = Counter(
+    "wavy_reply_counts_corrected_total",
+    "Messages whose reply count a recount corrected: a reply and its message's first event "
+    "were committed at the same moment by two writers and missed each other",
+)
 BATCH_FAILURES = Counter(
     "wavy_writer_batch_failures_total", "Batches the database refused (their requests got 503)"
 )

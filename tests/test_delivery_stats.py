@@ -3,6 +3,8 @@ repeated events that must not be counted twice."""
 
 from __future__ import annotations
 
+import asyncio
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -12,6 +14,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db import users
+from app.db.writer import driver_connection, write_records
+from app.payloads import validate_items
 from app.rules.delivery_stats import (
     CARRIERS_WITHOUT_DLR,
     LATENCY_BUCKETS_S,
@@ -19,7 +23,9 @@ from app.rules.delivery_stats import (
     carrier_sends_dlr,
     latency_percentile,
 )
+from app.rules.records import build_event_records
 from app.rules.scope import Role
+from app.rules.webhook_body import items_as_json
 from tests.conftest import add_key
 
 T = 1_764_000_000_000  # sentAt of every message (epoch ms)
@@ -133,6 +139,36 @@ async def test_a_reply_stored_before_its_message_counts_once_the_message_arrives
 
     assert (totals["messages"], totals["mosReceived"]) == (1, 3)
     assert (totals["replies"], totals["repliedMessages"], totals["replyRate"]) == (3, 1, 1.0)
+
+
+async def test_a_reply_committed_while_another_writer_creates_its_message_still_counts(
+    app: FastAPI, hook: Any, stats: Stats
+) -> None:
+    """Another writer (another worker, say) is creating message m7 in a transaction it has not
+    committed yet when a reply to m7 is stored: neither can see the other's rows. The reply
+    must still count once both have committed."""
+    item = callback("m7", 2, "VIVO")
+    records = build_event_records(
+        "callback",
+        validate_items("callback", [item]),
+        items_as_json([item]),
+        sub_account="acme",
+        received_at=datetime.now(UTC),
+    )
+    async with app.state.engine.connect() as conn:
+        other_writer = await driver_connection(conn)
+        async with other_writer.transaction():
+            await write_records(other_writer, records)
+            assert (await hook("mo", mo("r7", "m7"))).status_code == 200
+            await asyncio.sleep(0.5)  # the recount must wait for this transaction to end
+
+    for _ in range(100):  # the recount runs once the other transaction has ended
+        totals = (await stats.get("ana"))["totals"]
+        if totals["replies"]:
+            break
+        await asyncio.sleep(0.1)
+    assert (totals["messages"], totals["mosReceived"]) == (1, 1)
+    assert (totals["replies"], totals["repliedMessages"], totals["replyRate"]) == (1, 1, 1.0)
 
 
 @pytest.mark.usefixtures("campaign")

@@ -11,6 +11,10 @@ commit): while one commits, the next gathers.
 A failed batch fails nobody yet: it is retried request by request, so one poisoned request
 cannot take its neighbours down; whatever still fails gets ``WriteFailed`` (the HTTP layer
 answers 503, never 200).
+
+After a batch with replies commits, the messages they answer get their reply counts again
+from the stored replies, once every transaction that was already running has ended (see
+``RECOUNT_REPLIES``).
 """
 
 from __future__ import annotations
@@ -32,6 +36,9 @@ from app.rules.records import EventRecord
 from app.rules.status_merge import DESCRIPTIVE_FIELDS, merge_status_events
 
 log = logging.getLogger(__name__)
+
+# What a database call can fail with that the writer survives (the next batch tries again).
+RECOVERABLE = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
 # PostgreSQL errors worth a second try of the same transaction.
 TRANSIENT_SQLSTATES = frozenset({"40001", "40P01"})  # serialization failure, deadlock
@@ -298,6 +305,44 @@ COUNT_REPLIES = """
 """
 
 
+# A reply and the first event of its message, committed at the same moment by two writers, can
+# miss each other: COUNT_REPLIES finds no message row yet, and the new row's count of earlier
+# replies (_replies_so_far) cannot see the uncommitted reply. So the messages of a batch's
+# replies are counted again, absolutely, once no transaction that began before that batch's
+# commit is still running: every such transaction has then committed or rolled back, and the
+# recount sees what it wrote. Rows are locked in id order, as the writer's batches lock them.
+RECOUNT_FROM = "SELECT clock_timestamp()"
+OLDER_TRANSACTIONS_RUNNING = """
+    SELECT EXISTS (
+        SELECT 1 FROM pg_stat_activity
+        WHERE datname = current_database() AND backend_type = 'client backend'
+          AND pid <> pg_backend_pid() AND xact_start < $1)
+"""
+RECOUNT_REPLIES = """
+    WITH answered AS (
+        SELECT m.id FROM messages AS m
+        WHERE m.id IN (SELECT json_array_elements_text($1::json))
+        ORDER BY m.id FOR UPDATE)
+    UPDATE messages AS m SET reply_count = r.n
+    FROM (SELECT mt_id, count(*)::int AS n FROM mos
+          WHERE mt_id IN (SELECT id FROM answered) GROUP BY mt_id) AS r
+    WHERE m.id = r.mt_id AND m.reply_count <> r.n
+"""
+RECOUNT_POLL_S = 0.2
+# A transaction open this long is no writer's batch (they time out far sooner): an operator's
+# idle session must not hold recounts back for ever.
+RECOUNT_MAX_WAIT_S = 60.0
+
+
+def answered_message_ids(records: list[EventRecord], new_positions: set[int]) -> set[str]:
+    """The messages that the batch's new replies answer."""
+    return {
+        mo.mt_id
+        for position in new_positions
+        if (mo := records[position].mo) is not None and mo.mt_id is not None
+    }
+
+
 def _retry_order(key: tuple[str, str, int | None, int | None]) -> tuple[str, str, int, int]:
     return (key[0], key[1], -1 if key[2] is None else key[2], -1 if key[3] is None else key[3])
 
@@ -420,6 +465,8 @@ class BatchWriter:
         self._queued_items = 0  # waiting or in flight
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+        self._to_recount: set[str] = set()  # message ids whose replies to count again
+        self._recount_wanted = asyncio.Event()
 
     @property
     def stopping(self) -> bool:
@@ -442,6 +489,7 @@ class BatchWriter:
             for n in range(self._concurrency)
         ]
         self._tasks.append(asyncio.create_task(self._expire_overdue(), name="batch-deadlines"))
+        self._tasks.append(asyncio.create_task(self._recount_replies(), name="reply-recounts"))
 
     async def stop(self) -> None:
         """Commit what was handed in, then end (graceful shutdown: nothing accepted is dropped)."""
@@ -535,7 +583,7 @@ class BatchWriter:
         started = time.perf_counter()
         try:
             results = await self._commit_with_retries(connection, batch)
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as error:
+        except RECOVERABLE as error:
             metrics.BATCH_FAILURES.inc()
             poison = could_be_poison(error)
             if not poison:
@@ -572,6 +620,10 @@ class BatchWriter:
             except asyncpg.PostgresError as error:
                 if attempt == TRANSIENT_ATTEMPTS or not _is_transient(error):
                     raise
+        answered = answered_message_ids(records, new_positions)
+        if answered:
+            self._to_recount |= answered
+            self._recount_wanted.set()
         results, offset = [], 0
         for pending in batch:
             count = len(pending.records)
@@ -579,6 +631,43 @@ class BatchWriter:
             results.append(WriteResult(received=count, duplicates=count - new))
             offset += count
         return results
+
+    async def _recount_replies(self) -> None:
+        """Count the replies of committed batches' messages again (see RECOUNT_REPLIES), on a
+        connection of its own, opened at the first batch with replies."""
+        connection = WriterConnection(self._connect)
+        try:
+            while True:
+                await self._recount_wanted.wait()
+                self._recount_wanted.clear()
+                message_ids, self._to_recount = self._to_recount, set()
+                try:
+                    await recount_replies(await connection.acquire(), message_ids)
+                except RECOVERABLE as error:
+                    log.warning("reply recount failed, will retry: %s", error)
+                    connection.discard()
+                    self._to_recount |= message_ids
+                    self._recount_wanted.set()
+                    await asyncio.sleep(1)
+        finally:
+            await connection.close()
+
+
+async def recount_replies(conn: asyncpg.Connection, message_ids: set[str]) -> int:
+    """Wait until no transaction begun before now is running (at most RECOUNT_MAX_WAIT_S),
+    then set these messages' reply counts from the stored replies. Returns how many were
+    wrong."""
+    began_before = await conn.fetchval(RECOUNT_FROM)
+    for _ in range(int(RECOUNT_MAX_WAIT_S / RECOUNT_POLL_S)):  # polls: PostgreSQL has no event
+        if not await conn.fetchval(OLDER_TRANSACTIONS_RUNNING, began_before):
+            break
+        await asyncio.sleep(RECOUNT_POLL_S)
+    status = await conn.execute(RECOUNT_REPLIES, orjson.dumps(sorted(message_ids)).decode())
+    corrected = int(status.rsplit(" ", 1)[-1])  # "UPDATE <rows>"
+    if corrected:
+        metrics.REPLY_COUNTS_CORRECTED.inc(corrected)
+        log.info("reply counts corrected for %d message(s)", corrected)
+    return corrected
 
 
 class WriterConnection:
@@ -604,7 +693,7 @@ class WriterConnection:
             conn, self._conn = self._conn, None
             try:
                 await conn.close(timeout=2)
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError):
+            except RECOVERABLE:
                 conn.terminate()
 
 
