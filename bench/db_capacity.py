@@ -39,21 +39,23 @@ def _scattered(prefix: str, n: int) -> str:
     return f"{int.from_bytes(digest, 'big') % 10**10:010d}"
 
 
+def callback(message_id: str, hashed: str) -> dict[str, object]:
+    return {
+        "id": message_id,
+        "correlationId": f"c-{message_id}",
+        "carrierId": 5,
+        "carrierName": "TIM",
+        "destination": f"55{hashed}",
+        "sentStatusCode": 2,
+        "sentStatus": "SENT_SUCCESS",
+        "sentStatusAt": 1420732929252,
+        "campaignId": 1234,
+    }
+
+
 def callback_batch(prefix: str, size: int) -> list[dict[str, object]]:
-    return [
-        {
-            "id": f"{_scattered(prefix, n)}-{prefix}-{n}",
-            "correlationId": f"c-{_scattered(prefix, n)}-{prefix}-{n}",
-            "carrierId": 5,
-            "carrierName": "TIM",
-            "destination": f"55{_scattered(prefix, n)}",
-            "sentStatusCode": 2,
-            "sentStatus": "SENT_SUCCESS",
-            "sentStatusAt": 1420732929252,
-            "campaignId": 1234,
-        }
-        for n in range(size)
-    ]
+    hashes = [_scattered(prefix, n) for n in range(size)]
+    return [callback(f"{hashed}-{prefix}-{n}", hashed) for n, hashed in enumerate(hashes)]
 
 
 def dlr_batch(prefix: str, size: int) -> list[dict[str, object]]:
