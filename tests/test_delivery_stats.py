@@ -23,10 +23,11 @@ from app.rules.delivery_stats import (
     carrier_sends_dlr,
     latency_percentile,
 )
-from app.rules.records import build_event_records
+from app.rules.records import EventRecord, build_event_records
 from app.rules.scope import Role
 from app.rules.webhook_body import items_as_json
-from tests.conftest import add_key
+from app.settings import Settings
+from tests.conftest import add_key, writes_going_to
 
 T = 1_764_000_000_000  # sentAt of every message (epoch ms)
 
@@ -51,6 +52,28 @@ def dlr(message_id: str, code: int, after_s: int, carrier: str) -> dict[str, Any
         "carrierName": carrier,
         "campaignId": "c1",
     }
+
+
+def records_of(kind: str, item: dict[str, Any]) -> list[EventRecord]:
+    """What the webhook would hand its writer for ``item``."""
+    return build_event_records(
+        kind,
+        validate_items(kind, [item]),
+        items_as_json([item]),
+        sub_account="acme",
+        received_at=datetime.now(UTC),
+    )
+
+
+async def totals_once_a_reply_counts(stats: Stats) -> dict[str, Any]:
+    """The totals as soon as they count a reply (recounts run in the background), or after
+    10 s."""
+    for _ in range(100):
+        totals: dict[str, Any] = (await stats.get("ana"))["totals"]
+        if totals["replies"]:
+            break
+        await asyncio.sleep(0.1)
+    return totals
 
 
 def mo(mo_id: str, answers: str | None) -> dict[str, Any]:
@@ -147,28 +170,63 @@ async def test_a_reply_committed_while_another_writer_creates_its_message_still_
     """Another writer (another worker, say) is creating message m7 in a transaction it has not
     committed yet when a reply to m7 is stored: neither can see the other's rows. The reply
     must still count once both have committed."""
-    item = callback("m7", 2, "VIVO")
-    records = build_event_records(
-        "callback",
-        validate_items("callback", [item]),
-        items_as_json([item]),
-        sub_account="acme",
-        received_at=datetime.now(UTC),
-    )
     async with app.state.engine.connect() as conn:
         other_writer = await driver_connection(conn)
         async with other_writer.transaction():
-            await write_records(other_writer, records)
+            await write_records(other_writer, records_of("callback", callback("m7", 2, "VIVO")))
             assert (await hook("mo", mo("r7", "m7"))).status_code == 200
             await asyncio.sleep(0.5)  # the recount must wait for this transaction to end
 
-    for _ in range(100):  # the recount runs once the other transaction has ended
-        totals = (await stats.get("ana"))["totals"]
-        if totals["replies"]:
-            break
-        await asyncio.sleep(0.1)
+    totals = await totals_once_a_reply_counts(stats)
     assert (totals["messages"], totals["mosReceived"]) == (1, 1)
     assert (totals["replies"], totals["repliedMessages"], totals["replyRate"]) == (1, 1, 1.0)
+
+
+async def store_a_reply_and_its_message_at_the_same_moment(
+    app: FastAPI, message_id: str, reply_id: str
+) -> None:
+    """Two writers outside any worker: one creates the message while the other stores the
+    reply, so neither sees the other's row and the count is left to a queued recount."""
+    engine = app.state.engine
+    async with engine.connect() as message_conn, engine.connect() as reply_conn:
+        message_writer, reply_writer = (
+            await driver_connection(message_conn),
+            await driver_connection(reply_conn),
+        )
+        async with message_writer.transaction():
+            message = callback(message_id, 2, "VIVO")
+            await write_records(message_writer, records_of("callback", message))
+            await write_records(reply_writer, records_of("mo", mo(reply_id, message_id)))
+
+
+async def test_a_reply_count_left_short_by_a_worker_killed_before_its_recount_is_corrected(
+    app: FastAPI, settings: Settings, database_url: str, stats: Stats
+) -> None:
+    """The same race, but the worker that stored the reply dies before its recount (here the
+    reply is written without any worker's writer, so no worker's memory knows of it). The
+    recount it queued with the reply is taken by another worker: one starting, here."""
+    await store_a_reply_and_its_message_at_the_same_moment(app, "m8", "r8")
+
+    async with writes_going_to(app, settings, database_url):
+        totals = await totals_once_a_reply_counts(stats)
+    assert (totals["messages"], totals["mosReceived"]) == (1, 1)
+    assert (totals["replies"], totals["repliedMessages"]) == (1, 1)
+
+
+async def test_an_operators_idle_session_does_not_hold_reply_recounts_back(
+    app: FastAPI, settings: Settings, database_url: str, stats: Stats
+) -> None:
+    """A recount waits for transactions older than its replies' commit, since one of them may
+    be creating their message; a session that has written nothing cannot be, so an operator's
+    psql left idle in a transaction must not delay the recount (by up to a minute)."""
+    await store_a_reply_and_its_message_at_the_same_moment(app, "m9", "r9")
+    async with app.state.engine.connect() as operator:
+        await operator.execute(text("SELECT count(*) FROM messages"))  # BEGIN, then idle
+
+        async with writes_going_to(app, settings, database_url):
+            totals = await totals_once_a_reply_counts(stats)
+        assert operator.in_transaction()
+    assert (totals["replies"], totals["repliedMessages"]) == (1, 1)
 
 
 @pytest.mark.usefixtures("campaign")

@@ -176,6 +176,17 @@ mos = Table(
     Index(None, "sub_account", "tx_id", "seq", postgresql_where=SCOPED),
 )
 
+# Messages whose reply counts are to be counted again (app.db.writer's RECOUNT_REPLIES), queued
+# in the transaction that stores their replies: a worker killed before its recount, or a replay,
+# leaves the work to the next sweep of any worker instead of a count one short.
+reply_recounts = Table(
+    "reply_recounts",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("message_id", KEY, nullable=False),
+    Column("queued_at", TS, nullable=False, server_default=text("now()")),
+)
+
 # Delivery statistics per hour, sub-account, campaign and carrier, kept by triggers on
 # messages and mos (migrations 0004, 0005; rules in app.rules.delivery_stats). '' stands for "none"
 # in the key columns so that they can form the primary key.

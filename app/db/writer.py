@@ -12,14 +12,17 @@ A failed batch fails nobody yet: it is retried request by request, so one poison
 cannot take its neighbours down; whatever still fails gets ``WriteFailed`` (the HTTP layer
 answers 503, never 200).
 
-After a batch with replies commits, the messages they answer get their reply counts again
-from the stored replies, once every transaction that was already running has ended (see
-``RECOUNT_REPLIES``).
+A batch with replies also queues the messages they answer (table reply_recounts, in the same
+transaction); a sweep on a connection of its own sets their reply counts again from the stored
+replies once every transaction that was already running has ended (see ``RECOUNT_REPLIES``).
+Being in the database, the queue outlives the worker: any worker's sweep takes what another
+one, killed in between, or a replay left.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -295,12 +298,16 @@ def _build_write_events_and_statuses() -> str:
 
 WRITE_EVENTS_AND_STATUSES = _build_write_events_and_statuses()
 
-# New replies counted on the message they answer (the delivery stats' reply rate). An MO
-# stored before its message is counted when the message row is created (_replies_so_far).
+# New replies counted on the message they answer (the delivery stats' reply rate), and their
+# messages queued for a recount (below). An MO stored before its message is counted when the
+# message row is created (_replies_so_far).
 COUNT_REPLIES = """
+    WITH replies AS (
+        SELECT mt_id, count(*)::int AS n FROM json_array_elements_text($1::json) AS u(mt_id)
+        GROUP BY mt_id),
+    queued AS (INSERT INTO reply_recounts (message_id) SELECT mt_id FROM replies)
     UPDATE messages AS m SET reply_count = m.reply_count + r.n
-    FROM (SELECT mt_id, count(*)::int AS n FROM json_array_elements_text($1::json) AS u(mt_id)
-          GROUP BY mt_id) AS r
+    FROM replies AS r
     WHERE m.id = r.mt_id
 """
 
@@ -310,18 +317,34 @@ COUNT_REPLIES = """
 # replies (_replies_so_far) cannot see the uncommitted reply. So the messages of a batch's
 # replies are counted again, absolutely, once no transaction that began before that batch's
 # commit is still running: every such transaction has then committed or rolled back, and the
-# recount sees what it wrote. Rows are locked in id order, as the writer's batches lock them.
+# recount sees what it wrote. The queue is read first and the clock after, so every queued row
+# read was committed before the time waited on.
+#
+# A session idle in a transaction that has written nothing (no xid: an operator's psql after a
+# SELECT, say) is not waited for: under READ COMMITTED its next statement sees the replies.
+QUEUED_RECOUNTS = "SELECT id FROM reply_recounts ORDER BY id LIMIT $1"
+RECOUNT_CHUNK = 10_000
 RECOUNT_FROM = "SELECT clock_timestamp()"
 OLDER_TRANSACTIONS_RUNNING = """
     SELECT EXISTS (
         SELECT 1 FROM pg_stat_activity
         WHERE datname = current_database() AND backend_type = 'client backend'
-          AND pid <> pg_backend_pid() AND xact_start < $1)
+          AND pid <> pg_backend_pid() AND xact_start < $1
+          AND (backend_xid IS NOT NULL OR state <> 'idle in transaction'))
 """
+# Claims the queued rows read (those another worker's sweep holds are skipped) and deletes
+# them in the statement that recounts their messages: a recount cut short leaves them queued.
+# Message rows are locked in id order, as the writer's batches lock them.
 RECOUNT_REPLIES = """
-    WITH answered AS (
+    WITH claimed AS (
+        DELETE FROM reply_recounts WHERE id IN (
+            SELECT id FROM reply_recounts
+            WHERE id IN (SELECT json_array_elements_text($1::json)::bigint)
+            FOR UPDATE SKIP LOCKED)
+        RETURNING message_id),
+    answered AS (
         SELECT m.id FROM messages AS m
-        WHERE m.id IN (SELECT json_array_elements_text($1::json))
+        WHERE m.id IN (SELECT message_id FROM claimed)
         ORDER BY m.id FOR UPDATE)
     UPDATE messages AS m SET reply_count = r.n
     FROM (SELECT mt_id, count(*)::int AS n FROM mos
@@ -329,18 +352,20 @@ RECOUNT_REPLIES = """
     WHERE m.id = r.mt_id AND m.reply_count <> r.n
 """
 RECOUNT_POLL_S = 0.2
-# A transaction open this long is no writer's batch (they time out far sooner): an operator's
-# idle session must not hold recounts back for ever.
+# A transaction open this long is no writer's batch (they time out far sooner): a session
+# that wrote and then idles must not hold recounts back for ever.
 RECOUNT_MAX_WAIT_S = 60.0
+# How often each worker looks for recounts it was not told about: left by a worker killed
+# before its recount, or queued by a replay.
+RECOUNT_SWEEP_S = 5.0
 
 
-def answered_message_ids(records: list[EventRecord], new_positions: set[int]) -> set[str]:
-    """The messages that the batch's new replies answer."""
-    return {
-        mo.mt_id
+def answers_a_message(records: list[EventRecord], new_positions: set[int]) -> bool:
+    """True when a new reply of the batch names the message it answers (a recount is queued)."""
+    return any(
+        (mo := records[position].mo) is not None and mo.mt_id is not None
         for position in new_positions
-        if (mo := records[position].mo) is not None and mo.mt_id is not None
-    }
+    )
 
 
 def _retry_order(key: tuple[str, str, int | None, int | None]) -> tuple[str, str, int, int]:
@@ -465,7 +490,6 @@ class BatchWriter:
         self._queued_items = 0  # waiting or in flight
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
-        self._to_recount: set[str] = set()  # message ids whose replies to count again
         self._recount_wanted = asyncio.Event()
 
     @property
@@ -620,9 +644,7 @@ class BatchWriter:
             except asyncpg.PostgresError as error:
                 if attempt == TRANSIENT_ATTEMPTS or not _is_transient(error):
                     raise
-        answered = answered_message_ids(records, new_positions)
-        if answered:
-            self._to_recount |= answered
+        if answers_a_message(records, new_positions):
             self._recount_wanted.set()
         results, offset = [], 0
         for pending in batch:
@@ -633,41 +655,43 @@ class BatchWriter:
         return results
 
     async def _recount_replies(self) -> None:
-        """Count the replies of committed batches' messages again (see RECOUNT_REPLIES), on a
-        connection of its own, opened at the first batch with replies."""
+        """Take the queued recounts (see RECOUNT_REPLIES) on a connection of its own: at once
+        when this worker stored replies, else every RECOUNT_SWEEP_S (and at start)."""
         connection = WriterConnection(self._connect)
         try:
             while True:
-                await self._recount_wanted.wait()
                 self._recount_wanted.clear()
-                message_ids, self._to_recount = self._to_recount, set()
                 try:
-                    await recount_replies(await connection.acquire(), message_ids)
-                except RECOVERABLE as error:
+                    while await recount_queued_replies(await connection.acquire()):
+                        pass
+                except RECOVERABLE as error:  # the queue keeps them for the next sweep
                     log.warning("reply recount failed, will retry: %s", error)
                     connection.discard()
-                    self._to_recount |= message_ids
-                    self._recount_wanted.set()
-                    await asyncio.sleep(1)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(RECOUNT_SWEEP_S):
+                        await self._recount_wanted.wait()
         finally:
             await connection.close()
 
 
-async def recount_replies(conn: asyncpg.Connection, message_ids: set[str]) -> int:
-    """Wait until no transaction begun before now is running (at most RECOUNT_MAX_WAIT_S),
-    then set these messages' reply counts from the stored replies. Returns how many were
-    wrong."""
+async def recount_queued_replies(conn: asyncpg.Connection, chunk: int = RECOUNT_CHUNK) -> bool:
+    """Take up to ``chunk`` queued recounts, wait until no transaction begun before they were
+    read is running (at most RECOUNT_MAX_WAIT_S), then set their messages' reply counts from
+    the stored replies. Returns True when the queue may hold more."""
+    queued = [row["id"] for row in await conn.fetch(QUEUED_RECOUNTS, chunk)]
+    if not queued:
+        return False
     began_before = await conn.fetchval(RECOUNT_FROM)
     for _ in range(int(RECOUNT_MAX_WAIT_S / RECOUNT_POLL_S)):  # polls: PostgreSQL has no event
         if not await conn.fetchval(OLDER_TRANSACTIONS_RUNNING, began_before):
             break
         await asyncio.sleep(RECOUNT_POLL_S)
-    status = await conn.execute(RECOUNT_REPLIES, orjson.dumps(sorted(message_ids)).decode())
+    status = await conn.execute(RECOUNT_REPLIES, orjson.dumps(queued).decode())
     corrected = int(status.rsplit(" ", 1)[-1])  # "UPDATE <rows>"
     if corrected:
         metrics.REPLY_COUNTS_CORRECTED.inc(corrected)
         log.info("reply counts corrected for %d message(s)", corrected)
-    return corrected
+    return len(queued) == chunk
 
 
 class WriterConnection:
