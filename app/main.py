@@ -25,6 +25,7 @@ from app.db.engine import create_engine, start_embedded_postgres, writer_connect
 from app.db.key_registry import KeyRegistry
 from app.db.migrate import head_revision
 from app.db.retention import purge_periodically
+from app.db.stats import fold_stats_periodically
 from app.db.writer import BatchWriter
 from app.payloads import Callback, Dlr, Mo
 from app.settings import Settings
@@ -84,7 +85,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     await writer.start()
     app.state.engine, app.state.writer, app.state.key_registry = engine, writer, registry
     app.state.schema_head = head_revision()
-    background = [asyncio.create_task(_sample_gauges(engine, writer), name="sample-gauges")]
+    background = [
+        asyncio.create_task(_sample_gauges(engine, writer), name="sample-gauges"),
+        asyncio.create_task(fold_stats_periodically(engine), name="stats-fold"),
+    ]
     retention_age = settings.retention_age()
     if retention_age is not None:
         purge = purge_periodically(engine, retention_age, settings.purge_interval_s)

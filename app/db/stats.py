@@ -1,32 +1,61 @@
-"""The stats API's one query: rollup counts in a window, scoped, summed per group. It reads
-``stats_rollup`` only (kept by triggers, see migrations 0004 and 0005), never the raw tables,
-so its cost follows the number of hours, carriers and campaigns in the window, not of
-messages."""
+"""The delivery stats' database side: the stats API's one query (rollup counts in a window,
+scoped, summed per group) and the fold that keeps the rollup compact.
+
+The triggers of migrations 0004, 0005 and 0010 append each statement's contributions to
+``stats_deltas``; ``fold_stats_deltas`` moves them into ``stats_rollup`` every few seconds.
+Reads add up both tables, never the raw ones, so their cost follows the number of hours,
+carriers and campaigns in the window (plus a few seconds of deltas), not of messages."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, select
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import ColumnElement, and_, func, select, text, union_all
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app.db.tables import stats_rollup
+from app.db.tables import stats_deltas, stats_rollup
 from app.rules.delivery_stats import GroupBy
 from app.rules.scope import Scope
+
+log = logging.getLogger(__name__)
+
+# The rollup as it stands: folded rows and the deltas not folded yet. The window's conditions
+# reach into both branches (PostgreSQL pushes them down), so the rollup's indexes still serve.
+_COLUMNS = ("sub_account", "hour", "campaign_id", "carrier_name", "metric", "value", "count")
+current_rollup = union_all(
+    select(*(stats_rollup.c[name] for name in _COLUMNS)),
+    select(*(stats_deltas.c[name] for name in _COLUMNS)),
+).subquery("current_rollup")
+
+# Only one fold at a time (workers and replicas alike); one that finds it taken skips a turn.
+FOLD_LOCK = "SELECT pg_try_advisory_xact_lock(hashtext('wavy-webhooks stats fold'))"
+# Moves every committed delta into the rollup in one statement, the rollup's rows in key order.
+# Writers never touch stats_rollup, so nothing else waits on these row locks.
+_KEY = "sub_account, hour, campaign_id, carrier_name, metric, value"
+FOLD = f"""
+    WITH folded AS (DELETE FROM stats_deltas RETURNING {_KEY}, count)
+    INSERT INTO stats_rollup AS s ({_KEY}, count)
+    SELECT {_KEY}, sum(count) FROM folded GROUP BY {_KEY} HAVING sum(count) <> 0
+    ORDER BY {_KEY}
+    ON CONFLICT ON CONSTRAINT pk_stats_rollup DO UPDATE SET count = s.count + EXCLUDED.count
+"""  # noqa: S608 - constant names only
+FOLD_INTERVAL_S = 2.0
 
 
 def _group_key(group_by: GroupBy) -> ColumnElement[Any]:
     """What rows are grouped by in SQL: raw values (formatting a time per rollup row costs more
     than the whole aggregation); ``group_label`` turns each group's key into text."""
     if group_by == "hour":
-        return stats_rollup.c.hour
+        return current_rollup.c.hour
     if group_by == "day":
-        return func.date_trunc("day", func.timezone("UTC", stats_rollup.c.hour))
+        return func.date_trunc("day", func.timezone("UTC", current_rollup.c.hour))
     if group_by == "carrier":
-        return stats_rollup.c.carrier_name
-    return stats_rollup.c.campaign_id
+        return current_rollup.c.carrier_name
+    return current_rollup.c.campaign_id
 
 
 def group_label(group_by: GroupBy, key: Any) -> str:
@@ -48,22 +77,41 @@ async def rollup_counts(
     conn: AsyncConnection, scope: Scope, window: StatsWindow, group_by: GroupBy
 ) -> list[tuple[str, str, int, int]]:
     """(group key, metric, value, count) for every non-zero count in the window."""
+    rollup = current_rollup.c
     key = _group_key(group_by).label("key")
-    conditions = [
-        stats_rollup.c.hour >= window.first_hour,
-        stats_rollup.c.hour <= window.last_hour,
-    ]
+    conditions = [rollup.hour >= window.first_hour, rollup.hour <= window.last_hour]
     if not scope.everything:
-        conditions.append(stats_rollup.c.sub_account == scope.sub_account)
+        conditions.append(rollup.sub_account == scope.sub_account)
     if window.campaign_id is not None:
-        conditions.append(stats_rollup.c.campaign_id == window.campaign_id)
-    total = func.sum(stats_rollup.c.count)
+        conditions.append(rollup.campaign_id == window.campaign_id)
+    total = func.sum(rollup.count)
     query = (
-        select(key, stats_rollup.c.metric, stats_rollup.c.value, total)
+        select(key, rollup.metric, rollup.value, total)
         .where(and_(*conditions))
-        .group_by(key, stats_rollup.c.metric, stats_rollup.c.value)
+        .group_by(key, rollup.metric, rollup.value)
         .having(total != 0)
         .order_by(key)
     )
     rows = await conn.execute(query)
     return [(group_label(group_by, row[0]), row[1], row[2], int(row[3])) for row in rows]
+
+
+async def fold_stats_deltas(engine: AsyncEngine) -> int | None:
+    """Move the committed deltas into the rollup. Returns how many rollup rows changed, or None
+    when another fold was running."""
+    async with engine.begin() as conn:
+        if not await conn.scalar(text(FOLD_LOCK)):
+            return None
+        result = await conn.execute(text(FOLD))
+    changed: int = result.rowcount
+    return changed
+
+
+async def fold_stats_periodically(engine: AsyncEngine, interval_s: float = FOLD_INTERVAL_S) -> None:
+    """The service's background fold: runs until cancelled."""
+    while True:
+        try:
+            await fold_stats_deltas(engine)
+        except Exception as error:  # a failed fold must not end the loop; deltas wait for the next
+            log.warning("stats fold failed: %s", error)
+        await asyncio.sleep(interval_s)
