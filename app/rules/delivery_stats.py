@@ -1,9 +1,10 @@
 """Delivery statistics: what each message contributes to the rollup, and how rollup counts
 become the figures the stats API answers with (rates, time-to-deliver percentiles). No I/O.
 
-The database keeps ``stats_rollup`` up to date by trigger (migrations 0004 and 0005): every
-change of a ``messages`` or ``mos`` row subtracts the row's old contribution and adds its new
-one, so the rollup always equals the current, order-independent merge, and retries or
+The database keeps ``stats_rollup`` up to date by trigger (migrations 0004, 0005 and 0010,
+through ``stats_deltas``, see app.db.stats): every change of a ``messages`` or ``mos`` row
+subtracts the row's old contribution and adds its new one, so the rollup always equals the
+current, order-independent merge, and retries or
 out-of-order events are never counted twice. The SQL twin of ``LATENCY_BUCKETS_S`` lives in
 migration 0004, that of ``CARRIERS_WITHOUT_DLR`` in 0005; tests hold them together.
 """
