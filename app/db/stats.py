@@ -35,7 +35,7 @@ current_rollup = union_all(
 FOLD_LOCK = "SELECT pg_try_advisory_xact_lock(hashtext('wavy-webhooks stats fold'))"
 # Moves every committed delta into the rollup in one statement, the rollup's rows in key order.
 # Writers never touch stats_rollup, so nothing else waits on these row locks.
-_KEY = "sub_account, hour, campaign_id, carrier_name, metric, value"
+_KEY = ", ".join(_COLUMNS[:-1])
 FOLD = f"""
     WITH folded AS (DELETE FROM stats_deltas RETURNING {_KEY}, count)
     INSERT INTO stats_rollup AS s ({_KEY}, count)

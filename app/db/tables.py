@@ -6,6 +6,8 @@ service never calls ``create_all``.
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -187,19 +189,28 @@ reply_recounts = Table(
     Column("queued_at", TS, nullable=False, server_default=text("now()")),
 )
 
+
+def _rollup_columns() -> list[Column[Any]]:
+    """The delivery counters' key and count: stats_rollup and stats_deltas hold rows alike."""
+    return [
+        Column("sub_account", KEY, nullable=False),
+        Column("hour", TS, nullable=False),
+        Column("campaign_id", KEY, nullable=False),
+        Column("carrier_name", Text, nullable=False),
+        Column("metric", KEY, nullable=False),
+        Column("value", Integer, nullable=False),
+        Column("count", BigInteger, nullable=False),
+    ]
+
+
 # Delivery statistics per hour, sub-account, campaign and carrier, kept by triggers on
-# messages and mos (migrations 0004, 0005; rules in app.rules.delivery_stats). '' stands for "none"
-# in the key columns so that they can form the primary key.
+# messages and mos through stats_deltas (migrations 0004, 0005, 0010; rules in
+# app.rules.delivery_stats). '' stands for "none" in the key columns so that they can form the
+# primary key.
 stats_rollup = Table(
     "stats_rollup",
     metadata,
-    Column("sub_account", KEY, nullable=False),
-    Column("hour", TS, nullable=False),
-    Column("campaign_id", KEY, nullable=False),
-    Column("carrier_name", Text, nullable=False),
-    Column("metric", KEY, nullable=False),
-    Column("value", Integer, nullable=False),
-    Column("count", BigInteger, nullable=False),
+    *_rollup_columns(),
     PrimaryKeyConstraint("sub_account", "hour", "campaign_id", "carrier_name", "metric", "value"),
     # Admins' unscoped windows.
     Index(None, "hour"),
@@ -211,17 +222,7 @@ stats_rollup = Table(
 # deadlock. app.db.stats folds these rows into stats_rollup every few seconds, and its reads
 # add up both tables, so the figures are current either way. No key: rows are only appended,
 # and taken all at once.
-stats_deltas = Table(
-    "stats_deltas",
-    metadata,
-    Column("sub_account", KEY, nullable=False),
-    Column("hour", TS, nullable=False),
-    Column("campaign_id", KEY, nullable=False),
-    Column("carrier_name", Text, nullable=False),
-    Column("metric", KEY, nullable=False),
-    Column("value", Integer, nullable=False),
-    Column("count", BigInteger, nullable=False),
-)
+stats_deltas = Table("stats_deltas", metadata, *_rollup_columns())
 
 # Dead letters: every body we refused (except unauthenticated ones), raw, for an operator.
 rejected_bodies = Table(
