@@ -69,8 +69,9 @@ COMMIT_SECONDS = Histogram(
 )
 REPLY_COUNTS_CORRECTED = Counter(
     "wavy_reply_counts_corrected_total",
-    "Messages whose reply count a recount corrected: a reply and its message's first event "
-    "were committed at the same moment by two writers and missed each other",
+    "Messages whose reply count a recount set: a reply and its message's first event were "
+    "committed at the same moment by two writers and missed each other, or another writer "
+    "held the message when its reply was stored",
 )
 BATCH_FAILURES = Counter(
     "wavy_writer_batch_failures_total", "Batches the database refused (their requests got 503)"

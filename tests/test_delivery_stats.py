@@ -66,12 +66,12 @@ def records_of(kind: str, item: dict[str, Any]) -> list[EventRecord]:
     )
 
 
-async def totals_once_a_reply_counts(stats: Stats) -> dict[str, Any]:
-    """The totals as soon as they count a reply (recounts run in the background), or after
-    10 s."""
+async def totals_once_a_reply_counts(stats: Stats, replies: int = 1) -> dict[str, Any]:
+    """The totals as soon as they count ``replies`` replies (recounts run in the background),
+    or after 10 s."""
     for _ in range(100):
         totals: dict[str, Any] = (await stats.get("ana"))["totals"]
-        if totals["replies"]:
+        if totals["replies"] >= replies:
             break
         await asyncio.sleep(0.1)
     return totals
@@ -228,6 +228,35 @@ async def test_an_operators_idle_session_does_not_hold_reply_recounts_back(
             totals = await totals_once_a_reply_counts(stats)
         assert operator.in_transaction()
     assert (totals["replies"], totals["repliedMessages"]) == (1, 1)
+
+
+async def test_writers_storing_replies_to_each_others_messages_do_not_wait_for_each_other(
+    app: FastAPI, settings: Settings, database_url: str, hook: Any, stats: Stats
+) -> None:
+    """Two writers' transactions (two workers, say), each holding the DLR of one message, store
+    a reply to the message the other holds. Counting a reply on its message there and then
+    would wait for the other's row lock, each for the other's, until PostgreSQL broke the
+    deadlock (a 503 to Wavy). Neither may wait, and both replies must still count."""
+    for message_id in ("mx", "my"):
+        assert (await hook("callback", callback(message_id, 2, "VIVO"))).status_code == 200
+    engine = app.state.engine
+    async with engine.connect() as conn_a, engine.connect() as conn_b:
+        writer_a, writer_b = await driver_connection(conn_a), await driver_connection(conn_b)
+        async with writer_a.transaction(), writer_b.transaction():
+            await write_records(writer_a, records_of("dlr", dlr("mx", 4, 5, "VIVO")))
+            await write_records(writer_b, records_of("dlr", dlr("my", 4, 5, "VIVO")))
+            await asyncio.wait_for(
+                asyncio.gather(
+                    write_records(writer_a, records_of("mo", mo("ry", "my"))),
+                    write_records(writer_b, records_of("mo", mo("rx", "mx"))),
+                ),
+                timeout=0.9,  # below PostgreSQL's deadlock_timeout (1 s): no waiting at all
+            )
+
+    async with writes_going_to(app, settings, database_url):  # a worker's sweep, at once
+        totals = await totals_once_a_reply_counts(stats, replies=2)
+    assert (totals["deliveredStatusCodes"], totals["mosReceived"]) == ({"4": 2}, 2)
+    assert (totals["replies"], totals["repliedMessages"], totals["replyRate"]) == (2, 2, 1.0)
 
 
 @pytest.mark.usefixtures("campaign")

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db.writer import driver_connection, write_records
 from app.payloads import validate_items
-from app.rules.records import build_event_records
+from app.rules.records import EventRecord, build_event_records
 from app.rules.status_merge import merge_status_events, status_from_event
 from app.rules.webhook_body import items_as_json
 from tests.conftest import add_key, fetch_all
@@ -380,3 +380,61 @@ async def test_a_reply_whose_id_equals_a_message_id_in_the_same_batch_is_kept_ap
     assert row == {"delivered_status_code": 4, "reply_count": 1}
     kinds = await fetch_all(engine, "SELECT kind FROM events ORDER BY kind")
     assert [k["kind"] for k in kinds] == ["dlr", "mo"]
+
+
+def records_of(items: list[tuple[str, dict[str, Any]]]) -> list[EventRecord]:
+    """What the webhooks would hand the writer for these (kind, item) pairs, as one batch."""
+    now = datetime.now(UTC)
+    return [
+        record
+        for kind, item in items
+        for record in build_event_records(
+            kind,
+            validate_items(kind, [item]),
+            items_as_json([item]),
+            sub_account="acme",
+            received_at=now,
+        )
+    ]
+
+
+async def test_batches_holding_the_same_messages_in_opposite_shapes_do_not_deadlock(
+    engine: AsyncEngine,
+) -> None:
+    """Two writers at once (two workers, say): one batch holds a message's callback and DLR
+    and another message's DLR, the other batch the same the other way round. Each must take
+    its message rows in one order, or each waits for the other's until PostgreSQL fails one
+    with a deadlock (a 503 to Wavy)."""
+
+    async def write_alone(records: list[EventRecord]) -> None:
+        async with engine.connect() as conn:
+            await write_records(await driver_connection(conn), records)
+            await conn.commit()
+
+    for round_ in range(5):
+        x, y = f"x{round_}", f"y{round_}"
+        await asyncio.wait_for(
+            asyncio.gather(
+                write_alone(
+                    records_of(
+                        [
+                            ("callback", callback(x)),
+                            ("dlr", dlr(4, 2_000_000, x)),
+                            ("dlr", dlr(104, 2_000_000, y)),
+                        ]
+                    )
+                ),
+                write_alone(
+                    records_of(
+                        [
+                            ("callback", callback(y)),
+                            ("dlr", dlr(4, 2_000_000, y)),
+                            ("dlr", dlr(104, 2_000_000, x)),
+                        ]
+                    )
+                ),
+            ),
+            timeout=10,
+        )
+        for message_id in (x, y):
+            assert (await stored(engine, message_id))["delivered_status_code"] == 4

@@ -301,13 +301,21 @@ WRITE_EVENTS_AND_STATUSES = _build_write_events_and_statuses()
 # New replies counted on the message they answer (the delivery stats' reply rate), and their
 # messages queued for a recount (below). An MO stored before its message is counted when the
 # message row is created (_replies_so_far).
+#
+# A message another writer's open transaction holds (its DLR, say) is skipped, not waited for:
+# that writer may be waiting for a message this batch holds, in the opposite order, until
+# PostgreSQL breaks the deadlock by failing one batch. The queued recount counts it instead,
+# once that transaction has ended.
 COUNT_REPLIES = """
     WITH replies AS (
         SELECT mt_id, count(*)::int AS n FROM json_array_elements_text($1::json) AS u(mt_id)
         GROUP BY mt_id),
-    queued AS (INSERT INTO reply_recounts (message_id) SELECT mt_id FROM replies)
+    queued AS (INSERT INTO reply_recounts (message_id) SELECT mt_id FROM replies),
+    free AS (
+        SELECT m.id FROM messages AS m WHERE m.id IN (SELECT mt_id FROM replies)
+        ORDER BY m.id FOR UPDATE SKIP LOCKED)
     UPDATE messages AS m SET reply_count = m.reply_count + r.n
-    FROM replies AS r
+    FROM replies AS r JOIN free AS f ON f.id = r.mt_id
     WHERE m.id = r.mt_id
 """
 
@@ -400,35 +408,28 @@ async def write_records(conn: asyncpg.Connection, records: list[EventRecord]) ->
     # Sorted so that concurrent batches (other workers) take row locks in the same order.
     candidates = sorted(first_seen.items(), key=lambda item: _retry_order(item[0]))
     rows = [records[position] for _, position in candidates]
-    events_per_message: dict[str, int] = {}
-    for row in rows:
-        if row.status is not None:
-            events_per_message[row.message_id] = events_per_message.get(row.message_id, 0) + 1
-    single_statuses = [
-        row.status
-        for row in rows
-        if row.status is not None and events_per_message[row.message_id] == 1
-    ]
-    result = await conn.fetch(
-        WRITE_EVENTS_AND_STATUSES,
-        *_json_columns(rows, _EVENT_FIELDS),
-        _json_payloads(rows),
-        *_json_columns(single_statuses, _STATUS_OWN_COLUMNS),
-    )
-    inserted_keys = {tuple(row) for row in result}
+    events = (*_json_columns(rows, _EVENT_FIELDS), _json_payloads(rows))
+    statuses = [row.status for row in rows if row.status is not None]
+    several_per_message = len({status.id for status in statuses}) < len(statuses)
+    if not several_per_message:
+        result = await conn.fetch(
+            WRITE_EVENTS_AND_STATUSES, *events, *_json_columns(statuses, _STATUS_OWN_COLUMNS)
+        )
+        inserted_keys = {tuple(row) for row in result}
+    else:
+        # Some message has several events here: only the new ones are merged (a retry changes
+        # nothing), so the events go first. The merged statuses then go in one statement, in
+        # id order, like every other batch's: a batch locking its messages in two statements
+        # could hold one that another batch waits for while waiting for one that batch holds.
+        result = await conn.fetch(INSERT_EVENTS, *events)
+        inserted_keys = {tuple(row)[:4] for row in result}
     new_positions = {pos for key, pos in candidates if key in inserted_keys}
     new_records = [records[pos] for pos in sorted(new_positions)]
 
-    # Messages with several events here: merge only the new ones (a retry changes nothing).
-    several = merge_status_events(
-        [
-            r.status
-            for r in new_records
-            if r.status is not None and events_per_message[r.message_id] > 1
-        ]
-    )
-    if several:
-        await conn.execute(UPSERT_MESSAGES, *_json_columns(several, _STATUS_COLUMNS))
+    if several_per_message:
+        merged = merge_status_events([r.status for r in new_records if r.status is not None])
+        if merged:
+            await conn.execute(UPSERT_MESSAGES, *_json_columns(merged, _STATUS_COLUMNS))
     mos = sorted((r.mo for r in new_records if r.mo is not None), key=lambda mo: mo.id)
     if mos:
         await conn.execute(INSERT_MOS, *_json_columns(mos, _MO_COLUMNS))
