@@ -1,7 +1,7 @@
-"""A campaign's callbacks and the replies to them, posted at once by many clients to several
-workers, in random order: every request must be answered 200 (writers of one campaign must
-not deadlock over its counters), and afterwards every message's reply count and the delivery
-stats must equal a count from the stored rows.
+"""A campaign's callbacks, DLRs and the replies to its messages, posted at once by many
+clients to several workers, in random order: every request must be answered 200 (writers of
+one campaign must not deadlock over its counters or its messages), and afterwards every
+message's reply count and the delivery stats must equal a count from the stored rows.
 
     .venv/bin/python -m bench.replies                     # 4000 messages, 2 workers
     .venv/bin/python -m bench.replies --messages 1000     # CI's smoke run
@@ -53,7 +53,7 @@ COUNTED = """
 
 
 def campaign_requests(messages: int, seed: int) -> list[tuple[str, dict[str, Any]]]:
-    """Each message's callback and one to three replies to it, shuffled."""
+    """Each message's callback, its DLR and one to three replies to it, shuffled."""
     requests: list[tuple[str, dict[str, Any]]] = []
     for n in range(messages):
         message_id = f"msg-{n}"
@@ -64,6 +64,20 @@ def campaign_requests(messages: int, seed: int) -> list[tuple[str, dict[str, Any
                     "id": message_id,
                     "sentStatusCode": 2,
                     "sentAt": SENT_AT,
+                    "carrierName": "VIVO",
+                    "campaignId": "bench",
+                },
+            )
+        )
+        requests.append(
+            (
+                "dlr",
+                {
+                    "id": message_id,
+                    "sentStatusCode": 2,
+                    "sentAt": SENT_AT,
+                    "deliveredStatusCode": 104 if n % 10 == 0 else 4,
+                    "deliveredAt": SENT_AT + 1000 + n % 60_000,
                     "carrierName": "VIVO",
                     "campaignId": "bench",
                 },
@@ -156,8 +170,9 @@ def main() -> int:
 
     lat = percentiles(latencies_ms)
     print(
-        f"{len(requests):,} requests ({args.messages:,} callbacks, the rest replies) from "
-        f"{args.connections} clients to {args.workers} worker(s) in {elapsed:.1f} s "
+        f"{len(requests):,} requests ({args.messages:,} callbacks and DLRs each, the rest "
+        f"replies) from {args.connections} clients to {args.workers} worker(s) in "
+        f"{elapsed:.1f} s "
         f"({len(requests) / elapsed:,.0f}/s), p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms"
     )
     print(f"  answers: {dict(sorted(codes.items()))}; PostgreSQL deadlocks: {deadlocks}")
