@@ -9,6 +9,8 @@ message texts (payloads are never logged).
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any, Literal
 
@@ -62,3 +64,60 @@ def logging_config(level: str, log_format: LogFormat) -> dict[str, Any]:
             "uvicorn.access": {"handlers": [], "level": "CRITICAL", "propagate": False},
         },
     }
+
+
+# While something keeps failing, how often the log says so again.
+STILL_FAILING_EVERY_S = 60.0
+
+
+class FailureLog:
+    """The log of one thing that can fail over and over (the writer's batches, a background
+    loop): a warning when it starts failing, a reminder every ``remind_every_s`` while it
+    keeps failing, and a line when it works again. A database outage otherwise writes a line
+    per batch and per loop turn, in every worker, and buries the line that says when it began.
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        what: str,
+        *,
+        remind_every_s: float = STILL_FAILING_EVERY_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._logger = logger
+        self._what = what
+        self._remind_every_s = remind_every_s
+        self._clock = clock
+        self._failing_since: float | None = None
+        self._failures = 0
+        self._logged_at = 0.0
+
+    def failed(self, error: BaseException | str) -> None:
+        now = self._clock()
+        self._failures += 1
+        if self._failing_since is None:
+            self._failing_since = self._logged_at = now
+            self._logger.warning("%s failed: %s", self._what, error)
+        elif now - self._logged_at >= self._remind_every_s:
+            self._logger.warning(
+                "%s still failing (%d times in %.0f s): %s",
+                self._what,
+                self._failures,
+                now - self._failing_since,
+                error,
+            )
+            self._logged_at = now
+
+    def succeeded(self) -> None:
+        if self._failing_since is None:
+            return
+        # A warning too, so that a log filtered to warnings shows where the outage ended.
+        self._logger.warning(
+            "%s works again after %.0f s (%d failures)",
+            self._what,
+            self._clock() - self._failing_since,
+            self._failures,
+        )
+        self._failing_since = None
+        self._failures = 0

@@ -22,6 +22,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db.migrate import head_revision
+from app.logs import FailureLog
 from app.settings import Settings
 from tests.conftest import fetch_all, free_port, silent_database_url, writes_going_to
 from tests.test_migrations_and_cli import Service, run_cli
@@ -160,6 +161,44 @@ async def test_access_log_names_the_route_and_never_the_key_or_the_text(
     everything = " ".join(r.getMessage() + str(r.__dict__) for r in ours)
     assert webhook_key not in everything
     assert "my secret reply" not in everything
+
+
+async def test_requests_failing_during_an_outage_are_logged_once_not_each(
+    app: FastAPI, settings: Settings, hook: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A database outage under a campaign fails batch after batch: one warning says it began,
+    and one that it ended, where a line per batch would bury both."""
+    down = "postgresql://postgres@127.0.0.1:9/nowhere"
+    with caplog.at_level(logging.INFO, logger="app.db.writer"):
+        async with writes_going_to(app, settings, down, db_connect_timeout_s=0.2):
+            for n in range(5):
+                assert (await hook("dlr", {"id": f"m{n}"})).status_code == 503
+
+    lines = [r.getMessage() for r in caplog.records if r.name == "app.db.writer"]
+    about_batches = [line for line in lines if "recount" not in line]
+    assert len(about_batches) == 1
+    assert about_batches[0].startswith("writer batch failed: 1 request(s) answered 503: ")
+
+
+def test_a_long_outage_is_recalled_every_minute_and_its_end_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [0.0]
+    failures = FailureLog(logging.getLogger("app.test"), "stats fold", clock=lambda: now[0])
+
+    with caplog.at_level(logging.INFO, logger="app.test"):
+        for _ in range(76):  # every 2 s for 150 s
+            failures.failed(ConnectionRefusedError("connection refused"))
+            now[0] += 2
+        failures.succeeded()
+        failures.succeeded()
+
+    assert [r.getMessage() for r in caplog.records] == [
+        "stats fold failed: connection refused",
+        "stats fold still failing (31 times in 60 s): connection refused",
+        "stats fold still failing (61 times in 120 s): connection refused",
+        "stats fold works again after 152 s (76 failures)",
+    ]
 
 
 @pytest.fixture

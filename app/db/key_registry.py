@@ -10,6 +10,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db.queries import load_active_keys
+from app.logs import FailureLog
 from app.rules.credentials import KnownKey, match_key
 
 log = logging.getLogger(__name__)
@@ -26,15 +27,17 @@ class KeyRegistry:
         self._keys: list[KnownKey] = []
         self._loaded_at = float("-inf")
         self._lock = asyncio.Lock()
+        self._failures = FailureLog(log, "reloading webhook keys")
 
     async def refresh(self) -> None:
         async with self._lock:
             try:
                 async with self._engine.connect() as conn:
                     self._keys = await load_active_keys(conn)
+                self._failures.succeeded()
             except (SQLAlchemyError, OSError) as error:
                 # Keep serving with the keys we know; the database may be back in a moment.
-                log.warning("could not reload webhook keys: %s", error)
+                self._failures.failed(error)
             self._loaded_at = time.monotonic()
 
     async def find(self, presented: str) -> KnownKey | None:

@@ -16,6 +16,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import metrics
+from app.logs import FailureLog
 
 log = logging.getLogger(__name__)
 
@@ -93,11 +94,13 @@ async def _purge_table(
 
 async def purge_periodically(engine: AsyncEngine, age: timedelta, interval_s: float) -> None:
     """The service's background purge (WAVY_RETENTION): runs until cancelled."""
+    failures = FailureLog(log, "retention purge")
     while True:
         try:
             report = await purge_older_than(engine, age)
+            failures.succeeded()
             if report.ran and any(report.deleted.values()):
                 log.info("purged rows older than %s: %s", report.cutoff, report.deleted)
         except Exception as error:  # a failed purge must not end the loop; next round retries
-            log.warning("retention purge failed: %s", error)
+            failures.failed(error)
         await asyncio.sleep(interval_s)

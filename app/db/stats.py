@@ -18,6 +18,7 @@ from sqlalchemy import ColumnElement, and_, func, select, text, union_all
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.db.tables import stats_deltas, stats_rollup
+from app.logs import FailureLog
 from app.rules.delivery_stats import GroupBy
 from app.rules.scope import Scope
 
@@ -109,9 +110,11 @@ async def fold_stats_deltas(engine: AsyncEngine) -> int | None:
 
 async def fold_stats_periodically(engine: AsyncEngine, interval_s: float = FOLD_INTERVAL_S) -> None:
     """The service's background fold: runs until cancelled."""
+    failures = FailureLog(log, "stats fold")
     while True:
         try:
             await fold_stats_deltas(engine)
+            failures.succeeded()
         except Exception as error:  # a failed fold must not end the loop; deltas wait for the next
-            log.warning("stats fold failed: %s", error)
+            failures.failed(error)
         await asyncio.sleep(interval_s)

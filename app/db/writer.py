@@ -35,6 +35,7 @@ import orjson
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app import metrics
+from app.logs import FailureLog
 from app.rules.records import EventRecord
 from app.rules.status_merge import DESCRIPTIVE_FIELDS, merge_status_events
 
@@ -492,6 +493,8 @@ class BatchWriter:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self._recount_wanted = asyncio.Event()
+        self._batch_failures = FailureLog(log, "writer batch")
+        self._recount_failures = FailureLog(log, "reply recount")
 
     @property
     def stopping(self) -> bool:
@@ -618,7 +621,7 @@ class BatchWriter:
                 _fail(batch[0], WriteRefused(getattr(error, "sqlstate", ""), str(error)))
                 return
             if not poison:
-                log.warning("batch of %d requests failed: %s", len(batch), error)
+                self._batch_failures.failed(f"{len(batch)} request(s) answered 503: {error}")
                 for pending in batch:
                     _fail(pending, WriteFailed(str(error)))
                 return
@@ -626,6 +629,7 @@ class BatchWriter:
             for pending in batch:
                 await self._commit_batch(connection, [pending])
             return
+        self._batch_failures.succeeded()
         metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
         metrics.BATCH_REQUESTS.observe(len(batch))
         metrics.BATCH_ITEMS.observe(sum(len(pending.records) for pending in batch))
@@ -665,8 +669,9 @@ class BatchWriter:
                 try:
                     while await recount_queued_replies(await connection.acquire()):
                         pass
+                    self._recount_failures.succeeded()
                 except RECOVERABLE as error:  # the queue keeps them for the next sweep
-                    log.warning("reply recount failed, will retry: %s", error)
+                    self._recount_failures.failed(error)
                     connection.discard()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(RECOUNT_SWEEP_S):
