@@ -93,6 +93,20 @@ POOL_CONNECTIONS = Gauge(
     multiprocess_mode="livesum",
 )
 
+# The background work each worker repeats: when it last worked, for an alert on its age
+# (``time() - wavy_background_last_success_timestamp_seconds > 60``). The newest of the live
+# workers' counts: one worker's fold serves all.
+LAST_SUCCESS = Gauge(
+    "wavy_background_last_success_timestamp_seconds",
+    "When a background task last succeeded (unix time), by task",
+    ["task"],
+    multiprocess_mode="livemax",
+)
+
+
+def record_success(task: str) -> None:
+    LAST_SUCCESS.labels(task).set_to_current_time()
+
 
 PURGED_ROWS = Counter(
     "wavy_purged_rows_total", "Rows removed by the retention purge, by table", ["table"]

@@ -118,6 +118,18 @@ async def test_metrics_count_accepted_duplicates_and_latency_per_route(
     assert delta("wavy_writer_commit_duration_seconds_count") >= 1
 
 
+async def test_metrics_tell_when_the_stats_fold_and_the_reply_recount_last_worked(
+    client: httpx.AsyncClient,
+) -> None:
+    """An operator alerts on their age: either failing for long leaves figures stale."""
+    await asyncio.sleep(2.5)  # one fold period at least, whenever the app started
+    samples = await scrape(client)
+
+    name = "wavy_background_last_success_timestamp_seconds"
+    for task in ("stats_fold", "reply_recount"):  # every 2 s and 5 s: recent, if not now
+        assert time.time() - value(samples, name, task=task) < 15
+
+
 async def test_metrics_count_refusals_by_reason(client: httpx.AsyncClient, hook: Any) -> None:
     before = await scrape(client)
 

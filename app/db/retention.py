@@ -99,6 +99,7 @@ async def purge_periodically(engine: AsyncEngine, age: timedelta, interval_s: fl
         try:
             report = await purge_older_than(engine, age)
             failures.succeeded()
+            metrics.record_success("retention_purge")
             if report.ran and any(report.deleted.values()):
                 log.info("purged rows older than %s: %s", report.cutoff, report.deleted)
         except Exception as error:  # a failed purge must not end the loop; next round retries

@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, func, select, text, union_all
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from app import metrics
 from app.db.tables import stats_deltas, stats_rollup
 from app.logs import FailureLog
 from app.rules.delivery_stats import GroupBy
@@ -115,6 +116,7 @@ async def fold_stats_periodically(engine: AsyncEngine, interval_s: float = FOLD_
         try:
             await fold_stats_deltas(engine)
             failures.succeeded()
+            metrics.record_success("stats_fold")
         except Exception as error:  # a failed fold must not end the loop; deltas wait for the next
             failures.failed(error)
         await asyncio.sleep(interval_s)

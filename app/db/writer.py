@@ -670,6 +670,7 @@ class BatchWriter:
                     while await recount_queued_replies(await connection.acquire()):
                         pass
                     self._recount_failures.succeeded()
+                    metrics.record_success("reply_recount")
                 except RECOVERABLE as error:  # the queue keeps them for the next sweep
                     self._recount_failures.failed(error)
                     connection.discard()
