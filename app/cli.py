@@ -12,6 +12,7 @@ import signal
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable
+from datetime import UTC
 from pathlib import Path
 from types import FrameType
 from typing import Annotated, TypeVar
@@ -21,7 +22,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app.db import queries, replay, retention, users
+from app.db import queries, replay, retention, stats, users
 from app.db.engine import create_engine, start_embedded_postgres, sync_url
 from app.db.migrate import upgrade_to_head
 from app.logs import logging_config
@@ -41,9 +42,11 @@ cli = typer.Typer(
 keys_cli = typer.Typer(help="Webhook keys (one per sub-account; pasted into Wavy's portal).")
 rejected_cli = typer.Typer(help="Dead letters: bodies the webhooks refused, kept raw.")
 users_cli = typer.Typer(help="Read-API users: admins see every sub-account, users their own.")
+stats_cli = typer.Typer(help="The delivery statistics' rollup, checked against the stored rows.")
 cli.add_typer(keys_cli, name="keys", no_args_is_help=True)
 cli.add_typer(rejected_cli, name="rejected", no_args_is_help=True)
 cli.add_typer(users_cli, name="users", no_args_is_help=True)
+cli.add_typer(stats_cli, name="stats", no_args_is_help=True)
 
 
 def resolve_database_url(settings: Settings) -> str:
@@ -446,6 +449,49 @@ def users_rotate_token(username: Annotated[str, typer.Argument()]) -> None:
         typer.echo(f"no user {username}", err=True)
         raise typer.Exit(1)
     typer.echo(f"AuthenticationToken: {token}")
+
+
+def _print_rollup_differences(differences: list[stats.RollupDifference], limit: int) -> None:
+    typer.echo(
+        f"{'sub-account':16}  {'hour':16}  {'campaign':12}  {'carrier':10}  {'metric':18}  "
+        f"{'value':>6}  {'kept':>8}  {'counted':>8}"
+    )
+    for d in differences[:limit]:
+        typer.echo(
+            f"{d.sub_account or '-':16}  {d.hour.astimezone(UTC):%Y-%m-%dT%H:%M}  "
+            f"{d.campaign_id or '-':12}  {d.carrier_name or '-':10}  {d.metric:18}  "
+            f"{d.value:>6}  {d.kept:>8}  {d.counted:>8}"
+        )
+    if len(differences) > limit:
+        typer.echo(f"... and {len(differences) - limit} more")
+
+
+@stats_cli.command("verify")
+def stats_verify(
+    show: Annotated[int, typer.Option(help="List at most this many differences")] = 20,
+) -> None:
+    """Compare the stats rollup with a count of the stored messages and replies (reads them
+    all; safe while the service runs). Exits 1 if any count differs."""
+    settings = Settings()
+    differences = run_with_connection(
+        settings, resolve_database_url(settings), stats.rollup_differences
+    )
+    if not differences:
+        typer.echo("the stats rollup equals a count of the stored rows")
+        return
+    typer.echo(f"{len(differences)} rollup count(s) differ from the stored rows:")
+    _print_rollup_differences(differences, show)
+    typer.echo("wavy-webhooks stats repair corrects them")
+    raise typer.Exit(1)
+
+
+@stats_cli.command("repair")
+def stats_repair() -> None:
+    """Correct every rollup count that differs from a count of the stored rows (safe while the
+    service runs: no writer waits for it)."""
+    settings = Settings()
+    repaired = run_with_connection(settings, resolve_database_url(settings), stats.repair_rollup)
+    typer.echo(f"{repaired} rollup count(s) corrected")
 
 
 def main() -> None:

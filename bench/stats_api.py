@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from app.db import users
 from app.db.engine import normalize_database_url
-from app.db.stats import fold_stats_deltas
+from app.db.stats import fold_stats_deltas, rollup_differences
 from app.rules.scope import Role
 from bench.common import fmt, percentiles, running_service, scratch_database
 from bench.read_api import SEED_MOS
@@ -114,11 +114,27 @@ async def prepare(
         await engine.dispose()
 
 
+async def time_verify(url: str) -> tuple[float, int]:
+    """What ``wavy-webhooks stats verify`` costs over the seeded store, and what it found."""
+    engine = create_async_engine(normalize_database_url(url))
+    try:
+        async with engine.connect() as conn:
+            started = time.perf_counter()
+            differences = await rollup_differences(conn)
+            return time.perf_counter() - started, len(differences)
+    finally:
+        await engine.dispose()
+
+
 def run(messages: int, mos: int, rounds: int) -> None:
     with scratch_database("wavy_bench_stats") as url:
         took, rollup_rows, headers = asyncio.run(prepare(url, messages, mos))
         print(f"seeded {messages:,} messages and {mos:,} MOs over {DAYS} days in {took:.0f} s")
-        print(f"stats_rollup rows: {rollup_rows:,}\n", flush=True)
+        print(f"stats_rollup rows: {rollup_rows:,}", flush=True)
+        took, wrong = asyncio.run(time_verify(url))
+        print(f"stats verify: {wrong} count(s) differ from the rows, in {took:.1f} s\n", flush=True)
+        if wrong:
+            raise SystemExit("the rollup does not equal a count of the rows")
         # The whole month (and a day before it): every message is in the window.
         start = datetime.now(UTC).timestamp() - (DAYS + 1) * 86400
         window = {"from": datetime.fromtimestamp(start, UTC).isoformat()}

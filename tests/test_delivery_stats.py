@@ -4,6 +4,7 @@ repeated events that must not be counted twice."""
 from __future__ import annotations
 
 import asyncio
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,7 +15,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db import users
-from app.db.stats import fold_stats_deltas
+from app.db.stats import fold_stats_deltas, rollup_differences
 from app.db.writer import driver_connection, write_records
 from app.payloads import validate_items
 from app.rules.delivery_stats import (
@@ -29,6 +30,7 @@ from app.rules.scope import Role
 from app.rules.webhook_body import items_as_json
 from app.settings import Settings
 from tests.conftest import add_key, writes_going_to
+from tests.test_migrations_and_cli import run_cli
 
 T = 1_764_000_000_000  # sentAt of every message (epoch ms)
 
@@ -394,28 +396,6 @@ async def test_the_database_knows_the_same_carriers_without_dlr(hook: Any, stats
     assert [carrier_sends_dlr(c) for c in carriers] == [False] * len(carriers)
 
 
-RECOUNT = """
-    SELECT sub_account, hour, campaign_id, carrier_name, metric, value, sum(weight) AS count
-    FROM (SELECT c.* FROM messages AS m, LATERAL stats_message_contributions(m) AS c
-          UNION ALL
-          SELECT c.* FROM mos AS r, LATERAL stats_mo_contributions(r) AS c) AS d
-    GROUP BY 1, 2, 3, 4, 5, 6 HAVING sum(weight) <> 0
-    ORDER BY 1, 2, 3, 4, 5, 6
-"""
-# What the stats API reads: the rollup plus the deltas not folded into it yet.
-KEPT = """
-    SELECT sub_account, hour, campaign_id, carrier_name, metric, value, sum(count) AS count
-    FROM (SELECT * FROM stats_rollup UNION ALL SELECT * FROM stats_deltas) AS r
-    GROUP BY 1, 2, 3, 4, 5, 6 HAVING sum(count) <> 0
-    ORDER BY 1, 2, 3, 4, 5, 6
-"""
-FOLDED = """
-    SELECT sub_account, hour, campaign_id, carrier_name, metric, value, count
-    FROM stats_rollup WHERE count <> 0
-    ORDER BY 1, 2, 3, 4, 5, 6
-"""
-
-
 async def test_rollup_kept_batch_by_batch_equals_a_recount_of_the_tables(
     hook: Any, engine: AsyncEngine
 ) -> None:
@@ -435,19 +415,62 @@ async def test_rollup_kept_batch_by_batch_equals_a_recount_of_the_tables(
         await conn.execute(text("DELETE FROM mos WHERE id IN ('r0', 'r7')"))
 
     async with engine.connect() as conn:
-        kept = (await conn.execute(text(KEPT))).all()
-        recount = (await conn.execute(text(RECOUNT))).all()
+        kept_wrong = await rollup_differences(conn)
+    await fold_all_deltas(engine)
+    async with engine.connect() as conn:
+        folded_wrong = await rollup_differences(conn)
+        pending = (await conn.execute(text("SELECT count(*) FROM stats_deltas"))).scalar()
+        messages = (await conn.execute(text(MESSAGES_IN_ROLLUP))).scalar()
+
+    assert (kept_wrong, folded_wrong, pending) == ([], [], 0)
+    assert messages == 40 + 10 - 3
+
+
+async def fold_all_deltas(engine: AsyncEngine) -> None:
     for _ in range(100):  # None: the service's own fold was running; then ours comes next
         if await fold_stats_deltas(engine) is not None:
-            break
+            return
         await asyncio.sleep(0.05)
-    async with engine.connect() as conn:
-        folded = (await conn.execute(text(FOLDED))).all()
-        pending = (await conn.execute(text("SELECT count(*) FROM stats_deltas"))).scalar()
 
-    assert kept == recount
-    assert sum(row[-1] for row in kept if row.metric == "messages") == 40 + 10 - 3
-    assert (folded, pending) == (recount, 0)
+
+MESSAGES_IN_ROLLUP = "SELECT sum(count) FROM stats_rollup WHERE metric = 'messages'"
+
+
+async def test_an_operator_finds_and_repairs_rollup_counts_gone_wrong(
+    hook: Any, engine: AsyncEngine, database_url: str, stats: Stats
+) -> None:
+    """``stats verify`` lists every count that is not what the stored rows add up to, and
+    exits 1; ``stats repair`` corrects them, while the service runs."""
+    assert (await hook("callback", [callback(f"v{n}", 2, "VIVO") for n in range(3)])).is_success
+    assert (await hook("dlr", dlr("v0", 4, 5, "VIVO"))).is_success
+    healthy = await asyncio.to_thread(run_cli, "stats", "verify", database_url=database_url)
+    await fold_all_deltas(engine)
+    async with engine.begin() as conn:  # a lost update, say, and a count with no rows behind it
+        await conn.execute(
+            text("UPDATE stats_rollup SET count = count + 5 WHERE metric = 'messages'")
+        )
+        await conn.execute(
+            text(
+                "INSERT INTO stats_deltas SELECT sub_account, hour, campaign_id, 'TIM', metric, "
+                "value, 2 FROM stats_rollup WHERE metric = 'messages'"
+            )
+        )
+    wrong_totals = (await stats.get("ana"))["totals"]
+
+    found = await asyncio.to_thread(run_cli, "stats", "verify", database_url=database_url)
+    repaired = await asyncio.to_thread(run_cli, "stats", "repair", database_url=database_url)
+    again = await asyncio.to_thread(run_cli, "stats", "verify", database_url=database_url)
+
+    assert healthy.returncode == 0
+    assert healthy.stdout == "the stats rollup equals a count of the stored rows\n"
+    assert wrong_totals["messages"] == 3 + 5 + 2
+    assert found.returncode == 1
+    assert "2 rollup count(s) differ from the stored rows" in found.stdout
+    assert re.search(r"acme .* VIVO +messages +0 +8 +3", found.stdout), found.stdout
+    assert re.search(r"acme .* TIM +messages +0 +2 +0", found.stdout), found.stdout
+    assert (repaired.returncode, repaired.stdout) == (0, "2 rollup count(s) corrected\n")
+    assert again.returncode == 0
+    assert (await stats.get("ana"))["totals"]["messages"] == 3
 
 
 async def test_writers_storing_replies_and_statuses_of_one_campaign_at_once_do_not_deadlock(
