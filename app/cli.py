@@ -75,7 +75,7 @@ def run_with_engine(
     """For work that manages its own transactions (purge batches, replays)."""
 
     async def main() -> T:
-        engine = create_engine(settings, database_url)
+        engine = create_engine(settings, database_url, for_requests=False)
         try:
             return await work(engine)
         finally:

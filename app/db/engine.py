@@ -40,24 +40,30 @@ APPLICATION_NAME = "wavy-webhooks"
 WRITER_APPLICATION_NAME = "wavy-webhooks-writer"
 
 
-def _connect_args(settings: Settings, application_name: str) -> dict[str, Any]:
+def _connect_args(
+    settings: Settings, application_name: str, *, for_requests: bool = True
+) -> dict[str, Any]:
     """asyncpg's connection options, the same for the pool and the writer's connections."""
     return {
         "timeout": settings.db_connect_timeout_s,
-        # A hung statement must not hold requests past their own deadline.
-        "command_timeout": settings.writer_timeout_s,
+        # A hung statement must not hold requests past their own deadline. An operator's
+        # command has none: a check that reads every row takes 20 s over 1M messages.
+        "command_timeout": settings.writer_timeout_s if for_requests else None,
         "server_settings": {"application_name": application_name},
     }
 
 
-def create_engine(settings: Settings, url: str | None = None) -> AsyncEngine:
-    """The pool behind the read API, the probes and the maintenance commands."""
+def create_engine(
+    settings: Settings, url: str | None = None, *, for_requests: bool = True
+) -> AsyncEngine:
+    """The pool behind the read API and the probes, or (``for_requests=False``) behind an
+    operator's command, whose statements may run for minutes."""
     return create_async_engine(
         normalize_database_url(_target(settings, url)),
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_pre_ping=True,
-        connect_args=_connect_args(settings, APPLICATION_NAME),
+        connect_args=_connect_args(settings, APPLICATION_NAME, for_requests=for_requests),
     )
 
 
