@@ -21,7 +21,12 @@ from app import metrics
 from app.api import dashboard, health, receive, stats, status, webhooks
 from app.api.errors import install_error_handlers
 from app.api.middleware import ObserveRequests
-from app.db.engine import create_engine, start_embedded_postgres, writer_connector
+from app.db.engine import (
+    KEYS_LISTENER_APPLICATION_NAME,
+    create_engine,
+    start_embedded_postgres,
+    writer_connector,
+)
 from app.db.key_registry import KeyRegistry
 from app.db.migrate import head_revision
 from app.db.retention import purge_periodically
@@ -88,6 +93,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     background = [
         asyncio.create_task(_sample_gauges(engine, writer), name="sample-gauges"),
         asyncio.create_task(fold_stats_periodically(engine), name="stats-fold"),
+        asyncio.create_task(
+            registry.follow_changes(
+                writer_connector(
+                    settings, database_url, application_name=KEYS_LISTENER_APPLICATION_NAME
+                )
+            ),
+            name="webhook-key-changes",
+        ),
     ]
     retention_age = settings.retention_age()
     if retention_age is not None:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import httpx
 import pytest
 from fastapi import FastAPI
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db import queries
@@ -73,6 +77,27 @@ async def test_revoked_key_gets_401(
     response = await client.post("/v1/webhooks/dlr", params={"key": key}, json=DLR)
 
     assert response.status_code == 401
+
+
+async def test_a_key_revoked_by_hand_is_refused_at_once_not_when_the_cache_ages_out(
+    app: FastAPI, client: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    """Workers cache the keys (for 60 s in these tests); PostgreSQL tells them when the keys
+    change, however they were changed, so a leaked key is refused as soon as it is revoked."""
+    key = await add_key(app, "acme")
+    assert (await client.post("/v1/webhooks/dlr", params={"key": key}, json=DLR)).is_success
+    async with engine.begin() as conn:
+        await conn.execute(text("UPDATE webhook_keys SET revoked_at = now()"))
+
+    revoked_at = time.monotonic()
+    for _ in range(100):
+        status = (await client.post("/v1/webhooks/dlr", params={"key": key}, json=DLR)).status_code
+        if status != 200:
+            break
+        await asyncio.sleep(0.05)
+
+    assert status == 401
+    assert time.monotonic() - revoked_at < 1
 
 
 async def test_each_key_stamps_its_own_sub_account(

@@ -38,6 +38,7 @@ def _target(settings: Settings, url: str | None) -> str:
 # What pg_stat_activity shows for each kind of connection.
 APPLICATION_NAME = "wavy-webhooks"
 WRITER_APPLICATION_NAME = "wavy-webhooks-writer"
+KEYS_LISTENER_APPLICATION_NAME = "wavy-webhooks-keys"
 
 
 def _connect_args(
@@ -68,14 +69,18 @@ def create_engine(
 
 
 def writer_connector(
-    settings: Settings, url: str | None = None
+    settings: Settings,
+    url: str | None = None,
+    *,
+    application_name: str = WRITER_APPLICATION_NAME,
 ) -> Callable[[], Awaitable[asyncpg.Connection]]:
-    """How the batching writer opens its own long-lived connections (outside the pool)."""
+    """How the batching writer (or the key registry's listener) opens its own long-lived
+    connections, outside the pool."""
     dsn = normalize_database_url(_target(settings, url)).set(drivername="postgresql")
     return functools.partial(
         asyncpg.connect,
         dsn.render_as_string(hide_password=False),
-        **_connect_args(settings, WRITER_APPLICATION_NAME),
+        **_connect_args(settings, application_name),
     )
 
 
