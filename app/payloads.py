@@ -5,7 +5,7 @@ can validate (NUL characters, the MO's query-string form) and their errors into 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from pydantic import (
@@ -73,11 +73,20 @@ MessageId = Annotated[str, Field(min_length=1, max_length=MAX_KEY_CHARS)]
 Campaign = StrictInt | Annotated[str, Field(max_length=MAX_KEY_CHARS)] | None
 
 
+# Below 2**33 seconds (year 2242) epoch_ms / 1000 is within half a microsecond of the exact
+# time, so fromtimestamp's rounding lands on it; past that a float misses by a microsecond or
+# two, and the exact (slower) integer sum is taken.
+_FLOAT_EXACT_BELOW_MS = 2**33 * 1000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def _pick_time(epoch_ms: int | None, iso: datetime | None) -> datetime | None:
     """Epoch milliseconds win over the ISO string: they are exact, the string may be rounded."""
     if epoch_ms is not None:
-        # tz passed by position: by keyword the call took 0.46 µs instead of 0.29 (twice per DLR).
-        return datetime.fromtimestamp(epoch_ms / 1000, UTC)
+        if epoch_ms < _FLOAT_EXACT_BELOW_MS:
+            # tz by position: by keyword the call took 0.46 µs instead of 0.29 (twice per DLR).
+            return datetime.fromtimestamp(epoch_ms / 1000, UTC)
+        return _EPOCH + timedelta(milliseconds=epoch_ms)
     return iso
 
 

@@ -4,6 +4,7 @@ scoping on every endpoint, consume-once lists, complete feeds, windows and pagin
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -197,6 +198,33 @@ async def test_search_returns_wavy_fields_and_only_the_callers_sub_account(world
     assert ana.json()[0]["deliveredAt"] == 1420732954000
     assert ana.json()[0]["deliveredDate"] == "2015-01-08T16:02:34.000Z"
     assert sorted(s["id"] for s in boss.json()) == ["a-1", "g-1", "n-1"]  # unknown: absent
+
+
+@pytest.mark.parametrize(
+    "at_ms",
+    [0, 1420732954000, 8781553033008, 34821562270270, 139422745344511, 253402300799999],
+)
+async def test_epoch_milliseconds_come_back_exactly_as_wavy_sent_them(
+    world: World, at_ms: int
+) -> None:
+    """Every time Wavy may send (1970 to the end of year 9999) is stored and answered to the
+    millisecond; some of these came back a millisecond or a few microseconds off when the
+    conversions went through floats."""
+    await world.post("dlr", dlr("t-1", sentAt=at_ms, deliveredAt=at_ms))
+
+    [status] = (
+        await world.client.post(
+            "/v1/sms/status/search", headers=world.headers["ana"], json={"ids": ["t-1"]}
+        )
+    ).json()
+
+    assert (status["sentStatusAt"], status["deliveredAt"]) == (at_ms, at_ms)
+    assert status["deliveredDate"] == iso_of(at_ms)
+
+
+def iso_of(at_ms: int) -> str:
+    moment = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=at_ms)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 async def test_admin_narrows_with_sub_account_and_a_user_cannot_widen(world: World) -> None:

@@ -5,7 +5,7 @@ orjson, which is what keeps a 1000-item answer cheap."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -21,8 +21,14 @@ def iso(moment: datetime | None) -> str | None:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_MS = timedelta(milliseconds=1)
+
+
 def epoch_ms(moment: datetime | None) -> int | None:
-    return None if moment is None else int(moment.timestamp() * 1000)
+    """Whole milliseconds since 1970, exactly: a float's timestamp() * 1000 is a millisecond
+    short for some times past year 2242, which Wavy's epoch fields allow."""
+    return None if moment is None else (moment - _EPOCH) // _ONE_MS
 
 
 class StatusOut(BaseModel):
