@@ -4,6 +4,7 @@ scoping on every endpoint, consume-once lists, complete feeds, windows and pagin
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -416,6 +417,40 @@ async def test_status_feed_is_a_pure_read_and_brings_changed_messages_again(
     assert (again, same_cursor) == (ids, cursor)  # nothing consumed
     assert (nothing, unchanged) == ([], cursor)
     assert changed == ["a-2"]
+
+
+async def test_a_reader_waiting_on_the_feed_gets_a_reply_as_soon_as_it_is_stored(
+    world: World,
+) -> None:
+    await world.post("mo", mo("w-1", "acme"), "acme")
+    _, cursor = await read_feed(world, "ana", "/v1/sms/receive/changes", None, 10)
+
+    started = time.monotonic()
+    waiting = asyncio.create_task(world.ok("ana", "/v1/sms/receive/changes", after=cursor, wait=8))
+    await asyncio.sleep(0.5)
+    assert not waiting.done()  # nothing new yet: the answer is held back
+    await world.post("mo", [mo("w-2", "acme"), mo("w-3", "globex")], "acme")
+    page = await waiting
+
+    assert [item["id"] for item in page["items"]] == ["w-2"]  # w-3 is globex's
+    assert time.monotonic() - started < 3  # long before the 8 s were up
+
+
+async def test_a_waiting_reader_with_nothing_new_is_answered_when_the_wait_is_up(
+    world: World,
+) -> None:
+    await world.post("callback", {"id": "a-1"}, "acme")
+    _, cursor = await read_feed(world, "ana", "/v1/sms/status/changes", None, 10)
+    await world.post("callback", {"id": "g-1"}, "globex")  # not ana's to see
+
+    started = time.monotonic()
+    page = await world.ok("ana", "/v1/sms/status/changes", after=cursor, wait=1)
+    waited = time.monotonic() - started
+    too_long = await world.get("ana", "/v1/sms/status/changes", after=cursor, wait=11)
+
+    assert page == {"items": [], "next": cursor}
+    assert 1 <= waited < 3
+    assert too_long.status_code == 422
 
 
 @pytest.mark.parametrize("cursor", ["garbage", "W10", "WyJhIiwxXQ", "Wy0xLC0xXQ"])

@@ -1,12 +1,14 @@
 """What the read routes share about paging: the limit parameter, times without offset, cursor
-errors, and the answer of a safe change feed."""
+errors, and the answer of a safe change feed (long-polled when asked)."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import Query
+from fastapi import Query, Request
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.api.errors import ApiError, OrjsonResponse
@@ -16,6 +18,22 @@ from app.rules.scope import Scope
 
 Limit = Annotated[int, Query(ge=1, le=1000, description="At most this many items (1-1000)")]
 After = Annotated[str | None, Query(description="`next` of the previous page")]
+
+# Under uvicorn's graceful-shutdown timeout (WAVY_WRITER_TIMEOUT_S + 5 s), so a deploy waits
+# for a waiting feed reader's answer instead of cutting it off.
+MAX_FEED_WAIT_S = 10.0
+# How often a waiting feed looks again: the latency of a long poll, against four cheap index
+# probes a second per waiting reader (any worker or replica may store what it waits for).
+FEED_POLL_S = 0.25
+Wait = Annotated[
+    float,
+    Query(
+        ge=0,
+        le=MAX_FEED_WAIT_S,
+        description="When nothing is new, answer as soon as something is, or after this many "
+        "seconds (long polling; 0, the default, answers at once)",
+    ),
+]
 
 
 def bad_cursor() -> ApiError:
@@ -29,14 +47,25 @@ async def feed_response(
     after: str | None,
     limit: int,
     render: Callable[[dict[str, Any]], dict[str, Any]],
+    *,
+    wait_s: float = 0.0,
+    request: Request | None = None,
 ) -> OrjsonResponse:
-    """One page of a safe feed: the items after the cursor and the cursor to pass next."""
+    """One page of a safe feed: the items after the cursor and the cursor to pass next. With
+    ``wait_s``, an empty page is held back until something arrives or the time is up; the
+    connection goes back to the pool between looks."""
     try:
         position = reads.FeedPosition(*read_feed_cursor(after)) if after else reads.FeedPosition()
     except BadCursor:
         raise bad_cursor() from None
-    async with engine.connect() as conn:
-        rows, next_position = await reads.feed_page(conn, kind, scope, position, limit)
+    deadline = time.monotonic() + wait_s
+    while True:
+        async with engine.connect() as conn:
+            rows, next_position = await reads.feed_page(conn, kind, scope, position, limit)
+        left = deadline - time.monotonic()
+        if rows or left <= 0 or (request is not None and await request.is_disconnected()):
+            break
+        await asyncio.sleep(min(FEED_POLL_S, left))
     return OrjsonResponse(
         {
             "items": [render(row) for row in rows],

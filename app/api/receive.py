@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 
 from app.api.deps import EngineDep, ReaderDep, ScopeDep
 from app.api.errors import ApiError, OrjsonResponse, responses
-from app.api.paging import After, Limit, bad_cursor, feed_response
+from app.api.paging import After, Limit, Wait, bad_cursor, feed_response
 from app.api.params import IsoTime
 from app.api.schemas import MoChanges, MoEnvelope, iso, mo_out
 from app.db import reads
@@ -102,12 +102,20 @@ async def search_replies(
     summary="Safe MO feed: replies stored after a cursor (a pure read)",
     description=(
         "Start without `after`, then pass the returned `next`. Reading every page from the "
-        "start returns every MO exactly once, in the order they were stored."
+        "start returns every MO exactly once, in the order they were stored. With `wait`, a "
+        "reader that is up to date gets the next replies as soon as they are stored."
     ),
     response_model=MoChanges,
     responses=READ_RESPONSES,
 )
 async def reply_changes(
-    scope: ScopeDep, engine: EngineDep, after: After = None, limit: Limit = 1000
+    request: Request,
+    scope: ScopeDep,
+    engine: EngineDep,
+    after: After = None,
+    limit: Limit = 1000,
+    wait: Wait = 0.0,
 ) -> OrjsonResponse:
-    return await feed_response("mo", scope, engine, after, limit, mo_out)
+    return await feed_response(
+        "mo", scope, engine, after, limit, mo_out, wait_s=wait, request=request
+    )

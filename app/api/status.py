@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 
 from app.api.deps import EngineDep, ReaderDep, ScopeDep
 from app.api.errors import ApiError, OrjsonResponse, responses
-from app.api.paging import After, Limit, bad_cursor, feed_response
+from app.api.paging import After, Limit, Wait, bad_cursor, feed_response
 from app.api.params import IsoTime, SearchText
 from app.api.schemas import (
     StatusChanges,
@@ -67,15 +67,23 @@ async def list_changed_statuses(
     description=(
         "Start without `after`, then pass the returned `next`. Reading every page from the "
         "start returns every change exactly once; a message whose status changes again comes "
-        "again. Nothing is consumed: re-reading a cursor gives the same items."
+        "again. Nothing is consumed: re-reading a cursor gives the same items. With `wait`, "
+        "a reader that is up to date gets the next changes as soon as they are stored."
     ),
     response_model=StatusChanges,
     responses=READ_RESPONSES,
 )
 async def status_changes(
-    scope: ScopeDep, engine: EngineDep, after: After = None, limit: Limit = 1000
+    request: Request,
+    scope: ScopeDep,
+    engine: EngineDep,
+    after: After = None,
+    limit: Limit = 1000,
+    wait: Wait = 0.0,
 ) -> OrjsonResponse:
-    return await feed_response("status", scope, engine, after, limit, status_out)
+    return await feed_response(
+        "status", scope, engine, after, limit, status_out, wait_s=wait, request=request
+    )
 
 
 @router.get(
