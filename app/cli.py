@@ -278,7 +278,7 @@ def keys_list() -> None:
 def keys_revoke(
     key_id: Annotated[int, typer.Argument(help="The key's id (see keys list)")],
 ) -> None:
-    """Revoke a webhook key (requests with it get 401 within seconds)."""
+    """Revoke a webhook key (every worker refuses it at once with 401)."""
     settings = Settings()
 
     async def revoke(conn: AsyncConnection) -> bool:
