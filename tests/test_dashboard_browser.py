@@ -13,7 +13,7 @@ from urllib.parse import parse_qsl
 import httpx
 import pytest
 
-from tests.test_delivery_stats import Stats, campaign, stats  # noqa: F401 - fixtures
+from tests.test_delivery_stats import Stats, callback, campaign, stats  # noqa: F401 - fixtures
 
 async_api = pytest.importorskip("playwright.async_api")
 
@@ -70,8 +70,10 @@ def _js_number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(value)
 
 
-async def log_in(page: Any, base_url: str, username: str, token: str) -> None:
-    await page.goto(f"{base_url}/dashboard")
+async def log_in(
+    page: Any, base_url: str, username: str, token: str, path: str = "/dashboard"
+) -> None:
+    await page.goto(base_url + path)
     await page.fill("input[name=username]", username)
     await page.fill("input[name=token]", token)
     await page.click("#login-form button[type=submit]")
@@ -189,3 +191,43 @@ async def test_an_admin_chooses_the_sub_account(base_url: str, stats: Stats) -> 
             await browser.close()
 
     assert (everything, narrowed) == ("7", "6")
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("campaign")
+async def test_a_live_board_shows_new_messages_without_a_click_until_live_is_unticked(
+    base_url: str,
+    hook: Any,
+    stats: Stats,  # noqa: F811 - the fixture
+) -> None:
+    token = stats.headers["ana"]["AuthenticationToken"]
+    tile = "[data-testid=kpi-messages] .value"
+    async with async_api.async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"]
+        )
+        try:
+            page = await browser.new_page()
+            await log_in(page, base_url, "ana", token, path="/dashboard?refresh=1")
+            before = await page.get_attribute(tile, "data-value")
+
+            assert (await hook("callback", callback("m7", 2, "VIVO"))).status_code == 200
+            await page.wait_for_function(
+                f"document.querySelector('{tile}').dataset.value === '7'", timeout=10_000
+            )
+            status = await page.text_content("[data-testid=status]")
+
+            await page.uncheck("[data-testid=live]")
+            await page.wait_for_timeout(1500)  # a load already under way may still land
+            loads = await page.get_attribute("body", "data-loads")
+            assert (await hook("callback", callback("m8", 2, "VIVO"))).status_code == 200
+            await page.wait_for_timeout(2500)
+            frozen = await page.get_attribute(tile, "data-value")
+            loads_after = await page.get_attribute("body", "data-loads")
+        finally:
+            await browser.close()
+
+    assert before == "6"
+    assert status is not None
+    assert "loaded at" in status
+    assert (frozen, loads_after) == ("7", loads)  # unticked: no load since

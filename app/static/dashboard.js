@@ -6,6 +6,11 @@
 const CREDENTIALS = "wavy-dashboard-credentials";
 const charts = {};
 let me = null;
+// A campaign's figures move by the minute: while "Live" is ticked and the tab is in view, the
+// board loads itself again this often (?refresh=N seconds overrides it; the tests use 1).
+const LIVE_PERIOD_S = Number(new URLSearchParams(location.search).get("refresh")) || 30;
+// Only the latest load draws: a slow background one must not overwrite what "Show" asked for.
+let latestLoad = 0;
 
 const $ = (selector) => document.querySelector(selector);
 
@@ -172,8 +177,7 @@ function renderLatency(totals) {
 
 // --- replies and search --------------------------------------------------------------------
 
-async function renderReplies(params) {
-  const body = $("#replies tbody");
+async function fetchReplies(params) {
   let found = [];
   for (const hours of [1, 24, 24 * 7, 24 * 30]) {
     const start = new Date(Date.now() - hours * 3600e3).toISOString();
@@ -188,7 +192,11 @@ async function renderReplies(params) {
   const statuses = answered.length
     ? await api("/v1/sms/status/search", { method: "POST", body: JSON.stringify({ ids: answered }) })
     : [];
-  const byId = Object.fromEntries(statuses.map((s) => [s.id, s]));
+  return { recent, byId: Object.fromEntries(statuses.map((s) => [s.id, s])) };
+}
+
+function renderReplies({ recent, byId }) {
+  const body = $("#replies tbody");
   body.replaceChildren();
   for (const mo of recent) {
     const row = element("tr", undefined, { "data-testid": "reply" });
@@ -300,23 +308,36 @@ function windowParams() {
   return { params, groupBy: hours <= 48 ? "hour" : "day" };
 }
 
-async function refresh() {
+async function refresh({ quiet = false } = {}) {
+  const load = ++latestLoad;
   const { params, groupBy } = windowParams();
-  $("#status").textContent = "Loading…";
+  if (!quiet) $("#status").textContent = "Loading…";
   try {
     const overTime = await api(`/v1/stats?${params}&groupBy=${groupBy}`);
     const byCarrier = await api(`/v1/stats?${params}&groupBy=carrier`);
+    const replies = await fetchReplies(params);
+    if (load !== latestLoad) return;
     renderKpis(overTime.totals);
     renderFunnel(overTime);
     renderCarriers(byCarrier);
     renderLatency(overTime.totals);
-    await renderReplies(params);
-    $("#status").textContent = `${overTime.from.slice(0, 16).replace("T", " ")} to ${overTime.to.slice(0, 16).replace("T", " ")} UTC`;
+    renderReplies(replies);
+    const loadedAt = new Date().toISOString().slice(11, 19);
+    $("#status").textContent = `${overTime.from.slice(0, 16).replace("T", " ")} to ${overTime.to.slice(0, 16).replace("T", " ")} UTC, loaded at ${loadedAt}`;
     document.body.dataset.loaded = params.toString();
+    document.body.dataset.loads = String(load);
   } catch (error) {
+    if (load !== latestLoad) return;
     if (error instanceof Unauthorized) return showLogin("Please log in again.");
     $("#status").textContent = `Could not load: ${error.message}`;
   }
+}
+
+function refreshWhileLive() {
+  setInterval(() => {
+    const live = $("#controls input[name=live]").checked;
+    if (live && !document.hidden && !$("#board").hidden) refresh({ quiet: true });
+  }, LIVE_PERIOD_S * 1000);
 }
 
 function showLogin(message = "") {
@@ -360,6 +381,8 @@ document.addEventListener("DOMContentLoaded", () => {
       $("#search-results").replaceChildren(element("p", error.message, { class: "error" }));
     });
   });
+  $("#live-period").textContent = `${LIVE_PERIOD_S} s`;
+  refreshWhileLive();
   if (credentials()) showBoard().catch(() => showLogin());
   else showLogin();
 });
