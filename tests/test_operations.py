@@ -15,12 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import promql_parser
 import pytest
+import yaml
 from fastapi import FastAPI
+from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app import metrics
 from app.db.migrate import head_revision
 from app.logs import FailureLog
 from app.settings import Settings
@@ -128,6 +132,50 @@ async def test_metrics_tell_when_the_stats_fold_and_the_reply_recount_last_worke
     name = "wavy_background_last_success_timestamp_seconds"
     for task in ("stats_fold", "reply_recount"):  # every 2 s and 5 s: recent, if not now
         assert time.time() - value(samples, name, task=task) < 15
+
+
+ALERT_RULES = Path(__file__).parent.parent / "docs" / "prometheus-alerts.yml"
+
+
+def exported_series() -> dict[str, set[str]]:
+    """Every series name the service's metrics export, with the labels each carries."""
+    series: dict[str, set[str]] = {}
+    for metric in vars(metrics).values():
+        if isinstance(metric, Counter):
+            series[f"{metric._name}_total"] = set(metric._labelnames)
+        elif isinstance(metric, Gauge):
+            series[metric._name] = set(metric._labelnames)
+        elif isinstance(metric, Histogram):
+            labels = set(metric._labelnames)
+            series[f"{metric._name}_bucket"] = labels | {"le"}
+            series[f"{metric._name}_count"] = series[f"{metric._name}_sum"] = labels
+    return series
+
+
+def test_the_alert_rules_parse_and_name_only_what_the_service_exports() -> None:
+    """An alert on a misspelt metric or label never fires, silently: docs/prometheus-alerts.yml
+    is checked against app/metrics.py, each expression parsed as Prometheus would."""
+    groups = yaml.safe_load(ALERT_RULES.read_text())["groups"]
+    rules = [rule for group in groups for rule in group["rules"]]
+    exported = exported_series()
+    unknown = []
+    for rule in rules:
+        selectors: list[promql_parser.VectorSelector] = []
+
+        def collect(node: object, found: list[promql_parser.VectorSelector] = selectors) -> None:
+            if isinstance(node, promql_parser.VectorSelector):
+                found.append(node)
+
+        promql_parser.walk(promql_parser.parse(rule["expr"]), collect)
+        assert selectors, rule["alert"]
+        for selector in selectors:
+            labels = {matcher.name for matcher in selector.matchers.matchers}
+            if selector.name not in exported or not labels <= exported[selector.name]:
+                unknown.append((rule["alert"], selector.name, labels))
+
+    assert len(rules) >= 8
+    assert len({rule["alert"] for rule in rules}) == len(rules)
+    assert unknown == []
 
 
 async def test_metrics_count_refusals_by_reason(client: httpx.AsyncClient, hook: Any) -> None:
