@@ -473,6 +473,42 @@ async def test_an_operator_finds_and_repairs_rollup_counts_gone_wrong(
     assert (await stats.get("ana"))["totals"]["messages"] == 3
 
 
+async def test_a_repair_while_a_campaign_streams_in_leaves_every_count_exact(
+    hook: Any, engine: AsyncEngine, database_url: str
+) -> None:
+    """A repair that locks no writer out: what writers commit meanwhile adds to the stored
+    rows and to the rollup alike, so a repair reading both in one snapshot corrects exactly
+    the two counts that were wrong, and the rollup ends equal to the rows."""
+    assert (await hook("callback", [callback(f"s{n}", 2, "VIVO") for n in range(20)])).is_success
+    async with engine.begin() as conn:  # counts gone wrong before the repair
+        await conn.execute(
+            text(
+                "INSERT INTO stats_deltas VALUES "
+                "('acme', date_trunc('hour', now()), 'c1', 'VIVO', 'messages', 0, 3), "
+                "('acme', date_trunc('hour', now()), 'c9', 'OI', 'messages', 0, 2)"
+            )
+        )
+
+    async def campaign_streaming_in() -> None:
+        for n in range(20):
+            await asyncio.gather(
+                hook("dlr", dlr(f"s{n}", 4 if n % 3 else 104, 5 + n, "VIVO")),
+                hook("callback", callback(f"t{n}", 2, "TIM")),
+                hook("mo", mo(f"rs{n}", f"s{n % 7}")),
+            )
+
+    repaired, _ = await asyncio.gather(
+        asyncio.to_thread(run_cli, "stats", "repair", database_url=database_url),
+        campaign_streaming_in(),
+    )
+    async with engine.connect() as conn:
+        wrong = await rollup_differences(conn)
+
+    assert repaired.returncode == 0, repaired.stderr
+    assert repaired.stdout == "2 rollup count(s) corrected\n"
+    assert wrong == []
+
+
 async def test_a_repair_waits_for_one_already_running_past_the_webhooks_statement_timeout(
     engine: AsyncEngine, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
