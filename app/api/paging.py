@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import Query, Request
+from fastapi import Depends, Query, Request
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.api.errors import ApiError, OrjsonResponse
@@ -36,6 +37,20 @@ Wait = Annotated[
 ]
 
 
+@dataclass
+class FeedQuery:
+    """What a safe feed's caller asks: where to start, how many, and how long to wait for
+    something new (the request, to notice a caller that went away)."""
+
+    request: Request
+    after: After = None
+    limit: Limit = 1000
+    wait: Wait = 0.0
+
+
+FeedQueryDep = Annotated[FeedQuery, Depends()]
+
+
 def bad_cursor() -> ApiError:
     return ApiError(422, "invalid_cursor", "the cursor is not one this API handed out")
 
@@ -44,26 +59,23 @@ async def feed_response(
     kind: str,
     scope: Scope,
     engine: AsyncEngine,
-    after: str | None,
-    limit: int,
+    query: FeedQuery,
     render: Callable[[dict[str, Any]], dict[str, Any]],
-    *,
-    wait_s: float = 0.0,
-    request: Request | None = None,
 ) -> OrjsonResponse:
     """One page of a safe feed: the items after the cursor and the cursor to pass next. With
-    ``wait_s``, an empty page is held back until something arrives or the time is up; the
+    ``wait``, an empty page is held back until something arrives or the time is up; the
     connection goes back to the pool between looks."""
+    after = query.after
     try:
         position = reads.FeedPosition(*read_feed_cursor(after)) if after else reads.FeedPosition()
     except BadCursor:
         raise bad_cursor() from None
-    deadline = time.monotonic() + wait_s
+    deadline = time.monotonic() + query.wait
     while True:
         async with engine.connect() as conn:
-            rows, next_position = await reads.feed_page(conn, kind, scope, position, limit)
+            rows, next_position = await reads.feed_page(conn, kind, scope, position, query.limit)
         left = deadline - time.monotonic()
-        if rows or left <= 0 or (request is not None and await request.is_disconnected()):
+        if rows or left <= 0 or await query.request.is_disconnected():
             break
         await asyncio.sleep(min(FEED_POLL_S, left))
     return OrjsonResponse(

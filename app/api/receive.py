@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query
 
 from app.api.deps import EngineDep, ReaderDep, ScopeDep
 from app.api.errors import ApiError, OrjsonResponse, responses
-from app.api.paging import After, Limit, Wait, bad_cursor, feed_response
+from app.api.paging import FeedQueryDep, Limit, bad_cursor, feed_response
 from app.api.params import IsoTime
 from app.api.schemas import MoChanges, MoEnvelope, iso, mo_out
 from app.db import reads
@@ -108,14 +108,5 @@ async def search_replies(
     response_model=MoChanges,
     responses=READ_RESPONSES,
 )
-async def reply_changes(
-    request: Request,
-    scope: ScopeDep,
-    engine: EngineDep,
-    after: After = None,
-    limit: Limit = 1000,
-    wait: Wait = 0.0,
-) -> OrjsonResponse:
-    return await feed_response(
-        "mo", scope, engine, after, limit, mo_out, wait_s=wait, request=request
-    )
+async def reply_changes(scope: ScopeDep, engine: EngineDep, query: FeedQueryDep) -> OrjsonResponse:
+    return await feed_response("mo", scope, engine, query, mo_out)

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query
 
 from app.api.deps import EngineDep, ReaderDep, ScopeDep
 from app.api.errors import ApiError, OrjsonResponse, responses
-from app.api.paging import After, Limit, Wait, bad_cursor, feed_response
+from app.api.paging import FeedQueryDep, Limit, bad_cursor, feed_response
 from app.api.params import IsoTime, SearchText
 from app.api.schemas import (
     StatusChanges,
@@ -73,17 +73,8 @@ async def list_changed_statuses(
     response_model=StatusChanges,
     responses=READ_RESPONSES,
 )
-async def status_changes(
-    request: Request,
-    scope: ScopeDep,
-    engine: EngineDep,
-    after: After = None,
-    limit: Limit = 1000,
-    wait: Wait = 0.0,
-) -> OrjsonResponse:
-    return await feed_response(
-        "status", scope, engine, after, limit, status_out, wait_s=wait, request=request
-    )
+async def status_changes(scope: ScopeDep, engine: EngineDep, query: FeedQueryDep) -> OrjsonResponse:
+    return await feed_response("status", scope, engine, query, status_out)
 
 
 @router.get(
