@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, select, text, union_all
+from sqlalchemy import ColumnElement, and_, func, insert, select, text, union_all
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app import metrics
@@ -144,12 +144,6 @@ ROLLUP_DIFFERENCES = f"""
     WHERE COALESCE(kept.count, 0) <> COALESCE(counted.count, 0)
     ORDER BY {_KEY}
 """  # noqa: S608 - constant names only
-# The corrections go in as deltas: writers committing meanwhile append their own, relative to
-# the rows this statement's snapshot saw, so nothing is locked and nothing counted twice.
-REPAIR_ROLLUP = f"""
-    INSERT INTO stats_deltas ({_KEY}, count)
-    SELECT {_KEY}, counted - kept FROM ({ROLLUP_DIFFERENCES}) AS wrong
-"""  # noqa: S608 - constant names only
 REPAIR_LOCK = "SELECT pg_advisory_xact_lock(hashtext('wavy-webhooks stats repair'))"
 
 
@@ -175,11 +169,22 @@ async def rollup_differences(conn: AsyncConnection) -> list[RollupDifference]:
 
 
 async def repair_rollup(conn: AsyncConnection) -> int:
-    """Correct every count ``rollup_differences`` would list; returns how many. Safe while the
-    service runs: it blocks no writer."""
+    """Correct every count ``rollup_differences`` would list, as deltas; returns how many.
+
+    Safe while the service runs, and exact: whatever writers commit after the differences'
+    snapshot adds to the rows and to the rollup alike, so each difference still holds when
+    its correction lands. The long read writes nothing, so only the short insert holds the
+    safe feeds back (they wait for older write transactions), and no writer waits at all."""
     # Two repairs at once would each add the same corrections: the second waits, then sees
     # the first's (its statement's snapshot is taken after the lock).
     await conn.execute(text(REPAIR_LOCK))
-    result = await conn.execute(text(REPAIR_ROLLUP))
-    repaired: int = result.rowcount
-    return repaired
+    wrong = await rollup_differences(conn)
+    if wrong:
+        await conn.execute(
+            insert(stats_deltas),
+            [
+                {name: getattr(d, name) for name in _COLUMNS[:-1]} | {"count": d.counted - d.kept}
+                for d in wrong
+            ],
+        )
+    return len(wrong)
