@@ -117,8 +117,24 @@ async def count_stored(database_url: str, run_id: str) -> int:
 
 
 def worker_pids(server_pid: int) -> list[int]:
-    children = psutil.Process(server_pid).children()
-    return [c.pid for c in children if "spawn_main" in " ".join(c.cmdline())]
+    """The server's live workers: a killed one stays a zombie until uvicorn reaps it, and
+    asking a zombie for its command line raises."""
+    pids = []
+    for child in psutil.Process(server_pid).children():
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE and "spawn_main" in " ".join(child.cmdline()):
+                pids.append(child.pid)
+        except psutil.NoSuchProcess:  # a zombie (ZombieProcess), or gone meanwhile
+            continue
+    return pids
+
+
+def workers_settled(server_pid: int, count: int, timeout_s: float = 10.0) -> list[int]:
+    """The live workers once there are ``count`` of them again, or after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while len(pids := worker_pids(server_pid)) != count and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return pids
 
 
 def kill_worker(database_url: str, seconds: int) -> Outcome:
@@ -134,7 +150,7 @@ def kill_worker(database_url: str, seconds: int) -> Outcome:
             os.kill(before[0], signal.SIGKILL)
 
         load = load_with_fault(url, scenario, run_id, seconds, strike, seconds / 3)
-        after = worker_pids(process.pid)
+        after = workers_settled(process.pid, 2)
         outcome.expect(before[0] not in after, "the killed worker is still listed")
         outcome.expect(len(after) == 2, f"uvicorn did not replace the worker: {after}")
         ok = httpx.post(f"{url}/v1/webhooks/dlr", json={"id": f"{run_id}-after"}, timeout=10)
