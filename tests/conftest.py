@@ -11,6 +11,7 @@ import socket
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,9 @@ from app.db.migrate import upgrade_to_head
 from app.db.tables import metadata
 from app.db.writer import BatchWriter
 from app.main import create_app
+from app.payloads import validate_items
+from app.rules.records import EventRecord, build_event_records
+from app.rules.webhook_body import items_as_json
 from app.settings import Settings
 
 # Every table of the schema (alembic_version is not in the metadata): emptied before each test.
@@ -167,6 +171,17 @@ async def hook(client: httpx.AsyncClient, webhook_key: str) -> Any:
         return await client.post(f"/v1/webhooks/{kind}", params={"key": webhook_key}, json=body)
 
     return post
+
+
+def records_of(kind: str, item: dict[str, Any]) -> list[EventRecord]:
+    """What the webhook would hand its writer for ``item`` (with the key of sub-account acme)."""
+    return build_event_records(
+        kind,
+        validate_items(kind, [item]),
+        items_as_json([item]),
+        sub_account="acme",
+        received_at=datetime.now(UTC),
+    )
 
 
 async def fetch_all(engine: AsyncEngine, sql: str, **params: Any) -> list[dict[str, Any]]:

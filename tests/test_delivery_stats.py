@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -17,7 +16,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.db import users
 from app.db.stats import REPAIR_LOCK, fold_stats_deltas, rollup_differences
 from app.db.writer import driver_connection, write_records
-from app.payloads import validate_items
 from app.rules.delivery_stats import (
     CARRIERS_WITHOUT_DLR,
     LATENCY_BUCKETS_S,
@@ -25,11 +23,9 @@ from app.rules.delivery_stats import (
     carrier_sends_dlr,
     latency_percentile,
 )
-from app.rules.records import EventRecord, build_event_records
 from app.rules.scope import Role
-from app.rules.webhook_body import items_as_json
 from app.settings import Settings
-from tests.conftest import add_key, writes_going_to
+from tests.conftest import add_key, records_of, writes_going_to
 from tests.test_migrations_and_cli import run_cli
 
 T = 1_764_000_000_000  # sentAt of every message (epoch ms)
@@ -55,17 +51,6 @@ def dlr(message_id: str, code: int, after_s: int, carrier: str) -> dict[str, Any
         "carrierName": carrier,
         "campaignId": "c1",
     }
-
-
-def records_of(kind: str, item: dict[str, Any]) -> list[EventRecord]:
-    """What the webhook would hand its writer for ``item``."""
-    return build_event_records(
-        kind,
-        validate_items(kind, [item]),
-        items_as_json([item]),
-        sub_account="acme",
-        received_at=datetime.now(UTC),
-    )
 
 
 async def totals_once_a_reply_counts(stats: Stats, replies: int = 1) -> dict[str, Any]:

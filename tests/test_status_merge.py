@@ -19,7 +19,7 @@ from app.payloads import validate_items
 from app.rules.records import EventRecord, build_event_records
 from app.rules.status_merge import merge_status_events, status_from_event
 from app.rules.webhook_body import items_as_json
-from tests.conftest import add_key, fetch_all
+from tests.conftest import add_key, fetch_all, records_of
 
 SENT_2 = {"sentStatusCode": 2, "sentStatus": "SENT_SUCCESS", "sentAt": 1_000_000}
 DATA_COLUMNS = (
@@ -382,20 +382,9 @@ async def test_a_reply_whose_id_equals_a_message_id_in_the_same_batch_is_kept_ap
     assert [k["kind"] for k in kinds] == ["dlr", "mo"]
 
 
-def records_of(items: list[tuple[str, dict[str, Any]]]) -> list[EventRecord]:
+def batch_of(items: list[tuple[str, dict[str, Any]]]) -> list[EventRecord]:
     """What the webhooks would hand the writer for these (kind, item) pairs, as one batch."""
-    now = datetime.now(UTC)
-    return [
-        record
-        for kind, item in items
-        for record in build_event_records(
-            kind,
-            validate_items(kind, [item]),
-            items_as_json([item]),
-            sub_account="acme",
-            received_at=now,
-        )
-    ]
+    return [record for kind, item in items for record in records_of(kind, item)]
 
 
 async def test_batches_holding_the_same_messages_in_opposite_shapes_do_not_deadlock(
@@ -416,7 +405,7 @@ async def test_batches_holding_the_same_messages_in_opposite_shapes_do_not_deadl
         await asyncio.wait_for(
             asyncio.gather(
                 write_alone(
-                    records_of(
+                    batch_of(
                         [
                             ("callback", callback(x)),
                             ("dlr", dlr(4, 2_000_000, x)),
@@ -425,7 +414,7 @@ async def test_batches_holding_the_same_messages_in_opposite_shapes_do_not_deadl
                     )
                 ),
                 write_alone(
-                    records_of(
+                    batch_of(
                         [
                             ("callback", callback(y)),
                             ("dlr", dlr(4, 2_000_000, y)),
