@@ -243,7 +243,10 @@ def db_restart(_: str, seconds: int) -> Outcome:
     scenario = Scenario("dbrestart", 1, 32, 1)
     run_id = f"dbrestart-{time.monotonic_ns()}"
     down_for_s = 4.0
-    readiness: list[tuple[float, int]] = []
+    # (sent, answered, status): a probe counts as "while down" only if it was sent and
+    # answered inside the window. Under load the worker may take a probe sent just before
+    # the restart only after PostgreSQL is back, and a true 200 then is no failure.
+    readiness: list[tuple[float, float, int]] = []
     with (
         private_postgres() as (server_uri, stop, start),
         scratch_database("wavy_failures", server=server_uri) as database_url,
@@ -257,12 +260,12 @@ def db_restart(_: str, seconds: int) -> Outcome:
         def watch_readiness() -> None:
             with httpx.Client(timeout=5) as client:
                 while not watching.is_set():
+                    sent = time.monotonic()
                     try:
-                        readiness.append(
-                            (time.monotonic(), client.get(f"{url}/readyz").status_code)
-                        )
+                        status = client.get(f"{url}/readyz").status_code
                     except httpx.TransportError:
-                        readiness.append((time.monotonic(), 0))
+                        status = 0
+                    readiness.append((sent, time.monotonic(), status))
                     time.sleep(0.25)
 
         watcher = threading.Thread(target=watch_readiness)
@@ -285,9 +288,18 @@ def db_restart(_: str, seconds: int) -> Outcome:
         outcome.expect(after.status_code == 200, f"after the restart a DLR got {after.status_code}")
         outcome.acked_events = load.acked_events
         outcome.missing = asyncio.run(count_missing(database_url, run_id, 1, load.threads))
-    during = [code for at, code in readiness if window["down"] + 0.5 < at < window["starting"]]
+    during = [
+        code
+        for sent, answered, code in readiness
+        if window["down"] + 0.5 < sent and answered < window["starting"]
+    ]
     first_ready = next(
-        (at for at, code in readiness if at > window["starting"] and code == 200), recovered
+        (
+            answered
+            for sent, answered, code in readiness
+            if sent > window["starting"] and code == 200
+        ),
+        recovered,
     )
     outcome.expect(bool(during) and set(during) == {503}, f"/readyz while down: {set(during)}")
     outcome.expect(recovered is not None, "/readyz never said ready again")
