@@ -25,7 +25,7 @@ from typing import Literal
 
 import asyncpg
 
-from app.db.writer import write_records
+from app.db.ingest import write_records
 from app.payloads import Callback, Dlr
 from app.rules.records import EventRecord, build_event_records
 from app.rules.webhook_body import items_as_json

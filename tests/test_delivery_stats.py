@@ -14,8 +14,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db import users
+from app.db.engine import driver_connection
+from app.db.ingest import write_records
 from app.db.stats import REPAIR_LOCK, fold_stats_deltas, rollup_differences
-from app.db.writer import driver_connection, write_records
 from app.rules.delivery_stats import (
     CARRIERS_WITHOUT_DLR,
     LATENCY_BUCKETS_S,

@@ -14,7 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.db.writer import driver_connection, write_records
+from app.db.engine import driver_connection
+from app.db.ingest import write_records
 from app.payloads import validate_items
 from app.rules.records import EventRecord, build_event_records
 from app.rules.status_merge import merge_status_events, status_from_event

@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 from sqlalchemy import make_url
 from sqlalchemy.engine import URL
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from app.settings import Settings
 
@@ -26,6 +26,13 @@ def normalize_database_url(raw: str) -> URL:
     if url.get_backend_name() not in ("postgresql", "postgres"):
         raise ValueError(f"only PostgreSQL is supported, got {url.get_backend_name()!r}")
     return url.set(drivername="postgresql+asyncpg")
+
+
+async def driver_connection(conn: AsyncConnection) -> asyncpg.Connection:
+    """The asyncpg connection under a SQLAlchemy one, for the writer's plain-SQL statements."""
+    raw = await conn.get_raw_connection()
+    driver: asyncpg.Connection = raw.driver_connection
+    return driver
 
 
 def _target(settings: Settings, url: str | None) -> str:

@@ -1,4 +1,4 @@
-"""Small, infrequent queries: webhook keys and dead letters. (The hot write path is writer.py.)"""
+"""Small, infrequent queries: webhook keys and dead letters. (The hot write path is ingest.py.)"""
 
 from __future__ import annotations
 

@@ -12,8 +12,10 @@ import asyncpg
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.db.engine import driver_connection
+from app.db.ingest import write_records
 from app.db.tables import rejected_bodies
-from app.db.writer import could_be_poison, driver_connection, write_records
+from app.db.writer import could_be_poison
 from app.rules.records import build_event_records
 from app.rules.webhook_body import BodyRejected, parse_stored_body
 

@@ -178,9 +178,9 @@ mos = Table(
     Index(None, "sub_account", "tx_id", "seq", postgresql_where=SCOPED),
 )
 
-# Messages whose reply counts are to be counted again (app.db.writer's RECOUNT_REPLIES), queued
-# in the transaction that stores their replies: a worker killed before its recount, or a replay,
-# leaves the work to the next sweep of any worker instead of a count one short.
+# Messages whose reply counts are to be counted again (app.db.reply_recounts), queued in the
+# transaction that stores their replies: a worker killed before its recount, or a replay, leaves
+# the work to the next sweep of any worker instead of a count one short.
 reply_recounts = Table(
     "reply_recounts",
     metadata,

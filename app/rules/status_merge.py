@@ -13,7 +13,7 @@ and any repetition of the same events gives the same row. Each part has its own 
   same way whatever the order;
 * ``first_seen_at`` is the earliest receive time, ``updated_at`` the latest.
 
-``app.db.writer`` runs the very same rules in SQL (text compared with ``COLLATE "C"``, which
+``app.db.ingest`` runs the very same rules in SQL (text compared with ``COLLATE "C"``, which
 orders as Python's ``str`` does); the property tests hold both to this module.
 """
 
