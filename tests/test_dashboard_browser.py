@@ -65,6 +65,32 @@ def expected_tiles(totals: dict[str, Any]) -> dict[str, str]:
     return {key: "" if value is None else _js_number(value) for key, value in values.items()}
 
 
+def expected_campaign_row(group: dict[str, Any]) -> list[str]:
+    """A campaign's row as the page writes it, from the API's group (en-US numbers, one
+    decimal for rates)."""
+
+    def rate(value: float | None) -> str:
+        return "\u2013" if value is None else f"{value * 100:.1f}%"  # the page's en dash
+
+    sent, delivered = group["sentStatusCodes"], group["deliveredStatusCodes"]
+    failed = sum(n for code, n in sent.items() if code not in ("2", "none")) + sum(
+        n for code, n in delivered.items() if code not in ("4", "none")
+    )
+    waiting = (
+        group["waitingForDlr"]["carrierSendsDlr"] + group["waitingForDlr"]["carrierWithoutDlr"]
+    )
+    counts = [group["messages"], sent.get("2", 0), delivered.get("4", 0)]
+    return [
+        group["key"] or "(none)",
+        *(f"{n:,}" for n in counts),
+        rate(group["deliveryRate"]),
+        f"{failed:,}",
+        f"{waiting:,}",
+        f"{group['replies']:,}",
+        rate(group["replyRate"]),
+    ]
+
+
 def _js_number(value: float) -> str:
     """How JavaScript writes a number into an attribute (15.0 -> "15")."""
     return str(int(value)) if float(value).is_integer() else repr(value)
@@ -231,3 +257,50 @@ async def test_a_live_board_shows_new_messages_without_a_click_until_live_is_unt
     assert status is not None
     assert "loaded at" in status
     assert (frozen, loads_after) == ("7", loads)  # unticked: no load since
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("campaign")
+async def test_the_campaigns_table_counts_each_campaign_and_a_click_shows_only_that_one(
+    base_url: str,
+    hook: Any,
+    stats: Stats,  # noqa: F811 - the fixture
+) -> None:
+    # Beside the fixture's six messages of campaign c1: one of c2 and one of no campaign.
+    assert (await hook("callback", callback("n1", 2, "TIM", campaign="c2"))).status_code == 200
+    without = {"id": "n2", "sentStatusCode": 2, "sentAt": 1_764_000_000_000, "carrierName": "TIM"}
+    assert (await hook("callback", without)).status_code == 200
+    token = stats.headers["ana"]["AuthenticationToken"]
+    async with async_api.async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"]
+        )
+        try:
+            page = await browser.new_page()
+            await log_in(page, base_url, "ana", token)
+            loaded_with = dict(parse_qsl(await page.get_attribute("body", "data-loaded") or ""))
+            order = await page.locator("#campaign-table tbody tr").evaluate_all(
+                "rows => rows.map(row => row.dataset.testid)"
+            )
+            rows = {
+                name: await page.locator(f"[data-testid=campaign-{name}] td").all_text_contents()
+                for name in ("c1", "c2", "none")
+            }
+            await page.click("[data-testid=campaign-c2] button")
+            await page.wait_for_selector("body[data-loaded*='campaignId=c2']")
+            narrowed = await page.get_attribute("[data-testid=kpi-messages] .value", "data-value")
+            campaigns_after = await page.locator("#campaign-table tbody tr").count()
+        finally:
+            await browser.close()
+
+    api = await stats.get("ana", **loaded_with, groupBy="campaign")
+    by_key = {group["key"]: group for group in api["groups"]}
+    assert rows == {
+        "c1": expected_campaign_row(by_key["c1"]),
+        "c2": expected_campaign_row(by_key["c2"]),
+        "none": expected_campaign_row(by_key[""]),
+    }
+    assert rows["c1"][:2] == ["c1", "6"]  # the fixture's campaign, retries counted once
+    assert rows["c1"][-2:] == ["3", "33.3%"]  # its replies: m1 twice, m4 once
+    assert order[0] == "campaign-c1"  # the busiest first
+    assert (narrowed, campaigns_after) == ("1", 1)

@@ -159,6 +159,41 @@ function renderCarriers(stats) {
   }
 }
 
+// The busiest campaigns first; a click narrows the whole board to one of them.
+const CAMPAIGNS_SHOWN = 20;
+
+function renderCampaigns(stats) {
+  const groups = stats.groups.filter((g) => g.messages > 0).sort((a, b) => b.messages - a.messages);
+  const body = $("#campaign-table tbody");
+  body.replaceChildren();
+  for (const g of groups.slice(0, CAMPAIGNS_SHOWN)) {
+    const row = element("tr", undefined, { "data-testid": `campaign-${g.key || "none"}` });
+    const name = element("td");
+    if (g.key) {
+      const narrow = element("button", g.key, { type: "button", class: "link", title: "Show this campaign only" });
+      narrow.addEventListener("click", () => {
+        $("#controls input[name=campaignId]").value = g.key;
+        refresh();
+      });
+      name.append(narrow);
+    } else {
+      name.textContent = "(none)";
+    }
+    row.append(name);
+    const waiting = g.waitingForDlr.carrierSendsDlr + g.waitingForDlr.carrierWithoutDlr;
+    for (const value of [number(g.messages), number(g.sentStatusCodes["2"] || 0),
+      number(g.deliveredStatusCodes["4"] || 0), percent(g.deliveryRate), number(failedCount(g)),
+      number(waiting), number(g.replies), percent(g.replyRate)]) {
+      row.append(element("td", value));
+    }
+    body.append(row);
+  }
+  const hidden = groups.length - CAMPAIGNS_SHOWN;
+  $("#campaign-note").textContent = !groups.length
+    ? "No messages in this window."
+    : hidden > 0 ? `and ${number(hidden)} more campaign${hidden === 1 ? "" : "s"}, smaller` : "";
+}
+
 function renderLatency(totals) {
   const latency = totals.timeToDeliver;
   let lower = 0;
@@ -315,11 +350,13 @@ async function refresh({ quiet = false } = {}) {
   try {
     const overTime = await api(`/v1/stats?${params}&groupBy=${groupBy}`);
     const byCarrier = await api(`/v1/stats?${params}&groupBy=carrier`);
+    const byCampaign = await api(`/v1/stats?${params}&groupBy=campaign`);
     const replies = await fetchReplies(params);
     if (load !== latestLoad) return;
     renderKpis(overTime.totals);
     renderFunnel(overTime);
     renderCarriers(byCarrier);
+    renderCampaigns(byCampaign);
     renderLatency(overTime.totals);
     renderReplies(replies);
     const loadedAt = new Date().toISOString().slice(11, 19);
