@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import shutil
 from pathlib import Path
@@ -286,6 +288,10 @@ async def test_the_campaigns_table_counts_each_campaign_and_a_click_shows_only_t
                 name: await page.locator(f"[data-testid=campaign-{name}] td").all_text_contents()
                 for name in ("c1", "c2", "none")
             }
+            async with page.expect_download() as downloading:
+                await page.click("#download-csv")
+            download = await downloading.value
+            exported = Path(await download.path()).read_text(encoding="utf-8")  # noqa: ASYNC240
             await page.click("[data-testid=campaign-c2] button")
             await page.wait_for_selector("body[data-loaded*='campaignId=c2']")
             narrowed = await page.get_attribute("[data-testid=kpi-messages] .value", "data-value")
@@ -304,3 +310,6 @@ async def test_the_campaigns_table_counts_each_campaign_and_a_click_shows_only_t
     assert rows["c1"][-2:] == ["3", "33.3%"]  # its replies: m1 twice, m4 once
     assert order[0] == "campaign-c1"  # the busiest first
     assert (narrowed, campaigns_after) == ("1", 1)
+    exported_ids = [row["id"] for row in csv.DictReader(io.StringIO(exported))]
+    assert download.suggested_filename.startswith("statuses-")
+    assert sorted(exported_ids) == ["m1", "m2", "m3", "m4", "m5", "m6", "n1", "n2"]

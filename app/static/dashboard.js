@@ -328,6 +328,32 @@ async function search(q) {
   box.append(table);
 }
 
+// The export needs the credentials' headers, so it is fetched here and handed to the browser
+// as a file, rather than linked.
+async function downloadCsv() {
+  const saved = credentials();
+  if (!saved) return showLogin();
+  const note = $("#download-status");
+  note.textContent = "Preparing…";
+  const { params } = windowParams();
+  const response = await fetch(`/v1/sms/status/export?${params}`, {
+    headers: { UserName: saved.username, AuthenticationToken: saved.token },
+  });
+  if (response.status === 401) return showLogin("Please log in again.");
+  if (!response.ok) {
+    note.textContent = `Could not download: HTTP ${response.status}`;
+    return;
+  }
+  const blob = await response.blob();
+  const named = /filename="([^"]+)"/.exec(response.headers.get("Content-Disposition") || "");
+  const link = element("a", undefined, { href: URL.createObjectURL(blob), download: named ? named[1] : "statuses.csv" });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(link.href), 60_000);
+  note.textContent = "";
+}
+
 // --- the page ------------------------------------------------------------------------------
 
 function windowParams() {
@@ -412,6 +438,9 @@ document.addEventListener("DOMContentLoaded", () => {
   });
   $("#logout").addEventListener("click", () => showLogin());
   $("#controls").addEventListener("submit", (event) => { event.preventDefault(); refresh(); });
+  $("#download-csv").addEventListener("click", () => downloadCsv().catch((error) => {
+    $("#download-status").textContent = `Could not download: ${error.message}`;
+  }));
   $("#search-form").addEventListener("submit", (event) => {
     event.preventDefault();
     search(new FormData(event.target).get("q").trim()).catch((error) => {
