@@ -29,6 +29,8 @@ from app.db.engine import (
 )
 from app.db.key_registry import KeyRegistry
 from app.db.migrate import head_revision
+from app.db.notifications import KEYS_CHANGED_CHANNEL, USERS_CHANGED_CHANNEL, follow_changes
+from app.db.reader_cache import ReaderCache
 from app.db.retention import purge_periodically
 from app.db.stats import fold_stats_periodically
 from app.db.writer import BatchWriter
@@ -84,22 +86,25 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         concurrency=settings.writer_concurrency,
     )
     registry = KeyRegistry(engine, ttl_s=settings.key_cache_seconds)
+    readers = ReaderCache(engine, ttl_s=settings.reader_cache_seconds)
     if settings.open_ingest:
         log.warning("open ingest: webhooks are accepted WITHOUT a key")
     await registry.refresh()
     await writer.start()
     app.state.engine, app.state.writer, app.state.key_registry = engine, writer, registry
+    app.state.readers = readers
     app.state.schema_head = head_revision()
     background = [
         asyncio.create_task(_sample_gauges(engine, writer), name="sample-gauges"),
         asyncio.create_task(fold_stats_periodically(engine), name="stats-fold"),
         asyncio.create_task(
-            registry.follow_changes(
+            follow_changes(
                 writer_connector(
                     settings, database_url, application_name=KEYS_LISTENER_APPLICATION_NAME
-                )
+                ),
+                {KEYS_CHANGED_CHANNEL: registry.forget, USERS_CHANGED_CHANNEL: readers.forget},
             ),
-            name="webhook-key-changes",
+            name="key-and-user-changes",
         ),
     ]
     retention_age = settings.retention_age()

@@ -67,7 +67,10 @@ class Settings(BaseSettings):
     db_max_overflow: NonNegativeInt = 5
     db_connect_timeout_s: PositiveFloat = 5.0
 
+    # How long a webhook key, or a read-API user's successful login, is trusted from memory
+    # when no change notification arrives (each worker is told of changes at once).
     key_cache_seconds: NonNegativeFloat = 5.0
+    reader_cache_seconds: NonNegativeFloat = 5.0
     # A body that has not fully arrived after this long is refused (408): slow senders and
     # slowloris clients cannot hold a connection and its buffer forever.
     body_timeout_s: PositiveFloat = 10.0

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.api import status as status_routes
@@ -164,6 +165,64 @@ async def test_rotated_token_replaces_the_old_one(app: FastAPI, world: World) ->
     )
 
     assert (old.status_code, new.status_code) == (401, 200)
+
+
+async def refused_within(world: World, who: str, seconds: float) -> tuple[int, float]:
+    """Polls /v1/me as ``who`` until refused or ``seconds`` pass: (last status, time taken)."""
+    started = time.monotonic()
+    while True:
+        status = (await world.get(who, "/v1/me")).status_code
+        if status != 200 or time.monotonic() - started > seconds:
+            return status, time.monotonic() - started
+        await asyncio.sleep(0.05)
+
+
+async def test_a_logged_in_user_disabled_by_hand_is_refused_at_once(
+    app: FastAPI, world: World
+) -> None:
+    """Workers remember logins (for 60 s in these tests); PostgreSQL tells them when the users
+    change, however they were changed."""
+    assert (await world.get("ana", "/v1/me")).status_code == 200
+    async with app.state.engine.begin() as conn:
+        await conn.execute(text("UPDATE users SET disabled_at = now() WHERE username = 'ana'"))
+
+    status, took = await refused_within(world, "ana", seconds=1)
+
+    assert status == 401
+    assert took < 1
+
+
+async def test_a_logged_in_users_replaced_token_is_refused_at_once(
+    app: FastAPI, world: World
+) -> None:
+    assert (await world.get("ana", "/v1/me")).status_code == 200
+    async with app.state.engine.begin() as conn:
+        new_token = await users.rotate_token(conn, "ana")
+
+    status, took = await refused_within(world, "ana", seconds=1)
+    world.headers["ana"]["AuthenticationToken"] = new_token or ""
+
+    assert (status, took < 1) == (401, True)
+    assert (await world.get("ana", "/v1/me")).status_code == 200
+
+
+async def test_where_no_notification_arrives_a_login_is_trusted_until_the_cache_ages_out(
+    app: FastAPI, world: World
+) -> None:
+    """What a transaction-mode pooler (which drops notifications) leaves: the cache's age
+    (WAVY_READER_CACHE_SECONDS, 60 s in these tests) bounds how long a change takes."""
+    assert (await world.get("ana", "/v1/me")).status_code == 200
+    async with app.state.engine.begin() as conn:
+        await conn.execute(text("ALTER TABLE users DISABLE TRIGGER users_changed"))
+        await conn.execute(text("UPDATE users SET disabled_at = now() WHERE username = 'ana'"))
+        await conn.execute(text("ALTER TABLE users ENABLE TRIGGER users_changed"))
+    await asyncio.sleep(0.3)  # time enough for a notification, were there one
+
+    remembered = (await world.get("ana", "/v1/me")).status_code
+    app.state.readers.forget()  # as the cache's age would, after 60 s
+    checked_again = (await world.get("ana", "/v1/me")).status_code
+
+    assert (remembered, checked_again) == (200, 401)
 
 
 async def test_header_names_are_case_insensitive_and_email_logs_in(world: World) -> None:

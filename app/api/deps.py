@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app import metrics
 from app.api.errors import ApiError
 from app.api.params import SearchText
-from app.db.users import authenticate_reader
+from app.db.reader_cache import ReaderCache
 from app.db.writer import BatchWriter
 from app.rules.scope import OutsideScope, Reader, Scope, resolve_scope
 from app.settings import Settings
@@ -111,7 +111,7 @@ def reader_unauthorized() -> ApiError:
 
 
 async def current_reader(
-    engine: EngineDep,
+    request: Request,
     username: Annotated[
         str | None, Header(alias="UserName", description="Username or e-mail")
     ] = None,
@@ -122,8 +122,8 @@ async def current_reader(
     if not username or not token:
         metrics.READER_AUTH_FAILURES.inc()
         raise reader_unauthorized()
-    async with engine.connect() as conn:
-        reader = await authenticate_reader(conn, username, token)
+    readers: ReaderCache = request.app.state.readers
+    reader = await readers.authenticate(username, token)
     if reader is None:
         metrics.READER_AUTH_FAILURES.inc()
         raise reader_unauthorized()
