@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
-from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.responses import StreamingResponse
 
 from app.api.deps import EngineDep, ReaderDep, ScopeDep
@@ -27,7 +26,6 @@ from app.api.schemas import (
 )
 from app.db import reads
 from app.rules.cursors import BadCursor, read_time_cursor_str, time_cursor
-from app.rules.scope import Scope
 from app.rules.spreadsheet_csv import csv_text
 
 router = APIRouter(prefix="/v1/sms/status", tags=["statuses"])
@@ -83,7 +81,7 @@ async def status_changes(scope: ScopeDep, engine: EngineDep, query: FeedQueryDep
     return await feed_response("status", scope, engine, query, status_out)
 
 
-def status_filters(
+async def status_filters(
     correlation_id: Annotated[SearchText | None, Query(alias="correlationId")] = None,
     destination: SearchText | None = None,
     carrier_name: Annotated[SearchText | None, Query(alias="carrierName")] = None,
@@ -139,41 +137,30 @@ EXPORT_COLUMNS = tuple(StatusOut.model_fields)
 async def export_statuses(
     scope: ScopeDep, engine: EngineDep, filters: StatusFiltersDep
 ) -> StreamingResponse:
+    pages = reads.status_pages(engine, scope, filters, EXPORT_PAGE_ROWS)
     # The first page is read before answering: a failure then is an error answer, not a 200
     # that stops short.
-    first = await _export_page(engine, scope, filters, None)
+    first = await anext(pages)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     return StreamingResponse(
-        _export_lines(engine, scope, filters, first),
+        _csv_lines(first, pages),
         media_type="text/csv; charset=utf-8",
         headers={"Content-Disposition": f'attachment; filename="statuses-{stamp}.csv"'},
     )
 
 
-async def _export_page(
-    engine: AsyncEngine,
-    scope: Scope,
-    filters: reads.StatusFilters,
-    before: tuple[datetime, str] | None,
-) -> list[reads.Row]:
-    async with engine.connect() as conn:
-        return await reads.list_statuses(conn, scope, filters, before, EXPORT_PAGE_ROWS)
+def _csv_page(rows: list[reads.Row]) -> str:
+    statuses = (status_out(row) for row in rows)
+    return csv_text([[status[column] for column in EXPORT_COLUMNS] for status in statuses])
 
 
-def _export_cells(status: dict[str, object]) -> list[object]:
-    return [status[column] for column in EXPORT_COLUMNS]
-
-
-async def _export_lines(
-    engine: AsyncEngine, scope: Scope, filters: reads.StatusFilters, rows: list[reads.Row]
+async def _csv_lines(
+    first: list[reads.Row], rest: AsyncIterator[list[reads.Row]]
 ) -> AsyncIterator[str]:
     yield csv_text([EXPORT_COLUMNS])
-    while rows:
-        yield csv_text([_export_cells(status_out(row)) for row in rows])
-        if len(rows) < EXPORT_PAGE_ROWS:
-            return
-        last = rows[-1]
-        rows = await _export_page(engine, scope, filters, (last["first_seen_at"], last["id"]))
+    yield _csv_page(first)
+    async for rows in rest:
+        yield _csv_page(rows)
 
 
 @router.get(

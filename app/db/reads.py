@@ -8,14 +8,14 @@ every item exactly once, however commits interleave.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, Select, func, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.db.tables import events, messages, mos, read_cursors
 from app.rules.scope import Reader, Scope
@@ -207,3 +207,19 @@ async def list_statuses(
         .limit(limit)
     )
     return await _rows(conn, statement)
+
+
+async def status_pages(
+    engine: AsyncEngine, scope: Scope, filters: StatusFilters, page_rows: int
+) -> AsyncIterator[list[Row]]:
+    """Every status of the listing, newest first, ``page_rows`` at a time (the first page may
+    be empty). Each page is read on a connection checked out for it: a slow consumer holds
+    no connection and no snapshot between pages."""
+    before: tuple[datetime, str] | None = None
+    while True:
+        async with engine.connect() as conn:
+            rows = await list_statuses(conn, scope, filters, before, page_rows)
+        yield rows
+        if len(rows) < page_rows:
+            return
+        before = (rows[-1]["first_seen_at"], rows[-1]["id"])
