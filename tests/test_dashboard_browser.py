@@ -292,6 +292,10 @@ async def test_the_campaigns_table_counts_each_campaign_and_a_click_shows_only_t
                 await page.click("#download-csv")
             download = await downloading.value
             exported = Path(await download.path()).read_text(encoding="utf-8")  # noqa: ASYNC240
+            async with page.expect_download() as downloading_replies:
+                await page.click("#download-replies")
+            replies_download = await downloading_replies.value
+            replies = Path(await replies_download.path()).read_text(encoding="utf-8")  # noqa: ASYNC240
             await page.click("[data-testid=campaign-c2] button")
             await page.wait_for_selector("body[data-loaded*='campaignId=c2']")
             narrowed = await page.get_attribute("[data-testid=kpi-messages] .value", "data-value")
@@ -313,3 +317,7 @@ async def test_the_campaigns_table_counts_each_campaign_and_a_click_shows_only_t
     exported_ids = [row["id"] for row in csv.DictReader(io.StringIO(exported))]
     assert download.suggested_filename.startswith("statuses-")
     assert sorted(exported_ids) == ["m1", "m2", "m3", "m4", "m5", "m6", "n1", "n2"]
+    replies_by_id = {row["id"]: row for row in csv.DictReader(io.StringIO(replies))}
+    assert replies_download.suggested_filename.startswith("replies-")
+    assert sorted(replies_by_id) == ["r1", "r2", "r3", "r4"]  # the retry of r1 stored once
+    assert replies_by_id["r3"]["mt.id"] == "m4"

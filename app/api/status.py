@@ -3,14 +3,14 @@ message's full history, and a filtered listing for dashboards (as pages, or all 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
 from starlette.responses import StreamingResponse
 
+from app.api import downloads
 from app.api.deps import EngineDep, ReaderDep, ScopeDep
+from app.api.downloads import csv_download, csv_responses
 from app.api.errors import ApiError, OrjsonResponse, responses
 from app.api.paging import FeedQueryDep, Limit, bad_cursor, feed_response
 from app.api.params import IsoTime, SearchText
@@ -26,7 +26,6 @@ from app.api.schemas import (
 )
 from app.db import reads
 from app.rules.cursors import BadCursor, read_time_cursor_str, time_cursor
-from app.rules.spreadsheet_csv import csv_text
 
 router = APIRouter(prefix="/v1/sms/status", tags=["statuses"])
 
@@ -112,10 +111,12 @@ async def status_filters(
 
 StatusFiltersDep = Annotated[reads.StatusFilters, Depends(status_filters)]
 
-# The export reads the listing page by page (keyset), a connection checked out per page: a
-# slow download holds no connection and no snapshot between pages.
-EXPORT_PAGE_ROWS = 5000
 EXPORT_COLUMNS = tuple(StatusOut.model_fields)
+
+
+def status_cells(row: reads.Row) -> list[object]:
+    status = status_out(row)
+    return [status[column] for column in EXPORT_COLUMNS]
 
 
 @router.get(
@@ -129,38 +130,13 @@ EXPORT_COLUMNS = tuple(StatusOut.model_fields)
         "missed or listed twice."
     ),
     response_class=StreamingResponse,
-    responses={
-        200: {"content": {"text/csv": {}}, "description": "CSV, UTF-8"},
-        **READ_RESPONSES,
-    },
+    responses={**csv_responses("statuses"), **READ_RESPONSES},
 )
 async def export_statuses(
     scope: ScopeDep, engine: EngineDep, filters: StatusFiltersDep
 ) -> StreamingResponse:
-    pages = reads.status_pages(engine, scope, filters, EXPORT_PAGE_ROWS)
-    # The first page is read before answering: a failure then is an error answer, not a 200
-    # that stops short.
-    first = await anext(pages)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    return StreamingResponse(
-        _csv_lines(first, pages),
-        media_type="text/csv; charset=utf-8",
-        headers={"Content-Disposition": f'attachment; filename="statuses-{stamp}.csv"'},
-    )
-
-
-def _csv_page(rows: list[reads.Row]) -> str:
-    statuses = (status_out(row) for row in rows)
-    return csv_text([[status[column] for column in EXPORT_COLUMNS] for status in statuses])
-
-
-async def _csv_lines(
-    first: list[reads.Row], rest: AsyncIterator[list[reads.Row]]
-) -> AsyncIterator[str]:
-    yield csv_text([EXPORT_COLUMNS])
-    yield _csv_page(first)
-    async for rows in rest:
-        yield _csv_page(rows)
+    pages = reads.status_pages(engine, scope, filters, downloads.EXPORT_PAGE_ROWS)
+    return await csv_download(pages, EXPORT_COLUMNS, status_cells, "statuses")
 
 
 @router.get(

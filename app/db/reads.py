@@ -162,6 +162,21 @@ async def mos_in_window(
     return await _rows(conn, statement)
 
 
+async def mo_pages(
+    engine: AsyncEngine, scope: Scope, start: datetime, end: datetime, page_rows: int
+) -> AsyncIterator[list[Row]]:
+    """Every MO of the window, oldest first, ``page_rows`` at a time (the first page may be
+    empty), each page read on a connection checked out for it."""
+    after: tuple[datetime, int] | None = None
+    while True:
+        async with engine.connect() as conn:
+            rows = await mos_in_window(conn, scope, start, end, after, page_rows)
+        yield rows
+        if len(rows) < page_rows:
+            return
+        after = (rows[-1]["received_at"], rows[-1]["seq"])
+
+
 @dataclass(frozen=True, slots=True)
 class StatusFilters:
     correlation_id: str | None = None

@@ -330,13 +330,11 @@ async function search(q) {
 
 // The export needs the credentials' headers, so it is fetched here and handed to the browser
 // as a file, rather than linked.
-async function downloadCsv() {
+async function downloadCsv(path, params, note) {
   const saved = credentials();
   if (!saved) return showLogin();
-  const note = $("#download-status");
   note.textContent = "Preparing…";
-  const { params } = windowParams();
-  const response = await fetch(`/v1/sms/status/export?${params}`, {
+  const response = await fetch(`${path}?${params}`, {
     headers: { UserName: saved.username, AuthenticationToken: saved.token },
   });
   if (response.status === 401) return showLogin("Please log in again.");
@@ -438,9 +436,19 @@ document.addEventListener("DOMContentLoaded", () => {
   });
   $("#logout").addEventListener("click", () => showLogin());
   $("#controls").addEventListener("submit", (event) => { event.preventDefault(); refresh(); });
-  $("#download-csv").addEventListener("click", () => downloadCsv().catch((error) => {
-    $("#download-status").textContent = `Could not download: ${error.message}`;
-  }));
+  $("#download-csv").addEventListener("click", () => {
+    const note = $("#download-status");
+    downloadCsv("/v1/sms/status/export", windowParams().params, note)
+      .catch((error) => { note.textContent = `Could not download: ${error.message}`; });
+  });
+  $("#download-replies").addEventListener("click", () => {
+    const note = $("#download-replies-status");
+    const { params } = windowParams();
+    const replies = new URLSearchParams({ start: params.get("from") });
+    if (params.get("subAccount")) replies.set("subAccount", params.get("subAccount"));
+    downloadCsv("/v1/sms/receive/export", replies, note)
+      .catch((error) => { note.textContent = `Could not download: ${error.message}`; });
+  });
   $("#search-form").addEventListener("submit", (event) => {
     event.preventDefault();
     search(new FormData(event.target).get("q").trim()).catch((error) => {
