@@ -8,6 +8,7 @@ import csv
 import io
 import os
 import shutil
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
@@ -98,6 +99,19 @@ def _js_number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(value)
 
 
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    """A headless Chromium, closed after the test."""
+    async with async_api.async_playwright() as playwright:
+        launched = await playwright.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"]
+        )
+        try:
+            yield launched
+        finally:
+            await launched.close()
+
+
 async def log_in(
     page: Any, base_url: str, username: str, token: str, path: str = "/dashboard"
 ) -> None:
@@ -111,6 +125,7 @@ async def log_in(
 @pytest.mark.slow
 @pytest.mark.usefixtures("campaign")
 async def test_the_dashboard_shows_what_the_stats_api_counts(
+    browser: Any,
     base_url: str,
     client: httpx.AsyncClient,
     stats: Stats,  # noqa: F811 - the fixture
@@ -118,45 +133,34 @@ async def test_the_dashboard_shows_what_the_stats_api_counts(
     ARTIFACTS.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, tiny
     token = stats.headers["ana"]["AuthenticationToken"]
     outside: list[str] = []
-    async with async_api.async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"]
-        )
-        try:
-            page = await browser.new_page(viewport={"width": 1280, "height": 900})
-            page.on(
-                "request",
-                lambda request: (
-                    None if request.url.startswith(base_url) else outside.append(request.url)
-                ),
-            )
-            await log_in(page, base_url, "ana", token)
-            shown = {
-                tile: await page.get_attribute(f"[data-testid=kpi-{tile}] .value", "data-value")
-                for tile in TILES
-            }
-            loaded_with = dict(parse_qsl(await page.get_attribute("body", "data-loaded") or ""))
-            who = await page.text_content("[data-testid=who]")
-            sub_account_offered = await page.is_visible("#sub-account-field")
-            vivo = await page.text_content("[data-testid=carrier-VIVO]")
-            oi = await page.text_content("[data-testid=carrier-OI]")
-            replies = await page.locator("[data-testid=reply]").all_text_contents()
-            await page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+    page = await browser.new_page(viewport={"width": 1280, "height": 900})
+    page.on(
+        "request",
+        lambda request: None if request.url.startswith(base_url) else outside.append(request.url),
+    )
+    await log_in(page, base_url, "ana", token)
+    shown = {
+        tile: await page.get_attribute(f"[data-testid=kpi-{tile}] .value", "data-value")
+        for tile in TILES
+    }
+    loaded_with = dict(parse_qsl(await page.get_attribute("body", "data-loaded") or ""))
+    who = await page.text_content("[data-testid=who]")
+    sub_account_offered = await page.is_visible("#sub-account-field")
+    vivo = await page.text_content("[data-testid=carrier-VIVO]")
+    oi = await page.text_content("[data-testid=carrier-OI]")
+    replies = await page.locator("[data-testid=reply]").all_text_contents()
+    await page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
 
-            await page.fill("#search-form input[name=q]", "m2")
-            await page.click("#search-form button")
-            await page.wait_for_selector("[data-testid=history-events] tbody tr")
-            history_rows = await page.locator("[data-testid=history-events] tbody tr").count()
-            title = await page.text_content("[data-testid=history-title]")
+    await page.fill("#search-form input[name=q]", "m2")
+    await page.click("#search-form button")
+    await page.wait_for_selector("[data-testid=history-events] tbody tr")
+    history_rows = await page.locator("[data-testid=history-events] tbody tr").count()
+    title = await page.text_content("[data-testid=history-title]")
 
-            phone = await browser.new_page(viewport={"width": 390, "height": 844})
-            await log_in(phone, base_url, "ana", token)  # a new tab logs in again
-            overflow = await phone.evaluate(
-                "document.documentElement.scrollWidth - window.innerWidth"
-            )
-            await phone.screenshot(path=str(ARTIFACTS / "dashboard-phone.png"), full_page=True)
-        finally:
-            await browser.close()
+    phone = await browser.new_page(viewport={"width": 390, "height": 844})
+    await log_in(phone, base_url, "ana", token)  # a new tab logs in again
+    overflow = await phone.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+    await phone.screenshot(path=str(ARTIFACTS / "dashboard-phone.png"), full_page=True)
 
     api = await stats.get("ana", **loaded_with, groupBy="day")
     assert shown == expected_tiles(api["totals"])
@@ -176,24 +180,15 @@ async def test_the_dashboard_shows_what_the_stats_api_counts(
 
 
 @pytest.mark.slow
-async def test_wrong_credentials_stay_on_the_login_form(base_url: str) -> None:
-    async with async_api.async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"]
-        )
-        try:
-            page = await browser.new_page()
-            await page.goto(f"{base_url}/dashboard")
-            await page.fill("input[name=username]", "nobody")
-            await page.fill("input[name=token]", "wrong-token-wrong-token")
-            await page.click("#login-form button[type=submit]")
-            await page.wait_for_function(
-                "document.querySelector('#login-error').textContent.length > 0"
-            )
-            error = await page.text_content("#login-error")
-            board_hidden = await page.is_hidden("#board")
-        finally:
-            await browser.close()
+async def test_wrong_credentials_stay_on_the_login_form(browser: Any, base_url: str) -> None:
+    page = await browser.new_page()
+    await page.goto(f"{base_url}/dashboard")
+    await page.fill("input[name=username]", "nobody")
+    await page.fill("input[name=token]", "wrong-token-wrong-token")
+    await page.click("#login-form button[type=submit]")
+    await page.wait_for_function("document.querySelector('#login-error').textContent.length > 0")
+    error = await page.text_content("#login-error")
+    board_hidden = await page.is_hidden("#board")
 
     assert error == "Wrong UserName or token."
     assert board_hidden
@@ -201,22 +196,19 @@ async def test_wrong_credentials_stay_on_the_login_form(base_url: str) -> None:
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("campaign")
-async def test_an_admin_chooses_the_sub_account(base_url: str, stats: Stats) -> None:  # noqa: F811
+async def test_an_admin_chooses_the_sub_account(
+    browser: Any,
+    base_url: str,
+    stats: Stats,  # noqa: F811 - the fixture
+) -> None:
     token = stats.headers["boss"]["AuthenticationToken"]
-    async with async_api.async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"]
-        )
-        try:
-            page = await browser.new_page()
-            await log_in(page, base_url, "boss", token)
-            everything = await page.get_attribute("[data-testid=kpi-messages] .value", "data-value")
-            await page.fill("#controls input[name=subAccount]", "acme")
-            await page.click("#controls button[type=submit]")
-            await page.wait_for_selector("body[data-loaded*='subAccount=acme']")
-            narrowed = await page.get_attribute("[data-testid=kpi-messages] .value", "data-value")
-        finally:
-            await browser.close()
+    page = await browser.new_page()
+    await log_in(page, base_url, "boss", token)
+    everything = await page.get_attribute("[data-testid=kpi-messages] .value", "data-value")
+    await page.fill("#controls input[name=subAccount]", "acme")
+    await page.click("#controls button[type=submit]")
+    await page.wait_for_selector("body[data-loaded*='subAccount=acme']")
+    narrowed = await page.get_attribute("[data-testid=kpi-messages] .value", "data-value")
 
     assert (everything, narrowed) == ("7", "6")
 
@@ -224,36 +216,30 @@ async def test_an_admin_chooses_the_sub_account(base_url: str, stats: Stats) -> 
 @pytest.mark.slow
 @pytest.mark.usefixtures("campaign")
 async def test_a_live_board_shows_new_messages_without_a_click_until_live_is_unticked(
+    browser: Any,
     base_url: str,
     hook: Any,
     stats: Stats,  # noqa: F811 - the fixture
 ) -> None:
     token = stats.headers["ana"]["AuthenticationToken"]
     tile = "[data-testid=kpi-messages] .value"
-    async with async_api.async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"]
-        )
-        try:
-            page = await browser.new_page()
-            await log_in(page, base_url, "ana", token, path="/dashboard?refresh=1")
-            before = await page.get_attribute(tile, "data-value")
+    page = await browser.new_page()
+    await log_in(page, base_url, "ana", token, path="/dashboard?refresh=1")
+    before = await page.get_attribute(tile, "data-value")
 
-            assert (await hook("callback", callback("m7", 2, "VIVO"))).status_code == 200
-            await page.wait_for_function(
-                f"document.querySelector('{tile}').dataset.value === '7'", timeout=10_000
-            )
-            status = await page.text_content("[data-testid=status]")
+    assert (await hook("callback", callback("m7", 2, "VIVO"))).status_code == 200
+    await page.wait_for_function(
+        f"document.querySelector('{tile}').dataset.value === '7'", timeout=10_000
+    )
+    status = await page.text_content("[data-testid=status]")
 
-            await page.uncheck("[data-testid=live]")
-            await page.wait_for_timeout(1500)  # a load already under way may still land
-            loads = await page.get_attribute("body", "data-loads")
-            assert (await hook("callback", callback("m8", 2, "VIVO"))).status_code == 200
-            await page.wait_for_timeout(2500)
-            frozen = await page.get_attribute(tile, "data-value")
-            loads_after = await page.get_attribute("body", "data-loads")
-        finally:
-            await browser.close()
+    await page.uncheck("[data-testid=live]")
+    await page.wait_for_timeout(1500)  # a load already under way may still land
+    loads = await page.get_attribute("body", "data-loads")
+    assert (await hook("callback", callback("m8", 2, "VIVO"))).status_code == 200
+    await page.wait_for_timeout(2500)
+    frozen = await page.get_attribute(tile, "data-value")
+    loads_after = await page.get_attribute("body", "data-loads")
 
     assert before == "6"
     assert status is not None
@@ -264,6 +250,7 @@ async def test_a_live_board_shows_new_messages_without_a_click_until_live_is_unt
 @pytest.mark.slow
 @pytest.mark.usefixtures("campaign")
 async def test_the_campaigns_table_counts_each_campaign_and_a_click_shows_only_that_one(
+    browser: Any,
     base_url: str,
     hook: Any,
     stats: Stats,  # noqa: F811 - the fixture
@@ -273,35 +260,28 @@ async def test_the_campaigns_table_counts_each_campaign_and_a_click_shows_only_t
     without = {"id": "n2", "sentStatusCode": 2, "sentAt": 1_764_000_000_000, "carrierName": "TIM"}
     assert (await hook("callback", without)).status_code == 200
     token = stats.headers["ana"]["AuthenticationToken"]
-    async with async_api.async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"]
-        )
-        try:
-            page = await browser.new_page()
-            await log_in(page, base_url, "ana", token)
-            loaded_with = dict(parse_qsl(await page.get_attribute("body", "data-loaded") or ""))
-            order = await page.locator("#campaign-table tbody tr").evaluate_all(
-                "rows => rows.map(row => row.dataset.testid)"
-            )
-            rows = {
-                name: await page.locator(f"[data-testid=campaign-{name}] td").all_text_contents()
-                for name in ("c1", "c2", "none")
-            }
-            async with page.expect_download() as downloading:
-                await page.click("#download-csv")
-            download = await downloading.value
-            exported = Path(await download.path()).read_text(encoding="utf-8")  # noqa: ASYNC240
-            async with page.expect_download() as downloading_replies:
-                await page.click("#download-replies")
-            replies_download = await downloading_replies.value
-            replies = Path(await replies_download.path()).read_text(encoding="utf-8")  # noqa: ASYNC240
-            await page.click("[data-testid=campaign-c2] button")
-            await page.wait_for_selector("body[data-loaded*='campaignId=c2']")
-            narrowed = await page.get_attribute("[data-testid=kpi-messages] .value", "data-value")
-            campaigns_after = await page.locator("#campaign-table tbody tr").count()
-        finally:
-            await browser.close()
+    page = await browser.new_page()
+    await log_in(page, base_url, "ana", token)
+    loaded_with = dict(parse_qsl(await page.get_attribute("body", "data-loaded") or ""))
+    order = await page.locator("#campaign-table tbody tr").evaluate_all(
+        "rows => rows.map(row => row.dataset.testid)"
+    )
+    rows = {
+        name: await page.locator(f"[data-testid=campaign-{name}] td").all_text_contents()
+        for name in ("c1", "c2", "none")
+    }
+    async with page.expect_download() as downloading:
+        await page.click("#download-csv")
+    download = await downloading.value
+    exported = Path(await download.path()).read_text(encoding="utf-8")  # noqa: ASYNC240
+    async with page.expect_download() as downloading_replies:
+        await page.click("#download-replies")
+    replies_download = await downloading_replies.value
+    replies = Path(await replies_download.path()).read_text(encoding="utf-8")  # noqa: ASYNC240
+    await page.click("[data-testid=campaign-c2] button")
+    await page.wait_for_selector("body[data-loaded*='campaignId=c2']")
+    narrowed = await page.get_attribute("[data-testid=kpi-messages] .value", "data-value")
+    campaigns_after = await page.locator("#campaign-table tbody tr").count()
 
     api = await stats.get("ana", **loaded_with, groupBy="campaign")
     by_key = {group["key"]: group for group in api["groups"]}

@@ -9,12 +9,11 @@ from typing import Any
 
 from starlette.responses import StreamingResponse
 
+from app.db.reads import Row
 from app.rules.spreadsheet_csv import csv_text
 
 # Rows per page read: each page is one query on a connection checked out for it.
 EXPORT_PAGE_ROWS = 5000
-
-Row = dict[str, Any]
 
 
 def csv_responses(what: str) -> dict[int | str, dict[str, Any]]:
