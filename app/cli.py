@@ -1,4 +1,5 @@
-"""The ``wavy-webhooks`` command: serve, migrate, webhook keys and dead letters."""
+"""The ``wavy-webhooks`` command: serve, migrate, webhook keys, dead letters, users, the stats
+rollup, and a check of PostgreSQL's settings."""
 
 from __future__ import annotations
 
@@ -23,16 +24,24 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.db import queries, replay, retention, stats, users
-from app.db.engine import create_engine, start_embedded_postgres, sync_url
+from app.db.engine import (
+    connections_per_worker,
+    create_engine,
+    start_embedded_postgres,
+    sync_url,
+)
 from app.db.migrate import upgrade_to_head
 from app.logs import logging_config
 from app.metrics import MULTIPROC_ENV, prepare_multiprocess_dir
 from app.rules.credentials import MIN_CHOSEN_SECRET_CHARS
+from app.rules.postgres_settings import ADMIN_CONNECTIONS, Finding, Level, review_settings
 from app.rules.retention import BadAge, parse_age
 from app.rules.scope import Role
 from app.settings import Settings
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 cli = typer.Typer(
     help="Receiver for Wavy SMS callbacks, DLRs and MOs, stored in PostgreSQL.",
@@ -177,6 +186,15 @@ def serve(
         typer.echo("  UserName             admin")
         typer.echo(f"  AuthenticationToken  {admin_token}")
         typer.echo(f"  Dashboard            {settings.webhook_base_url()}/dashboard")
+
+    for finding in review_server(settings, database_url):
+        if finding.level >= Level.WARNING:
+            log.warning(
+                "PostgreSQL's %s is %s: %s (wavy-webhooks doctor lists every check)",
+                finding.name,
+                finding.shown,
+                finding.why,
+            )
 
     # uvicorn re-raises a SIGTERM after its graceful shutdown, with the handler it found
     # installed; the default one would kill the process before atexit stops the embedded
@@ -464,6 +482,29 @@ def _print_rollup_differences(differences: list[stats.RollupDifference], limit: 
         )
     if len(differences) > limit:
         typer.echo(f"... and {len(differences) - limit} more")
+
+
+def review_server(settings: Settings, database_url: str) -> list[Finding]:
+    """PostgreSQL's settings against what ``settings.workers`` workers need."""
+    needed = settings.workers * connections_per_worker(settings) + ADMIN_CONNECTIONS
+
+    async def review(conn: AsyncConnection) -> list[Finding]:
+        return review_settings(await queries.server_settings(conn), needed)
+
+    return run_with_connection(settings, database_url, review)
+
+
+@cli.command()
+def doctor() -> None:
+    """Check PostgreSQL's settings against what the service needs, for WAVY_WORKERS workers.
+    Exits 1 if one breaks the promise that an event answered 200 survives a crash."""
+    settings = Settings()
+    findings = review_server(settings, resolve_database_url(settings))
+    for finding in findings:
+        verdict = f"{finding.level.name.lower():8}  {finding.name} = {finding.shown}"
+        typer.echo(f"{verdict}: {finding.why}" if finding.why else verdict)
+    if any(finding.level is Level.CRITICAL for finding in findings):
+        raise typer.Exit(1)
 
 
 @stats_cli.command("verify")

@@ -21,7 +21,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from app.db.engine import normalize_database_url
 from app.db.migrate import downgrade_to_base, upgrade_to_head
 from app.db.tables import metadata
-from tests.conftest import TABLES, free_port
+from app.rules.postgres_settings import RULES, Level, Setting, review_settings
+from tests.conftest import TABLES, _admin, free_port
 
 CLI = [sys.executable, "-m", "app.cli"]
 
@@ -123,11 +124,64 @@ def test_migrations_build_the_schema_the_tables_module_declares(empty_database: 
     assert asyncio.run(schema_differences(empty_database)) == []
 
 
-def run_cli(*args: str, database_url: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "DATABASE_URL": database_url}
+def run_cli(*args: str, database_url: str, **env_vars: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DATABASE_URL": database_url, **env_vars}
     return subprocess.run(
         [*CLI, *args], env=env, capture_output=True, text=True, timeout=120, check=False
     )
+
+
+def test_doctor_reports_each_checked_setting_with_the_servers_value(
+    empty_database: str,
+) -> None:
+    async def shown(name: str) -> str:
+        engine = create_async_engine(normalize_database_url(empty_database))
+        try:
+            async with engine.connect() as conn:
+                return str(await conn.scalar(text(f"SHOW {name}")))
+        finally:
+            await engine.dispose()
+
+    report = run_cli("doctor", database_url=empty_database)
+    crowded = run_cli("doctor", database_url=empty_database, WAVY_WORKERS="50")
+
+    assert report.returncode == 0, report.stdout + report.stderr  # nothing breaks the promise
+    lines = report.stdout.splitlines()
+    assert {line.split()[1] for line in lines} == set(RULES)
+    assert f"ok        synchronous_commit = {asyncio.run(shown('synchronous_commit'))}" in lines
+    assert "ok        max_connections" in report.stdout
+    assert "warning   max_connections" in crowded.stdout  # 50 workers need ~950 connections
+
+
+def test_doctor_exits_1_when_commits_would_not_survive_a_crash(empty_database: str) -> None:
+    name = empty_database.rsplit("/", 1)[1]
+    asyncio.run(_admin(empty_database, f'ALTER DATABASE "{name}" SET synchronous_commit = off'))
+
+    report = run_cli("doctor", database_url=empty_database)
+
+    assert report.returncode == 1
+    assert report.stdout.splitlines()[0].startswith("critical  synchronous_commit = off: ")
+
+
+def test_settings_review_names_the_worst_first_and_reads_units() -> None:
+    findings = review_settings(
+        {
+            "shared_buffers": Setting("16384", "8kB"),
+            "max_wal_size": Setting("8192", "MB"),
+            "fsync": Setting("off"),
+            "autovacuum": Setting("off"),
+            "server_version_num": Setting("170002"),
+        },
+        connections_needed=50,
+    )
+
+    assert [(f.name, f.level, f.shown) for f in findings] == [
+        ("fsync", Level.CRITICAL, "off"),
+        ("autovacuum", Level.WARNING, "off"),
+        ("shared_buffers", Level.ADVICE, "128 MB"),
+        ("server_version_num", Level.OK, "17.2"),
+        ("max_wal_size", Level.OK, "8 GB"),
+    ]
 
 
 def test_cli_keys_add_list_revoke(empty_database: str) -> None:
@@ -220,6 +274,21 @@ class Service:
         self.process.send_signal(how)
         self.process.wait(timeout=60)
         self.out.close()
+
+
+def test_serve_warns_at_start_when_commits_would_not_survive_a_crash(
+    empty_database: str, tmp_path: Path
+) -> None:
+    name = empty_database.rsplit("/", 1)[1]
+    asyncio.run(_admin(empty_database, f'ALTER DATABASE "{name}" SET synchronous_commit = off'))
+    service = Service({**os.environ, "DATABASE_URL": empty_database}, free_port(), tmp_path)
+    try:
+        output = service.wait_ready()
+    finally:
+        service.stop()
+
+    assert "PostgreSQL's synchronous_commit is off: commits return before their WAL" in output
+    assert "wavy-webhooks doctor lists every check" in output
 
 
 @pytest.mark.slow

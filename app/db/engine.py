@@ -48,6 +48,12 @@ WRITER_APPLICATION_NAME = "wavy-webhooks-writer"
 KEYS_LISTENER_APPLICATION_NAME = "wavy-webhooks-keys"
 
 
+def connections_per_worker(settings: Settings) -> int:
+    """The most connections one worker opens: its writers, the reply recounts, the listener
+    for key and user changes, and the read pool with its overflow."""
+    return settings.writer_concurrency + 2 + settings.db_pool_size + settings.db_max_overflow
+
+
 def _connect_args(
     settings: Settings, application_name: str, *, for_requests: bool = True
 ) -> dict[str, Any]:

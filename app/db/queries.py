@@ -1,4 +1,5 @@
-"""Small, infrequent queries: webhook keys and dead letters. (The hot write path is ingest.py.)"""
+"""Small, infrequent queries: webhook keys, dead letters, the server's settings. (The hot write
+path is ingest.py.)"""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db.tables import rejected_bodies, webhook_keys
 from app.rules.credentials import KnownKey, generate_key, hash_key, key_prefix
+from app.rules.postgres_settings import RULES, Setting
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,3 +143,12 @@ async def schema_revision(conn: AsyncConnection) -> str | None:
         return None
     revision: str | None = await conn.scalar(text("SELECT version_num FROM alembic_version"))
     return revision
+
+
+SERVER_SETTINGS = text("SELECT name, setting, unit FROM pg_settings WHERE name = ANY(:names)")
+
+
+async def server_settings(conn: AsyncConnection) -> dict[str, Setting]:
+    """The settings app.rules.postgres_settings checks, as the server reports them."""
+    rows = await conn.execute(SERVER_SETTINGS, {"names": list(RULES)})
+    return {row.name: Setting(row.setting, row.unit) for row in rows}

@@ -1,0 +1,134 @@
+"""What the service needs from PostgreSQL's settings, and why: the settings that would break
+its promise (a 200 only for data that survives a crash), those that hurt in production, and
+tuning for a campaign's bursts. Read by ``wavy-webhooks doctor`` and logged by ``serve``."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+GiB = 2**30
+# Connections left for psql, backups, migrations and monitoring.
+ADMIN_CONNECTIONS = 10
+
+# pg_settings' units, in bytes.
+_UNIT_BYTES = {"B": 1, "kB": 2**10, "8kB": 8 * 2**10, "MB": 2**20, "16MB": 16 * 2**20}
+
+
+class Level(enum.IntEnum):
+    OK = 0
+    ADVICE = 1  # tuning for bursts
+    WARNING = 2  # hurts in production
+    CRITICAL = 3  # breaks the promise that a 200 survives a crash
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One row of pg_settings: its value and unit as PostgreSQL reports them."""
+
+    value: str
+    unit: str | None = None
+
+    def as_bytes(self) -> int:
+        return int(self.value) * _UNIT_BYTES.get(self.unit or "B", 1)
+
+    def shown(self) -> str:
+        if self.unit is None and len(self.value) == 6 and self.value.isdigit():  # a version
+            return f"{int(self.value) // 10000}.{int(self.value) % 10000}"
+        if self.unit in _UNIT_BYTES:
+            size = self.as_bytes()
+            return f"{size / GiB:g} GB" if size >= GiB else f"{size / 2**20:g} MB"
+        return self.value
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    name: str
+    shown: str
+    level: Level
+    why: str
+
+
+Rule = Callable[[Setting, int], tuple[Level, str]]
+
+
+def _off_breaks(why: str) -> Rule:
+    return lambda s, _: (Level.CRITICAL, why) if s.value == "off" else (Level.OK, "")
+
+
+def _at_least(size: int, level: Level, why: str) -> Rule:
+    return lambda s, _: (level, why) if s.as_bytes() < size else (Level.OK, "")
+
+
+def _server_version(setting: Setting, _: int) -> tuple[Level, str]:
+    if int(setting.value) < 150000:
+        return Level.CRITICAL, "the schema needs PostgreSQL 15 or newer (NULLS NOT DISTINCT)"
+    return Level.OK, ""
+
+
+def _connections(setting: Setting, needed: int) -> tuple[Level, str]:
+    if int(setting.value) < needed:
+        return Level.WARNING, (
+            f"the service's workers may open {needed - ADMIN_CONNECTIONS} connections "
+            f"(writers, recounts, listener and read pool, per worker), and administration "
+            f"needs about {ADMIN_CONNECTIONS} more: raise it to {needed} or put PgBouncer in "
+            "front"
+        )
+    return Level.OK, ""
+
+
+RULES: dict[str, Rule] = {
+    "server_version_num": _server_version,
+    "fsync": _off_breaks("a crash can lose or corrupt committed data: a 200 would not survive"),
+    "synchronous_commit": _off_breaks(
+        "commits return before their WAL is on disk: a crash loses the last events answered 200"
+    ),
+    "full_page_writes": _off_breaks("a crash while a page is written can corrupt a table"),
+    "autovacuum": lambda s, _: (
+        (
+            Level.WARNING,
+            "every DLR rewrites its message's row and purges delete rows: without "
+            "autovacuum tables and indexes bloat, and ingestion and reads slow down",
+        )
+        if s.value == "off"
+        else (Level.OK, "")
+    ),
+    "max_connections": _connections,
+    "max_wal_size": _at_least(
+        2 * GiB,
+        Level.ADVICE,
+        "a DLR writes about 2 KB of WAL: a burst then checkpoints every few seconds, and each "
+        "checkpoint makes the next writes carry whole pages",
+    ),
+    "min_wal_size": _at_least(
+        1 * GiB,
+        Level.ADVICE,
+        "below a burst's WAL, checkpoints remove old WAL segments instead of keeping them to "
+        "reuse, and writers fill new ones with zeros first (6% of PostgreSQL's CPU under a "
+        "burst of arrays)",
+    ),
+    "shared_buffers": _at_least(
+        1 * GiB,
+        Level.ADVICE,
+        "about a quarter of the RAM keeps the indexes keyed by message id in memory; Wavy's "
+        "ids are random, so every insert needs its own index page",
+    ),
+    "wal_compression": lambda s, _: (
+        (Level.ADVICE, "compressing full-page images is cheap and shrinks the WAL of bursts")
+        if s.value == "off"
+        else (Level.OK, "")
+    ),
+}
+
+
+def review_settings(settings: Mapping[str, Setting], connections_needed: int) -> list[Finding]:
+    """Every checked setting the server reported, with its verdict, worst first."""
+    findings = []
+    for name, rule in RULES.items():
+        setting = settings.get(name)
+        if setting is None:
+            continue
+        level, why = rule(setting, connections_needed)
+        findings.append(Finding(name, setting.shown(), level, why))
+    return sorted(findings, key=lambda finding: -finding.level)
