@@ -28,7 +28,8 @@ function credentials() {
 
 class Unauthorized extends Error {}
 
-async function api(path, options = {}) {
+// A request with the logged-in user's headers; a 401 (or no login) throws Unauthorized.
+async function authorizedFetch(path, options = {}) {
   const saved = credentials();
   if (!saved) throw new Unauthorized();
   const response = await fetch(path, {
@@ -40,6 +41,11 @@ async function api(path, options = {}) {
     },
   });
   if (response.status === 401) throw new Unauthorized();
+  return response;
+}
+
+async function api(path, options = {}) {
+  const response = await authorizedFetch(path, options);
   if (response.status === 404) return null;
   if (!response.ok) {
     const body = await response.json().catch(() => ({}));
@@ -331,20 +337,21 @@ async function search(q) {
 // The export needs the credentials' headers, so it is fetched here and handed to the browser
 // as a file, rather than linked.
 async function downloadCsv(path, params, note) {
-  const saved = credentials();
-  if (!saved) return showLogin();
   note.textContent = "Preparing…";
-  const response = await fetch(`${path}?${params}`, {
-    headers: { UserName: saved.username, AuthenticationToken: saved.token },
-  });
-  if (response.status === 401) return showLogin("Please log in again.");
+  let response;
+  try {
+    response = await authorizedFetch(`${path}?${params}`);
+  } catch (error) {
+    if (error instanceof Unauthorized) return showLogin("Please log in again.");
+    throw error;
+  }
   if (!response.ok) {
     note.textContent = `Could not download: HTTP ${response.status}`;
     return;
   }
   const blob = await response.blob();
   const named = /filename="([^"]+)"/.exec(response.headers.get("Content-Disposition") || "");
-  const link = element("a", undefined, { href: URL.createObjectURL(blob), download: named ? named[1] : "statuses.csv" });
+  const link = element("a", undefined, { href: URL.createObjectURL(blob), download: named ? named[1] : "export.csv" });
   document.body.append(link);
   link.click();
   link.remove();
