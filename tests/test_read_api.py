@@ -186,10 +186,10 @@ async def test_a_logged_in_user_disabled_by_hand_is_refused_at_once(
     async with app.state.engine.begin() as conn:
         await conn.execute(text("UPDATE users SET disabled_at = now() WHERE username = 'ana'"))
 
-    status, took = await refused_within(world, "ana", seconds=1)
+    status, took = await refused_within(world, "ana", seconds=5)
 
     assert status == 401
-    assert took < 1
+    assert took < 5  # not the cache's 60 s: the notification (milliseconds, on a quiet machine)
 
 
 async def test_a_logged_in_users_replaced_token_is_refused_at_once(
@@ -199,10 +199,10 @@ async def test_a_logged_in_users_replaced_token_is_refused_at_once(
     async with app.state.engine.begin() as conn:
         new_token = await users.rotate_token(conn, "ana")
 
-    status, took = await refused_within(world, "ana", seconds=1)
+    status, took = await refused_within(world, "ana", seconds=5)
     world.headers["ana"]["AuthenticationToken"] = new_token or ""
 
-    assert (status, took < 1) == (401, True)
+    assert (status, took < 5) == (401, True)
     assert (await world.get("ana", "/v1/me")).status_code == 200
 
 
