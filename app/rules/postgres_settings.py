@@ -39,7 +39,7 @@ class Setting:
         if self.unit in _UNIT_BYTES:
             size = self.as_bytes()
             return f"{size / GiB:g} GB" if size >= GiB else f"{size / 2**20:g} MB"
-        return self.value
+        return f"{self.value} {self.unit}" if self.unit else self.value
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +113,16 @@ RULES: dict[str, Rule] = {
         Level.ADVICE,
         "about a quarter of the RAM keeps the indexes keyed by message id in memory; Wavy's "
         "ids are random, so every insert needs its own index page",
+    ),
+    "idle_in_transaction_session_timeout": lambda s, _: (
+        (
+            Level.ADVICE,
+            "a session left idle inside a write transaction (a forgotten psql BEGIN) holds the "
+            "safe feeds and the reply recounts back until it ends; a timeout such as 10 min "
+            "bounds that",
+        )
+        if s.value == "0"
+        else (Level.OK, "")
     ),
     "wal_compression": lambda s, _: (
         (Level.ADVICE, "compressing full-page images is cheap and shrinks the WAL of bursts")
