@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from app.api.paging import MAX_FEED_WAIT_S
 from app.db import queries, replay, retention, stats, users
 from app.db.engine import (
     connections_per_worker,
@@ -212,9 +213,10 @@ def serve(
         log_config=log_config,
         access_log=False,  # ours (app.access) logs routes, never URLs holding webhook keys
         limit_concurrency=settings.limit_concurrency,
-        # In-flight requests wait at most writer_timeout_s for their commit; then the writer
-        # drains what it holds: a stop takes bounded time and acknowledges nothing unsaved.
-        timeout_graceful_shutdown=int(settings.writer_timeout_s) + 5,
+        # In-flight requests wait at most writer_timeout_s for their commit, and long polls
+        # at most MAX_FEED_WAIT_S; then the writer drains what it holds: a stop takes bounded
+        # time, cuts no long poll off, and acknowledges nothing unsaved.
+        timeout_graceful_shutdown=int(max(settings.writer_timeout_s, MAX_FEED_WAIT_S)) + 5,
     )
 
 
