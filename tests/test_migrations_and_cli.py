@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -289,6 +290,38 @@ def test_serve_warns_at_start_when_commits_would_not_survive_a_crash(
 
     assert "PostgreSQL's synchronous_commit is off: commits return before their WAL" in output
     assert "wavy-webhooks doctor lists every check" in output
+
+
+@pytest.mark.slow
+def test_a_stop_lets_a_long_poll_finish_even_with_a_short_writer_timeout(
+    empty_database: str, tmp_path: Path
+) -> None:
+    """A long poll may wait 10 s; the graceful stop must outlast it, not only the writer's
+    timeout (1 s here), or the reader's connection is cut."""
+    env = {**os.environ, "DATABASE_URL": empty_database, "WAVY_WRITER_TIMEOUT_S": "1"}
+    port = free_port()
+    service = Service(env, port, tmp_path)
+    try:
+        output = service.wait_ready()
+        token = re.search(r"AuthenticationToken\s+(\S+)", output)
+        assert token, output
+        with ThreadPoolExecutor(1) as pool:
+            poll = pool.submit(
+                httpx.get,
+                f"http://127.0.0.1:{port}/v1/sms/receive/changes",
+                params={"wait": 8},
+                headers={"UserName": "admin", "AuthenticationToken": token.group(1)},
+                timeout=30,
+            )
+            time.sleep(1)  # the poll is waiting
+            service.process.send_signal(signal.SIGTERM)
+            answer = poll.result()
+    finally:
+        service.stop(signal.SIGTERM)
+
+    assert answer.status_code == 200
+    assert answer.json()["items"] == []
+    assert service.process.returncode == 0
 
 
 @pytest.mark.slow
