@@ -172,12 +172,14 @@ def test_settings_review_names_the_worst_first_and_reads_units() -> None:
             "fsync": Setting("off"),
             "autovacuum": Setting("off"),
             "server_version_num": Setting("170002"),
+            "server_encoding": Setting("LATIN1"),
         },
         connections_needed=50,
     )
 
     assert [(f.name, f.level, f.shown) for f in findings] == [
         ("fsync", Level.CRITICAL, "off"),
+        ("server_encoding", Level.WARNING, "LATIN1"),
         ("autovacuum", Level.WARNING, "off"),
         ("shared_buffers", Level.ADVICE, "128 MB"),
         ("server_version_num", Level.OK, "17.2"),

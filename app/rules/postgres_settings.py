@@ -85,6 +85,16 @@ RULES: dict[str, Rule] = {
         "commits return before their WAL is on disk: a crash loses the last events answered 200"
     ),
     "full_page_writes": _off_breaks("a crash while a page is written can corrupt a table"),
+    "server_encoding": lambda s, _: (
+        (
+            Level.WARNING,
+            "replies are typed on phones: a character this encoding lacks (an emoji, say) "
+            "makes PostgreSQL refuse the MO, which is then only dead-lettered; create the "
+            "database with ENCODING 'UTF8'",
+        )
+        if s.value != "UTF8"
+        else (Level.OK, "")
+    ),
     "autovacuum": lambda s, _: (
         (
             Level.WARNING,
