@@ -105,8 +105,9 @@ def settings(database_url: str) -> Settings:
     )
 
 
-@pytest.fixture(scope="session")
-async def app(settings: Settings) -> AsyncIterator[FastAPI]:
+@asynccontextmanager
+async def serving(settings: Settings) -> AsyncIterator[FastAPI]:
+    """The app on a real socket (uvicorn, lifespan on) for as long as the block runs."""
     application = create_app(settings)
     config = uvicorn.Config(
         application, host="127.0.0.1", port=settings.port, log_level="warning", lifespan="on"
@@ -117,9 +118,17 @@ async def app(settings: Settings) -> AsyncIterator[FastAPI]:
         if task.done():
             task.result()  # surfaces the start-up error
         await asyncio.sleep(0.02)
-    yield application
-    server.should_exit = True
-    await task
+    try:
+        yield application
+    finally:
+        server.should_exit = True
+        await task
+
+
+@pytest.fixture(scope="session")
+async def app(settings: Settings) -> AsyncIterator[FastAPI]:
+    async with serving(settings) as application:
+        yield application
 
 
 @pytest.fixture(scope="session")

@@ -28,7 +28,7 @@ from app import metrics
 from app.db.migrate import head_revision
 from app.logs import FailureLog
 from app.settings import Settings
-from tests.conftest import fetch_all, free_port, silent_database_url, writes_going_to
+from tests.conftest import fetch_all, free_port, serving, silent_database_url, writes_going_to
 from tests.test_migrations_and_cli import Service, run_cli
 
 
@@ -68,6 +68,54 @@ async def test_readyz_is_503_while_the_database_is_unreachable(client: httpx.Asy
     assert response.status_code == 503
     assert response.headers["retry-after"]
     assert response.json()["error"]["code"] == "not_ready"
+
+
+@pytest.fixture
+async def database_away() -> AsyncIterator[httpx.AsyncClient]:
+    """A client of the service started while its PostgreSQL refuses connections (nothing
+    listens on port 9)."""
+    settings = Settings(
+        database_url="postgresql://postgres@127.0.0.1:9/away",
+        port=free_port(),
+        public_url=None,
+        db_connect_timeout_s=1,
+    )
+    async with (
+        serving(settings),
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.port}", timeout=30) as client,
+    ):
+        yield client
+
+
+async def test_reads_while_the_database_is_away_get_503_with_retry_after_not_500(
+    database_away: httpx.AsyncClient,
+) -> None:
+    reader = {"UserName": "ana", "AuthenticationToken": "t" * 32}
+
+    answers = [
+        await database_away.get("/v1/me", headers=reader),
+        await database_away.get("/v1/sms/status/m1", headers=reader),
+        await database_away.get("/v1/sms/status/export", headers=reader),
+    ]
+
+    for answer in answers:
+        assert answer.status_code == 503, answer.text
+        assert answer.headers["retry-after"] == "5"
+        assert answer.json()["error"]["code"] == "unavailable"
+
+
+async def test_a_webhook_key_that_cannot_be_checked_gets_503_not_401(
+    database_away: httpx.AsyncClient,
+) -> None:
+    """A key may be valid though the keys cannot be loaded: a 401 could make the sender give
+    up on a status; a 503 makes it come back."""
+    dlr = {"id": "m1", "sentStatusCode": 2, "deliveredStatusCode": 4}
+    keyed = await database_away.post("/v1/webhooks/dlr", params={"key": "k" * 32}, json=dlr)
+    keyless = await database_away.post("/v1/webhooks/dlr", json=dlr)
+
+    assert keyed.status_code == 503
+    assert keyed.headers["retry-after"] == "5"
+    assert keyless.status_code == 401  # no key at all is wrong whatever the database says
 
 
 @pytest.mark.usefixtures("silent_database")

@@ -33,7 +33,7 @@ class Me(BaseModel):
     tags=["users"],
     summary="Who the credentials belong to (role and sub-account)",
     response_model=Me,
-    responses=responses(401),
+    responses=responses(401, 503),
 )
 async def who_am_i(reader: ReaderDep) -> OrjsonResponse:
     return OrjsonResponse(

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from typing import Any
 
+import asyncpg
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
@@ -109,6 +112,31 @@ def _allowed_methods(request: Request) -> list[str]:
     return []
 
 
+# The database away, starting, stopping, timing out, or its pool exhausted: nothing the
+# client did, and worth a retry, so a 503 with Retry-After rather than a 500.
+_DATABASE_UNAVAILABLE = (
+    OSError,  # refused, unreachable, timed out (TimeoutError is one)
+    sa_exc.OperationalError,
+    sa_exc.InterfaceError,
+    sa_exc.TimeoutError,  # no pooled connection within the pool's timeout
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,  # shutting down, starting up
+    asyncpg.InterfaceError,
+)
+UNAVAILABLE_RETRY_AFTER_S = "5"
+OUTAGE_LOG_EVERY_S = 60.0
+
+
+def database_unavailable(error: BaseException) -> bool:
+    if isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated:
+        return True
+    return isinstance(error, _DATABASE_UNAVAILABLE)
+
+
+def unavailable(message: str) -> ApiError:
+    return ApiError(503, "unavailable", message, headers={"Retry-After": UNAVAILABLE_RETRY_AFTER_S})
+
+
 def install_error_handlers(app: FastAPI) -> None:
     async def on_api_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)
@@ -136,7 +164,25 @@ def install_error_handlers(app: FastAPI) -> None:
         ]
         return error_response(422, "validation_failed", "request did not validate", details=details)
 
-    async def on_unexpected(_: Request, exc: Exception) -> Response:
+    # One line a minute at most: an outage would otherwise log every read request it fails.
+    outage_logged_at = float("-inf")
+    answered_since = 0
+
+    async def on_unexpected(request: Request, exc: Exception) -> Response:
+        nonlocal outage_logged_at, answered_since
+        if database_unavailable(exc):
+            answered_since += 1
+            if time.monotonic() - outage_logged_at >= OUTAGE_LOG_EVERY_S:
+                log.warning(
+                    "%d request(s) answered 503, the database unavailable; the last, %s %s: %r",
+                    answered_since,
+                    request.method,
+                    request.url.path,
+                    exc,
+                )
+                outage_logged_at, answered_since = time.monotonic(), 0
+            answer = unavailable("the database is unavailable; retry later")
+            return error_response(503, answer.code, answer.message, headers=answer.headers)
         log.exception("unhandled error", exc_info=exc)
         return error_response(500, "internal_error", "internal error")
 

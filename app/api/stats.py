@@ -51,7 +51,7 @@ def _group(group_by: GroupBy, key: str, counts: GroupCounts) -> dict[str, object
         "Scoped like the read API: users see their sub-account, admins all or `subAccount`."
     ),
     response_model=StatsAnswer,
-    responses=responses(401, 403, 422),
+    responses=responses(401, 403, 422, 503),
 )
 async def delivery_stats(
     scope: ScopeDep,

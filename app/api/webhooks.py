@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import metrics
 from app.api.deps import WebhookCaller, WebhookContext, WebhookContextDep
-from app.api.errors import ApiError, OrjsonResponse, responses
+from app.api.errors import ApiError, OrjsonResponse, responses, unavailable
 from app.db.queries import RejectedBody, store_rejected_body
 from app.db.writer import WriteFailed, WriteRefused, WriterOverloaded, WriteTimedOut
 from app.payloads import Callback, Dlr, Mo, MtLink
@@ -34,8 +34,6 @@ from app.rules.webhook_body import (
 log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
-
-RETRY_AFTER_S = "5"
 
 
 class IngestResult(BaseModel):
@@ -171,20 +169,16 @@ async def _dead_letter(
             )
     except (SQLAlchemyError, OSError) as error:
         log.warning("could not store a rejected %s body: %s", kind, error)
-        return _unavailable("storage unavailable; the body was not recorded")
+        return unavailable("storage unavailable; the body was not recorded")
     metrics.REJECTED.labels(kind, rejection.reason).inc()
     return ApiError(
         rejection.status_code, rejection.reason, rejection.message, details=rejection.details
     )
 
 
-def _unavailable(message: str) -> ApiError:
-    return ApiError(503, "unavailable", message, headers={"Retry-After": RETRY_AFTER_S})
-
-
 def _overloaded() -> ApiError:
     metrics.UNAVAILABLE.labels("overloaded").inc()
-    return _unavailable("overloaded; nothing was stored, retry later")
+    return unavailable("overloaded; nothing was stored, retry later")
 
 
 async def _store(
@@ -218,7 +212,7 @@ async def _store(
     except WriteFailed as failure:
         reason = "timeout" if isinstance(failure, WriteTimedOut) else "write_failed"
         metrics.UNAVAILABLE.labels(reason).inc()
-        raise _unavailable("storage unavailable; nothing was confirmed, retry later") from None
+        raise unavailable("storage unavailable; nothing was confirmed, retry later") from None
     metrics.EVENTS.labels(kind, "accepted").inc(result.received - result.duplicates)
     if result.duplicates:
         metrics.EVENTS.labels(kind, "duplicate").inc(result.duplicates)

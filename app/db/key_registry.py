@@ -22,6 +22,11 @@ log = logging.getLogger(__name__)
 MISS_RELOAD_INTERVAL_S = 1.0
 
 
+class KeysUnavailable(Exception):
+    """A key was not among those known, and the keys could not be reloaded to make sure: the
+    caller is told to come back (503), never that a key that may be valid is wrong (401)."""
+
+
 class KeyRegistry:
     def __init__(self, engine: AsyncEngine, *, ttl_s: float) -> None:
         self._engine = engine
@@ -31,6 +36,7 @@ class KeyRegistry:
         # Bumped by forget(): a reload that began before a change may have read the old keys,
         # and must not pass for fresh.
         self._generation = 0
+        self._last_reload_failed = False
         self._lock = asyncio.Lock()
         self._failures = FailureLog(log, "reloading webhook keys")
 
@@ -41,9 +47,11 @@ class KeyRegistry:
                 async with self._engine.connect() as conn:
                     self._keys = await load_active_keys(conn)
                 self._failures.succeeded()
+                self._last_reload_failed = False
             except (SQLAlchemyError, OSError) as error:
                 # Keep serving with the keys we know; the database may be back in a moment.
                 self._failures.failed(error)
+                self._last_reload_failed = True
             if generation == self._generation:
                 self._loaded_at = time.monotonic()
 
@@ -53,6 +61,8 @@ class KeyRegistry:
         self._loaded_at = float("-inf")
 
     async def find(self, presented: str) -> KnownKey | None:
+        """The active key presented, or None; KeysUnavailable when it is not among the keys
+        known and they could not be reloaded."""
         age = time.monotonic() - self._loaded_at
         if age > self._ttl_s:
             await self.refresh()
@@ -60,4 +70,6 @@ class KeyRegistry:
         if found is None and time.monotonic() - self._loaded_at > MISS_RELOAD_INTERVAL_S:
             await self.refresh()
             found = match_key(presented, self._keys)
+        if found is None and self._last_reload_failed:
+            raise KeysUnavailable
         return found
