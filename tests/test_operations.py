@@ -88,20 +88,24 @@ async def database_away() -> AsyncIterator[httpx.AsyncClient]:
 
 
 async def test_reads_while_the_database_is_away_get_503_with_retry_after_not_500(
-    database_away: httpx.AsyncClient,
+    database_away: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
 ) -> None:
     reader = {"UserName": "ana", "AuthenticationToken": "t" * 32}
 
-    answers = [
-        await database_away.get("/v1/me", headers=reader),
-        await database_away.get("/v1/sms/status/m1", headers=reader),
-        await database_away.get("/v1/sms/status/export", headers=reader),
-    ]
+    with caplog.at_level(logging.WARNING):
+        answers = [
+            await database_away.get("/v1/me", headers=reader),
+            await database_away.get("/v1/sms/status/m1", headers=reader),
+            await database_away.get("/v1/sms/status/export", headers=reader),
+        ]
 
     for answer in answers:
         assert answer.status_code == 503, answer.text
         assert answer.headers["retry-after"] == "5"
         assert answer.json()["error"]["code"] == "unavailable"
+    outage_lines = [r for r in caplog.records if "answered 503" in r.getMessage()]
+    assert len(outage_lines) == 1  # one line for the outage, not one per request
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
 async def test_a_webhook_key_that_cannot_be_checked_gets_503_not_401(

@@ -168,25 +168,32 @@ def install_error_handlers(app: FastAPI) -> None:
     outage_logged_at = float("-inf")
     answered_since = 0
 
-    async def on_unexpected(request: Request, exc: Exception) -> Response:
+    async def on_database_error(request: Request, exc: Exception) -> Response:
         nonlocal outage_logged_at, answered_since
-        if database_unavailable(exc):
-            answered_since += 1
-            if time.monotonic() - outage_logged_at >= OUTAGE_LOG_EVERY_S:
-                log.warning(
-                    "%d request(s) answered 503, the database unavailable; the last, %s %s: %r",
-                    answered_since,
-                    request.method,
-                    request.url.path,
-                    exc,
-                )
-                outage_logged_at, answered_since = time.monotonic(), 0
-            answer = unavailable("the database is unavailable; retry later")
-            return error_response(503, answer.code, answer.message, headers=answer.headers)
+        if not database_unavailable(exc):
+            raise exc  # a fault of ours: on_unexpected logs it and answers 500
+        answered_since += 1
+        if time.monotonic() - outage_logged_at >= OUTAGE_LOG_EVERY_S:
+            log.warning(
+                "%d request(s) answered 503, the database unavailable; the last, %s %s: %r",
+                answered_since,
+                request.method,
+                request.url.path,
+                exc,
+            )
+            outage_logged_at, answered_since = time.monotonic(), 0
+        answer = unavailable("the database is unavailable; retry later")
+        return error_response(503, answer.code, answer.message, headers=answer.headers)
+
+    async def on_unexpected(_: Request, exc: Exception) -> Response:
         log.exception("unhandled error", exc_info=exc)
         return error_response(500, "internal_error", "internal error")
 
     app.add_exception_handler(ApiError, on_api_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(RequestValidationError, on_request_validation)
+    # Handled here rather than as any Exception: Starlette re-raises what reaches its last
+    # handler, and uvicorn would log a traceback per request of an outage.
+    for kind in (OSError, sa_exc.SQLAlchemyError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        app.add_exception_handler(kind, on_database_error)
     app.add_exception_handler(Exception, on_unexpected)
