@@ -8,6 +8,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 from sqlalchemy.exc import SQLAlchemyError
@@ -167,7 +168,7 @@ async def _dead_letter(
                     body_truncated=truncated,
                 ),
             )
-    except (SQLAlchemyError, OSError) as error:
+    except (SQLAlchemyError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as error:
         log.warning("could not store a rejected %s body: %s", kind, error)
         return unavailable("storage unavailable; the body was not recorded")
     metrics.REJECTED.labels(kind, rejection.reason).inc()

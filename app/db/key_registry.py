@@ -8,6 +8,7 @@ import asyncio
 import logging
 import time
 
+import asyncpg
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -48,7 +49,12 @@ class KeyRegistry:
                     self._keys = await load_active_keys(conn)
                 self._failures.succeeded()
                 self._last_reload_failed = False
-            except (SQLAlchemyError, OSError) as error:
+            except (
+                SQLAlchemyError,
+                asyncpg.PostgresError,
+                asyncpg.InterfaceError,
+                OSError,
+            ) as error:
                 # Keep serving with the keys we know; the database may be back in a moment.
                 self._failures.failed(error)
                 self._last_reload_failed = True
