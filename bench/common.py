@@ -4,6 +4,7 @@ latency statistics."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import signal
@@ -18,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import psutil
 from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -52,6 +54,19 @@ def scratch_database(prefix: str, server: str | None = None) -> Iterator[str]:
         yield url
     finally:
         asyncio.run(_admin(base, f'DROP DATABASE "{name}" WITH (FORCE)'))
+
+
+def postgres_cpu_seconds() -> float:
+    """CPU time every process of the machine's PostgreSQL has spent so far (user and system).
+    Connections must be open before a first reading: a backend that exits in between takes
+    its time with it."""
+    seconds = 0.0
+    for process in psutil.process_iter(["name"]):
+        if process.info["name"] == "postgres":
+            with contextlib.suppress(psutil.Error):
+                times = process.cpu_times()
+                seconds += times.user + times.system
+    return seconds
 
 
 def free_port() -> int:

@@ -6,12 +6,17 @@ the app does.
     .venv/bin/python -m bench.db_capacity                 # 200 batches of 1000 DLRs per run
     .venv/bin/python -m bench.db_capacity --batch 100
     .venv/bin/python -m bench.db_capacity --lifecycle     # callbacks, then their DLRs
+    .venv/bin/python -m bench.db_capacity --floor         # the least a message row costs
 
 Ids and phone numbers are scattered over the indexes as Wavy's are (runs before 2026-11-25,
 evening, used ids that clustered and one phone number, and flattered PostgreSQL). The default
 run posts DLRs of new message ids, as the ingest benchmark does. ``--lifecycle``
 measures a campaign's real order instead: the callbacks create the messages, then the DLRs
 rewrite them, and it reports how many of those rewrites PostgreSQL could make in place (HOT).
+``--floor`` measures what no writer of this schema can go below: bare tables holding only a
+message row, with no event log, merge, retry check or stats, filled the cheapest ways
+PostgreSQL takes rows, and what their CPU per row leaves of the machine's cores at a target
+rate.
 """
 
 from __future__ import annotations
@@ -19,17 +24,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import os
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 import asyncpg
+import orjson
 
 from app.db.ingest import write_records
 from app.payloads import Callback, Dlr
 from app.rules.records import EventRecord, build_event_records
 from app.rules.webhook_body import items_as_json
-from bench.common import scratch_database
+from bench.common import postgres_cpu_seconds, scratch_database
 
 
 def _scattered(prefix: str, n: int) -> str:
@@ -138,6 +146,125 @@ def measure_lifecycle(dsn: str, count: int, size: int) -> None:
     print(f"  message rows rewritten: {updated:,}, in place (HOT): {in_place:,}")
 
 
+# The floor's table: a message row's columns, keys collated "C" as in app.db.tables.
+_FLOOR_TABLE = """
+    CREATE TABLE floor_messages (
+        id text COLLATE "C" PRIMARY KEY, correlation_id text COLLATE "C",
+        destination text COLLATE "C", sent_status_code int, delivered_status_code int,
+        delivered_status text, delivered_at timestamptz, first_seen_at timestamptz,
+        tx_id bigint NOT NULL DEFAULT (pg_current_xact_id()::text::bigint),
+        change_seq bigint GENERATED ALWAYS AS IDENTITY, payload text)
+"""
+_FLOOR_COLUMNS = (
+    "id",
+    "correlation_id",
+    "destination",
+    "sent_status_code",
+    "delivered_status_code",
+    "delivered_status",
+    "delivered_at",
+    "first_seen_at",
+    "payload",
+)
+_FLOOR_TYPES = ("text", "text", "text", "int", "int", "text", "timestamptz", "timestamptz", "text")
+# The writer's encoding (one JSON array per column, app.db.ingest), with the least conflict
+# handling an idempotent receiver needs.
+_FLOOR_INSERT = (
+    f"INSERT INTO floor_messages ({', '.join(_FLOOR_COLUMNS)}) "  # noqa: S608 - constants
+    f"SELECT {', '.join(f'c{n}::{kind}' for n, kind in enumerate(_FLOOR_TYPES))} FROM ROWS FROM ("
+    + ", ".join(f"json_array_elements_text(${n}::json)" for n in range(1, 10))
+    + f") AS u({', '.join(f'c{n}' for n in range(9))}) ON CONFLICT (id) DO NOTHING"
+)
+# Indexes of messages, cumulatively: the key; then the searches by correlationId and by
+# destination (Wavy's status search, the listing's filter); then the listing's and the status
+# feed's orders (right-edge keys).
+_FLOOR_INDEXES: list[tuple[str, list[str]]] = [
+    ("the key only", []),
+    ("+ correlation id, destination", ["correlation_id", "destination"]),
+    ("+ listing and feed orders", ["first_seen_at, id", "tx_id, change_seq"]),
+]
+FloorRow = tuple[Any, ...]
+
+
+def floor_rows(prefix: str, size: int) -> list[FloorRow]:
+    """A batch of new DLRs as message rows, ids and numbers scattered as in dlr_batch."""
+    now = datetime.now(UTC)
+    rows = []
+    for n in range(size):
+        hashed = _scattered(prefix, n)
+        message_id = f"{hashed}-{prefix}-{n}"
+        payload = orjson.dumps(
+            {"id": message_id, "sentStatusCode": 2, "deliveredStatusCode": 4}
+        ).decode()
+        status = (2, 4, "DELIVERED_SUCCESS", now, now)
+        rows.append((message_id, f"c-{message_id}", f"55{hashed}", *status, payload))
+    return rows
+
+
+def _as_json_columns(rows: list[FloorRow]) -> list[str]:
+    return [
+        orjson.dumps([v.isoformat() if isinstance(v, datetime) else v for v in column]).decode()
+        for column in zip(*rows, strict=True)
+    ]
+
+
+async def floor_run(
+    dsn: str, indexes: list[str], batches: list[list[FloorRow]], way: str
+) -> tuple[float, float]:
+    """Rows/s and PostgreSQL's CPU per row, filling a new floor table from 2 connections."""
+    admin = await asyncpg.connect(dsn)
+    await admin.execute("DROP TABLE IF EXISTS floor_messages")
+    await admin.execute(_FLOOR_TABLE)
+    for columns in indexes:
+        await admin.execute(f"CREATE INDEX ON floor_messages ({columns})")
+    await admin.execute("CHECKPOINT")  # each run starts with the same WAL state
+    await admin.close()
+
+    async def by_insert(conn: asyncpg.Connection, rows: list[FloorRow]) -> None:
+        await conn.execute(_FLOOR_INSERT, *_as_json_columns(rows))
+
+    async def by_copy(conn: asyncpg.Connection, rows: list[FloorRow]) -> None:
+        await conn.copy_records_to_table("floor_messages", records=rows, columns=_FLOOR_COLUMNS)
+
+    write: Callable[[asyncpg.Connection, list[FloorRow]], Awaitable[None]]
+    write = by_copy if way == "copy" else by_insert
+    queue = iter(batches)
+    connections = [await asyncpg.connect(dsn) for _ in range(2)]  # open before the first reading
+
+    async def one_connection(conn: asyncpg.Connection) -> None:
+        for rows in queue:
+            await write(conn, rows)
+
+    cpu_before, started = postgres_cpu_seconds(), time.monotonic()
+    await asyncio.gather(*(one_connection(conn) for conn in connections))
+    took, cpu = time.monotonic() - started, postgres_cpu_seconds() - cpu_before
+    for conn in connections:
+        await conn.close()
+    rows = sum(len(batch) for batch in batches)
+    return rows / took, cpu / rows * 1e6
+
+
+def measure_floor(dsn: str, count: int, size: int, target: int) -> None:
+    """The least PostgreSQL spends per new message row, against a target rate's CPU budget."""
+    cores = os.cpu_count() or 1
+    print(
+        f"{count} batches of {size} new message rows per run, 2 connections, ids scattered; "
+        f"at {target:,} events/s this machine's {cores} cores leave {cores * 1e6 / target:.0f} "
+        "us of CPU per event for the service, the load generator and PostgreSQL together"
+    )
+    indexes: list[str] = []
+    for label, more in _FLOOR_INDEXES:
+        indexes += more
+        for way in ("insert", "copy"):
+            batches = [floor_rows(f"floor-{way}-{len(indexes)}-{n}", size) for n in range(count)]
+            per_s, cpu_us = asyncio.run(floor_run(dsn, indexes, batches, way))
+            how = "JSON columns, ON CONFLICT" if way == "insert" else "binary COPY"
+            print(
+                f"  {label:31} {how:26} {per_s:9,.0f} rows/s  PostgreSQL {cpu_us:5.1f} us/row",
+                flush=True,
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="events/s one PostgreSQL takes via the writer")
     parser.add_argument("--batch", type=int, default=1000)
@@ -147,12 +274,21 @@ def main() -> None:
         action="store_true",
         help="callbacks of new messages, then the DLRs of those messages (2 connections)",
     )
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="bare message rows (no event log, merge or stats), by INSERT and by COPY",
+    )
+    parser.add_argument("--target", type=int, default=50_000, help="events/s, for --floor")
     args = parser.parse_args()
     count = max(1, args.events // args.batch)
     with scratch_database("wavy_bench_capacity") as url:
         dsn = url.replace("postgresql+asyncpg://", "postgresql://")
         if args.lifecycle:
             measure_lifecycle(dsn, count, args.batch)
+            return
+        if args.floor:
+            measure_floor(dsn, count, args.batch, args.target)
             return
         print(f"{count} batches of {args.batch} new DLRs per run, records built beforehand")
         for connections in (1, 2, 4):

@@ -46,7 +46,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.db.engine import normalize_database_url
 from app.db.queries import add_webhook_key
-from bench.common import running_service, scratch_database
+from bench.common import postgres_cpu_seconds, running_service, scratch_database
 
 LUA = Path(__file__).with_name("dlr.lua")
 # One JSON line written by dlr.lua: a thread's acknowledged ranges, or the run's summary.
@@ -113,17 +113,12 @@ class CpuMeter:
         self.used: dict[str, float] = {}
 
     def _service_and_postgres(self) -> dict[str, float]:
-        seconds = {"service": 0.0, "postgres": 0.0}
-        service = {self.server.pid, *(p.pid for p in self.server.children(recursive=True))}
-        for process in psutil.process_iter(["name"]):
-            group = "service" if process.pid in service else None
-            if group is None and process.info["name"] == "postgres":
-                group = "postgres"
-            if group is not None:
-                with contextlib.suppress(psutil.Error):
-                    times = process.cpu_times()
-                    seconds[group] += times.user + times.system
-        return seconds
+        service = 0.0
+        for process in (self.server, *self.server.children(recursive=True)):
+            with contextlib.suppress(psutil.Error):
+                times = process.cpu_times()
+                service += times.user + times.system
+        return {"service": service, "postgres": postgres_cpu_seconds()}
 
     @staticmethod
     def _children() -> float:
