@@ -260,7 +260,7 @@ async def test_the_campaigns_table_counts_each_campaign_and_a_click_shows_only_t
     without = {"id": "n2", "sentStatusCode": 2, "sentAt": 1_764_000_000_000, "carrierName": "TIM"}
     assert (await hook("callback", without)).status_code == 200
     token = stats.headers["ana"]["AuthenticationToken"]
-    page = await browser.new_page()
+    page = await browser.new_page(locale="en-US")
     await log_in(page, base_url, "ana", token)
     loaded_with = dict(parse_qsl(await page.get_attribute("body", "data-loaded") or ""))
     order = await page.locator("#campaign-table tbody tr").evaluate_all(
@@ -273,11 +273,11 @@ async def test_the_campaigns_table_counts_each_campaign_and_a_click_shows_only_t
     async with page.expect_download() as downloading:
         await page.click("#download-csv")
     download = await downloading.value
-    exported = Path(await download.path()).read_text(encoding="utf-8")  # noqa: ASYNC240
+    exported = Path(await download.path()).read_text(encoding="utf-8-sig")  # noqa: ASYNC240
     async with page.expect_download() as downloading_replies:
         await page.click("#download-replies")
     replies_download = await downloading_replies.value
-    replies = Path(await replies_download.path()).read_text(encoding="utf-8")  # noqa: ASYNC240
+    replies = Path(await replies_download.path()).read_text(encoding="utf-8-sig")  # noqa: ASYNC240
     await page.click("[data-testid=campaign-c2] button")
     await page.wait_for_selector("body[data-loaded*='campaignId=c2']")
     narrowed = await page.get_attribute("[data-testid=kpi-messages] .value", "data-value")
@@ -301,3 +301,32 @@ async def test_the_campaigns_table_counts_each_campaign_and_a_click_shows_only_t
     assert replies_download.suggested_filename.startswith("replies-")
     assert sorted(replies_by_id) == ["r1", "r2", "r3", "r4"]  # the retry of r1 stored once
     assert replies_by_id["r3"]["mt.id"] == "m4"
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("campaign")
+async def test_a_brazilian_browser_downloads_csv_that_excel_splits_by_semicolons(
+    browser: Any,
+    base_url: str,
+    stats: Stats,  # noqa: F811 - the fixture
+) -> None:
+    token = stats.headers["ana"]["AuthenticationToken"]
+    english, brazilian = (
+        await browser.new_page(locale="en-US"),
+        await browser.new_page(locale="pt-BR"),
+    )
+    downloaded: dict[str, bytes] = {}
+    for name, page in (("en-US", english), ("pt-BR", brazilian)):
+        await log_in(page, base_url, "ana", token)
+        async with page.expect_download() as downloading:
+            await page.click("#download-csv")
+        download = await downloading.value
+        downloaded[name] = Path(await download.path()).read_bytes()  # noqa: ASYNC240
+
+    # Both start with the UTF-8 mark (Excel shows accents as typed); each is split by the list
+    # separator that a spreadsheet of its locale expects when the file is double-clicked.
+    assert downloaded["en-US"].startswith("\ufeffid,".encode())
+    assert downloaded["pt-BR"].startswith("\ufeffid;".encode())
+    text = downloaded["pt-BR"].decode("utf-8-sig")
+    rows = list(csv.DictReader(io.StringIO(text), delimiter=";"))
+    assert sorted(row["id"] for row in rows) == ["m1", "m2", "m3", "m4", "m5", "m6"]

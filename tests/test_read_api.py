@@ -709,6 +709,37 @@ async def test_export_cells_a_spreadsheet_would_run_as_formulas_are_made_inert(
     assert row["campaignId"] == "-7"
 
 
+async def test_export_for_a_decimal_comma_spreadsheet_splits_by_semicolons_and_marks_utf8(
+    world: World,
+) -> None:
+    await world.post(
+        "dlr", dlr("s-1", carrierName="Claro; Net", extraInfo="Não entregue, reenviar"), "acme"
+    )
+
+    response = await world.get("ana", "/v1/sms/status/export", delimiter="semicolon", bom="true")
+    default = await world.get("ana", "/v1/sms/status/export")
+
+    assert response.status_code == 200, response.text
+    assert response.content.startswith("\ufeffid;".encode())  # Excel reads it as UTF-8
+    (row,) = csv.DictReader(io.StringIO(response.content.decode("utf-8-sig")), delimiter=";")
+    assert (row["id"], row["carrierName"]) == ("s-1", "Claro; Net")  # quoted, kept whole
+    assert row["extraInfo"] == "Não entregue, reenviar"
+    assert default.content.startswith(b"id,")  # programs get plain UTF-8 by default
+
+
+async def test_reply_export_by_tabs_and_an_unknown_delimiter_is_refused(world: World) -> None:
+    await world.post("mo", mo("r-1", "acme", messageText="Sim\tobrigado, até logo"))
+    window = {"start": iso_ms(1473088405588 - 1000)}
+
+    tabbed = await world.get("ana", "/v1/sms/receive/export", delimiter="tab", **window)
+    pipes = await world.get("ana", "/v1/sms/receive/export", delimiter="|", **window)
+
+    (row,) = csv.DictReader(io.StringIO(tabbed.text), delimiter="\t")
+    assert row["messageText"] == "Sim\tobrigado, até logo"
+    assert tabbed.text.split("\r\n", 1)[0].split("\t")[:2] == ["id", "subAccount"]
+    assert (pipes.status_code, pipes.json()["error"]["code"]) == (422, "validation_failed")
+
+
 def iso_ms(epoch_ms: int) -> str:
     return datetime.fromtimestamp(epoch_ms / 1000, UTC).isoformat()
 

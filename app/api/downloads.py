@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
+from fastapi import Depends, Query
 from starlette.responses import StreamingResponse
 
 from app.db.reads import Row
-from app.rules.spreadsheet_csv import csv_text
+from app.rules.spreadsheet_csv import UTF8_BOM, Delimiter, SpreadsheetFormat, csv_text
 
 # Rows per page read: each page is one query on a connection checked out for it.
 EXPORT_PAGE_ROWS = 5000
@@ -21,11 +22,28 @@ def csv_responses(what: str) -> dict[int | str, dict[str, Any]]:
     return {200: {"content": {"text/csv": {}}, "description": f"{what} as CSV, UTF-8"}}
 
 
+async def spreadsheet_format(
+    delimiter: Annotated[
+        Delimiter,
+        Query(description="`semicolon` for a spreadsheet whose decimal mark is a comma"),
+    ] = "comma",
+    bom: Annotated[
+        bool, Query(description="start with the UTF-8 byte order mark, which Excel needs")
+    ] = False,
+) -> SpreadsheetFormat:
+    """How the caller's spreadsheet reads a CSV file (the dashboard asks as its locale does)."""
+    return SpreadsheetFormat(delimiter=delimiter, byte_order_mark=bom)
+
+
+SpreadsheetFormatDep = Annotated[SpreadsheetFormat, Depends(spreadsheet_format)]
+
+
 async def csv_download(
     pages: AsyncIterator[list[Row]],
     columns: Sequence[str],
     cells: Callable[[Row], Sequence[object]],
     name: str,
+    written_as: SpreadsheetFormat,
 ) -> StreamingResponse:
     """The whole download as one streamed answer, named ``name-<UTC time>.csv``. The first page
     is read before answering: a failure then is an error answer, not a 200 that stops short
@@ -33,7 +51,7 @@ async def csv_download(
     first = await anext(pages)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     return StreamingResponse(
-        _lines(first, pages, columns, cells),
+        _lines(first, pages, columns, cells, written_as),
         media_type="text/csv; charset=utf-8",
         headers={"Content-Disposition": f'attachment; filename="{name}-{stamp}.csv"'},
     )
@@ -44,8 +62,10 @@ async def _lines(
     rest: AsyncIterator[list[Row]],
     columns: Sequence[str],
     cells: Callable[[Row], Sequence[object]],
+    written_as: SpreadsheetFormat,
 ) -> AsyncIterator[str]:
-    yield csv_text([columns])
-    yield csv_text([cells(row) for row in first])
+    separator = written_as.separator
+    yield (UTF8_BOM if written_as.byte_order_mark else "") + csv_text([columns], separator)
+    yield csv_text([cells(row) for row in first], separator)
     async for rows in rest:
-        yield csv_text([cells(row) for row in rows])
+        yield csv_text([cells(row) for row in rows], separator)

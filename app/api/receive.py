@@ -142,10 +142,13 @@ def mo_cells(row: reads.Row) -> list[object]:
     responses={**csv_responses("replies"), **READ_RESPONSES},
 )
 async def export_replies(
-    scope: ScopeDep, engine: EngineDep, window: WindowDep
+    scope: ScopeDep,
+    engine: EngineDep,
+    window: WindowDep,
+    written_as: downloads.SpreadsheetFormatDep,
 ) -> StreamingResponse:
     pages = reads.mo_pages(engine, scope, window.start, window.end, downloads.EXPORT_PAGE_ROWS)
-    return await csv_download(pages, MO_EXPORT_COLUMNS, mo_cells, "replies")
+    return await csv_download(pages, MO_EXPORT_COLUMNS, mo_cells, "replies", written_as)
 
 
 @router.get(

@@ -133,10 +133,13 @@ def status_cells(row: reads.Row) -> list[object]:
     responses={**csv_responses("statuses"), **READ_RESPONSES},
 )
 async def export_statuses(
-    scope: ScopeDep, engine: EngineDep, filters: StatusFiltersDep
+    scope: ScopeDep,
+    engine: EngineDep,
+    filters: StatusFiltersDep,
+    written_as: downloads.SpreadsheetFormatDep,
 ) -> StreamingResponse:
     pages = reads.status_pages(engine, scope, filters, downloads.EXPORT_PAGE_ROWS)
-    return await csv_download(pages, EXPORT_COLUMNS, status_cells, "statuses")
+    return await csv_download(pages, EXPORT_COLUMNS, status_cells, "statuses", written_as)
 
 
 @router.get(

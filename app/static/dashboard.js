@@ -334,13 +334,23 @@ async function search(q) {
   box.append(table);
 }
 
+// A downloaded CSV is opened by double-click in a spreadsheet, which splits it on its locale's
+// list separator: a semicolon wherever the decimal mark is a comma (pt-BR, es), else a comma.
+// Excel also needs the UTF-8 mark to show accents ("Não") as typed.
+function spreadsheetParams() {
+  const decimal = new Intl.NumberFormat().formatToParts(1.5).find((part) => part.type === "decimal");
+  const delimiter = decimal && decimal.value === "," ? "semicolon" : "comma";
+  return new URLSearchParams({ delimiter, bom: "true" });
+}
+
 // The export needs the credentials' headers, so it is fetched here and handed to the browser
 // as a file, rather than linked.
 async function downloadCsv(path, params, note) {
   note.textContent = "Preparing…";
+  const query = new URLSearchParams([...new URLSearchParams(params), ...spreadsheetParams()]);
   let response;
   try {
-    response = await authorizedFetch(`${path}?${params}`);
+    response = await authorizedFetch(`${path}?${query}`);
   } catch (error) {
     if (error instanceof Unauthorized) return showLogin("Please log in again.");
     throw error;
