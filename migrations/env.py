@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from alembic import context
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
@@ -35,9 +36,18 @@ def run_migrations_offline() -> None:
         context.run_migrations()
 
 
+# Replicas of one deploy start together, and each migrates first (serve does): without a lock
+# each reads the same version, runs the same DDL, and all but one fail at start. The first to
+# take the lock migrates; the others wait for its commit, then read the new version and find
+# nothing to do. Taken before Alembic reads the version table, released with the transaction
+# (every upgrade is one transaction: PostgreSQL's DDL is transactional).
+MIGRATION_LOCK = "SELECT pg_advisory_xact_lock(hashtext('wavy-webhooks migrate'))"
+
+
 def do_run_migrations(connection: Connection) -> None:
     context.configure(connection=connection, target_metadata=metadata, compare_type=True)
     with context.begin_transaction():
+        connection.execute(text(MIGRATION_LOCK))
         context.run_migrations()
 
 

@@ -12,15 +12,17 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
+from alembic import command as alembic_command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Connection, String, inspect, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.db.engine import normalize_database_url
-from app.db.migrate import downgrade_to_base, upgrade_to_head
+from app.db.migrate import alembic_config, downgrade_to_base, head_revision, upgrade_to_head
 from app.db.tables import metadata
 from app.rules.postgres_settings import RULES, Level, Setting, review_settings
 from tests.conftest import TABLES, _admin, free_port
@@ -123,6 +125,75 @@ async def schema_differences(url: str) -> list[object]:
 def test_migrations_build_the_schema_the_tables_module_declares(empty_database: str) -> None:
     upgrade_to_head(empty_database)
     assert asyncio.run(schema_differences(empty_database)) == []
+
+
+async def schema_revision(url: str) -> str:
+    engine = create_async_engine(normalize_database_url(url))
+    try:
+        async with engine.connect() as conn:
+            version = await conn.execute(text("SELECT version_num FROM alembic_version"))
+            return str(version.scalar_one())
+    finally:
+        await engine.dispose()
+
+
+async def start_replicas(url: str, count: int = 3) -> list[asyncio.subprocess.Process]:
+    """``count`` replicas of a deploy starting together, each migrating first (serve does)."""
+    env = {**os.environ, "DATABASE_URL": url}
+    return [
+        await asyncio.create_subprocess_exec(
+            *CLI, "migrate", env=env, stderr=asyncio.subprocess.PIPE
+        )
+        for _ in range(count)
+    ]
+
+
+async def failures_of(replicas: list[asyncio.subprocess.Process]) -> list[str]:
+    """What each replica that failed printed."""
+    finished = [await asyncio.wait_for(r.communicate(), timeout=120) for r in replicas]
+    return [
+        err.decode()[-2000:] for r, (_, err) in zip(replicas, finished, strict=True) if r.returncode
+    ]
+
+
+@pytest.mark.slow
+async def test_replicas_migrating_a_new_database_at_once_all_start(empty_database: str) -> None:
+    failed = await failures_of(await start_replicas(empty_database))
+
+    assert failed == []
+    assert await schema_revision(empty_database) == head_revision()
+    assert await schema_differences(empty_database) == []
+
+
+@pytest.mark.slow
+async def test_replicas_a_release_behind_migrating_at_once_all_start(empty_database: str) -> None:
+    await asyncio.to_thread(alembic_command.upgrade, alembic_config(empty_database), "0009")
+    # Hold the version table until every replica waits, so that they all read the version at
+    # the same moment rather than one after the other by luck of their start-up times.
+    holder = await asyncpg.connect(empty_database)
+    held = holder.transaction()
+    await held.start()
+    await holder.execute("LOCK TABLE alembic_version IN ACCESS EXCLUSIVE MODE")
+    replicas = await start_replicas(empty_database)
+    waiting = (
+        "SELECT count(*) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    )
+    for _ in range(600):
+        # Inside a transaction pg_stat_activity is read once, then served from that snapshot.
+        await holder.execute("SELECT pg_stat_clear_snapshot()")
+        if await holder.fetchval(waiting) == len(replicas):
+            break
+        await asyncio.sleep(0.1)
+    else:
+        pytest.fail("the replicas never all waited on the database")
+    await held.rollback()
+    await holder.close()
+    failed = await failures_of(replicas)
+
+    assert failed == []
+    assert await schema_revision(empty_database) == head_revision()
+    assert await schema_differences(empty_database) == []
 
 
 def run_cli(*args: str, database_url: str, **env_vars: str) -> subprocess.CompletedProcess[str]:
