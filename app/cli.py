@@ -14,6 +14,7 @@ import sys
 import tempfile
 from collections.abc import Awaitable, Callable
 from datetime import UTC
+from functools import partial
 from pathlib import Path
 from types import FrameType
 from typing import Annotated, TypeVar
@@ -31,6 +32,7 @@ from app.db.engine import (
     start_embedded_postgres,
     sync_url,
 )
+from app.db.first_start import create_first_credentials
 from app.db.migrate import upgrade_to_head
 from app.logs import logging_config
 from app.metrics import MULTIPROC_ENV, prepare_multiprocess_dir
@@ -161,31 +163,18 @@ def serve(
     if not no_migrate:
         upgrade_to_head(database_url)
 
-    if not settings.open_ingest:
-
-        async def ensure_a_key(conn: AsyncConnection) -> str | None:
-            if await queries.count_active_webhook_keys(conn):
-                return None
-            _, key = await queries.add_webhook_key(conn, sub_account=None)
-            return key
-
-        created = run_with_connection(settings, database_url, ensure_a_key)
-        if created:
-            typer.echo("No webhook key existed, so one was created.")
-            print_webhook_urls(settings, created, None)
-
-    async def ensure_an_admin(conn: AsyncConnection) -> str | None:
-        if await users.count_users(conn):
-            return None
-        return await users.add_user(
-            conn, username="admin", role=Role.ADMIN, sub_account=None, email=None, token=None
-        )
-
-    admin_token = run_with_connection(settings, database_url, ensure_an_admin)
-    if admin_token:
+    created = run_with_connection(
+        settings,
+        database_url,
+        partial(create_first_credentials, want_webhook_key=not settings.open_ingest),
+    )
+    if created.webhook_key:
+        typer.echo("No webhook key existed, so one was created.")
+        print_webhook_urls(settings, created.webhook_key, None)
+    if created.admin_token:
         typer.echo("No read-API user existed, so an admin was created (token shown only now):")
         typer.echo("  UserName             admin")
-        typer.echo(f"  AuthenticationToken  {admin_token}")
+        typer.echo(f"  AuthenticationToken  {created.admin_token}")
         typer.echo(f"  Dashboard            {settings.webhook_base_url()}/dashboard")
 
     for finding in review_server(settings, database_url):

@@ -21,7 +21,9 @@ from alembic.migration import MigrationContext
 from sqlalchemy import Connection, String, inspect, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from app.db import queries, users
 from app.db.engine import normalize_database_url
+from app.db.first_start import FirstStartSecrets, create_first_credentials
 from app.db.migrate import alembic_config, downgrade_to_base, head_revision, upgrade_to_head
 from app.db.tables import metadata
 from app.rules.postgres_settings import RULES, Level, Setting, review_settings
@@ -194,6 +196,32 @@ async def test_replicas_a_release_behind_migrating_at_once_all_start(empty_datab
     assert failed == []
     assert await schema_revision(empty_database) == head_revision()
     assert await schema_differences(empty_database) == []
+
+
+@pytest.mark.slow
+async def test_replicas_first_starting_together_create_one_key_and_one_admin(
+    empty_database: str,
+) -> None:
+    await asyncio.to_thread(upgrade_to_head, empty_database)
+    engine = create_async_engine(normalize_database_url(empty_database))
+
+    async def first_start() -> FirstStartSecrets:
+        async with engine.begin() as conn:
+            return await create_first_credentials(conn, want_webhook_key=True)
+
+    try:
+        started = await asyncio.gather(*(first_start() for _ in range(3)), return_exceptions=True)
+        async with engine.connect() as conn:
+            keys = await queries.count_active_webhook_keys(conn)
+            admins = [user.username for user in await users.list_users(conn)]
+    finally:
+        await engine.dispose()
+
+    assert [type(outcome) for outcome in started] == [FirstStartSecrets] * 3  # none failed
+    secrets = [s for s in started if isinstance(s, FirstStartSecrets)]
+    assert sum(s.webhook_key is not None for s in secrets) == 1  # shown by one replica only
+    assert sum(s.admin_token is not None for s in secrets) == 1
+    assert (keys, admins) == (1, ["admin"])
 
 
 def run_cli(*args: str, database_url: str, **env_vars: str) -> subprocess.CompletedProcess[str]:
