@@ -112,6 +112,14 @@ async def browser() -> AsyncIterator[Any]:
             await launched.close()
 
 
+async def download(page: Any, button: str) -> tuple[str, bytes]:
+    """Click a download button; the file's suggested name and its bytes."""
+    async with page.expect_download() as downloading:
+        await page.click(button)
+    downloaded = await downloading.value
+    return downloaded.suggested_filename, Path(await downloaded.path()).read_bytes()  # noqa: ASYNC240
+
+
 async def log_in(
     page: Any, base_url: str, username: str, token: str, path: str = "/dashboard"
 ) -> None:
@@ -270,14 +278,9 @@ async def test_the_campaigns_table_counts_each_campaign_and_a_click_shows_only_t
         name: await page.locator(f"[data-testid=campaign-{name}] td").all_text_contents()
         for name in ("c1", "c2", "none")
     }
-    async with page.expect_download() as downloading:
-        await page.click("#download-csv")
-    download = await downloading.value
-    exported = Path(await download.path()).read_text(encoding="utf-8-sig")  # noqa: ASYNC240
-    async with page.expect_download() as downloading_replies:
-        await page.click("#download-replies")
-    replies_download = await downloading_replies.value
-    replies = Path(await replies_download.path()).read_text(encoding="utf-8-sig")  # noqa: ASYNC240
+    statuses_name, exported_bytes = await download(page, "#download-csv")
+    replies_name, replies_bytes = await download(page, "#download-replies")
+    exported, replies = exported_bytes.decode("utf-8-sig"), replies_bytes.decode("utf-8-sig")
     await page.click("[data-testid=campaign-c2] button")
     await page.wait_for_selector("body[data-loaded*='campaignId=c2']")
     narrowed = await page.get_attribute("[data-testid=kpi-messages] .value", "data-value")
@@ -295,10 +298,10 @@ async def test_the_campaigns_table_counts_each_campaign_and_a_click_shows_only_t
     assert order[0] == "campaign-c1"  # the busiest first
     assert (narrowed, campaigns_after) == ("1", 1)
     exported_ids = [row["id"] for row in csv.DictReader(io.StringIO(exported))]
-    assert download.suggested_filename.startswith("statuses-")
+    assert statuses_name.startswith("statuses-")
     assert sorted(exported_ids) == ["m1", "m2", "m3", "m4", "m5", "m6", "n1", "n2"]
     replies_by_id = {row["id"]: row for row in csv.DictReader(io.StringIO(replies))}
-    assert replies_download.suggested_filename.startswith("replies-")
+    assert replies_name.startswith("replies-")
     assert sorted(replies_by_id) == ["r1", "r2", "r3", "r4"]  # the retry of r1 stored once
     assert replies_by_id["r3"]["mt.id"] == "m4"
 
@@ -318,10 +321,7 @@ async def test_a_brazilian_browser_downloads_csv_that_excel_splits_by_semicolons
     downloaded: dict[str, bytes] = {}
     for name, page in (("en-US", english), ("pt-BR", brazilian)):
         await log_in(page, base_url, "ana", token)
-        async with page.expect_download() as downloading:
-            await page.click("#download-csv")
-        download = await downloading.value
-        downloaded[name] = Path(await download.path()).read_bytes()  # noqa: ASYNC240
+        _, downloaded[name] = await download(page, "#download-csv")
 
     # Both start with the UTF-8 mark (Excel shows accents as typed); each is split by the list
     # separator that a spreadsheet of its locale expects when the file is double-clicked.
