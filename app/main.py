@@ -28,7 +28,6 @@ from app.db.engine import (
     writer_connector,
 )
 from app.db.key_registry import KeyRegistry
-from app.db.migrate import head_revision
 from app.db.notifications import KEYS_CHANGED_CHANNEL, USERS_CHANGED_CHANNEL, follow_changes
 from app.db.reader_cache import ReaderCache
 from app.db.retention import purge_periodically
@@ -93,7 +92,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     await writer.start()
     app.state.engine, app.state.writer, app.state.key_registry = engine, writer, registry
     app.state.readers = readers
-    app.state.schema_head = head_revision()
     background = [
         asyncio.create_task(_sample_gauges(engine, writer), name="sample-gauges"),
         asyncio.create_task(fold_stats_periodically(engine), name="stats-fold"),

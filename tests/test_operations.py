@@ -10,7 +10,7 @@ import os
 import re
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -136,22 +136,44 @@ async def test_readyz_answers_503_promptly_when_the_database_hangs(
 
 
 @pytest.fixture
-async def schema_behind(engine: AsyncEngine) -> AsyncIterator[None]:
-    async with engine.begin() as conn:
-        await conn.execute(text("UPDATE alembic_version SET version_num = '0001'"))
-    yield
-    async with engine.begin() as conn:
-        await conn.execute(
-            text("UPDATE alembic_version SET version_num = :head"), {"head": head_revision()}
-        )
+async def schema_at(engine: AsyncEngine) -> AsyncIterator[Callable[[str], Awaitable[None]]]:
+    """Sets the database's recorded migration (as another release would leave it), then puts
+    the head back."""
+
+    async def set_revision(revision: str) -> None:
+        async with engine.begin() as conn:
+            await conn.execute(
+                text("UPDATE alembic_version SET version_num = :revision"),
+                {"revision": revision},
+            )
+
+    yield set_revision
+    await set_revision(head_revision())
 
 
-@pytest.mark.usefixtures("schema_behind")
-async def test_readyz_is_503_when_the_schema_is_not_migrated(client: httpx.AsyncClient) -> None:
+async def test_readyz_is_503_when_the_schema_is_not_migrated(
+    client: httpx.AsyncClient, schema_at: Callable[[str], Awaitable[None]]
+) -> None:
+    await schema_at("0001")
     response = await client.get("/readyz")
 
     assert response.status_code == 503
     assert "0001" in response.json()["error"]["message"]
+
+
+async def test_readyz_stays_ready_when_a_newer_release_has_migrated(
+    client: httpx.AsyncClient, schema_at: Callable[[str], Awaitable[None]], hook: Any
+) -> None:
+    # A rolling deploy: the first new replica migrated to a revision this code does not ship.
+    # The old replicas must keep serving until each is replaced, not all leave at once.
+    await schema_at("9999_from_a_newer_release")
+    response = await client.get("/readyz")
+    stored = await hook("dlr", {"id": "rolling-1", "deliveredStatusCode": 4})
+
+    assert response.status_code == 200
+    assert response.json()["schema"] == "9999_from_a_newer_release"
+    assert head_revision() in response.json()["note"]
+    assert stored.status_code == 200
 
 
 async def test_metrics_count_accepted_duplicates_and_latency_per_route(

@@ -10,6 +10,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.responses import Response
 
 from app.api.errors import ApiError, OrjsonResponse, responses
+from app.db.migrate import SchemaState, head_revision, schema_state
 from app.db.queries import schema_revision
 from app.metrics import render_metrics
 
@@ -30,21 +31,30 @@ def _not_ready(message: str) -> ApiError:
 
 @router.get(
     "/readyz",
-    summary="Readiness: the database answers and its schema is at this code's migrations' head",
+    summary=(
+        "Readiness: the database answers and its schema is at this code's migrations' head "
+        "(or a newer release's)"
+    ),
     responses=responses(503),
 )
 async def readyz(request: Request) -> OrjsonResponse:
     state = request.app.state
     if state.writer.stopping:
         raise _not_ready("shutting down")
-    expected: str = state.schema_head
     try:
         async with asyncio.timeout(READINESS_TIMEOUT_S):
             async with state.engine.connect() as conn:
                 revision = await schema_revision(conn)
     except (TimeoutError, SQLAlchemyError, OSError):
         raise _not_ready("the database does not answer") from None
-    if revision != expected:
+    state_of_schema, expected = schema_state(revision), head_revision()
+    if state_of_schema is SchemaState.AHEAD:
+        # A newer release has migrated and is rolling out: this replica keeps serving until it
+        # is replaced (migrations keep the release before them working, docs/operations.md),
+        # rather than every old replica leaving the load balancer at once.
+        note = f"newer than this code's {expected}: a newer release has migrated"
+        return OrjsonResponse({"status": "ready", "schema": revision, "note": note})
+    if state_of_schema is not SchemaState.CURRENT:
         raise _not_ready(f"database schema at {revision}, this code needs {expected}")
     return OrjsonResponse({"status": "ready", "schema": revision})
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import enum
+from functools import cache
 from pathlib import Path
 
 from alembic import command
@@ -33,9 +35,34 @@ async def upgrade_to_head_async(database_url: str) -> None:
     await asyncio.to_thread(upgrade_to_head, database_url)
 
 
+@cache
+def _shipped_migrations() -> ScriptDirectory:
+    return ScriptDirectory.from_config(alembic_config("postgresql://unused"))
+
+
 def head_revision() -> str:
     """The newest migration shipped with this code: what /readyz expects the database at."""
-    head = ScriptDirectory.from_config(alembic_config("postgresql://unused")).get_current_head()
+    head = _shipped_migrations().get_current_head()
     if head is None:
         raise RuntimeError("no migrations found")
     return head
+
+
+class SchemaState(enum.Enum):
+    """Where a database's schema stands against the migrations this code ships."""
+
+    CURRENT = "current"
+    # An older migration of this code's: `wavy-webhooks migrate` brings it up.
+    BEHIND = "behind"
+    # A migration this code does not ship: a newer release has migrated (a rolling deploy).
+    AHEAD = "ahead"
+    UNMIGRATED = "unmigrated"
+
+
+def schema_state(revision: str | None) -> SchemaState:
+    if revision is None:
+        return SchemaState.UNMIGRATED
+    if revision == head_revision():
+        return SchemaState.CURRENT
+    shipped = {script.revision for script in _shipped_migrations().walk_revisions()}
+    return SchemaState.BEHIND if revision in shipped else SchemaState.AHEAD
