@@ -40,6 +40,11 @@ def _shipped_migrations() -> ScriptDirectory:
     return ScriptDirectory.from_config(alembic_config("postgresql://unused"))
 
 
+@cache
+def _shipped_revisions() -> frozenset[str]:
+    return frozenset(script.revision for script in _shipped_migrations().walk_revisions())
+
+
 def head_revision() -> str:
     """The newest migration shipped with this code: what /readyz expects the database at."""
     head = _shipped_migrations().get_current_head()
@@ -64,5 +69,4 @@ def schema_state(revision: str | None) -> SchemaState:
         return SchemaState.UNMIGRATED
     if revision == head_revision():
         return SchemaState.CURRENT
-    shipped = {script.revision for script in _shipped_migrations().walk_revisions()}
-    return SchemaState.BEHIND if revision in shipped else SchemaState.AHEAD
+    return SchemaState.BEHIND if revision in _shipped_revisions() else SchemaState.AHEAD
