@@ -27,10 +27,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from app.api.paging import MAX_FEED_WAIT_S
 from app.db import queries, replay, retention, stats, users
 from app.db.engine import (
+    CannotConnect,
     connections_per_worker,
     create_engine,
+    database_unavailable,
     start_embedded_postgres,
     sync_url,
+    wait_for_database,
+    where,
 )
 from app.db.first_start import create_first_credentials
 from app.db.migrate import upgrade_to_head
@@ -67,6 +71,11 @@ def resolve_database_url(settings: Settings) -> str:
         return sync_url(settings.database_url)
     typer.echo(f"DATABASE_URL is not set: using the embedded PostgreSQL in {settings.data_dir}")
     return start_embedded_postgres(settings.data_dir)
+
+
+def wait_at_start(settings: Settings, database_url: str) -> None:
+    """serve and migrate start with their database, or before it (containers, an init step)."""
+    asyncio.run(wait_for_database(settings, database_url, timeout_s=settings.db_start_timeout_s))
 
 
 def run_with_connection(
@@ -160,6 +169,7 @@ def serve(
         prepare_multiprocess_dir(Path(metrics_dir))
     database_url = resolve_database_url(settings)
     os.environ["DATABASE_URL"] = database_url
+    wait_at_start(settings, database_url)
     if not no_migrate:
         upgrade_to_head(database_url)
 
@@ -213,7 +223,9 @@ def serve(
 def migrate() -> None:
     """Apply the database migrations (to the latest schema)."""
     settings = Settings()
-    upgrade_to_head(resolve_database_url(settings))
+    database_url = resolve_database_url(settings)
+    wait_at_start(settings, database_url)
+    upgrade_to_head(database_url)
     typer.echo("database schema is up to date")
 
 
@@ -534,6 +546,18 @@ def main() -> None:
             name = "_".join(str(part) for part in problem["loc"]).upper()
             typer.echo(f"invalid setting WAVY_{name}: {problem['msg']}", err=True)
         raise SystemExit(2) from None
+    except CannotConnect as error:
+        typer.echo(f"wavy-webhooks: {error}", err=True)
+        raise SystemExit(1) from None
+    except Exception as error:
+        # An operator's command against a database that is away: one line that says so, not
+        # a page of traceback through the driver.
+        if not database_unavailable(error):
+            raise
+        url = os.environ.get("DATABASE_URL")
+        at = f" at {where(url)}" if url else ""
+        typer.echo(f"wavy-webhooks: PostgreSQL{at} is not reachable: {error}", err=True)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     db_pool_size: PositiveInt = 10
     db_max_overflow: NonNegativeInt = 5
     db_connect_timeout_s: PositiveFloat = 5.0
+    # serve and migrate wait this long at start for PostgreSQL to accept connections (a
+    # container started before its database); 0 tries once.
+    db_start_timeout_s: NonNegativeFloat = 60.0
 
     # How long a webhook key, or a read-API user's successful login, is trusted from memory
     # when no change notification arrives (each worker is told of changes at once).

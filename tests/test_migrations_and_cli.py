@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,7 +19,7 @@ import pytest
 from alembic import command as alembic_command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Connection, String, inspect, text
+from sqlalchemy import Connection, String, inspect, make_url, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.db import queries, users
@@ -376,6 +377,96 @@ class Service:
         self.process.send_signal(how)
         self.process.wait(timeout=60)
         self.out.close()
+
+
+class LateDatabase:
+    """A port that refuses connections until ``open()``, then relays them to the real
+    PostgreSQL: a database that comes up after the service that needs it."""
+
+    def __init__(self, url: str) -> None:
+        real = make_url(url)
+        self.target = (real.host or "127.0.0.1", real.port or 5432)
+        self.port = free_port()
+        self.url = real.set(port=self.port).render_as_string(hide_password=False)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self.target)
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            while data := await source.read(65536):
+                sink.write(data)
+                await sink.drain()
+            sink.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    def open(self) -> None:
+        self._thread.start()
+        started = asyncio.run_coroutine_threadsafe(
+            asyncio.start_server(self._relay, "127.0.0.1", self.port), self._loop
+        )
+        started.result(timeout=10)
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
+
+
+@pytest.mark.slow
+def test_serve_waits_for_a_database_that_comes_up_after_it(
+    empty_database: str, tmp_path: Path
+) -> None:
+    database = LateDatabase(empty_database)
+    env = {**os.environ, "DATABASE_URL": database.url, "WAVY_DB_START_TIMEOUT_S": "60"}
+    service = Service(env, free_port(), tmp_path)
+    try:
+        time.sleep(3)
+        waited = service.process.poll() is None
+        said = service.log.read_text()
+        database.open()
+        service.wait_ready()
+        ready = httpx.get(f"http://127.0.0.1:{service.port}/readyz", timeout=10)
+    finally:
+        service.stop()
+        database.close()
+
+    assert waited  # still running after 3 s with no database, not crashed
+    assert f"waiting for PostgreSQL at 127.0.0.1:{database.port}/" in said
+    assert ready.status_code == 200
+
+
+def test_serve_gives_up_when_the_database_stays_away_and_says_so_in_one_line() -> None:
+    closed = f"postgresql://postgres@127.0.0.1:{free_port()}/nothing"
+    started = time.monotonic()
+    result = run_cli("serve", database_url=closed, WAVY_DB_START_TIMEOUT_S="1")
+
+    assert result.returncode == 1
+    assert time.monotonic() - started < 30
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("wavy-webhooks: PostgreSQL at 127.0.0.1:")
+    assert "did not accept a connection within 1 s" in last_line
+    assert "Traceback" not in result.stderr
+
+
+def test_commands_against_an_absent_or_refusing_database_fail_in_one_line(
+    empty_database: str,
+) -> None:
+    closed = f"postgresql://postgres@127.0.0.1:{free_port()}/nothing"
+    no_such_role = make_url(empty_database).set(username="nobody").render_as_string()
+
+    listed = run_cli("keys", "list", database_url=closed)
+    migrated = run_cli("migrate", database_url=no_such_role, WAVY_DB_START_TIMEOUT_S="60")
+
+    assert listed.returncode == 1
+    assert len(listed.stderr.strip().splitlines()) == 1
+    assert "PostgreSQL at 127.0.0.1:" in listed.stderr
+    assert "is not reachable" in listed.stderr
+    assert migrated.returncode == 1  # at once: waiting cannot fix a wrong role
+    assert 'refused the connection: role "nobody" does not exist' in migrated.stderr
+    assert "Traceback" not in listed.stderr + migrated.stderr
 
 
 def test_serve_warns_at_start_when_commits_would_not_survive_a_crash(

@@ -18,6 +18,8 @@ from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from app.db.engine import database_unavailable
+
 log = logging.getLogger(__name__)
 
 
@@ -112,25 +114,8 @@ def _allowed_methods(request: Request) -> list[str]:
     return []
 
 
-# The database away, starting, stopping, timing out, or its pool exhausted: nothing the
-# client did, and worth a retry, so a 503 with Retry-After rather than a 500.
-_DATABASE_UNAVAILABLE = (
-    OSError,  # refused, unreachable, timed out (TimeoutError is one)
-    sa_exc.OperationalError,
-    sa_exc.InterfaceError,
-    sa_exc.TimeoutError,  # no pooled connection within the pool's timeout
-    asyncpg.PostgresConnectionError,
-    asyncpg.exceptions.OperatorInterventionError,  # shutting down, starting up
-    asyncpg.InterfaceError,
-)
 UNAVAILABLE_RETRY_AFTER_S = "5"
 OUTAGE_LOG_EVERY_S = 60.0
-
-
-def database_unavailable(error: BaseException) -> bool:
-    if isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated:
-        return True
-    return isinstance(error, _DATABASE_UNAVAILABLE)
 
 
 def unavailable(message: str) -> ApiError:

@@ -1,15 +1,19 @@
-"""Where the database is: URL spelling, the async engine, and the embedded PostgreSQL fallback."""
+"""Where the database is: URL spelling, the async engine, the embedded PostgreSQL fallback, and
+telling an outage (worth waiting for) from a refusal."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import make_url
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -26,6 +30,74 @@ def normalize_database_url(raw: str) -> URL:
     if url.get_backend_name() not in ("postgresql", "postgres"):
         raise ValueError(f"only PostgreSQL is supported, got {url.get_backend_name()!r}")
     return url.set(drivername="postgresql+asyncpg")
+
+
+# The database away, starting, stopping, timing out, or its pool exhausted: nothing the caller
+# did, and worth a retry (the HTTP layer answers 503 with Retry-After, serve waits at start).
+_DATABASE_UNAVAILABLE = (
+    OSError,  # refused, unreachable, timed out (TimeoutError is one), a name not resolved
+    sa_exc.OperationalError,
+    sa_exc.InterfaceError,
+    sa_exc.TimeoutError,  # no pooled connection within the pool's timeout
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,  # shutting down, starting up
+    asyncpg.TooManyConnectionsError,
+    asyncpg.InterfaceError,
+)
+
+
+def database_unavailable(error: BaseException) -> bool:
+    if isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated:
+        return True
+    return isinstance(error, _DATABASE_UNAVAILABLE)
+
+
+class CannotConnect(Exception):
+    """PostgreSQL did not accept a connection at start: it stayed away past the time given, or
+    refused it (a wrong password, no such database)."""
+
+
+def where(url: str) -> str:
+    """host:port/database of a URL, for messages: never its password."""
+    parsed = normalize_database_url(url)
+    return f"{parsed.host or 'localhost'}:{parsed.port or 5432}/{parsed.database or ''}"
+
+
+# At start, between attempts: quick at first (a database a moment from ready), then every 2 s.
+_FIRST_RETRY_S, _LONGEST_RETRY_S, _WAITING_LOG_EVERY_S = 0.25, 2.0, 10.0
+
+
+async def wait_for_database(settings: Settings, url: str, *, timeout_s: float) -> None:
+    """Return once PostgreSQL at ``url`` accepts a connection (opened as the writer opens its
+    own). A service started with, or before, its database waits for it, saying so, instead of
+    failing at once; a refusal that waiting cannot change (a wrong password, no such
+    database) is raised at once."""
+    connect = writer_connector(settings, url, application_name=START_APPLICATION_NAME)
+    deadline = time.monotonic() + timeout_s
+    pause, last_said = _FIRST_RETRY_S, float("-inf")
+    while True:
+        try:
+            conn = await connect()
+        except Exception as error:
+            if not database_unavailable(error):
+                raise CannotConnect(
+                    f"PostgreSQL at {where(url)} refused the connection: {error}"
+                ) from None
+            reason = str(error) or type(error).__name__
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise CannotConnect(
+                    f"PostgreSQL at {where(url)} did not accept a connection within "
+                    f"{timeout_s:g} s: {reason}"
+                ) from None
+            if time.monotonic() - last_said >= _WAITING_LOG_EVERY_S:
+                log.warning("waiting for PostgreSQL at %s (%s)", where(url), reason)
+                last_said = time.monotonic()
+            await asyncio.sleep(min(pause, left))
+            pause = min(pause * 2, _LONGEST_RETRY_S)
+            continue
+        await conn.close()
+        return
 
 
 async def driver_connection(conn: AsyncConnection) -> asyncpg.Connection:
@@ -46,6 +118,7 @@ def _target(settings: Settings, url: str | None) -> str:
 APPLICATION_NAME = "wavy-webhooks"
 WRITER_APPLICATION_NAME = "wavy-webhooks-writer"
 KEYS_LISTENER_APPLICATION_NAME = "wavy-webhooks-keys"
+START_APPLICATION_NAME = "wavy-webhooks-start"  # serve's and migrate's wait for the database
 
 
 def connections_per_worker(settings: Settings) -> int:
