@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
@@ -19,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import metrics
 from app.api import dashboard, health, receive, stats, status, webhooks
+from app.api.deps import READER_CREDENTIAL_HEADERS
 from app.api.errors import install_error_handlers
 from app.api.middleware import ObserveRequests
 from app.db.engine import (
@@ -167,6 +169,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_error_handlers(app)
+    if settings.cors_origins:
+        # Inside ObserveRequests, so preflights are counted and logged like any request.
+        # Credentials travel in headers, never cookies: no allow_credentials.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=[*READER_CREDENTIAL_HEADERS, "Content-Type", "X-Request-ID"],
+            expose_headers=["Content-Disposition", "Retry-After", "X-Request-ID"],
+            max_age=600,
+        )
     app.add_middleware(ObserveRequests, access_log_enabled=settings.access_log)
     app.include_router(health.router)
     app.include_router(webhooks.router)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import (
     AliasChoices,
@@ -15,7 +15,7 @@ from pydantic import (
     PositiveInt,
     field_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.rules.retention import parse_age
 
@@ -94,6 +94,18 @@ class Settings(BaseSettings):
         default=False,
         description="FastAPI's built-in OpenTelemetry traces, metrics and logs (opt-in)",
     )
+
+    # Web origins whose pages may call the API from the browser (CORS), e.g. an internal
+    # dashboard served elsewhere: "https://dash.example.com,https://ops.example.com", or "*".
+    # Empty: same-origin only, as the built-in dashboard is.
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
 
     @field_validator("retention")
     @classmethod

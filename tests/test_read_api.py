@@ -21,7 +21,8 @@ from app.api.schemas import StatusOut
 from app.db import users
 from app.rules.scope import Role
 from app.rules.spreadsheet_csv import spreadsheet_safe
-from tests.conftest import add_key
+from app.settings import Settings
+from tests.conftest import add_key, free_port, serving
 
 WAVY_STATUS_FIELDS = {
     "id",
@@ -852,3 +853,37 @@ async def test_feed_never_hands_out_a_cursor_past_a_transaction_still_running(
 
     assert during == []  # "fast" waits behind the running transaction...
     assert after == ["slow", "fast"]  # ...and nothing is skipped once it ends
+
+
+# --- browsers on other origins ----------------------------------------------------------------
+
+
+async def test_a_dashboard_on_an_allowed_origin_reads_the_api_from_its_browser_page(
+    world: World, settings: Settings
+) -> None:
+    allowed, other = "https://dash.example.com", "https://elsewhere.example.com"
+    cors = settings.model_copy(update={"port": free_port(), "cors_origins": [allowed]})
+    asks = {"Access-Control-Request-Method": "GET"}
+    asks["Access-Control-Request-Headers"] = "username,authenticationtoken"
+    async with (
+        serving(cors),
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{cors.port}", timeout=30) as browser,
+    ):
+        preflight = await browser.options("/v1/sms/status/m1", headers={"Origin": allowed, **asks})
+        me = await browser.get("/v1/me", headers={"Origin": allowed, **world.headers["ana"]})
+        refused = await browser.get("/v1/me", headers={"Origin": allowed})
+        stranger = await browser.options("/v1/me", headers={"Origin": other, **asks})
+    same_origin_only = await world.get("ana", "/v1/me")
+
+    assert preflight.status_code == 200
+    assert preflight.headers["access-control-allow-origin"] == allowed
+    sendable = {
+        h.strip().lower() for h in preflight.headers["access-control-allow-headers"].split(",")
+    }
+    assert {"username", "authenticationtoken"} <= sendable
+    assert (me.status_code, me.json()["userName"]) == (200, "ana")
+    assert me.headers["access-control-allow-origin"] == allowed
+    # The page can read why it was refused, too.
+    assert (refused.status_code, refused.headers["access-control-allow-origin"]) == (401, allowed)
+    assert "access-control-allow-origin" not in stranger.headers
+    assert "access-control-allow-origin" not in same_origin_only.headers  # off by default

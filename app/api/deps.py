@@ -109,18 +109,24 @@ async def webhook_context(request: Request) -> WebhookContext:
 WebhookContextDep = Annotated[WebhookContext, Depends(webhook_context)]
 
 
+# Wavy's own names for the read API's credentials (a browser page on another origin must be
+# allowed to send them: app.main's CORS).
+USERNAME_HEADER, TOKEN_HEADER = "UserName", "AuthenticationToken"
+READER_CREDENTIAL_HEADERS = (USERNAME_HEADER, TOKEN_HEADER)
+
+
 def reader_unauthorized() -> ApiError:
     return ApiError(
-        401, "unauthorized", "valid UserName and AuthenticationToken headers are required"
+        401, "unauthorized", f"valid {USERNAME_HEADER} and {TOKEN_HEADER} headers are required"
     )
 
 
 async def current_reader(
     request: Request,
     username: Annotated[
-        str | None, Header(alias="UserName", description="Username or e-mail")
+        str | None, Header(alias=USERNAME_HEADER, description="Username or e-mail")
     ] = None,
-    token: Annotated[str | None, Header(alias="AuthenticationToken")] = None,
+    token: Annotated[str | None, Header(alias=TOKEN_HEADER)] = None,
 ) -> Reader:
     """The read API's caller. Every failure (missing header, unknown user, wrong token,
     disabled user) gets the very same 401."""
