@@ -501,6 +501,32 @@ async def test_a_reader_waiting_on_the_feed_gets_a_reply_as_soon_as_it_is_stored
     assert time.monotonic() - started < 6  # before the 8 s were up
 
 
+async def test_a_new_reader_starting_at_the_latest_skips_the_history_and_gets_what_follows(
+    world: World,
+) -> None:
+    await world.post("mo", [mo("old-1", "acme"), mo("old-2", "acme")], "acme")
+    await world.post("callback", {"id": "old-m"}, "acme")
+
+    replies = await world.ok("ana", "/v1/sms/receive/changes", start="latest")
+    statuses = await world.ok("ana", "/v1/sms/status/changes", start="latest")
+    waiting = asyncio.create_task(
+        world.ok("ana", "/v1/sms/receive/changes", start="latest", wait=8)
+    )
+    await asyncio.sleep(0.5)
+    await world.post("mo", mo("new-1", "acme"), "acme")
+    await world.post("callback", {"id": "new-m"}, "acme")
+    woken = await waiting
+    later_replies = await world.ok("ana", "/v1/sms/receive/changes", after=replies["next"])
+    later_statuses = await world.ok("ana", "/v1/sms/status/changes", after=statuses["next"])
+    both = await world.get("ana", "/v1/sms/receive/changes", start="latest", after=replies["next"])
+
+    assert (replies["items"], statuses["items"]) == ([], [])  # the history is skipped
+    assert [item["id"] for item in woken["items"]] == ["new-1"]
+    assert [item["id"] for item in later_replies["items"]] == ["new-1"]
+    assert [item["id"] for item in later_statuses["items"]] == ["new-m"]
+    assert (both.status_code, both.json()["error"]["code"]) == (422, "invalid_start")
+
+
 async def test_a_waiting_reader_with_nothing_new_is_answered_when_the_wait_is_up(
     world: World,
 ) -> None:

@@ -7,7 +7,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, Query, Request
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -37,6 +37,16 @@ Wait = Annotated[
 ]
 
 
+Start = Annotated[
+    Literal["earliest", "latest"],
+    Query(
+        description="Without `after`: `earliest` (the default) reads everything stored, "
+        "`latest` skips it and reads only what is stored from now on (a new reader that does "
+        "not want the history)"
+    ),
+]
+
+
 @dataclass
 class FeedQuery:
     """What a safe feed's caller asks: where to start, how many, and how long to wait for
@@ -44,6 +54,7 @@ class FeedQuery:
 
     request: Request
     after: After = None
+    start: Start = "earliest"
     limit: Limit = 1000
     wait: Wait = 0.0
 
@@ -53,6 +64,20 @@ FeedQueryDep = Annotated[FeedQuery, Depends()]
 
 def bad_cursor() -> ApiError:
     return ApiError(422, "invalid_cursor", "the cursor is not one this API handed out")
+
+
+async def _starting_position(engine: AsyncEngine, query: FeedQuery) -> reads.FeedPosition:
+    if query.after and query.start == "latest":
+        raise ApiError(422, "invalid_start", "give a cursor (after) or start=latest, not both")
+    if query.after:
+        try:
+            return reads.FeedPosition(*read_feed_cursor(query.after))
+        except BadCursor:
+            raise bad_cursor() from None
+    if query.start == "latest":
+        async with engine.connect() as conn:
+            return await reads.feed_end(conn)
+    return reads.FeedPosition()
 
 
 async def feed_response(
@@ -65,11 +90,7 @@ async def feed_response(
     """One page of a safe feed: the items after the cursor and the cursor to pass next. With
     ``wait``, an empty page is held back until something arrives or the time is up; the
     connection goes back to the pool between looks."""
-    after = query.after
-    try:
-        position = reads.FeedPosition(*read_feed_cursor(after)) if after else reads.FeedPosition()
-    except BadCursor:
-        raise bad_cursor() from None
+    position = await _starting_position(engine, query)
     deadline = time.monotonic() + query.wait
     while True:
         async with engine.connect() as conn:

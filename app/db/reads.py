@@ -84,6 +84,19 @@ class FeedPosition:
     seq: int = 0
 
 
+# The largest sequence a cursor holds (app.rules.cursors): with it, a position stands after
+# every item of its transaction.
+_LAST_SEQ = 2**63 - 1
+
+
+async def feed_end(conn: AsyncConnection) -> FeedPosition:
+    """The position after everything a feed serves now, and before everything it will serve
+    later: what feeds serve is written by transactions below the horizon, and every later one
+    is at or above it. A new reader starts here to skip what is already stored."""
+    horizon = (await conn.execute(select(FINISHED_TX_HORIZON))).scalar_one()
+    return FeedPosition(int(horizon) - 1, _LAST_SEQ)
+
+
 def _feed(kind: str) -> tuple[Any, Any]:
     return (messages, messages.c.change_seq) if kind == "status" else (mos, mos.c.seq)
 
