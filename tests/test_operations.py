@@ -25,10 +25,17 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import metrics
-from app.db.migrate import head_revision
+from app.db.migrate import head_revision, upgrade_to_head
 from app.logs import FailureLog
 from app.settings import Settings
-from tests.conftest import fetch_all, free_port, serving, silent_database_url, writes_going_to
+from tests.conftest import (
+    _admin,
+    fetch_all,
+    free_port,
+    serving,
+    silent_database_url,
+    writes_going_to,
+)
 from tests.test_migrations_and_cli import Service, run_cli
 
 
@@ -133,6 +140,33 @@ async def test_readyz_answers_503_promptly_when_the_database_hangs(
     assert response.status_code == 503
     # A load balancer's probe gives up after a few seconds; ours must answer before that.
     assert time.monotonic() - started < 4
+
+
+@pytest.fixture
+async def read_only_database(
+    app: FastAPI, settings: Settings, empty_database: str, webhook_key: str
+) -> AsyncIterator[None]:
+    """Reads and writes go to a migrated database that answers but takes no write, as a
+    standby does (a failover that left the service on the old primary). The webhook key is
+    made first, in the real database."""
+    await asyncio.to_thread(upgrade_to_head, empty_database)
+    name = empty_database.rsplit("/", 1)[1]
+    await _admin(empty_database, f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+    async with writes_going_to(app, settings, empty_database):
+        yield
+
+
+@pytest.mark.usefixtures("read_only_database")
+async def test_a_read_only_database_makes_readyz_503_and_webhooks_503_never_200(
+    client: httpx.AsyncClient, hook: Any
+) -> None:
+    ready = await client.get("/readyz")
+    stored = await hook("dlr", {"id": "standby-1", "deliveredStatusCode": 4})
+
+    assert ready.status_code == 503
+    assert "read-only" in ready.json()["error"]["message"]
+    assert stored.status_code == 503  # not committed, so not acknowledged; Wavy retries
+    assert stored.headers["retry-after"]
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from starlette.responses import Response
 
 from app.api.errors import ApiError, OrjsonResponse, responses
 from app.db.migrate import SchemaState, head_revision, schema_state
-from app.db.queries import schema_revision
+from app.db.queries import accepts_writes, schema_revision
 from app.metrics import render_metrics
 
 router = APIRouter(tags=["operations"])
@@ -45,8 +45,11 @@ async def readyz(request: Request) -> OrjsonResponse:
         async with asyncio.timeout(READINESS_TIMEOUT_S):
             async with state.engine.connect() as conn:
                 revision = await schema_revision(conn)
+                writable = await accepts_writes(conn)
     except (TimeoutError, SQLAlchemyError, OSError):
         raise _not_ready("the database does not answer") from None
+    if not writable:
+        raise _not_ready("the database is read-only (a standby?): webhooks cannot be stored")
     state_of_schema, expected = schema_state(revision), head_revision()
     if state_of_schema is SchemaState.AHEAD:
         # A newer release has migrated and is rolling out: this replica keeps serving until it

@@ -145,6 +145,13 @@ async def schema_revision(conn: AsyncConnection) -> str | None:
     return revision
 
 
+async def accepts_writes(conn: AsyncConnection) -> bool:
+    """False on a standby, or where default_transaction_read_only is on: the database answers,
+    yet no webhook could be stored (a failover that left DNS on the old primary, say)."""
+    read_only = await conn.scalar(text("SELECT current_setting('transaction_read_only')"))
+    return bool(read_only == "off")
+
+
 SERVER_SETTINGS = text("SELECT name, setting, unit FROM pg_settings WHERE name = ANY(:names)")
 
 
