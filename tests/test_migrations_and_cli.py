@@ -270,6 +270,7 @@ def test_settings_review_names_the_worst_first_and_reads_units() -> None:
             "shared_buffers": Setting("16384", "8kB"),
             "max_wal_size": Setting("8192", "MB"),
             "fsync": Setting("off"),
+            "transaction_read_only": Setting("on"),
             "autovacuum": Setting("off"),
             "server_version_num": Setting("170002"),
             "server_encoding": Setting("LATIN1"),
@@ -279,6 +280,7 @@ def test_settings_review_names_the_worst_first_and_reads_units() -> None:
 
     assert [(f.name, f.level, f.shown) for f in findings] == [
         ("fsync", Level.CRITICAL, "off"),
+        ("transaction_read_only", Level.CRITICAL, "on"),
         ("server_encoding", Level.WARNING, "LATIN1"),
         ("autovacuum", Level.WARNING, "off"),
         ("shared_buffers", Level.ADVICE, "128 MB"),

@@ -20,7 +20,7 @@ class Level(enum.IntEnum):
     OK = 0
     ADVICE = 1  # tuning for bursts
     WARNING = 2  # hurts in production
-    CRITICAL = 3  # breaks the promise that a 200 survives a crash
+    CRITICAL = 3  # breaks the promise that a 200 survives a crash, or stops every write
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +85,15 @@ RULES: dict[str, Rule] = {
         "commits return before their WAL is on disk: a crash loses the last events answered 200"
     ),
     "full_page_writes": _off_breaks("a crash while a page is written can corrupt a table"),
+    "transaction_read_only": lambda s, _: (
+        (
+            Level.CRITICAL,
+            "the database takes no writes (a standby, or default_transaction_read_only on): "
+            "every webhook gets 503 and /readyz says not ready",
+        )
+        if s.value == "on"
+        else (Level.OK, "")
+    ),
     "server_encoding": lambda s, _: (
         (
             Level.WARNING,
