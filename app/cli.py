@@ -99,6 +99,14 @@ def run_with_engine(
         engine = create_engine(settings, database_url, for_requests=False)
         try:
             return await work(engine)
+        except Exception as error:
+            # An operator's command against a database that is away: one line that says so
+            # (main), not a page of traceback through the driver.
+            if not database_unavailable(error):
+                raise
+            raise CannotConnect(
+                f"PostgreSQL at {where(database_url)} is not reachable: {error}"
+            ) from None
         finally:
             await engine.dispose()
 
@@ -548,15 +556,6 @@ def main() -> None:
         raise SystemExit(2) from None
     except CannotConnect as error:
         typer.echo(f"wavy-webhooks: {error}", err=True)
-        raise SystemExit(1) from None
-    except Exception as error:
-        # An operator's command against a database that is away: one line that says so, not
-        # a page of traceback through the driver.
-        if not database_unavailable(error):
-            raise
-        url = os.environ.get("DATABASE_URL")
-        at = f" at {where(url)}" if url else ""
-        typer.echo(f"wavy-webhooks: PostgreSQL{at} is not reachable: {error}", err=True)
         raise SystemExit(1) from None
 
 

@@ -53,8 +53,8 @@ def database_unavailable(error: BaseException) -> bool:
 
 
 class CannotConnect(Exception):
-    """PostgreSQL did not accept a connection at start: it stayed away past the time given, or
-    refused it (a wrong password, no such database)."""
+    """PostgreSQL could not be worked with: away past the time given at start, away during an
+    operator's command, or refusing the connection (a wrong password, no such database)."""
 
 
 def where(url: str) -> str:
