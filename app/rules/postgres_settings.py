@@ -53,8 +53,13 @@ class Finding:
 Rule = Callable[[Setting, int], tuple[Level, str]]
 
 
+def _when(value: str, level: Level, why: str) -> Rule:
+    """A finding of ``level`` when the setting is ``value``."""
+    return lambda s, _: (level, why) if s.value == value else (Level.OK, "")
+
+
 def _off_breaks(why: str) -> Rule:
-    return lambda s, _: (Level.CRITICAL, why) if s.value == "off" else (Level.OK, "")
+    return _when("off", Level.CRITICAL, why)
 
 
 def _at_least(size: int, level: Level, why: str) -> Rule:
@@ -85,14 +90,11 @@ RULES: dict[str, Rule] = {
         "commits return before their WAL is on disk: a crash loses the last events answered 200"
     ),
     "full_page_writes": _off_breaks("a crash while a page is written can corrupt a table"),
-    "transaction_read_only": lambda s, _: (
-        (
-            Level.CRITICAL,
-            "the database takes no writes (a standby, or default_transaction_read_only on): "
-            "every webhook gets 503 and /readyz says not ready",
-        )
-        if s.value == "on"
-        else (Level.OK, "")
+    "transaction_read_only": _when(
+        "on",
+        Level.CRITICAL,
+        "the database takes no writes (a standby, or default_transaction_read_only on): "
+        "every webhook gets 503 and /readyz says not ready",
     ),
     "server_encoding": lambda s, _: (
         (
@@ -104,14 +106,11 @@ RULES: dict[str, Rule] = {
         if s.value != "UTF8"
         else (Level.OK, "")
     ),
-    "autovacuum": lambda s, _: (
-        (
-            Level.WARNING,
-            "every DLR rewrites its message's row and purges delete rows: without "
-            "autovacuum tables and indexes bloat, and ingestion and reads slow down",
-        )
-        if s.value == "off"
-        else (Level.OK, "")
+    "autovacuum": _when(
+        "off",
+        Level.WARNING,
+        "every DLR rewrites its message's row and purges delete rows: without "
+        "autovacuum tables and indexes bloat, and ingestion and reads slow down",
     ),
     "max_connections": _connections,
     "max_wal_size": _at_least(
@@ -133,20 +132,17 @@ RULES: dict[str, Rule] = {
         "about a quarter of the RAM keeps the indexes keyed by message id in memory; Wavy's "
         "ids are random, so every insert needs its own index page",
     ),
-    "idle_in_transaction_session_timeout": lambda s, _: (
-        (
-            Level.ADVICE,
-            "a session left idle inside a write transaction (a forgotten psql BEGIN) holds the "
-            "safe feeds and the reply recounts back until it ends; a timeout such as 10 min "
-            "bounds that",
-        )
-        if s.value == "0"
-        else (Level.OK, "")
+    "idle_in_transaction_session_timeout": _when(
+        "0",
+        Level.ADVICE,
+        "a session left idle inside a write transaction (a forgotten psql BEGIN) holds the "
+        "safe feeds and the reply recounts back until it ends; a timeout such as 10 min "
+        "bounds that",
     ),
-    "wal_compression": lambda s, _: (
-        (Level.ADVICE, "compressing full-page images is cheap and shrinks the WAL of bursts")
-        if s.value == "off"
-        else (Level.OK, "")
+    "wal_compression": _when(
+        "off",
+        Level.ADVICE,
+        "compressing full-page images is cheap and shrinks the WAL of bursts",
     ),
 }
 
