@@ -69,8 +69,8 @@ def expected_tiles(totals: dict[str, Any]) -> dict[str, str]:
 
 
 def expected_campaign_row(group: dict[str, Any]) -> list[str]:
-    """A campaign's row as the page writes it, from the API's group (en-US numbers, one
-    decimal for rates)."""
+    """A campaign's (or a sub-account's) row as the page writes it, from the API's group
+    (en-US numbers, one decimal for rates)."""
 
     def rate(value: float | None) -> str:
         return "\u2013" if value is None else f"{value * 100:.1f}%"  # the page's en dash
@@ -219,6 +219,34 @@ async def test_an_admin_chooses_the_sub_account(
     narrowed = await page.get_attribute("[data-testid=kpi-messages] .value", "data-value")
 
     assert (everything, narrowed) == ("7", "6")
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("campaign")
+async def test_an_admin_compares_sub_accounts_and_a_click_shows_one_and_users_see_none(
+    browser: Any,
+    base_url: str,
+    stats: Stats,  # noqa: F811 - the fixture
+) -> None:
+    admin = await browser.new_page(locale="en-US")
+    await log_in(admin, base_url, "boss", stats.headers["boss"]["AuthenticationToken"])
+    loaded_with = dict(parse_qsl(await admin.get_attribute("body", "data-loaded") or ""))
+    acme_row = await admin.locator("[data-testid=sub-account-acme] td").all_text_contents()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, tiny
+    await admin.screenshot(path=str(ARTIFACTS / "dashboard-admin.png"), full_page=True)
+    await admin.click("[data-testid=sub-account-acme] button")
+    await admin.wait_for_selector("body[data-loaded*='subAccount=acme']")
+    narrowed = await admin.get_attribute("[data-testid=kpi-messages] .value", "data-value")
+    user = await browser.new_page(locale="en-US")
+    await log_in(user, base_url, "ana", stats.headers["ana"]["AuthenticationToken"])
+    hidden_for_user = await user.is_hidden("#sub-accounts")
+
+    api = await stats.get("boss", **loaded_with, groupBy="subAccount")
+    acme = next(group for group in api["groups"] if group["key"] == "acme")
+    assert acme_row == expected_campaign_row(acme)
+    assert acme_row[:2] == ["acme", "6"]
+    assert narrowed == "6"
+    assert hidden_for_user
 
 
 @pytest.mark.slow

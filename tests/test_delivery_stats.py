@@ -328,6 +328,29 @@ async def test_campaign_filter_and_grouping(stats: Stats, hook: Any) -> None:
     assert {g["key"]: g["messages"] for g in by_campaign["groups"]} == {"c1": 6, "c2": 1, "": 0}
 
 
+@pytest.mark.usefixtures("campaign")
+async def test_an_admin_sees_each_sub_account_as_a_cost_centre_and_a_user_only_their_own(
+    app: FastAPI, client: httpx.AsyncClient, stats: Stats
+) -> None:
+    # Beside the fixture's acme and globex: a message whose key has no sub-account.
+    no_sub_account = await add_key(app, None)
+    sent = await client.post(
+        "/v1/webhooks/callback", params={"key": no_sub_account}, json=callback("n1", 2, "VIVO")
+    )
+    assert sent.status_code == 200
+
+    await totals_once_a_reply_counts(stats, replies=3)  # recounts run in the background
+    admin = await stats.get("boss", groupBy="subAccount")
+    user = await stats.get("ana", groupBy="subAccount")
+
+    messages = {group["key"]: group["messages"] for group in admin["groups"]}
+    assert messages == {"acme": 6, "globex": 1, "": 1}  # "": messages of no sub-account
+    assert admin["totals"]["messages"] == 8
+    acme = next(group for group in admin["groups"] if group["key"] == "acme")
+    assert (acme["replies"], acme["deliveredStatusCodes"]["4"]) == (3, 2)
+    assert [group["key"] for group in user["groups"]] == ["acme"]
+
+
 async def test_a_window_the_wrong_way_round_is_refused(stats: Stats) -> None:
     response = await stats.client.get(
         "/v1/stats",

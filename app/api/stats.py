@@ -1,4 +1,5 @@
-"""GET /v1/stats: delivery figures per hour, day, carrier or campaign, from the rollup."""
+"""GET /v1/stats: delivery figures per hour, day, carrier, campaign or sub-account, from the
+rollup."""
 
 from __future__ import annotations
 
@@ -41,14 +42,16 @@ def _group(group_by: GroupBy, key: str, counts: GroupCounts) -> dict[str, object
 
 @router.get(
     "",
-    summary="Delivery statistics per hour, day, carrier or campaign",
+    summary="Delivery statistics per hour, day, carrier, campaign or sub-account",
     description=(
         "Messages count in the hour they were first seen; `from` and `to` (ISO-8601, "
         "default: the last 7 days) select whole hours, both included. Per group: messages, "
         "counts per sent and delivered status code, delivery rate, time from sent to "
         "delivered (p50/p90/p99 and the histogram), messages still waiting for a DLR (split "
         "by whether their carrier sends DLRs at all), MOs received, replies and reply rate. "
-        "Scoped like the read API: users see their sub-account, admins all or `subAccount`."
+        "Scoped like the read API: users see their sub-account, admins all or `subAccount`. "
+        '`groupBy=subAccount` breaks an admin\'s figures down by cost centre (`""` for '
+        "messages of no sub-account)."
     ),
     response_model=StatsAnswer,
     responses=responses(401, 403, 422, 503),

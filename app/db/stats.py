@@ -58,6 +58,8 @@ def _group_key(group_by: GroupBy) -> ColumnElement[Any]:
         return func.date_trunc("day", func.timezone("UTC", current_rollup.c.hour))
     if group_by == "carrier":
         return current_rollup.c.carrier_name
+    if group_by == "subAccount":
+        return current_rollup.c.sub_account
     return current_rollup.c.campaign_id
 
 

@@ -26,7 +26,8 @@ LATENCY_BUCKETS_S = (
 OPEN_BUCKET = 2_147_483_647  # the "more than the last bound" bucket's value in the rollup
 NO_STATUS = -1  # the code recorded for a stage that has not happened (no callback / no DLR)
 
-GroupBy = Literal["hour", "day", "carrier", "campaign"]
+# subAccount: the cost centres (Wavy's reports break down by sub-account); users see their own.
+GroupBy = Literal["hour", "day", "carrier", "campaign", "subAccount"]
 
 # Rollup metrics (the ``metric`` column) and what their ``value`` holds.
 MESSAGES = "messages"  # value 0

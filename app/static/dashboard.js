@@ -165,20 +165,26 @@ function renderCarriers(stats) {
   }
 }
 
-// The busiest campaigns first; a click narrows the whole board to one of them.
-const CAMPAIGNS_SHOWN = 20;
+// The busiest groups first (campaigns; sub-accounts for admins, their cost centres); a click
+// narrows the whole board to one of them.
+const GROUPS_SHOWN = 20;
+const GROUP_TABLES = {
+  campaign: { table: "#campaign-table", note: "#campaign-note", field: "campaignId", noun: "campaign" },
+  subAccount: { table: "#sub-account-table", note: "#sub-account-note", field: "subAccount", noun: "sub-account" },
+};
 
-function renderCampaigns(stats) {
+function renderGroupTable(stats, kind) {
+  const { table, note, field, noun } = GROUP_TABLES[kind];
   const groups = stats.groups.filter((g) => g.messages > 0).sort((a, b) => b.messages - a.messages);
-  const body = $("#campaign-table tbody");
+  const body = $(`${table} tbody`);
   body.replaceChildren();
-  for (const g of groups.slice(0, CAMPAIGNS_SHOWN)) {
-    const row = element("tr", undefined, { "data-testid": `campaign-${g.key || "none"}` });
+  for (const g of groups.slice(0, GROUPS_SHOWN)) {
+    const row = element("tr", undefined, { "data-testid": `${noun}-${g.key || "none"}` });
     const name = element("td");
     if (g.key) {
-      const narrow = element("button", g.key, { type: "button", class: "link", title: "Show this campaign only" });
+      const narrow = element("button", g.key, { type: "button", class: "link", title: `Show this ${noun} only` });
       narrow.addEventListener("click", () => {
-        $("#controls input[name=campaignId]").value = g.key;
+        $(`#controls input[name=${field}]`).value = g.key;
         refresh();
       });
       name.append(narrow);
@@ -194,10 +200,10 @@ function renderCampaigns(stats) {
     }
     body.append(row);
   }
-  const hidden = groups.length - CAMPAIGNS_SHOWN;
-  $("#campaign-note").textContent = !groups.length
+  const hidden = groups.length - GROUPS_SHOWN;
+  $(note).textContent = !groups.length
     ? "No messages in this window."
-    : hidden > 0 ? `and ${number(hidden)} more campaign${hidden === 1 ? "" : "s"}, smaller` : "";
+    : hidden > 0 ? `and ${number(hidden)} more ${noun}${hidden === 1 ? "" : "s"}, smaller` : "";
 }
 
 function renderLatency(totals) {
@@ -392,12 +398,15 @@ async function refresh({ quiet = false } = {}) {
     const overTime = await api(`/v1/stats?${params}&groupBy=${groupBy}`);
     const byCarrier = await api(`/v1/stats?${params}&groupBy=carrier`);
     const byCampaign = await api(`/v1/stats?${params}&groupBy=campaign`);
+    const admin = !$("#sub-accounts").hidden;
+    const bySubAccount = admin ? await api(`/v1/stats?${params}&groupBy=subAccount`) : null;
     const replies = await fetchReplies(params);
     if (load !== latestLoad) return;
     renderKpis(overTime.totals);
     renderFunnel(overTime);
     renderCarriers(byCarrier);
-    renderCampaigns(byCampaign);
+    renderGroupTable(byCampaign, "campaign");
+    if (bySubAccount) renderGroupTable(bySubAccount, "subAccount");
     renderLatency(overTime.totals);
     renderReplies(replies);
     const loadedAt = new Date().toISOString().slice(11, 19);
@@ -435,6 +444,7 @@ async function showBoard() {
   $("#who").textContent = `${me.userName} (${me.role}${me.subAccount ? `, ${me.subAccount}` : ""})`;
   // Users see their own sub-account only; admins choose.
   $("#sub-account-field").hidden = me.role !== "admin";
+  $("#sub-accounts").hidden = me.role !== "admin";
   await refresh();
 }
 
