@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import time
 from datetime import UTC, datetime
+from typing import get_args
 
 import httpx
 from sqlalchemy import text
@@ -24,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from app.db import users
 from app.db.engine import normalize_database_url
 from app.db.stats import fold_stats_deltas, rollup_differences
+from app.rules.delivery_stats import GroupBy
 from app.rules.scope import Role
 from bench.common import fmt, percentiles, running_service, scratch_database
 from bench.read_api import SEED_MOS
@@ -140,13 +142,13 @@ def run(messages: int, mos: int, rounds: int) -> None:
         window = {"from": datetime.fromtimestamp(start, UTC).isoformat()}
         with running_service(url) as (base, _process):
             for who in ("boss", "ana"):
-                for group_by in ("hour", "day", "carrier", "campaign"):
+                for group_by in get_args(GroupBy):
                     stats, body = asyncio.run(
                         time_requests(base, headers[who], {**window, "groupBy": group_by}, rounds)
                     )
                     groups = len(body["groups"])  # type: ignore[arg-type]
                     total = body["totals"]["messages"]  # type: ignore[index]
-                    label = f"{who:4} groupBy={group_by:8}"
+                    label = f"{who:4} groupBy={group_by:10}"
                     print(f"  {label} {groups:5} groups {total:>9,} msgs  {fmt(stats)}", flush=True)
 
 
