@@ -336,20 +336,27 @@ async def test_the_campaigns_table_counts_each_campaign_and_a_click_shows_only_t
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("campaign")
-async def test_a_brazilian_browser_downloads_csv_that_excel_splits_by_semicolons(
+async def test_a_brazilian_browser_counts_its_own_days_and_gets_csv_split_by_semicolons(
     browser: Any,
     base_url: str,
     stats: Stats,  # noqa: F811 - the fixture
 ) -> None:
     token = stats.headers["ana"]["AuthenticationToken"]
     english, brazilian = (
-        await browser.new_page(locale="en-US"),
-        await browser.new_page(locale="pt-BR"),
+        await browser.new_page(locale="en-US", timezone_id="UTC"),
+        await browser.new_page(locale="pt-BR", timezone_id="America/Sao_Paulo"),
     )
     downloaded: dict[str, bytes] = {}
+    asked: dict[str, dict[str, str]] = {}
     for name, page in (("en-US", english), ("pt-BR", brazilian)):
         await log_in(page, base_url, "ana", token)
+        asked[name] = dict(parse_qsl(await page.get_attribute("body", "data-loaded") or ""))
         _, downloaded[name] = await download(page, "#download-csv")
+    status = await brazilian.text_content("#status") or ""
+
+    # Its figures are counted in its own days, and it says so.
+    assert (asked["en-US"]["tz"], asked["pt-BR"]["tz"]) == ("UTC", "America/Sao_Paulo")
+    assert "days and hours in America/Sao_Paulo" in status
 
     # Both start with the UTF-8 mark (Excel shows accents as typed); each is split by the list
     # separator that a spreadsheet of its locale expects when the file is double-clicked.

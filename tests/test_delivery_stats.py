@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -315,6 +316,41 @@ async def test_hours_and_days_follow_when_messages_were_first_seen(
     assert by_day["totals"]["messages"] == 6
     assert long_ago["groups"] == []
     assert long_ago["totals"]["messages"] == 0
+
+
+@pytest.mark.usefixtures("campaign")
+async def test_days_are_the_callers_own_in_the_time_zone_it_names(
+    stats: Stats, engine: AsyncEngine
+) -> None:
+    # 01:30 and 04:30 UTC on New Year's Day: in São Paulo (UTC-3) the first is still the
+    # evening of 31 December.
+    async with engine.begin() as conn:
+        for message_id, hour in (("m1", 1), ("m2", 4)):
+            first_seen = datetime(2026, 1, 1, hour, 30, tzinfo=UTC)
+            await conn.execute(
+                text("UPDATE messages SET first_seen_at = :t WHERE id = :id"),
+                {"t": first_seen, "id": message_id},
+            )
+    window = {"from": "2025-12-31T00:00Z", "to": "2026-01-01T23:00Z"}
+
+    in_utc = await stats.get("ana", **window, groupBy="day")
+    in_sao_paulo = await stats.get("ana", **window, groupBy="day", tz="America/Sao_Paulo")
+    hours = await stats.get("ana", **window, groupBy="hour", tz="America/Sao_Paulo")
+    unknown = await stats.client.get(
+        "/v1/stats", params={"tz": "Mars/Olympus"}, headers=stats.headers["ana"]
+    )
+
+    assert {g["key"]: g["messages"] for g in in_utc["groups"]} == {"2026-01-01": 2}
+    assert {g["key"]: g["messages"] for g in in_sao_paulo["groups"]} == {
+        "2025-12-31": 1,
+        "2026-01-01": 1,
+    }
+    assert (in_utc["tz"], in_sao_paulo["tz"]) == ("UTC", "America/Sao_Paulo")
+    assert [g["key"] for g in hours["groups"]] == [
+        "2025-12-31T22:00:00-03:00",
+        "2026-01-01T01:00:00-03:00",
+    ]
+    assert (unknown.status_code, unknown.json()["error"]["code"]) == (422, "validation_failed")
 
 
 @pytest.mark.usefixtures("campaign")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from typing import Annotated, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AfterValidator, BeforeValidator
 
@@ -33,3 +34,15 @@ SearchText = Annotated[str, AfterValidator(_nul_as_stored)]
 # In UTC once validated, like the payloads' dates: the routes compare and echo one form, and
 # a time that UTC takes past year 9999 is a 422, not a value the driver cannot send.
 IsoTime = Annotated[datetime, BeforeValidator(_iso_8601_only), AfterValidator(as_utc)]
+
+
+def _known_time_zone(name: str) -> str:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError("expected an IANA time zone such as America/Sao_Paulo or UTC") from None
+    return name
+
+
+# A zone the tz database names (America/Sao_Paulo), for figures per local day.
+TimeZoneName = Annotated[str, AfterValidator(_known_time_zone)]

@@ -233,5 +233,6 @@ class StatsAnswer(BaseModel):
     start: str = Field(alias="from")
     end: str = Field(alias="to")
     groupBy: str
+    tz: str = Field(description="the zone of the days and hour labels")
     groups: list[StatsGroup]
     totals: StatsFigures

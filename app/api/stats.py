@@ -7,10 +7,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Query
+from sqlalchemy.exc import DBAPIError
 
 from app.api.deps import EngineDep, ScopeDep
 from app.api.errors import ApiError, OrjsonResponse, responses
-from app.api.params import IsoTime, SearchText
+from app.api.params import IsoTime, SearchText, TimeZoneName
 from app.api.schemas import StatsAnswer, iso
 from app.db.stats import StatsWindow, rollup_counts
 from app.rules.delivery_stats import (
@@ -24,6 +25,7 @@ from app.rules.delivery_stats import (
 router = APIRouter(prefix="/v1/stats", tags=["statistics"])
 
 DEFAULT_WINDOW = timedelta(days=7)
+INVALID_PARAMETER_VALUE = "22023"  # PostgreSQL's answer to a time zone it does not know
 HOUR = timedelta(hours=1)
 
 
@@ -63,6 +65,14 @@ async def delivery_stats(
     to: Annotated[IsoTime | None, Query(description="ISO-8601")] = None,
     campaign_id: Annotated[SearchText | None, Query(alias="campaignId")] = None,
     group_by: Annotated[GroupBy, Query(alias="groupBy")] = "day",
+    time_zone: Annotated[
+        TimeZoneName,
+        Query(
+            alias="tz",
+            description="IANA zone whose days groupBy=day counts, and in which hours are "
+            "labelled (default UTC); days start at the hour they start in there",
+        ),
+    ] = "UTC",
 ) -> OrjsonResponse:
     last_hour = _hour_floor(to or datetime.now(UTC))
     try:
@@ -71,16 +81,25 @@ async def delivery_stats(
         first_hour = datetime.min.replace(tzinfo=UTC)
     if first_hour > last_hour:
         raise ApiError(422, "invalid_window", "from is after to")
-    async with engine.connect() as conn:
-        rows = await rollup_counts(
-            conn, scope, StatsWindow(first_hour, last_hour, campaign_id), group_by
-        )
+    try:
+        async with engine.connect() as conn:
+            rows = await rollup_counts(
+                conn, scope, StatsWindow(first_hour, last_hour, campaign_id, time_zone), group_by
+            )
+    except DBAPIError as error:
+        # Python's tz database knew the zone (checked above), the server's may be older.
+        if getattr(error.orig, "sqlstate", None) != INVALID_PARAMETER_VALUE:
+            raise
+        raise ApiError(
+            422, "invalid_tz", f"the database knows no time zone {time_zone!r}"
+        ) from None
     groups, totals = sum_groups(rows)
     return OrjsonResponse(
         {
             "from": iso(first_hour),
             "to": iso(last_hour),
             "groupBy": group_by,
+            "tz": time_zone,
             "groups": [_group(group_by, key, counts) for key, counts in groups.items()],
             "totals": group_figures(totals, histogram=True),
         }

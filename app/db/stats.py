@@ -14,6 +14,7 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import ColumnElement, and_, func, insert, select, text, union_all
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -49,13 +50,14 @@ FOLD = f"""
 FOLD_INTERVAL_S = 2.0
 
 
-def _group_key(group_by: GroupBy) -> ColumnElement[Any]:
+def _group_key(group_by: GroupBy, time_zone: str) -> ColumnElement[Any]:
     """What rows are grouped by in SQL: raw values (formatting a time per rollup row costs more
-    than the whole aggregation); ``group_label`` turns each group's key into text."""
+    than the whole aggregation); ``group_label`` turns each group's key into text. A day is
+    the caller's: the one its hours start in, in ``time_zone``."""
     if group_by == "hour":
         return current_rollup.c.hour
     if group_by == "day":
-        return func.date_trunc("day", func.timezone("UTC", current_rollup.c.hour))
+        return func.date_trunc("day", func.timezone(time_zone, current_rollup.c.hour))
     if group_by == "carrier":
         return current_rollup.c.carrier_name
     if group_by == "subAccount":
@@ -63,9 +65,12 @@ def _group_key(group_by: GroupBy) -> ColumnElement[Any]:
     return current_rollup.c.campaign_id
 
 
-def group_label(group_by: GroupBy, key: Any) -> str:
-    if group_by == "hour":
+def group_label(group_by: GroupBy, key: Any, time_zone: str = "UTC") -> str:
+    if group_by == "hour" and time_zone == "UTC":
         return f"{key.astimezone(UTC):%Y-%m-%dT%H:00:00Z}"
+    if group_by == "hour":
+        local: datetime = key.astimezone(ZoneInfo(time_zone))
+        return local.isoformat(timespec="seconds")
     if group_by == "day":
         return f"{key:%Y-%m-%d}"
     return str(key)
@@ -76,6 +81,8 @@ class StatsWindow:
     first_hour: datetime
     last_hour: datetime
     campaign_id: str | None = None
+    # An IANA name (checked by the API): where days begin, and how hours are labelled.
+    time_zone: str = "UTC"
 
 
 async def rollup_counts(
@@ -83,7 +90,7 @@ async def rollup_counts(
 ) -> list[tuple[str, str, int, int]]:
     """(group key, metric, value, count) for every non-zero count in the window."""
     rollup = current_rollup.c
-    key = _group_key(group_by).label("key")
+    key = _group_key(group_by, window.time_zone).label("key")
     conditions = [rollup.hour >= window.first_hour, rollup.hour <= window.last_hour]
     if not scope.everything:
         conditions.append(rollup.sub_account == scope.sub_account)
@@ -98,7 +105,10 @@ async def rollup_counts(
         .order_by(key)
     )
     rows = await conn.execute(query)
-    return [(group_label(group_by, row[0]), row[1], row[2], int(row[3])) for row in rows]
+    return [
+        (group_label(group_by, row[0], window.time_zone), row[1], row[2], int(row[3]))
+        for row in rows
+    ]
 
 
 async def fold_stats_deltas(engine: AsyncEngine) -> int | None:

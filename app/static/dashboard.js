@@ -377,6 +377,8 @@ async function downloadCsv(path, params, note) {
 
 // --- the page ------------------------------------------------------------------------------
 
+const BROWSER_TIME_ZONE = Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC";
+
 function windowParams() {
   const form = new FormData($("#controls"));
   const hours = Number(form.get("window"));
@@ -387,6 +389,8 @@ function windowParams() {
     const value = (form.get(name) || "").trim();
     if (value) params.set(name, value);
   }
+  // Days and hours as the reader lives them (a day in São Paulo starts at 03:00 UTC).
+  params.set("tz", BROWSER_TIME_ZONE);
   return { params, groupBy: hours <= 48 ? "hour" : "day" };
 }
 
@@ -410,7 +414,8 @@ async function refresh({ quiet = false } = {}) {
     renderLatency(overTime.totals);
     renderReplies(replies);
     const loadedAt = new Date().toISOString().slice(11, 19);
-    $("#status").textContent = `${overTime.from.slice(0, 16).replace("T", " ")} to ${overTime.to.slice(0, 16).replace("T", " ")} UTC, loaded at ${loadedAt}`;
+    const days = overTime.tz === "UTC" ? "" : `, days and hours in ${overTime.tz}`;
+    $("#status").textContent = `${overTime.from.slice(0, 16).replace("T", " ")} to ${overTime.to.slice(0, 16).replace("T", " ")} UTC${days}, loaded at ${loadedAt}`;
     document.body.dataset.loaded = params.toString();
     document.body.dataset.loads = String(load);
   } catch (error) {
