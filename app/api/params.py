@@ -39,7 +39,7 @@ IsoTime = Annotated[datetime, BeforeValidator(_iso_8601_only), AfterValidator(as
 def _known_time_zone(name: str) -> str:
     try:
         ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a file unreadable as one
         raise ValueError("expected an IANA time zone such as America/Sao_Paulo or UTC") from None
     return name
 
