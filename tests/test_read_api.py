@@ -824,6 +824,36 @@ async def test_reply_export_is_scoped_and_its_replies_cannot_run_as_formulas(
     assert (backwards.status_code, backwards.json()["error"]["code"]) == (422, "invalid_window")
 
 
+async def test_replies_containing_a_keyword_are_found_in_any_case_and_only_in_scope(
+    world: World,
+) -> None:
+    texts = {
+        "k-1": "Quero SAIR da lista",
+        "k-2": "sair",
+        "k-3": "Sim, obrigado",
+        "k-4": "100% satisfeito",
+        "k-5": "a_b",
+    }
+    await world.post("mo", [mo(i, "acme", messageText=t) for i, t in texts.items()], "acme")
+    await world.post("mo", mo("g-1", "globex", messageText="SAIR"), "globex")
+    window = {"start": iso_ms(1473088405588 - 1000)}
+
+    def ids(page: dict[str, Any]) -> list[str]:
+        return [item["id"] for item in page["messages"]]
+
+    opt_outs = await world.ok("ana", "/v1/sms/receive/search", text="sair", **window)
+    percent = await world.ok("ana", "/v1/sms/receive/search", text="100%", **window)
+    underscore = await world.ok("ana", "/v1/sms/receive/search", text="_", **window)
+    exported = csv_rows(await world.get("ana", "/v1/sms/receive/export", text="SAIR", **window))
+    everyone = await world.ok("boss", "/v1/sms/receive/search", text="sair", **window)
+
+    assert ids(opt_outs) == ["k-1", "k-2"]
+    assert ids(percent) == ["k-4"]  # % and _ are the text's own, not wildcards
+    assert ids(underscore) == ["k-5"]
+    assert [row["id"] for row in exported] == ["k-1", "k-2"]
+    assert sorted(ids(everyone)) == ["g-1", "k-1", "k-2"]
+
+
 @pytest.mark.parametrize(
     ("value", "written"),
     [

@@ -3,7 +3,6 @@ as CSV), safe feed."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
@@ -15,9 +14,10 @@ from app.api.deps import EngineDep, ReaderDep, ScopeDep
 from app.api.downloads import csv_download, csv_responses
 from app.api.errors import ApiError, OrjsonResponse, responses
 from app.api.paging import FeedQueryDep, Limit, bad_cursor, feed_response
-from app.api.params import IsoTime
+from app.api.params import IsoTime, SearchText
 from app.api.schemas import MoChanges, MoEnvelope, MoOut, MtOut, iso, mo_out
 from app.db import reads
+from app.payloads import MAX_KEY_CHARS
 from app.rules.cursors import BadCursor, read_time_cursor_int, time_cursor
 
 router = APIRouter(prefix="/v1/sms/receive", tags=["replies (MOs)"])
@@ -34,25 +34,28 @@ def _days_before(end: datetime) -> datetime:
         return datetime.min.replace(tzinfo=UTC)
 
 
-@dataclass(frozen=True, slots=True)
-class Window:
-    start: datetime
-    end: datetime
-
-
 async def reply_window(
     start: Annotated[IsoTime | None, Query(description="ISO-8601")] = None,
     end: Annotated[IsoTime | None, Query(description="ISO-8601")] = None,
-) -> Window:
+    text: Annotated[
+        SearchText | None,
+        Query(
+            min_length=1,
+            max_length=MAX_KEY_CHARS,
+            description="only replies whose messageText contains this, in any case "
+            "(a keyword such as SAIR)",
+        ),
+    ] = None,
+) -> reads.MoWindow:
     """``start <= receivedAt <= end``: by default from five days before ``end``, which is now."""
     window_end = end or datetime.now(UTC)
     window_start = start or _days_before(window_end)
     if window_start > window_end:
         raise ApiError(422, "invalid_window", "start is after end")
-    return Window(window_start, window_end)
+    return reads.MoWindow(window_start, window_end, text)
 
 
-WindowDep = Annotated[Window, Depends(reply_window)]
+WindowDep = Annotated[reads.MoWindow, Depends(reply_window)]
 
 
 def envelope(
@@ -111,7 +114,7 @@ async def search_replies(
     except BadCursor:
         raise bad_cursor() from None
     async with engine.connect() as conn:
-        rows = await reads.mos_in_window(conn, scope, window.start, window.end, after, limit + 1)
+        rows = await reads.mos_in_window(conn, scope, window, after, limit + 1)
     more = len(rows) > limit
     rows = rows[:limit]
     next_cursor = time_cursor(rows[-1]["received_at"], rows[-1]["seq"]) if more else None
@@ -147,7 +150,7 @@ async def export_replies(
     window: WindowDep,
     written_as: downloads.SpreadsheetFormatDep,
 ) -> StreamingResponse:
-    pages = reads.mo_pages(engine, scope, window.start, window.end, downloads.EXPORT_PAGE_ROWS)
+    pages = reads.mo_pages(engine, scope, window, downloads.EXPORT_PAGE_ROWS)
     return await csv_download(pages, MO_EXPORT_COLUMNS, mo_cells, "replies", written_as)
 
 

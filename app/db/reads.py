@@ -159,16 +159,37 @@ async def consume_feed(
     return ConsumedPage(rows=rows, previous_read_at=cursor.updated_at, read_at=read_at)
 
 
+@dataclass(frozen=True, slots=True)
+class MoWindow:
+    """Replies with ``start <= received_at <= end``, and, with ``text``, only those whose
+    message text contains it in any case (a keyword such as SAIR, Portuguese for STOP)."""
+
+    start: datetime
+    end: datetime
+    text: str | None = None
+
+
+def _like_pattern(text: str) -> str:
+    """``text`` as a literal inside a LIKE pattern: its own % and _ match only themselves."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
 async def mos_in_window(
     conn: AsyncConnection,
     scope: Scope,
-    start: datetime,
-    end: datetime,
+    window: MoWindow,
     after: tuple[datetime, int] | None,
     limit: int,
 ) -> list[Row]:
-    """MOs with ``start <= received_at <= end``, oldest first, ``limit`` at most."""
-    conditions = [mos.c.received_at >= start, mos.c.received_at <= end, *_in_scope(mos, scope)]
+    """The window's MOs, oldest first, ``limit`` at most."""
+    conditions = [
+        mos.c.received_at >= window.start,
+        mos.c.received_at <= window.end,
+        *_in_scope(mos, scope),
+    ]
+    if window.text is not None:
+        conditions.append(mos.c.message_text.ilike(_like_pattern(window.text), escape="\\"))
     if after is not None:
         conditions.append(tuple_(mos.c.received_at, mos.c.seq) > tuple_(*after))
     statement = select(mos).where(*conditions).order_by(mos.c.received_at, mos.c.seq).limit(limit)
@@ -176,14 +197,14 @@ async def mos_in_window(
 
 
 async def mo_pages(
-    engine: AsyncEngine, scope: Scope, start: datetime, end: datetime, page_rows: int
+    engine: AsyncEngine, scope: Scope, window: MoWindow, page_rows: int
 ) -> AsyncIterator[list[Row]]:
     """Every MO of the window, oldest first, ``page_rows`` at a time (the first page may be
     empty), each page read on a connection checked out for it."""
     after: tuple[datetime, int] | None = None
     while True:
         async with engine.connect() as conn:
-            rows = await mos_in_window(conn, scope, start, end, after, page_rows)
+            rows = await mos_in_window(conn, scope, window, after, page_rows)
         yield rows
         if len(rows) < page_rows:
             return
