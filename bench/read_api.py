@@ -123,6 +123,7 @@ async def measure(
         "search": [],
         "receive_user": [],
         "receive_admin": [],
+        "receive_keyword": [],
     }
     now = datetime.now(UTC)
     async with httpx.AsyncClient(base_url=base, timeout=30) as client:
@@ -157,6 +158,13 @@ async def measure(
                         client, "GET", "/v1/sms/receive/search", headers=headers, params=params
                     )
                 )
+        for _ in range(50):
+            # A keyword no seeded reply holds: every reply of the user's default window (five
+            # days) is read to find that out, the dearest keyword search there is.
+            params = {"text": "SAIR", "limit": 1000}
+            results["receive_keyword"].append(
+                await timed(client, "GET", "/v1/sms/receive/search", headers=user, params=params)
+            )
     return {name: percentiles(samples) for name, samples in results.items()}
 
 
@@ -235,6 +243,7 @@ async def main_async(url: str, sizes: list[int]) -> None:
         print(f"  POST /v1/sms/status/search (1000 ids) {fmt(stats['search'])}")
         print(f"  GET  /v1/sms/receive/search, user     {fmt(stats['receive_user'])}")
         print(f"  GET  /v1/sms/receive/search, admin    {fmt(stats['receive_admin'])}")
+        print(f"  GET  /v1/sms/receive/search, keyword  {fmt(stats['receive_keyword'])}")
         print(
             f"  GET  /v1/sms/status/export (all, CSV)  {rows:,} rows in {seconds:.1f} s "
             f"({rows / seconds:,.0f} rows/s), service max RSS {rss.max_rss / 2**20:.0f} MB"
