@@ -169,12 +169,6 @@ class MoWindow:
     text: str | None = None
 
 
-def _like_pattern(text: str) -> str:
-    """``text`` as a literal inside a LIKE pattern: its own % and _ match only themselves."""
-    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
-
-
 async def mos_in_window(
     conn: AsyncConnection,
     scope: Scope,
@@ -189,7 +183,8 @@ async def mos_in_window(
         *_in_scope(mos, scope),
     ]
     if window.text is not None:
-        conditions.append(mos.c.message_text.ilike(_like_pattern(window.text), escape="\\"))
+        # autoescape: the text's own % and _ match only themselves.
+        conditions.append(mos.c.message_text.icontains(window.text, autoescape=True))
     if after is not None:
         conditions.append(tuple_(mos.c.received_at, mos.c.seq) > tuple_(*after))
     statement = select(mos).where(*conditions).order_by(mos.c.received_at, mos.c.seq).limit(limit)
