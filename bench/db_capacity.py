@@ -33,7 +33,7 @@ from typing import Any, Literal
 import asyncpg
 import orjson
 
-from app.db.ingest import write_records
+from app.db.ingest import _rows_from, _select_list, write_records
 from app.payloads import Callback, Dlr
 from app.rules.records import EventRecord, build_event_records
 from app.rules.webhook_body import items_as_json
@@ -155,25 +155,23 @@ _FLOOR_TABLE = """
         tx_id bigint NOT NULL DEFAULT (pg_current_xact_id()::text::bigint),
         change_seq bigint GENERATED ALWAYS AS IDENTITY, payload text)
 """
-_FLOOR_COLUMNS = (
-    "id",
-    "correlation_id",
-    "destination",
-    "sent_status_code",
-    "delivered_status_code",
-    "delivered_status",
-    "delivered_at",
-    "first_seen_at",
-    "payload",
-)
-_FLOOR_TYPES = ("text", "text", "text", "int", "int", "text", "timestamptz", "timestamptz", "text")
-# The writer's encoding (one JSON array per column, app.db.ingest), with the least conflict
-# handling an idempotent receiver needs.
+_FLOOR_COLUMNS: dict[str, str] = {
+    "id": "text",
+    "correlation_id": "text",
+    "destination": "text",
+    "sent_status_code": "int",
+    "delivered_status_code": "int",
+    "delivered_status": "text",
+    "delivered_at": "timestamptz",
+    "first_seen_at": "timestamptz",
+    "payload": "text",
+}
+# The writer's encoding, built by the writer's own helpers (one JSON array per column,
+# app.db.ingest), with the least conflict handling an idempotent receiver needs.
 _FLOOR_INSERT = (
     f"INSERT INTO floor_messages ({', '.join(_FLOOR_COLUMNS)}) "  # noqa: S608 - constants
-    f"SELECT {', '.join(f'c{n}::{kind}' for n, kind in enumerate(_FLOOR_TYPES))} FROM ROWS FROM ("
-    + ", ".join(f"json_array_elements_text(${n}::json)" for n in range(1, 10))
-    + f") AS u({', '.join(f'c{n}' for n in range(9))}) ON CONFLICT (id) DO NOTHING"
+    f"SELECT {_select_list(_FLOOR_COLUMNS, 'u')} FROM {_rows_from(_FLOOR_COLUMNS, 'u')} "
+    "ON CONFLICT (id) DO NOTHING"
 )
 # Indexes of messages, cumulatively: the key; then the searches by correlationId and by
 # destination (Wavy's status search, the listing's filter); then the listing's and the status
@@ -202,10 +200,7 @@ def floor_rows(prefix: str, size: int) -> list[FloorRow]:
 
 
 def _as_json_columns(rows: list[FloorRow]) -> list[str]:
-    return [
-        orjson.dumps([v.isoformat() if isinstance(v, datetime) else v for v in column]).decode()
-        for column in zip(*rows, strict=True)
-    ]
+    return [orjson.dumps(list(column)).decode() for column in zip(*rows, strict=True)]
 
 
 async def floor_run(
@@ -224,7 +219,9 @@ async def floor_run(
         await conn.execute(_FLOOR_INSERT, *_as_json_columns(rows))
 
     async def by_copy(conn: asyncpg.Connection, rows: list[FloorRow]) -> None:
-        await conn.copy_records_to_table("floor_messages", records=rows, columns=_FLOOR_COLUMNS)
+        await conn.copy_records_to_table(
+            "floor_messages", records=rows, columns=list(_FLOOR_COLUMNS)
+        )
 
     write: Callable[[asyncpg.Connection, list[FloorRow]], Awaitable[None]]
     write = by_copy if way == "copy" else by_insert
