@@ -212,14 +212,17 @@ async def test_unknown_route_and_wrong_method_answer_in_the_error_shape(
 async def test_same_codes_with_other_content_count_as_a_retry(
     hook: Any, engine: AsyncEngine
 ) -> None:
-    """The documented retry rule: same kind, id and codes is one event, kept as first seen."""
+    """The documented retry rule: same kind, id and codes is one event, logged as first seen;
+    the status merges every copy, as it merges every event (the same rule in any order)."""
     await hook("callback", {"id": "m1", "sentStatusCode": 2, "extraInfo": "first"})
 
     response = await hook("callback", {"id": "m1", "sentStatusCode": 2, "extraInfo": "second"})
 
     assert response.json() == {"received": 1, "duplicates": 1}
+    [event] = await fetch_all(engine, "SELECT payload FROM events")
+    assert event["payload"]["extraInfo"] == "first"
     [row] = await fetch_all(engine, "SELECT extra_info FROM messages")
-    assert row["extra_info"] == "first"
+    assert row["extra_info"] == "second"  # the greater of the two, whichever came first
 
 
 async def test_a_field_nested_too_deep_to_store_gets_400_and_is_kept(

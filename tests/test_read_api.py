@@ -388,7 +388,7 @@ async def test_status_list_respects_limit(world: World) -> None:
 
 
 async def test_receive_list_has_wavys_envelope_and_consumes(world: World) -> None:
-    await world.post("mo", [mo("r-1", "acme"), mo("r-2", "acme"), mo("r-3", "globex")], "acme")
+    await world.post("mo", [mo("r-1", "acme"), mo("r-2", "acme"), mo("r-3", "globex")], None)
 
     first = await world.ok("ana", "/v1/sms/receive/list")
     second = await world.ok("ana", "/v1/sms/receive/list")
@@ -401,7 +401,7 @@ async def test_receive_list_has_wavys_envelope_and_consumes(world: World) -> Non
 
 
 async def test_admin_receive_list_narrowed_to_one_sub_account(world: World) -> None:
-    await world.post("mo", [mo("r-1", "acme"), mo("r-3", "globex")], "acme")
+    await world.post("mo", [mo("r-1", "acme"), mo("r-3", "globex")], None)
 
     narrowed = await world.ok("boss", "/v1/sms/receive/list", subAccount="globex")
 
@@ -494,7 +494,7 @@ async def test_a_reader_waiting_on_the_feed_gets_a_reply_as_soon_as_it_is_stored
     waiting = asyncio.create_task(world.ok("ana", "/v1/sms/receive/changes", after=cursor, wait=8))
     await asyncio.sleep(0.5)
     assert not waiting.done()  # nothing new yet: the answer is held back
-    await world.post("mo", [mo("w-2", "acme"), mo("w-3", "globex")], "acme")
+    await world.post("mo", [mo("w-2", "acme"), mo("w-3", "globex")], None)
     page = await waiting
 
     assert [item["id"] for item in page["items"]] == ["w-2"]  # w-3 is globex's

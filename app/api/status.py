@@ -29,8 +29,8 @@ from app.rules.cursors import BadCursor, read_time_cursor_str, time_cursor
 
 router = APIRouter(prefix="/v1/sms/status", tags=["statuses"])
 
-READ_RESPONSES = responses(401, 403, 422, 503)
-SEARCH_RESPONSES = responses(400, 401, 403, 422, 503)
+READ_RESPONSES = responses(401, 429, 403, 422, 503)
+SEARCH_RESPONSES = responses(400, 401, 429, 403, 422, 503)
 
 
 @router.post(
@@ -176,14 +176,14 @@ async def list_statuses(
     "/{message_id}",
     summary="One message: its status, its whole history, and the replies to it",
     response_model=StatusDetail,
-    responses=responses(401, 403, 404, 503),
+    responses=responses(401, 429, 403, 404, 503),
 )
 async def get_status(message_id: SearchText, scope: ScopeDep, engine: EngineDep) -> OrjsonResponse:
     async with engine.connect() as conn:
         row = await reads.get_status(conn, scope, message_id)
         if row is None:
             raise ApiError(404, "not_found", "no such message (in your scope)")
-        history = await reads.status_history(conn, message_id)
+        history = await reads.status_history(conn, message_id, row["sub_account"])
         replies = await reads.replies_to(conn, scope, message_id)
     return OrjsonResponse(
         {

@@ -12,13 +12,20 @@ by app.db.reply_recounts.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from functools import reduce
 from typing import Any
 
 import asyncpg
 import orjson
 
-from app.rules.records import EventRecord
-from app.rules.status_merge import DESCRIPTIVE_FIELDS, merge_status_events
+from app.rules.records import EventRecord, MoRecord
+from app.rules.status_merge import (
+    DESCRIPTIVE_FIELDS,
+    MessageStatus,
+    merge_status_events,
+    merge_statuses,
+)
 
 # Plain asyncpg SQL with positional parameters: the writer talks to asyncpg directly (see
 # write_records), skipping SQLAlchemy's per-statement layer on the hottest path.
@@ -69,14 +76,44 @@ _EVENT_COLUMNS: dict[str, str] = {
     "payload": "json",
 }
 _EVENT_FIELDS = tuple(_EVENT_COLUMNS)[:-1]  # EventRecord attributes sent by _json_columns
+# The batch as sent: the events' columns, then the sending key's sub-account.
+_BATCH_COLUMNS: dict[str, str] = {**_EVENT_COLUMNS, "claimant": "text"}
+CLAIMANT_PARAMETER = len(_BATCH_COLUMNS)
 
-INSERT_EVENTS = (
-    f"INSERT INTO events ({', '.join(_EVENT_COLUMNS)}) "  # noqa: S608 - constant names only
-    f"SELECT {_select_list(_EVENT_COLUMNS, 'u')} FROM {_rows_from(_EVENT_COLUMNS, 'u')} "
-    "ON CONFLICT ON CONSTRAINT uq_events_exact_retry DO NOTHING "
-    "RETURNING message_id, kind, sent_status_code, delivered_status_code, sub_account, "
-    "received_at"
+
+def _owned_elsewhere(row: str) -> str:
+    """True when the row's id belongs to a sub-account other than its key's. An id belongs to
+    the sub-account whose key first stored it; the account's own key (no claimant) is never
+    refused, and an id stored without a sub-account is still free to claim."""
+    return (
+        f"({row}.claimant IS NOT NULL AND CASE WHEN {row}.kind = 'mo' "  # noqa: S608
+        f"THEN EXISTS (SELECT 1 FROM mos AS o WHERE o.id = {row}.message_id "
+        f"AND o.sub_account <> {row}.claimant) "
+        f"ELSE EXISTS (SELECT 1 FROM messages AS o WHERE o.id = {row}.message_id "
+        f"AND o.sub_account <> {row}.claimant) END)"
+    )
+
+
+# The batch with each row's verdict: a CTE read twice (the insert, the refusals), so
+# PostgreSQL evaluates it once.
+_BATCH = (
+    f"batch AS (SELECT {_select_list(_BATCH_COLUMNS, 'u')}, "  # noqa: S608 - constant names
+    f"{_owned_elsewhere('u')} AS refused FROM {_rows_from(_BATCH_COLUMNS, 'u')})"
 )
+_NEW_EVENTS = (
+    f"new_events AS (INSERT INTO events ({', '.join(_EVENT_COLUMNS)}) "  # noqa: S608
+    f"SELECT {', '.join(_EVENT_COLUMNS)} FROM batch WHERE NOT refused "
+    "ON CONFLICT ON CONSTRAINT uq_events_exact_retry DO NOTHING "
+    "RETURNING message_id, kind, sent_status_code, delivered_status_code)"
+)
+# Each row of the answer is an event that was new, or one refused (refused: its claimant).
+_OUTCOMES = (
+    "SELECT message_id, kind, sent_status_code, delivered_status_code, NULL AS refused_for "
+    "FROM new_events UNION ALL "
+    "SELECT message_id, kind, NULL, NULL, claimant FROM batch WHERE refused"
+)
+
+INSERT_EVENTS = f"WITH {_BATCH}, {_NEW_EVENTS} {_OUTCOMES}"
 
 _MO_COLUMNS: dict[str, str] = {
     "id": "text",
@@ -96,10 +133,31 @@ _MO_COLUMNS: dict[str, str] = {
 }
 
 
+CURRENT_TX_ID = "pg_current_xact_id()::text::bigint"
+
+# What a retry of a stored reply may fill in: fields the stored copy lacks (never the id, the
+# times, or a sub-account it already has).
+_MO_FILLED = tuple(name for name in _MO_COLUMNS if name not in ("id", "received_at", "stored_at"))
+
+
+def _fill_reply() -> str:
+    """A retry that brings what the stored reply lacks fills it in, and moves the reply up its
+    feed (tx_id); only a reply of the same sub-account, or of none yet, is filled."""
+    filled = [f"COALESCE(mos.{name}, EXCLUDED.{name})" for name in _MO_FILLED]
+    current = ", ".join(f"mos.{name}" for name in _MO_FILLED)
+    return (
+        "ON CONFLICT (id) DO UPDATE SET "
+        + ", ".join(f"{name} = {value}" for name, value in zip(_MO_FILLED, filled, strict=True))
+        + f", tx_id = {CURRENT_TX_ID} "
+        "WHERE (mos.sub_account IS NULL OR mos.sub_account = EXCLUDED.sub_account) "
+        f"AND ROW({', '.join(filled)}) IS DISTINCT FROM ROW({current})"
+    )
+
+
 INSERT_MOS = (
     f"INSERT INTO mos ({', '.join(_MO_COLUMNS)}) "  # noqa: S608 - constant column names only
     f"SELECT {_select_list(_MO_COLUMNS, 'u')} FROM {_rows_from(_MO_COLUMNS, 'u')} "
-    "ON CONFLICT (id) DO NOTHING"
+    f"{_fill_reply()} RETURNING id, mt_id"
 )
 
 _STATUS_COLUMNS: dict[str, str] = {
@@ -143,8 +201,11 @@ def _delivered_key(row: str) -> str:
 
 def _merged_expressions() -> dict[str, str]:
     """The SQL twin of app.rules.status_merge.merge_statuses (held to it by the tests)."""
-    merged: dict[str, str] = {}
+    # The owner is never changed, only set where there was none (see _owned_elsewhere).
+    merged: dict[str, str] = {"sub_account": "COALESCE(m.sub_account, EXCLUDED.sub_account)"}
     for name in DESCRIPTIVE_FIELDS:
+        if name in merged:
+            continue
         collate = ' COLLATE "C"' if _STATUS_COLUMNS[name] == "text" else ""
         merged[name] = f"GREATEST(m.{name}{collate}, EXCLUDED.{name}{collate})"
     sent_wins = f"{_sent_key('EXCLUDED')} > {_sent_key('m')}"
@@ -164,14 +225,18 @@ def _merge_on_conflict() -> str:
         "first_seen_at = LEAST(m.first_seen_at, EXCLUDED.first_seen_at)",
         "updated_at = GREATEST(m.updated_at, EXCLUDED.updated_at)",
         "change_seq = nextval('messages_change_seq')",
-        "tx_id = pg_current_xact_id()::text::bigint",
+        f"tx_id = {CURRENT_TX_ID}",
     ]
-    # Rewrite the row (and move it up the change feed) only when the merge changes something.
+    # Rewrite the row (and move it up the change feed) only when the merge changes something,
+    # and never for another sub-account's key: _owned_elsewhere refuses such events, and this
+    # holds where two first writes of one id race (neither saw the other's row).
     merged_row = ", ".join(merged.values())
     current_row = ", ".join(f"m.{c}" for c in merged)
     return (
         "ON CONFLICT (id) DO UPDATE SET " + ", ".join(assignments) + " "
-        f"WHERE ROW({merged_row}) IS DISTINCT FROM ROW({current_row})"
+        f"WHERE ROW({merged_row}) IS DISTINCT FROM ROW({current_row}) "
+        "AND (EXCLUDED.sub_account IS NULL OR m.sub_account IS NULL "
+        "OR m.sub_account = EXCLUDED.sub_account)"
     )
 
 
@@ -191,7 +256,7 @@ UPSERT_MESSAGES = (
 
 
 # A status's key columns are its event's (app.rules.records builds both from one payload): in
-# the one-statement path they are read from the inserted event rather than sent twice, which
+# the one-statement path they are read from the batch's event rather than sent twice, which
 # spares the driver five arrays of a batch's 25 (timestamps are its dearest values to encode).
 _STATUS_FROM_EVENT: dict[str, str] = {
     "sub_account": "e.sub_account",
@@ -207,23 +272,23 @@ _STATUS_OWN_COLUMNS: dict[str, str] = {
 
 def _build_write_events_and_statuses() -> str:
     """Events and the statuses of messages with one event in the batch, in one statement:
-    autocommitted, a batch of callbacks and DLRs costs one round trip. A status is merged only
-    when its event was new (joined to the events' RETURNING), so the message row stays the
-    merge of the logged events even when a retry differs from the first copy."""
-    first = len(_EVENT_COLUMNS) + 1  # after INSERT_EVENTS's parameters
+    autocommitted, a batch of callbacks and DLRs costs one round trip. Every status whose
+    event is not refused is merged, a retry's too: the merge is idempotent, so an exact retry
+    changes nothing, and one that carries fields the first copy lacked fills them in."""
+    first = len(_BATCH_COLUMNS) + 1  # after the batch's parameters
     values = ", ".join(
         _STATUS_FROM_EVENT.get(name, _typed(name, kind, "s"))
         for name, kind in _STATUS_COLUMNS.items()
     )
     return (
-        f"WITH new_events AS ({INSERT_EVENTS}), "  # noqa: S608
+        f"WITH {_BATCH}, {_NEW_EVENTS}, "  # noqa: S608
         f"statuses AS (INSERT INTO messages AS m ({_STATUS_COLUMN_LIST}, reply_count) "
         f"SELECT {values}, {_replies_so_far('s')} "
-        f"FROM {_rows_from(_STATUS_OWN_COLUMNS, 's', first)}, new_events AS e "
+        f"FROM {_rows_from(_STATUS_OWN_COLUMNS, 's', first)}, batch AS e "
         # One event per message here; an MO's id may equal a message id, so kind is checked.
-        "WHERE e.message_id = s.id AND e.kind <> 'mo' "
+        "WHERE e.message_id = s.id AND e.kind <> 'mo' AND NOT e.refused "
         f"ORDER BY s.id {_merge_on_conflict()}) "
-        "SELECT message_id, kind, sent_status_code, delivered_status_code FROM new_events"
+        f"{_OUTCOMES}"
     )
 
 
@@ -251,25 +316,52 @@ COUNT_REPLIES = """
 """
 
 
-def answers_a_message(records: list[EventRecord], new_positions: set[int]) -> bool:
-    """True when a new reply of the batch names the message it answers (a recount is queued)."""
-    return any(
-        (mo := records[position].mo) is not None and mo.mt_id is not None
-        for position in new_positions
-    )
+QUEUE_RECOUNTS = "INSERT INTO reply_recounts (message_id) SELECT json_array_elements_text($1::json)"
+
+
+@dataclass(frozen=True, slots=True)
+class BatchOutcome:
+    """What became of each record of a batch, by position."""
+
+    new: frozenset[int]
+    # Refused: the id belongs to another sub-account than the record's key (nothing stored).
+    refused: frozenset[int] = frozenset()
+    # Some reply's message was queued for a recount (app.db.reply_recounts).
+    recount_queued: bool = False
 
 
 def _retry_order(key: tuple[str, str, int | None, int | None]) -> tuple[str, str, int, int]:
     return (key[0], key[1], -1 if key[2] is None else key[2], -1 if key[3] is None else key[3])
 
 
+def split_rival_claims(records: list[EventRecord]) -> tuple[list[int], list[int]]:
+    """Positions of the records to write first, and of those to write after them. Keys of two
+    sub-accounts naming one new id in one batch: neither sees a stored owner, so the first
+    claimant's records go first and the others' are judged against what they stored."""
+    claims: dict[tuple[str, str], str] = {}
+    first: list[int] = []
+    later: list[int] = []
+    for position, record in enumerate(records):
+        claimant = record.claimant
+        if claimant is not None and claims.setdefault(record.owner_key, claimant) != claimant:
+            later.append(position)
+        else:
+            first.append(position)
+    return first, later
+
+
 def _needs_transaction(records: list[EventRecord]) -> bool:
-    """One statement is atomic by itself; a batch needs an explicit transaction only when it
-    has replies (their own statements) or several statuses for one message (merged after
-    the events' insert tells which were new)."""
+    """One statement is atomic by itself; a batch needs an explicit transaction when it has
+    replies (their own statements), several statuses for one message (merged after the
+    events' insert tells which were refused) or rival claims (written in two steps)."""
     seen: set[str] = set()
+    claims: dict[tuple[str, str], str] = {}
     for record in records:
         if record.mo is not None:
+            return True
+        if record.claimant is not None and (
+            claims.setdefault(record.owner_key, record.claimant) != record.claimant
+        ):
             return True
         if record.status is not None:
             if record.message_id in seen:
@@ -278,45 +370,111 @@ def _needs_transaction(records: list[EventRecord]) -> bool:
     return False
 
 
-async def write_records(conn: asyncpg.Connection, records: list[EventRecord]) -> set[int]:
+def _with_copies(record: EventRecord, copies: list[MessageStatus] | None) -> EventRecord:
+    """The record whose status is merged with its copies' in the batch (a copy may carry
+    fields the first lacked): one status per event, as the one-statement path needs."""
+    if not copies or record.status is None:
+        return record
+    return replace(record, status=reduce(merge_statuses, copies, record.status))
+
+
+def _fill_in(a: MoRecord, b: MoRecord) -> MoRecord:
+    """Two copies of one reply as one: the first copy's fields, the second's where it lacks."""
+    return replace(a, **{name: getattr(b, name) for name in _MO_FILLED if getattr(a, name) is None})
+
+
+async def write_records(conn: asyncpg.Connection, records: list[EventRecord]) -> BatchOutcome:
     """Write one batch atomically: as one statement when it can, else in a transaction of its
-    own (or the caller's, if one is open). Returns the positions (in ``records``) of the events
-    that were new; every other one repeats an event already stored."""
+    own (or the caller's, if one is open)."""
     if _needs_transaction(records) and not conn.is_in_transaction():
         async with conn.transaction():
             return await write_records(conn, records)
-    first_seen: dict[tuple[str, str, int | None, int | None], int] = {}
+    first, later = split_rival_claims(records)
+    if later:
+        done = await _write_claims(conn, [records[p] for p in first])
+        rest = await write_records(conn, [records[p] for p in later])
+        return BatchOutcome(
+            new=frozenset({first[p] for p in done.new} | {later[p] for p in rest.new}),
+            refused=frozenset({first[p] for p in done.refused} | {later[p] for p in rest.refused}),
+            recount_queued=done.recount_queued or rest.recount_queued,
+        )
+    return await _write_claims(conn, records)
+
+
+async def _write_claims(conn: asyncpg.Connection, records: list[EventRecord]) -> BatchOutcome:
+    """A batch whose keys claim no id in common: events, statuses and replies."""
+    first_seen: dict[tuple[tuple[str, str, int | None, int | None], str | None], int] = {}
+    copies: dict[int, list[MessageStatus]] = {}  # later copies' statuses, by first position
     for position, record in enumerate(records):
-        first_seen.setdefault(record.retry_key, position)
+        first = first_seen.setdefault((record.retry_key, record.claimant), position)
+        if first != position and record.status is not None:
+            copies.setdefault(first, []).append(record.status)
     # Sorted so that concurrent batches (other workers) take row locks in the same order.
-    candidates = sorted(first_seen.items(), key=lambda item: _retry_order(item[0]))
-    rows = [records[position] for _, position in candidates]
-    events = (*_json_columns(rows, _EVENT_FIELDS), _json_payloads(rows))
+    candidates = sorted(first_seen.items(), key=lambda item: (_retry_order(item[0][0]), item[1]))
+    rows = [_with_copies(records[position], copies.get(position)) for _, position in candidates]
+    batch = (
+        *_json_columns(rows, _EVENT_FIELDS),
+        _json_payloads(rows),
+        _json_columns(rows, ("claimant",))[0],
+    )
     statuses = [row.status for row in rows if row.status is not None]
     several_per_message = len({status.id for status in statuses}) < len(statuses)
     if not several_per_message:
         result = await conn.fetch(
-            WRITE_EVENTS_AND_STATUSES, *events, *_json_columns(statuses, _STATUS_OWN_COLUMNS)
+            WRITE_EVENTS_AND_STATUSES, *batch, *_json_columns(statuses, _STATUS_OWN_COLUMNS)
         )
-        inserted_keys = {tuple(row) for row in result}
     else:
-        # Some message has several events here: only the new ones are merged (a retry changes
-        # nothing), so the events go first. The merged statuses then go in one statement, in
-        # id order, like every other batch's: a batch locking its messages in two statements
-        # could hold one that another batch waits for while waiting for one that batch holds.
-        result = await conn.fetch(INSERT_EVENTS, *events)
-        inserted_keys = {tuple(row)[:4] for row in result}
-    new_positions = {pos for key, pos in candidates if key in inserted_keys}
-    new_records = [records[pos] for pos in sorted(new_positions)]
+        # Some message has several events here: the events go first, to learn which are
+        # refused. The merged statuses then go in one statement, in id order, like every other
+        # batch's: a batch locking its messages in two statements could hold one that another
+        # batch waits for while waiting for one that batch holds.
+        result = await conn.fetch(INSERT_EVENTS, *batch)
+    inserted = {tuple(row)[:4] for row in result if row["refused_for"] is None}
+    refused_owners = {
+        (row["kind"], row["message_id"], row["refused_for"])
+        for row in result
+        if row["refused_for"] is not None
+    }
+    refused = frozenset(
+        position
+        for position, record in enumerate(records)
+        if (record.kind, record.message_id, record.claimant) in refused_owners
+    )
+    new: set[int] = set()
+    for (retry_key, _), position in candidates:
+        if retry_key in inserted and position not in refused:
+            new.add(position)
+            inserted.discard(retry_key)  # one stored event, one new position
+    kept = [record for position, record in enumerate(records) if position not in refused]
 
     if several_per_message:
-        merged = merge_status_events([r.status for r in new_records if r.status is not None])
+        merged = merge_status_events([r.status for r in kept if r.status is not None])
         if merged:
             await conn.execute(UPSERT_MESSAGES, *_json_columns(merged, _STATUS_COLUMNS))
-    mos = sorted((r.mo for r in new_records if r.mo is not None), key=lambda mo: mo.id)
-    if mos:
-        await conn.execute(INSERT_MOS, *_json_columns(mos, _MO_COLUMNS))
-        answered = sorted(mo.mt_id for mo in mos if mo.mt_id is not None)
-        if answered:
-            await conn.execute(COUNT_REPLIES, orjson.dumps(answered).decode())
-    return new_positions
+    new_replies = {records[p].message_id for p in new if records[p].kind == "mo"}
+    recount_queued = await _write_replies(conn, kept, new_replies)
+    return BatchOutcome(new=frozenset(new), refused=refused, recount_queued=recount_queued)
+
+
+async def _write_replies(
+    conn: asyncpg.Connection, kept: list[EventRecord], new_ids: set[str]
+) -> bool:
+    """Store the batch's replies, new ones and retries alike (a retry may fill fields in);
+    True when some message they answer was queued for a recount."""
+    by_id: dict[str, MoRecord] = {}
+    for record in kept:
+        if record.mo is not None:
+            known = by_id.get(record.mo.id)
+            by_id[record.mo.id] = record.mo if known is None else _fill_in(known, record.mo)
+    if not by_id:
+        return False
+    mos = [by_id[mo_id] for mo_id in sorted(by_id)]
+    written = await conn.fetch(INSERT_MOS, *_json_columns(mos, _MO_COLUMNS))
+    answered = sorted(row["mt_id"] for row in written if row["mt_id"] and row["id"] in new_ids)
+    filled = sorted(row["mt_id"] for row in written if row["mt_id"] and row["id"] not in new_ids)
+    if answered:
+        await conn.execute(COUNT_REPLIES, orjson.dumps(answered).decode())
+    if filled:
+        # A retry gave a stored reply its message: counted again by the sweep, not added to.
+        await conn.execute(QUEUE_RECOUNTS, orjson.dumps(filled).decode())
+    return bool(answered or filled)

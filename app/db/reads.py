@@ -60,10 +60,17 @@ async def get_status(conn: AsyncConnection, scope: Scope, message_id: str) -> Ro
     return rows[0] if rows else None
 
 
-async def status_history(conn: AsyncConnection, message_id: str) -> list[Row]:
+async def status_history(conn: AsyncConnection, message_id: str, owner: str | None) -> list[Row]:
+    """The message's callbacks and DLRs, as stored: its owner's and the account key's only
+    (what another sub-account's key sends is refused, and this holds even where two first
+    writes of one id raced)."""
     statement = (
         select(events)
-        .where(events.c.message_id == message_id, events.c.kind != "mo")
+        .where(
+            events.c.message_id == message_id,
+            events.c.kind != "mo",
+            events.c.sub_account.is_(None) | (events.c.sub_account == owner),
+        )
         .order_by(events.c.received_at, events.c.id)
     )
     return await _rows(conn, statement)

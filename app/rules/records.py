@@ -1,5 +1,10 @@
 """What one accepted payload becomes in the database: an event-log row, plus the status it
-contributes (callbacks, DLRs) or the reply row (MOs). Plain data, no I/O."""
+contributes (callbacks, DLRs) or the reply row (MOs). Plain data, no I/O.
+
+Who may write what: a key of a sub-account writes only that sub-account's data. An MO naming
+another sub-account is refused here; a callback, DLR or MO whose id already belongs to another
+sub-account is refused by the writer (``EventRecord.claimant``), which alone sees the stored
+owner. The account's own key (no sub-account) may write anything and claims nothing."""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from typing import Any
 
 from app.payloads import Mo
 from app.rules.status_merge import MessageStatus, status_from_event
+from app.rules.webhook_body import BodyRejected
 
 
 # Plain (not frozen) slotted dataclasses, like MessageStatus and for the same reason: one is
@@ -40,6 +46,10 @@ class EventRecord:
     delivered_status_code: int | None
     received_at: datetime
     payload_json: str
+    # The sub-account of the key that sent it: the id must not belong to another one. None
+    # for the account's own key, which may write any message and never claims one. No
+    # default: a record built without it would carry the account key's powers.
+    claimant: str | None
     status: MessageStatus | None = None
     mo: MoRecord | None = None
 
@@ -47,6 +57,11 @@ class EventRecord:
     def retry_key(self) -> tuple[str, str, int | None, int | None]:
         """Two events with the same key are the same event sent twice."""
         return (self.message_id, self.kind, self.sent_status_code, self.delivered_status_code)
+
+    @property
+    def owner_key(self) -> tuple[str, str]:
+        """What an id belongs to: MOs and MT messages are apart (a reply may reuse an MT id)."""
+        return ("mo" if self.kind == "mo" else "mt", self.message_id)
 
 
 def mo_record(mo: Mo, *, sub_account: str | None, received_at: datetime) -> MoRecord:
@@ -70,6 +85,20 @@ def mo_record(mo: Mo, *, sub_account: str | None, received_at: datetime) -> MoRe
     )
 
 
+def foreign_sub_account(key_sub_account: str, indexes: list[int]) -> BodyRejected:
+    """A key of one sub-account sent MOs naming another: refused (403: no retry mends it)."""
+    return BodyRejected(
+        403,
+        "foreign_sub_account",
+        f"this key belongs to sub-account {key_sub_account!r} and writes replies only for it; "
+        "nothing was stored",
+        [
+            {"index": index, "field": "subAccount", "message": "another sub-account's reply"}
+            for index in indexes
+        ],
+    )
+
+
 def build_event_records(
     kind: str,
     payloads: list[Any],
@@ -78,7 +107,16 @@ def build_event_records(
     sub_account: str | None,
     received_at: datetime,
 ) -> list[EventRecord]:
-    """Pair each validated payload with its JSON text (unknown fields included)."""
+    """Pair each validated payload with its JSON text (unknown fields included). ``sub_account``
+    is the key's; raises BodyRejected when MOs name a sub-account other than the key's."""
+    if kind == "mo" and sub_account is not None:
+        foreign = [
+            index
+            for index, mo in enumerate(payloads)
+            if mo.sub_account is not None and mo.sub_account != sub_account
+        ]
+        if foreign:
+            raise foreign_sub_account(sub_account, foreign)
     records: list[EventRecord] = []
     for payload, item_json in zip(payloads, payloads_json, strict=True):
         if kind == "mo":
@@ -93,6 +131,7 @@ def build_event_records(
                     received_at=received_at,
                     payload_json=item_json,
                     mo=mo,
+                    claimant=sub_account,
                 )
             )
             continue
@@ -106,6 +145,7 @@ def build_event_records(
                 delivered_status_code=payload.delivered_status_code if kind == "dlr" else None,
                 received_at=received_at,
                 payload_json=item_json,
+                claimant=sub_account,
                 status=status,
             )
         )
