@@ -25,7 +25,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.api.paging import MAX_FEED_WAIT_S
-from app.db import queries, replay, retention, stats, users
+from app.db import queries, rejected, retention, stats, users
 from app.db.engine import (
     CannotConnect,
     connections_per_worker,
@@ -38,6 +38,7 @@ from app.db.engine import (
 )
 from app.db.first_start import create_first_credentials
 from app.db.migrate import upgrade_to_head
+from app.http_protocol import raise_open_files_limit, server_options
 from app.logs import logging_config
 from app.metrics import MULTIPROC_ENV, prepare_multiprocess_dir
 from app.rules.credentials import MIN_CHOSEN_SECRET_CHARS
@@ -208,18 +209,17 @@ def serve(
     # installed; the default one would kill the process before atexit stops the embedded
     # PostgreSQL (docker stop, systemd). This one exits normally instead.
     signal.signal(signal.SIGTERM, _exit_normally)
+    raise_open_files_limit(settings.max_connections)
     uvicorn.run(
         "app.main:create_app",
         factory=True,
         host=settings.host,
         port=settings.port,
         workers=settings.workers,
-        loop="uvloop",
-        http="httptools",
         log_level=settings.log_level,
         log_config=log_config,
         access_log=False,  # ours (app.access) logs routes, never URLs holding webhook keys
-        limit_concurrency=settings.limit_concurrency,
+        **server_options(settings),
         # In-flight requests wait at most writer_timeout_s for their commit, and long polls
         # at most MAX_FEED_WAIT_S; then the writer drains what it holds: a stop takes bounded
         # time, cuts no long poll off, and acknowledges nothing unsaved.
@@ -326,8 +326,8 @@ def rejected_list(
     """List refused bodies, newest first, with the reason and a preview."""
     settings = Settings()
 
-    async def fetch(conn: AsyncConnection) -> list[queries.RejectedRow]:
-        return await queries.list_rejected_bodies(conn, limit=limit)
+    async def fetch(conn: AsyncConnection) -> list[rejected.RejectedRow]:
+        return await rejected.list_rejected_bodies(conn, limit=limit)
 
     rows = run_with_connection(settings, resolve_database_url(settings), fetch)
     for row in rows:
@@ -337,6 +337,7 @@ def rejected_list(
             f"#{row.id} {row.received_at.isoformat(timespec='seconds')} {row.method} "
             f"/{row.endpoint} {row.status_code} {row.reason} "
             f"sub-account={row.sub_account or '-'} {len(row.body)}B  {preview}{more}"
+            + (f" [refused {row.repeats} more time(s)]" if row.repeats else "")
             + (" [replayed]" if row.replayed_at else "")
         )
     if not rows:
@@ -351,7 +352,7 @@ def rejected_show(
     settings = Settings()
 
     async def fetch(conn: AsyncConnection) -> bytes | None:
-        return await queries.get_rejected_body(conn, rejected_id)
+        return await rejected.get_rejected_body(conn, rejected_id)
 
     body = run_with_connection(settings, resolve_database_url(settings), fetch)
     if body is None:
@@ -376,10 +377,10 @@ def rejected_replay(
         raise typer.Exit(2)
     settings = Settings()
 
-    async def run(engine: AsyncEngine) -> list[replay.ReplayResult]:
-        chosen = ids or await replay.pending_rejected_ids(engine)
+    async def run(engine: AsyncEngine) -> list[rejected.ReplayResult]:
+        chosen = ids or await rejected.pending_rejected_ids(engine)
         return [
-            await replay.replay_rejected(engine, rejected_id, max_items=settings.max_items)
+            await rejected.replay_rejected(engine, rejected_id, max_items=settings.max_items)
             for rejected_id in chosen
         ]
 

@@ -32,7 +32,7 @@ from app.db.engine import (
 from app.db.key_registry import KeyRegistry
 from app.db.notifications import KEYS_CHANGED_CHANNEL, USERS_CHANGED_CHANNEL, follow_changes
 from app.db.reader_cache import ReaderCache
-from app.db.retention import purge_periodically
+from app.db.retention import purge_periodically, retention_ages
 from app.db.stats import fold_stats_periodically
 from app.db.writer import BatchWriter
 from app.payloads import Callback, Dlr, Mo
@@ -107,9 +107,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             name="key-and-user-changes",
         ),
     ]
-    retention_age = settings.retention_age()
-    if retention_age is not None:
-        purge = purge_periodically(engine, retention_age, settings.purge_interval_s)
+    ages = retention_ages(settings.retention_age(), settings.rejected_retention_age())
+    if ages:
+        purge = purge_periodically(engine, ages, settings.purge_interval_s)
         background.append(asyncio.create_task(purge, name="retention-purge"))
     tune_garbage_collector()
     try:

@@ -108,6 +108,10 @@ def record_success(task: str) -> None:
     LAST_SUCCESS.labels(task).set_to_current_time()
 
 
+STATS_QUARANTINED = Counter(
+    "wavy_stats_quarantined_total",
+    "Groups of delivery counts the stats rollup could not store, set aside in stats_quarantine",
+)
 PURGED_ROWS = Counter(
     "wavy_purged_rows_total", "Rows removed by the retention purge, by table", ["table"]
 )

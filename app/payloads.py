@@ -1,5 +1,5 @@
 """What Wavy sends: pydantic models of the callback, DLR and MO payloads, with every documented
-variant (see ../shared/wavy-api.md), plus the helpers that turn raw input into something they
+variant (see docs/payloads.md), plus the helpers that turn raw input into something they
 can validate (NUL characters, the MO's query-string form) and their errors into our answer."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from pydantic import (
     AfterValidator,
     AliasChoices,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictInt,
@@ -22,8 +23,12 @@ from pydantic import (
 # Epoch milliseconds from 1970 to the end of year 9999: anything else is not a time.
 MAX_EPOCH_MS = 253_402_300_799_999
 MAX_INT32 = 2**31 - 1
-# Indexed text must stay well under btree's ~2.7 kB row limit (4 bytes a character at worst).
+# Every text field has a limit (docs/payloads.md lists them). Indexed text must stay under
+# btree's ~2.7 kB row limit at 4 bytes a character: the stats rollup's key holds a
+# sub-account, a campaign (each a key) and a carrier name (a name) at once.
 MAX_KEY_CHARS = 255
+MAX_NAME_CHARS = 100
+MAX_TEXT_CHARS = 4096
 REPLACEMENT_CHARACTER = "\ufffd"
 
 
@@ -62,12 +67,26 @@ def as_utc(value: Any) -> Any:
         raise ValueError("date is out of range once converted to UTC") from None
 
 
-OptText = str | None
+OptText = Annotated[str, Field(max_length=MAX_TEXT_CHARS)] | None
+OptName = Annotated[str, Field(max_length=MAX_NAME_CHARS)] | None
 OptKey = Annotated[str, Field(max_length=MAX_KEY_CHARS)] | None
-OptCode = Annotated[int, Field(ge=0, le=MAX_INT32)] | None
-OptId = Annotated[int, Field(ge=0, le=2**63 - 1)] | None
-OptEpochMs = Annotated[int, Field(ge=0, le=MAX_EPOCH_MS)] | None
-OptDate = Annotated[datetime, AfterValidator(as_utc)] | None
+# Numbers are strict: Wavy documents them as JSON integers, and a lax int would take true as
+# 1 (a boolean status code stored as a code). The MO's query-string form turns its digits into
+# integers first (mo_from_query).
+OptCode = Annotated[StrictInt, Field(ge=0, le=MAX_INT32)] | None
+OptId = Annotated[StrictInt, Field(ge=0, le=2**63 - 1)] | None
+OptEpochMs = Annotated[StrictInt, Field(ge=0, le=MAX_EPOCH_MS)] | None
+
+
+def date_text(value: Any) -> Any:
+    """A validator: dates come as ISO-8601 text (or datetimes from code). A bare number would
+    be read as Unix seconds, where Wavy's numeric times are milliseconds in other fields."""
+    if isinstance(value, int | float):
+        raise ValueError("a date is ISO-8601 text; epoch milliseconds go in the *At field")
+    return value
+
+
+OptDate = Annotated[datetime, BeforeValidator(date_text), AfterValidator(as_utc)] | None
 MessageId = Annotated[str, Field(min_length=1, max_length=MAX_KEY_CHARS)]
 # Documented both as "64" and 1234: kept as text (see ``campaign_text``) without loss.
 Campaign = StrictInt | Annotated[str, Field(max_length=MAX_KEY_CHARS)] | None
@@ -102,10 +121,10 @@ class Callback(_WavyModel):
     id: MessageId
     correlation_id: OptKey = Field(default=None, alias="correlationId")
     carrier_id: OptId = Field(default=None, alias="carrierId")
-    carrier_name: OptText = Field(default=None, alias="carrierName")
+    carrier_name: OptName = Field(default=None, alias="carrierName")
     destination: OptKey = None
     sent_status_code: OptCode = Field(default=None, alias="sentStatusCode")
-    sent_status: OptText = Field(default=None, alias="sentStatus")
+    sent_status: OptName = Field(default=None, alias="sentStatus")
     sent_at_ms: OptEpochMs = Field(
         default=None, validation_alias=AliasChoices("sentAt", "sentStatusAt")
     )
@@ -124,7 +143,7 @@ class Dlr(Callback):
     """Second status: did the message reach the phone. Carries the callback's fields too."""
 
     delivered_status_code: OptCode = Field(default=None, alias="deliveredStatusCode")
-    delivered_status: OptText = Field(default=None, alias="deliveredStatus")
+    delivered_status: OptName = Field(default=None, alias="deliveredStatus")
     delivered_at_ms: OptEpochMs = Field(default=None, alias="deliveredAt")
     delivered_date: OptDate = Field(default=None, alias="deliveredDate")
 
@@ -138,8 +157,8 @@ class MtLink(_WavyModel):
 
     id: OptKey = None
     correlation_id: OptKey = Field(default=None, alias="correlationId")
-    username: OptText = None
-    email: OptText = None
+    username: OptKey = None
+    email: OptKey = None
 
 
 class Mo(_WavyModel):
@@ -147,11 +166,11 @@ class Mo(_WavyModel):
 
     id: MessageId
     sub_account: OptKey = Field(default=None, alias="subAccount")
-    campaign_alias: OptText = Field(default=None, alias="campaignAlias")
+    campaign_alias: OptKey = Field(default=None, alias="campaignAlias")
     carrier_id: OptId = Field(default=None, alias="carrierId")
-    carrier_name: OptText = Field(default=None, alias="carrierName")
+    carrier_name: OptName = Field(default=None, alias="carrierName")
     source: OptKey = None
-    short_code: OptText = Field(default=None, alias="shortCode")
+    short_code: OptName = Field(default=None, alias="shortCode")
     message_text: OptText = Field(default=None, alias="messageText")
     received_at_ms: OptEpochMs = Field(default=None, alias="receivedAt")
     received_date: OptDate = Field(default=None, alias="receivedDate")
@@ -227,6 +246,15 @@ MT_QUERY_NAMES = {
 }
 
 
+# The MO's integer fields: in a query string they arrive as text.
+MO_INTEGER_FIELDS = frozenset({"carrierId", "receivedAt"})
+
+
+def _query_integer(value: str) -> int | str:
+    """Digits as the integer they spell; anything else is left for validation to refuse."""
+    return int(value) if value.isascii() and value.isdigit() and len(value) <= 19 else value
+
+
 def mo_from_query(params: Mapping[str, str], *, ignore: frozenset[str]) -> dict[str, Any]:
     """The MO's GET form: flat names as in the JSON, the MT link as ``mt.id`` (or ``mtId``)."""
     mo: dict[str, Any] = {}
@@ -236,6 +264,8 @@ def mo_from_query(params: Mapping[str, str], *, ignore: frozenset[str]) -> dict[
             continue
         if name in MT_QUERY_NAMES:
             mt[MT_QUERY_NAMES[name]] = value
+        elif name in MO_INTEGER_FIELDS:
+            mo[name] = _query_integer(value)
         else:
             mo[name] = value
     if mt:

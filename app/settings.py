@@ -77,12 +77,29 @@ class Settings(BaseSettings):
     # A body that has not fully arrived after this long is refused (408): slow senders and
     # slowloris clients cannot hold a connection and its buffer forever.
     body_timeout_s: PositiveFloat = 10.0
-    # Per worker: past this many open connections uvicorn answers 503 at once (a burst gets
-    # quick refusals instead of piling up in memory).
+    # Per worker: past this many requests in flight the service answers 503 with Retry-After
+    # at once (a burst gets quick refusals instead of piling up in memory). Connections that
+    # have not sent a whole request do not count (app.http_protocol).
     limit_concurrency: PositiveInt = 2048
+    # A request line and headers past this many bytes get 431 (below the HTTP parser's own
+    # 64 KiB URL limit; nginx allows 32 KiB by default, real clients send under 8).
+    max_head_bytes: PositiveInt = 48 * 1024
+    # ...or not all there within this many seconds of the connection (or the last answer):
+    # 408 and closed. Wavy sends a request at once; a client drip-feeding its headers holds a
+    # connection for nothing.
+    head_timeout_s: PositiveFloat = 10.0
+    # Per worker: past this many open connections, the oldest one still sending its headers is
+    # closed to make room (the process's file descriptors are raised to allow this many).
+    max_connections: PositiveInt = 8192
 
     # Keep data this long (90d, 12h, 2w); unset keeps everything. Checked every purge interval.
     retention: str | None = None
+    # Rejected bodies: kept this long (unset keeps them), and within these budgets, per key
+    # and for all keys together (the table's size on disk); past a budget only the first copy
+    # of each kind of refusal is kept (app.db.rejected).
+    rejected_retention: str | None = "30d"
+    rejected_max_bytes_per_key: PositiveInt = 64 * 1024 * 1024
+    rejected_max_bytes: PositiveInt = 1024 * 1024 * 1024
     purge_interval_s: PositiveFloat = 3600.0
 
     log_level: str = "info"
@@ -107,7 +124,7 @@ class Settings(BaseSettings):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
         return value
 
-    @field_validator("retention")
+    @field_validator("retention", "rejected_retention")
     @classmethod
     def _retention_is_an_age(cls, value: str | None) -> str | None:
         if value is not None:
@@ -116,6 +133,9 @@ class Settings(BaseSettings):
 
     def retention_age(self) -> timedelta | None:
         return parse_age(self.retention) if self.retention else None
+
+    def rejected_retention_age(self) -> timedelta | None:
+        return parse_age(self.rejected_retention) if self.rejected_retention else None
 
     def webhook_base_url(self) -> str:
         return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")

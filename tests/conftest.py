@@ -32,6 +32,7 @@ from app.db.engine import (
 from app.db.migrate import upgrade_to_head
 from app.db.tables import metadata
 from app.db.writer import BatchWriter
+from app.http_protocol import server_options
 from app.main import create_app
 from app.payloads import validate_items
 from app.rules.records import EventRecord, build_event_records
@@ -110,7 +111,12 @@ async def serving(settings: Settings) -> AsyncIterator[FastAPI]:
     """The app on a real socket (uvicorn, lifespan on) for as long as the block runs."""
     application = create_app(settings)
     config = uvicorn.Config(
-        application, host="127.0.0.1", port=settings.port, log_level="warning", lifespan="on"
+        application,
+        host="127.0.0.1",
+        port=settings.port,
+        log_level="warning",
+        lifespan="on",
+        **server_options(settings),  # the service's own connection bounds, as `serve` runs
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())

@@ -146,6 +146,15 @@ async def test_the_dashboard_shows_what_the_stats_api_counts(
         "request",
         lambda request: None if request.url.startswith(base_url) else outside.append(request.url),
     )
+    refused_by_policy: list[str] = []
+    page.on(
+        "console",
+        lambda message: (
+            refused_by_policy.append(message.text)
+            if "Content Security Policy" in message.text
+            else None
+        ),
+    )
     await log_in(page, base_url, "ana", token)
     shown = {
         tile: await page.get_attribute(f"[data-testid=kpi-{tile}] .value", "data-value")
@@ -185,6 +194,7 @@ async def test_the_dashboard_shows_what_the_stats_api_counts(
     assert history_rows == 2  # its DLR and its callback (the retry was recorded once)
     assert overflow <= 0  # nothing wider than a phone's screen
     assert outside == []  # no CDN, no outside request of any kind
+    assert refused_by_policy == []  # the page works under its own Content-Security-Policy
 
 
 @pytest.mark.slow
@@ -194,7 +204,8 @@ async def test_wrong_credentials_stay_on_the_login_form(browser: Any, base_url: 
     await page.fill("input[name=username]", "nobody")
     await page.fill("input[name=token]", "wrong-token-wrong-token")
     await page.click("#login-form button[type=submit]")
-    await page.wait_for_function("document.querySelector('#login-error').textContent.length > 0")
+    # Selectors, not wait_for_function: the page's CSP (rightly) forbids evaluating strings.
+    await page.wait_for_selector("#login-error:not(:empty)")
     error = await page.text_content("#login-error")
     board_hidden = await page.is_hidden("#board")
 
@@ -264,9 +275,7 @@ async def test_a_live_board_shows_new_messages_without_a_click_until_live_is_unt
     before = await page.get_attribute(tile, "data-value")
 
     assert (await hook("callback", callback("m7", 2, "VIVO"))).status_code == 200
-    await page.wait_for_function(
-        f"document.querySelector('{tile}').dataset.value === '7'", timeout=10_000
-    )
+    await page.wait_for_selector(f"{tile}[data-value='7']", timeout=10_000)
     status = await page.text_content("[data-testid=status]")
 
     await page.uncheck("[data-testid=live]")

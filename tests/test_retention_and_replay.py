@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.db.retention import purge_periodically
+from app.db.retention import purge_periodically, retention_ages
 from app.rules.retention import BadAge, parse_age
 from app.settings import Settings
 from tests.conftest import fetch_all
@@ -156,7 +156,9 @@ async def test_the_service_purges_by_itself_when_retention_is_set(
     await hook("dlr", {"id": "new", "deliveredStatusCode": 4})
     await backdate(engine, "old", days=100)
 
-    purging = asyncio.create_task(purge_periodically(engine, timedelta(days=90), interval_s=0.05))
+    purging = asyncio.create_task(
+        purge_periodically(engine, retention_ages(timedelta(days=90), None), interval_s=0.05)
+    )
     try:
         async with asyncio.timeout(10):
             while await fetch_all(engine, "SELECT id FROM messages WHERE id = 'old'"):  # noqa: ASYNC110

@@ -16,10 +16,23 @@ STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 
 router = APIRouter()
 
+# The page loads only its own scripts, styles and data, and no other site may frame it (a
+# framed dashboard could be clicked through by a page the user did not mean to trust).
+PAGE_SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; "
+        "form-action 'self'; frame-ancestors 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
+
 
 @router.get("/dashboard", include_in_schema=False)
 async def dashboard() -> FileResponse:
-    return FileResponse(STATIC_DIR / "dashboard.html", media_type="text/html")
+    return FileResponse(
+        STATIC_DIR / "dashboard.html", media_type="text/html", headers=PAGE_SECURITY_HEADERS
+    )
 
 
 class Me(BaseModel):
@@ -33,7 +46,7 @@ class Me(BaseModel):
     tags=["users"],
     summary="Who the credentials belong to (role and sub-account)",
     response_model=Me,
-    responses=responses(401, 503),
+    responses=responses(401, 429, 503),
 )
 async def who_am_i(reader: ReaderDep) -> OrjsonResponse:
     return OrjsonResponse(

@@ -85,6 +85,7 @@ def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         408: "The body did not arrive in time (WAVY_BODY_TIMEOUT_S)",
         413: "Body over 1 MiB or array over 1000 items",
         422: "Body or parameters do not validate; details name each field (and item index)",
+        429: "Too many failed logins from this client; retry after Retry-After seconds",
         503: "Storage unavailable or overloaded; retry after Retry-After seconds",
     }
     return {code: {"model": ErrorBody, "description": descriptions[code]} for code in codes}
@@ -100,6 +101,7 @@ _STATUS_CODES = {
     413: "payload_too_large",
     415: "unsupported_media_type",
     422: "validation_failed",
+    429: "too_many_requests",
 }
 
 

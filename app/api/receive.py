@@ -22,7 +22,7 @@ from app.rules.cursors import BadCursor, read_time_cursor_int, time_cursor
 
 router = APIRouter(prefix="/v1/sms/receive", tags=["replies (MOs)"])
 
-READ_RESPONSES = responses(401, 403, 422, 503)
+READ_RESPONSES = responses(401, 429, 403, 422, 503)
 DEFAULT_WINDOW = timedelta(days=5)  # Wavy's default start: five days ago
 
 

@@ -20,6 +20,7 @@ from app.rules.delivery_stats import (
     carrier_sends_dlr,
     group_figures,
     sum_groups,
+    within_the_calendar,
 )
 
 router = APIRouter(prefix="/v1/stats", tags=["statistics"])
@@ -42,6 +43,10 @@ def _group(group_by: GroupBy, key: str, counts: GroupCounts) -> dict[str, object
     return group
 
 
+# The first hour that is in year 1 in every time zone.
+FIRST_HOUR_ANYWHERE = datetime(1, 1, 2, tzinfo=UTC)
+
+
 @router.get(
     "",
     summary="Delivery statistics per hour, day, carrier, campaign or sub-account",
@@ -56,7 +61,7 @@ def _group(group_by: GroupBy, key: str, counts: GroupCounts) -> dict[str, object
         "messages of no sub-account)."
     ),
     response_model=StatsAnswer,
-    responses=responses(401, 403, 422, 503),
+    responses=responses(401, 429, 403, 422, 503),
 )
 async def delivery_stats(
     scope: ScopeDep,
@@ -78,9 +83,13 @@ async def delivery_stats(
     try:
         first_hour = _hour_floor(from_ or last_hour - DEFAULT_WINDOW)
     except OverflowError:
-        first_hour = datetime.min.replace(tzinfo=UTC)
+        first_hour = FIRST_HOUR_ANYWHERE
+    # Year 1's first hours are year 0 west of UTC, which no date can hold.
+    first_hour = max(first_hour, FIRST_HOUR_ANYWHERE)
     if first_hour > last_hour:
         raise ApiError(422, "invalid_window", "from is after to")
+    if not within_the_calendar(last_hour, time_zone):
+        raise ApiError(422, "invalid_window", f"to is past year 9999 in {time_zone}")
     try:
         async with engine.connect() as conn:
             rows = await rollup_counts(

@@ -17,20 +17,24 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app import metrics
 from app.api.deps import WebhookCaller, WebhookContext, WebhookContextDep
 from app.api.errors import ApiError, OrjsonResponse, responses, unavailable
-from app.db.queries import RejectedBody, store_rejected_body
+from app.db.rejected import RejectedBody, RejectedBudget, store_rejected_body
 from app.db.writer import WriteFailed, WriteRefused, WriterOverloaded, WriteTimedOut
+from app.http_protocol import URL_CUT_OFF
 from app.payloads import Callback, Dlr, Mo, MtLink
 from app.rules.records import build_event_records
 from app.rules.webhook_body import (
     BodyRejected,
     ParsedBody,
+    owned_elsewhere,
     parse_mo_query,
     parse_webhook_body,
     query_without_credentials,
     refused_by_database,
     too_large,
     too_slow,
+    url_too_long,
 )
+from app.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +114,7 @@ def _mo_query_parameters() -> list[dict[str, Any]]:
     return parameters
 
 
-INGEST_RESPONSES = responses(400, 401, 408, 413, 422, 503)
+INGEST_RESPONSES = responses(400, 401, 403, 408, 413, 422, 503)
 
 
 async def read_limited_body(request: Request, limit: int, timeout_s: float) -> bytes:
@@ -152,6 +156,7 @@ async def _dead_letter(
 ) -> ApiError:
     """Keep the refused body for an operator, then build the answer. If even that cannot be
     stored, answer 503 so the sender retries instead of dropping the body on a 4xx."""
+    settings: Settings = request.app.state.settings
     try:
         async with engine.begin() as conn:
             await store_rejected_body(
@@ -166,6 +171,10 @@ async def _dead_letter(
                     content_type=request.headers.get("content-type"),
                     body=body,
                     body_truncated=truncated,
+                ),
+                RejectedBudget(
+                    per_key_bytes=settings.rejected_max_bytes_per_key,
+                    total_bytes=settings.rejected_max_bytes,
                 ),
             )
     except (SQLAlchemyError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as error:
@@ -192,13 +201,18 @@ async def _store(
 ) -> OrjsonResponse:
     """Hand the records to the writer and answer from the outcome; ``kept()`` is what becomes
     the dead letter if PostgreSQL refuses the data itself."""
-    records = build_event_records(
-        kind,
-        parsed.payloads,
-        parsed.payloads_json,
-        sub_account=context.caller.sub_account,
-        received_at=received_at,
-    )
+    try:
+        records = build_event_records(
+            kind,
+            parsed.payloads,
+            parsed.payloads_json,
+            sub_account=context.caller.sub_account,
+            received_at=received_at,
+        )
+    except BodyRejected as rejection:
+        raise await _dead_letter(
+            context.engine, request, context.caller, kind, kept(), False, rejection
+        ) from None
     if not records:
         return OrjsonResponse({"received": 0, "duplicates": 0})
     try:
@@ -206,14 +220,24 @@ async def _store(
     except WriterOverloaded:
         raise _overloaded() from None
     except WriteRefused as refusal:
-        rejection = refused_by_database(refusal.sqlstate)
         raise await _dead_letter(
-            context.engine, request, context.caller, kind, kept(), False, rejection
+            context.engine,
+            request,
+            context.caller,
+            kind,
+            kept(),
+            False,
+            refused_by_database(refusal.sqlstate),
         ) from None
     except WriteFailed as failure:
         reason = "timeout" if isinstance(failure, WriteTimedOut) else "write_failed"
         metrics.UNAVAILABLE.labels(reason).inc()
         raise unavailable("storage unavailable; nothing was confirmed, retry later") from None
+    if result.refused:
+        foreign = owned_elsewhere(result.refused, [parsed.payloads[i].id for i in result.refused])
+        raise await _dead_letter(
+            context.engine, request, context.caller, kind, kept(), False, foreign
+        ) from None
     metrics.EVENTS.labels(kind, "accepted").inc(result.received - result.duplicates)
     if result.duplicates:
         metrics.EVENTS.labels(kind, "duplicate").inc(result.duplicates)
@@ -293,12 +317,15 @@ async def receive_mo_by_get(request: Request, context: WebhookContextDep) -> Orj
     def kept() -> bytes:  # the refused query, without the key, as its dead letter
         return query_without_credentials(query)[: context.settings.max_body_bytes].encode()
 
+    cut_off = URL_CUT_OFF in request.scope.get("extensions", {})
     try:
+        if cut_off:
+            raise url_too_long(context.settings.max_head_bytes)
         if len(query) > context.settings.max_body_bytes:
             raise too_large(context.settings.max_body_bytes)
         parsed = parse_mo_query(query)
     except BodyRejected as rejection:
         raise await _dead_letter(
-            context.engine, request, context.caller, "mo", kept(), False, rejection
+            context.engine, request, context.caller, "mo", kept(), cut_off, rejection
         ) from None
     return await _store("mo", parsed, context, received_at, request, kept)

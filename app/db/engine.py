@@ -46,10 +46,46 @@ _DATABASE_UNAVAILABLE = (
 )
 
 
+# SQLSTATEs of the same: connection exceptions, the server shutting down, starting up or out of
+# connections. SQLAlchemy may wrap them in a plain DBAPIError (asyncpg's CannotConnectNowError
+# at an outage's edges), so the code is looked for too, not only the class.
+_UNAVAILABLE_SQLSTATE_CLASSES = frozenset({"08", "53", "57"})
+# SQLSTATE classes a caller's own data can cause: data exception, integrity violation, program
+# limit exceeded (an index row too large). Retrying the same data can only fail again.
+_REFUSED_DATA_SQLSTATE_CLASSES = frozenset({"22", "23", "54"})
+
+
+def _causes(error: BaseException) -> list[BaseException]:
+    """The error, and what SQLAlchemy's wrappers wrap (``orig``, then the driver's own)."""
+    chain: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and current not in chain and len(chain) < 4:
+        chain.append(current)
+        current = getattr(current, "orig", None) or current.__cause__
+    return chain
+
+
+def sqlstate(error: BaseException) -> str | None:
+    for cause in _causes(error):
+        code = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
+        if isinstance(code, str):
+            return code
+    return None
+
+
 def database_unavailable(error: BaseException) -> bool:
     if isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated:
         return True
-    return isinstance(error, _DATABASE_UNAVAILABLE)
+    if any(isinstance(cause, _DATABASE_UNAVAILABLE) for cause in _causes(error)):
+        return True
+    code = sqlstate(error)
+    return code is not None and code[:2] in _UNAVAILABLE_SQLSTATE_CLASSES
+
+
+def refused_data(error: BaseException) -> bool:
+    """True when PostgreSQL refused the data itself (see _REFUSED_DATA_SQLSTATE_CLASSES)."""
+    code = sqlstate(error)
+    return code is not None and code[:2] in _REFUSED_DATA_SQLSTATE_CLASSES
 
 
 class CannotConnect(Exception):

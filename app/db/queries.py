@@ -1,16 +1,15 @@
-"""Small, infrequent queries: webhook keys, dead letters, the server's settings. (The hot write
-path is ingest.py.)"""
+"""Small, infrequent queries: webhook keys and the server's settings. (The hot write path is
+ingest.py; rejected bodies are rejected.py.)"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.db.tables import rejected_bodies, webhook_keys
+from app.db.tables import webhook_keys
 from app.rules.credentials import KnownKey, generate_key, hash_key, key_prefix
 from app.rules.postgres_settings import RULES, Setting
 
@@ -74,66 +73,6 @@ async def load_active_keys(conn: AsyncConnection) -> list[KnownKey]:
         )
     )
     return [KnownKey(key_hash=row.key_hash, sub_account=row.sub_account) for row in rows]
-
-
-@dataclass(frozen=True, slots=True)
-class RejectedBody:
-    endpoint: str
-    method: str
-    sub_account: str | None
-    status_code: int
-    reason: str
-    detail: Any
-    content_type: str | None
-    body: bytes
-    body_truncated: bool
-
-
-async def store_rejected_body(conn: AsyncConnection, rejected: RejectedBody) -> int:
-    rejected_id = await conn.scalar(
-        insert(rejected_bodies)
-        .values(
-            endpoint=rejected.endpoint,
-            method=rejected.method,
-            sub_account=rejected.sub_account,
-            status_code=rejected.status_code,
-            reason=rejected.reason,
-            detail=rejected.detail,
-            content_type=rejected.content_type,
-            body=rejected.body,
-            body_truncated=rejected.body_truncated,
-        )
-        .returning(rejected_bodies.c.id)
-    )
-    assert rejected_id is not None
-    return int(rejected_id)
-
-
-@dataclass(frozen=True, slots=True)
-class RejectedRow:
-    id: int
-    received_at: datetime
-    endpoint: str
-    method: str
-    sub_account: str | None
-    status_code: int
-    reason: str
-    body: bytes
-    body_truncated: bool
-    replayed_at: datetime | None
-
-
-async def list_rejected_bodies(conn: AsyncConnection, *, limit: int) -> list[RejectedRow]:
-    columns = [rejected_bodies.c[name] for name in RejectedRow.__dataclass_fields__]
-    rows = await conn.execute(select(*columns).order_by(rejected_bodies.c.id.desc()).limit(limit))
-    return [RejectedRow(*row) for row in rows]
-
-
-async def get_rejected_body(conn: AsyncConnection, rejected_id: int) -> bytes | None:
-    body: bytes | None = await conn.scalar(
-        select(rejected_bodies.c.body).where(rejected_bodies.c.id == rejected_id)
-    )
-    return body
 
 
 async def schema_revision(conn: AsyncConnection) -> str | None:

@@ -52,15 +52,32 @@ _PURGE_BATCH = {table: _purge_batch_statement(table, old) for table, old in _OLD
 
 @dataclass
 class PurgeReport:
-    cutoff: datetime
+    cutoff: datetime  # the data's (the earliest, when tables have ages of their own)
     ran: bool = True  # False when another purge held the lock
     deleted: dict[str, int] = field(default_factory=dict)
+
+
+def retention_ages(data: timedelta | None, rejected: timedelta | None) -> dict[str, timedelta]:
+    """How old each table's rows may grow: the data's age everywhere, and rejected bodies no
+    older than their own (WAVY_REJECTED_RETENTION), whichever is shorter."""
+    ages = {table: data for table in _OLD_ROWS} if data is not None else {}
+    if rejected is not None:
+        ages["rejected_bodies"] = min(rejected, ages.get("rejected_bodies", rejected))
+    return ages
 
 
 async def purge_older_than(
     engine: AsyncEngine, age: timedelta, *, batch_rows: int = 5000
 ) -> PurgeReport:
-    report = PurgeReport(cutoff=datetime.now(UTC) - age)
+    """Every table's rows older than ``age``."""
+    return await purge_tables(engine, dict.fromkeys(_OLD_ROWS, age), batch_rows=batch_rows)
+
+
+async def purge_tables(
+    engine: AsyncEngine, ages: dict[str, timedelta], *, batch_rows: int = 5000
+) -> PurgeReport:
+    now = datetime.now(UTC)
+    report = PurgeReport(cutoff=now - max(ages.values()))
     async with engine.connect() as lock_conn:
         if not await lock_conn.scalar(text(PURGE_LOCK)):
             report.ran = False
@@ -68,9 +85,10 @@ async def purge_older_than(
         await lock_conn.commit()
         try:
             for table, statement in _PURGE_BATCH.items():
-                report.deleted[table] = await _purge_table(
-                    engine, table, statement, report.cutoff, batch_rows
-                )
+                if table in ages:
+                    report.deleted[table] = await _purge_table(
+                        engine, table, statement, now - ages[table], batch_rows
+                    )
         finally:
             await lock_conn.execute(text(PURGE_UNLOCK))
             await lock_conn.commit()
@@ -92,16 +110,18 @@ async def _purge_table(
         await asyncio.sleep(0)  # let the webhooks' own work through between batches
 
 
-async def purge_periodically(engine: AsyncEngine, age: timedelta, interval_s: float) -> None:
-    """The service's background purge (WAVY_RETENTION): runs until cancelled."""
+async def purge_periodically(
+    engine: AsyncEngine, ages: dict[str, timedelta], interval_s: float
+) -> None:
+    """The service's background purge (retention_ages): runs until cancelled."""
     failures = FailureLog(log, "retention purge")
     while True:
         try:
-            report = await purge_older_than(engine, age)
+            report = await purge_tables(engine, ages)
             failures.succeeded()
             metrics.record_success("retention_purge")
             if report.ran and any(report.deleted.values()):
-                log.info("purged rows older than %s: %s", report.cutoff, report.deleted)
+                log.info("purged old rows: %s", report.deleted)
         except Exception as error:  # a failed purge must not end the loop; next round retries
             failures.failed(error)
         await asyncio.sleep(interval_s)

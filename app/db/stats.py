@@ -17,9 +17,11 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import ColumnElement, and_, func, insert, select, text, union_all
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app import metrics
+from app.db.engine import refused_data
 from app.db.tables import stats_deltas, stats_rollup
 from app.logs import FailureLog
 from app.rules.delivery_stats import GroupBy
@@ -111,14 +113,54 @@ async def rollup_counts(
     ]
 
 
+# One group's deltas, folded alone (the fallback below); the key's parameters are :k0...
+_GROUP = " AND ".join(f"{name} = :k{n}" for n, name in enumerate(_COLUMNS[:-1]))
+FOLD_GROUP = FOLD.replace(
+    "DELETE FROM stats_deltas RETURNING",
+    f"DELETE FROM stats_deltas WHERE {_GROUP} RETURNING",  # noqa: S608 - constant names only
+)
+QUARANTINE_GROUP = f"""
+    WITH moved AS (DELETE FROM stats_deltas WHERE {_GROUP} RETURNING {_KEY}, count)
+    INSERT INTO stats_quarantine ({_KEY}, count, error)
+    SELECT {_KEY}, sum(count), :error FROM moved GROUP BY {_KEY}
+"""  # noqa: S608 - constant names only
+DELTA_GROUPS = f"SELECT DISTINCT {_KEY} FROM stats_deltas"  # noqa: S608
+
+
 async def fold_stats_deltas(engine: AsyncEngine) -> int | None:
     """Move the committed deltas into the rollup. Returns how many rollup rows changed, or None
-    when another fold was running."""
+    when another fold was running. When the rollup refuses some group (a value too wide for its
+    index, a count past its type), the groups are folded one by one, and those refused move to
+    stats_quarantine: one poisoned group never stops the fold for everyone."""
+    try:
+        async with engine.begin() as conn:
+            if not await conn.scalar(text(FOLD_LOCK)):
+                return None
+            result = await conn.execute(text(FOLD))
+        changed: int = result.rowcount
+        return changed
+    except DBAPIError as error:
+        if not refused_data(error):
+            raise
+    return await _fold_group_by_group(engine)
+
+
+async def _fold_group_by_group(engine: AsyncEngine) -> int | None:
+    changed = 0
     async with engine.begin() as conn:
         if not await conn.scalar(text(FOLD_LOCK)):
             return None
-        result = await conn.execute(text(FOLD))
-    changed: int = result.rowcount
+        for group in (await conn.execute(text(DELTA_GROUPS))).all():
+            key = {f"k{n}": value for n, value in enumerate(group)}
+            try:
+                async with conn.begin_nested():
+                    changed += (await conn.execute(text(FOLD_GROUP), key)).rowcount
+            except DBAPIError as error:
+                if not refused_data(error):
+                    raise
+                log.error("stats fold: a group the rollup cannot store was quarantined: %s", error)
+                metrics.STATS_QUARANTINED.inc()
+                await conn.execute(text(QUARANTINE_GROUP), {**key, "error": str(error.orig)})
     return changed
 
 

@@ -13,6 +13,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     Column,
+    Computed,
     DateTime,
     ForeignKey,
     Identity,
@@ -224,7 +225,23 @@ stats_rollup = Table(
 # and taken all at once.
 stats_deltas = Table("stats_deltas", metadata, *_rollup_columns())
 
-# Dead letters: every body we refused (except unauthenticated ones), raw, for an operator.
+# Rows the stats fold could not store in stats_rollup (app.db.stats), set aside so that one
+# poisoned group never stops the fold for everyone; an operator reads them here.
+stats_quarantine = Table(
+    "stats_quarantine",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    *_rollup_columns(),
+    Column("error", Text, nullable=False),
+    Column("quarantined_at", TS, nullable=False, server_default=text("now()")),
+)
+
+# The sub-account a rejected body is counted against (its key's; '' for the account key).
+REJECTED_OWNER = text("coalesce(sub_account, '')")
+
+# Rejected bodies: every body we refused (except unauthenticated ones), raw, for an operator.
+# Bounded (app.db.rejected): a body refused again is counted on its first copy, and past a
+# key's byte budget only the first copy of each kind of refusal is kept.
 rejected_bodies = Table(
     "rejected_bodies",
     metadata,
@@ -240,7 +257,24 @@ rejected_bodies = Table(
     Column("body", LargeBinary, nullable=False),
     Column("body_truncated", Boolean, nullable=False, server_default=text("false")),
     Column("replayed_at", TS, nullable=True),
+    # Computed by PostgreSQL, so rows written by any release count against the budgets.
+    Column("body_bytes", Integer, Computed("octet_length(body)", persisted=True)),
+    # sha256 of the body as received: the same body refused again is one row.
+    Column("digest", LargeBinary, nullable=True),
+    Column("repeats", Integer, nullable=False, server_default=text("0")),
+    Column("last_received_at", TS, nullable=True),
     Index(None, "received_at"),
+    Index(
+        "uq_rejected_bodies_first_copy",
+        REJECTED_OWNER,
+        "endpoint",
+        "method",
+        "reason",
+        "digest",
+        unique=True,
+        postgresql_where=text("replayed_at IS NULL"),
+    ),
+    Index("ix_rejected_bodies_owner", REJECTED_OWNER, postgresql_include=["body_bytes"]),
 )
 
 # Read API users, as at Wavy: admins see every sub-account, users only their own.

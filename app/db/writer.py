@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from app import metrics
-from app.db.ingest import answers_a_message, write_records
+from app.db.engine import refused_data
+from app.db.ingest import write_records
 from app.db.reply_recounts import RECOUNT_SWEEP_S, recount_queued_replies
 from app.logs import FailureLog
 from app.rules.records import EventRecord
@@ -59,6 +60,8 @@ class WriteFailed(Exception):
 class WriteResult:
     received: int
     duplicates: int
+    # Positions (in the request) of items refused: their id belongs to another sub-account.
+    refused: tuple[int, ...] = ()
 
 
 class WriteRefused(WriteFailed):
@@ -89,17 +92,11 @@ def _is_transient(error: BaseException) -> bool:
     return getattr(error, "sqlstate", None) in TRANSIENT_SQLSTATES
 
 
-# SQLSTATE classes a request's own data can cause: data exception, integrity violation,
-# program limit exceeded. Only these are worth isolating request by request.
-POISON_SQLSTATE_CLASSES = frozenset({"22", "23", "54"})
-
-
 def could_be_poison(error: BaseException) -> bool:
     """True when one request's data may have failed the batch. Anything else (the database
     away, restarting, out of connections) fails every request alike, and retrying them one
     by one would only stall the writer for connect timeout after connect timeout."""
-    sqlstate = getattr(error, "sqlstate", None)
-    return isinstance(sqlstate, str) and sqlstate[:2] in POISON_SQLSTATE_CLASSES
+    return refused_data(error)
 
 
 class BatchWriter:
@@ -283,18 +280,22 @@ class BatchWriter:
         for attempt in range(1, TRANSIENT_ATTEMPTS + 1):
             conn = await connection.acquire()
             try:
-                new_positions = await write_records(conn, records)
+                outcome = await write_records(conn, records)
                 break
             except asyncpg.PostgresError as error:
                 if attempt == TRANSIENT_ATTEMPTS or not _is_transient(error):
                     raise
-        if answers_a_message(records, new_positions):
+        if outcome.recount_queued:
             self._recount_wanted.set()
         results, offset = [], 0
         for pending in batch:
             count = len(pending.records)
-            new = sum(1 for pos in range(offset, offset + count) if pos in new_positions)
-            results.append(WriteResult(received=count, duplicates=count - new))
+            positions = range(offset, offset + count)
+            refused = tuple(pos - offset for pos in positions if pos in outcome.refused)
+            new = sum(1 for pos in positions if pos in outcome.new)
+            results.append(
+                WriteResult(received=count, duplicates=count - new - len(refused), refused=refused)
+            )
             offset += count
         return results
 

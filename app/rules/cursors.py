@@ -10,6 +10,8 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 
+from app.payloads import MAX_KEY_CHARS
+
 
 class BadCursor(ValueError):
     pass
@@ -71,6 +73,8 @@ def read_time_cursor_int(cursor: str) -> tuple[datetime, int]:
 
 def read_time_cursor_str(cursor: str) -> tuple[datetime, str]:
     moment, tie = _decode(cursor, 2)
-    if not isinstance(tie, str):
+    # A stored id never holds a NUL (PostgreSQL's text cannot) nor passes the ids' limit: such
+    # a tie was never handed out, and PostgreSQL would refuse to compare with it.
+    if not isinstance(tie, str) or "\x00" in tie or len(tie) > MAX_KEY_CHARS:
         raise BadCursor("unreadable cursor")
     return _time(moment), tie

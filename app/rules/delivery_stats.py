@@ -13,7 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Literal
+from zoneinfo import ZoneInfo
 
 # Carriers that never send DLRs (Wavy's documentation): their messages stop at the callback,
 # so "waiting for a DLR" means something else for them. Compared upper-cased, trimmed.
@@ -156,3 +158,13 @@ def sum_groups(
         groups.setdefault(key, GroupCounts()).add(metric, value, count)
         totals.add(metric, value, count)
     return groups, totals
+
+
+def within_the_calendar(last_hour: datetime, time_zone: str) -> bool:
+    """False when the window's last hour, in the reader's zone, falls past year 9999 (east of
+    UTC, the last hours of 9999 do): no date there can be written or read back."""
+    try:
+        last_hour.astimezone(ZoneInfo(time_zone))
+    except OverflowError:
+        return False
+    return True

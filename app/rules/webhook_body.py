@@ -56,8 +56,33 @@ def refused_by_database(sqlstate: str) -> BodyRejected:
     )
 
 
+def owned_elsewhere(indexes: tuple[int, ...], ids: list[str]) -> BodyRejected:
+    """Items whose id belongs to another sub-account than the key's (403: a key may write only
+    its own sub-account's messages, and no retry changes that). The body's other items were
+    stored: sending it again stores nothing twice."""
+    return BodyRejected(
+        403,
+        "foreign_message",
+        f"{len(indexes)} item(s) name a message or reply of another sub-account, which this "
+        "key may not write; they were not stored (the other items were)",
+        [
+            {"index": index, "field": "id", "id": message_id, "message": "another sub-account's"}
+            for index, message_id in zip(indexes, ids, strict=True)
+        ],
+    )
+
+
 def too_large(max_bytes: int) -> BodyRejected:
     return BodyRejected(413, "body_too_large", f"body is larger than {max_bytes} bytes")
+
+
+def url_too_long(max_bytes: int) -> BodyRejected:
+    """An MO sent as GET whose URL passed the request head's limit (cut off before the app)."""
+    return BodyRejected(
+        413,
+        "body_too_large",
+        f"the URL is longer than {max_bytes} bytes; send a long MO as a POST body",
+    )
 
 
 def too_slow(timeout_s: float) -> BodyRejected:

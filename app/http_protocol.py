@@ -1,0 +1,272 @@
+"""The HTTP connection before the app sees a request: bounds on what a client may make a worker
+hold, since Wavy calls the service directly and no proxy stands in front to set them.
+
+uvicorn's httptools protocol, with four changes:
+
+* **Head size.** The request line and headers may take ``max_head_bytes``; past that the
+  connection gets a JSON 431 and is closed. The parser never buffers more than that (it did:
+  a header that never ended held as much memory as the client sent).
+* **Head time.** They must arrive within ``head_timeout_s`` of the connection opening (or of
+  the previous response, on a kept-alive connection); else a JSON 408 and the connection
+  closes.
+* **Half-open connections do not take the webhooks' capacity.** uvicorn's
+  ``limit_concurrency`` counted open connections, so connections that never finished their
+  headers made every real webhook a plain 503. Requests in flight are counted instead (JSON
+  503 with Retry-After past ``limit_concurrency``), and past ``max_connections`` the oldest
+  connection still sending its head is closed to make room.
+* **An MO sent as GET whose URL passes the head limit** reaches its route marked as cut off,
+  which answers the JSON 413 and keeps what arrived, as for every other refusal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import orjson
+from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.server import ServerState
+
+from app import metrics
+from app.settings import Settings
+
+# The path whose URL is its payload (an MO by GET): cut off, it is a body too large, not a
+# head too large.
+URL_IS_BODY_PATH = b"/v1/webhooks/mo"
+# The scope's extension that tells the route its query string was cut off.
+URL_CUT_OFF = "wavy.url_cut_off"
+RETRY_AFTER_S = b"5"
+# How long a refused connection's further bytes are read and dropped before it is closed.
+LINGER_S = 2.0
+
+
+def _json_answer(status: int, reason: bytes, code: str, message: str, *extra: bytes) -> bytes:
+    body = orjson.dumps({"error": {"code": code, "message": message}})
+    return b"".join(
+        [
+            b"HTTP/1.1 %d %s\r\n" % (status, reason),
+            b"content-type: application/json\r\n",
+            b"content-length: %d\r\n" % len(body),
+            *extra,
+            b"connection: close\r\n\r\n",
+            body,
+        ]
+    )
+
+
+async def overloaded(scope: Any, receive: Any, send: Any) -> None:
+    """What a request past the in-flight limit gets: the API's 503, Retry-After included."""
+    metrics.UNAVAILABLE.labels("overloaded").inc()
+    body = orjson.dumps(
+        {"error": {"code": "unavailable", "message": "overloaded; nothing was stored, retry"}}
+    )
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 503,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"retry-after", RETRY_AFTER_S),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+@dataclass(frozen=True, slots=True)
+class HeadBounds:
+    max_head_bytes: int
+    head_timeout_s: float
+    max_connections: int
+
+    @classmethod
+    def of(cls, settings: Settings) -> HeadBounds:
+        return cls(settings.max_head_bytes, settings.head_timeout_s, settings.max_connections)
+
+
+# Descriptors a worker needs beyond its connections: database connections, files, listeners.
+SPARE_FILE_DESCRIPTORS = 256
+
+
+def raise_open_files_limit(max_connections: int) -> None:
+    """Lift the soft limit on open files towards the hard one, so that ``max_connections`` (not
+    the operating system's default of 1024) is what bounds a worker's connections."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = max_connections + SPARE_FILE_DESCRIPTORS
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        ceiling = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (ceiling, hard))
+
+
+def server_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's options for this service, the same for `serve` and the tests' server."""
+    GuardedHttpToolsProtocol.bounds = HeadBounds.of(settings)
+    return {
+        "loop": "uvloop",
+        "http": GuardedHttpToolsProtocol,
+        "limit_concurrency": settings.limit_concurrency,
+    }
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    # Per worker: the connections still sending their head, oldest first (a dict keeps order).
+    half_open: ClassVar[dict[GuardedHttpToolsProtocol, None]] = {}
+    # The bounds (see Settings): set by server_options(), else read from the environment once
+    # per worker (a worker process of `serve --workers N` imports this class afresh).
+    bounds: ClassVar[HeadBounds | None] = None
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        if GuardedHttpToolsProtocol.bounds is None:
+            GuardedHttpToolsProtocol.bounds = HeadBounds.of(Settings())
+        self.max_head_bytes = self.bounds.max_head_bytes  # type: ignore[union-attr]
+        self.head_timeout_s = self.bounds.head_timeout_s  # type: ignore[union-attr]
+        self.max_connections = self.bounds.max_connections  # type: ignore[union-attr]
+        # Counted by requests in flight below, not by connections as uvicorn does.
+        self.request_limit = config.limit_concurrency
+        self.limit_concurrency = None
+        self.head_bytes = 0
+        self.in_head = True
+        self.discarding = False
+        self.head_timer: asyncio.TimerHandle | None = None
+
+    # --- connections --------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._start_head()
+        if len(self.connections) > self.max_connections:
+            self._close_oldest_half_open()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._end_head()
+        super().connection_lost(exc)
+
+    def _close_oldest_half_open(self) -> None:
+        for oldest in self.half_open:
+            if oldest is not self:
+                oldest._end_head()
+                oldest.transport.close()
+                return
+
+    # --- the head: size and time ------------------------------------------------------------
+
+    def _start_head(self) -> None:
+        self.in_head, self.head_bytes = True, 0
+        self.half_open[self] = None
+        if self.head_timer is None:
+            self.head_timer = self.loop.call_later(self.head_timeout_s, self._head_too_slow)
+
+    def _end_head(self) -> None:
+        self.in_head = False
+        self.half_open.pop(self, None)
+        if self.head_timer is not None:
+            self.head_timer.cancel()
+            self.head_timer = None
+
+    def _head_too_slow(self) -> None:
+        self.head_timer = None
+        if self.in_head and not self.transport.is_closing():
+            self._refuse(408, b"Request Timeout", "request_timeout", "headers too slow")
+
+    def _refuse(self, status: int, reason: bytes, code: str, message: str) -> None:
+        """Answer, then close as a lingering close does: what the client still sends is read
+        and dropped for a moment, or closing on unread data would reset the connection and
+        the client would never read the answer."""
+        self._end_head()
+        self.discarding = True
+        self.transport.write(_json_answer(status, reason, code, message))
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+            self.loop.call_later(LINGER_S, self.transport.close)
+        else:
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        if self.discarding:
+            return
+        if self.in_head:
+            room = self.max_head_bytes - self.head_bytes
+            if len(data) > room:
+                # Only what fits reaches the parser; if the head did not end within it, the
+                # rest is never buffered.
+                super().data_received(data[:room])
+                if self.in_head and not self.discarding:
+                    self._head_too_large()
+                    return
+                data = data[room:]
+            else:
+                self.head_bytes += len(data)
+        super().data_received(data)
+
+    def _head_too_large(self) -> None:
+        if self.parser.get_method() == b"GET" and self.url.startswith(URL_IS_BODY_PATH):
+            self._dispatch_cut_off_url()
+            return
+        self._refuse(
+            431,
+            b"Request Header Fields Too Large",
+            "headers_too_large",
+            f"the request line and headers pass {self.max_head_bytes} bytes",
+        )
+
+    def _dispatch_cut_off_url(self) -> None:
+        """The route answers (413, kept for an operator) from the URL that arrived."""
+        self._end_head()
+        self.discarding = True
+        path, _, query = self.url.partition(b"?")
+        self.scope["method"] = "GET"
+        self.scope["path"] = path.decode("latin-1")
+        self.scope["raw_path"] = path
+        self.scope["query_string"] = query
+        self.scope["extensions"] = {URL_CUT_OFF: {}}
+        self.cycle = RequestResponseCycle(
+            scope=self.scope,
+            transport=self.transport,
+            flow=self.flow,
+            logger=self.logger,
+            access_logger=self.access_logger,
+            access_log=self.access_log,
+            default_headers=self.server_state.default_headers,
+            message_event=asyncio.Event(),
+            expect_100_continue=False,
+            keep_alive=False,
+            on_response=self.on_response_complete,
+        )
+        self.cycle.more_body = False
+        self._start_asgi_task(self.cycle, self.app)
+
+    # --- requests ---------------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._start_head()
+
+    def on_headers_complete(self) -> None:
+        self._end_head()
+        if self.request_limit is not None and len(self.tasks) >= self.request_limit:
+            app, self.app = self.app, overloaded
+            try:
+                super().on_headers_complete()
+            finally:
+                self.app = app
+            return
+        super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        # A kept-alive connection's next head: timed by uvicorn's keep-alive timeout until its
+        # first byte, then by on_message_begin's timer; counted from its first byte.
+        self._end_head()
+        self.in_head, self.head_bytes = True, 0
