@@ -1,4 +1,4 @@
-"""The ``wavy-webhooks`` command: serve, migrate, webhook keys, dead letters, users, the stats
+"""The ``wavy-webhooks`` command: serve, migrate, webhook keys, rejected bodies, users, the stats
 rollup, and a check of PostgreSQL's settings."""
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ cli = typer.Typer(
     add_completion=False,
 )
 keys_cli = typer.Typer(help="Webhook keys (one per sub-account; pasted into Wavy's portal).")
-rejected_cli = typer.Typer(help="Dead letters: bodies the webhooks refused, kept raw.")
+rejected_cli = typer.Typer(help="Rejected bodies: bodies the webhooks refused, kept raw.")
 users_cli = typer.Typer(help="Read-API users: admins see every sub-account, users their own.")
 stats_cli = typer.Typer(help="The delivery statistics' rollup, checked against the stored rows.")
 cli.add_typer(keys_cli, name="keys", no_args_is_help=True)
@@ -244,7 +244,7 @@ def purge(
     ],
     batch_rows: Annotated[int, typer.Option(help="Rows per DELETE (one short transaction)")] = 5000,
 ) -> None:
-    """Remove events, statuses, replies and dead letters older than an age, in small batches
+    """Remove events, statuses, replies and rejected bodies older than an age, in small batches
     that never lock out the webhooks. (Or set WAVY_RETENTION for the service to do it.)"""
     try:
         age = parse_age(older_than)
@@ -367,13 +367,13 @@ def rejected_replay(
         list[int] | None, typer.Argument(help="Ids from `rejected list`", show_default=False)
     ] = None,
     replay_all: Annotated[
-        bool, typer.Option("--all", help="Every dead letter not replayed yet")
+        bool, typer.Option("--all", help="Every rejected body not replayed yet")
     ] = False,
 ) -> None:
     """Ingest refused bodies again (after a fix), as if they had just been accepted, with their
     original receive time. Bodies still refused stay where they are; exit code 1 if any."""
     if bool(ids) == replay_all:
-        typer.echo("give dead-letter ids or --all (not both)", err=True)
+        typer.echo("give rejected-body ids or --all (not both)", err=True)
         raise typer.Exit(2)
     settings = Settings()
 
@@ -393,7 +393,7 @@ def rejected_replay(
         elif result.outcome == "cut_off":
             line = "not replayable: only the start of the body was kept"
         else:
-            line = "no such dead letter"
+            line = "no such rejected body"
         typer.echo(f"#{result.rejected_id} {line}")
     if not results:
         typer.echo("nothing to replay")

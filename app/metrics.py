@@ -30,7 +30,7 @@ EVENTS = Counter(
 )
 REJECTED = Counter(
     "wavy_rejected_bodies_total",
-    "Webhook bodies refused with a 4xx, by kind and reason (each is kept as a dead letter)",
+    "Webhook bodies refused with a 4xx, by kind and reason (each is kept as a rejected body)",
     ["kind", "reason"],
 )
 WEBHOOK_AUTH_FAILURES = Counter(

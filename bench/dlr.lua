@@ -9,7 +9,8 @@
 -- (a webhook key to send, if any), WAVY_BENCH_SCATTER ("1": each id starts with a hash of its
 -- thread and number, so new ids land all over the indexes as Wavy's UUIDs do, instead of next
 -- to the thread's previous one, and each DLR goes to its own phone number instead of all to
--- one; bench/ingest.py's count_missing computes the same hash).
+-- one; bench/ingest.py's count_missing computes the same hash). Each thread also counts the
+-- answers that were a server error other than 503 (never expected: an outage is a 503).
 
 local threads = {}
 local next_tid = 1
@@ -24,6 +25,7 @@ function init(args)
   run_id = os.getenv("WAVY_BENCH_RUN")
   batch = tonumber(os.getenv("WAVY_BENCH_BATCH") or "1")
   sent = 0
+  server_errors = 0
   acked = ""
   range_start = 0
   range_end = 0
@@ -75,6 +77,9 @@ function request()
 end
 
 function response(status, headers, body)
+  if status >= 500 and status ~= 503 then
+    server_errors = server_errors + 1
+  end
   if status ~= 200 then
     return
   end
@@ -96,7 +101,8 @@ function done(summary, latency, requests)
     if t:get("range_end") > 0 then
       ranges = ranges .. t:get("range_start") .. "-" .. t:get("range_end")
     end
-    out:write(string.format('{"tid":%d,"acked":"%s"}\n', t:get("tid"), ranges))
+    out:write(string.format('{"tid":%d,"acked":"%s","server_errors":%d}\n', t:get("tid"),
+      ranges, t:get("server_errors")))
   end
   out:write(string.format(
     '{"summary":true,"requests":%d,"duration_us":%d,"p50_us":%d,"p99_us":%d,'

@@ -8,8 +8,9 @@ count of DLRs that were acknowledged (200) but are not stored. That count must b
 - ``sigterm``: the service is told to stop; it must finish and answer what is in flight,
   commit what its writer holds, and exit within a bounded time.
 - ``db-restart``: PostgreSQL (a private embedded server) is stopped for a few seconds and
-  started again; meanwhile requests must get 503 with Retry-After, never a hang past the
-  writer's deadline, and /readyz must say 503; afterwards the service must recover by itself.
+  started again; meanwhile webhooks and reads must get 503 with Retry-After (never a 500, at
+  the outage's edges too), never a hang past the writer's deadline, and /readyz must say
+  503; afterwards the service must recover by itself.
 - ``burst``: far more concurrent array posts than the writer's (deliberately small) queue
   holds; the excess must get quick 503s, memory must stay bounded.
 
@@ -27,6 +28,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -38,7 +40,9 @@ import psutil
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from app.db import users
 from app.db.engine import normalize_database_url, start_embedded_postgres
+from app.rules.scope import Role
 from bench.common import running_service, scratch_database
 from bench.ingest import (
     RssWatcher,
@@ -90,7 +94,50 @@ def load_with_fault(
     fault()
     driver.join()
     summary, threads = box["result"]
-    return Load(summary, threads, acked_request_count(threads) * scenario.batch)
+    load = Load(summary, threads, acked_request_count(threads) * scenario.batch)
+    SERVER_ERRORS.append(server_errors(load))
+    return load
+
+
+# Webhook answers that were a 5xx other than 503, per load run (main checks them all).
+SERVER_ERRORS: list[int] = []
+
+
+def server_errors(load: Load) -> int:
+    """Answers that were a server error other than 503 (an outage must be a 503)."""
+    return sum(int(thread.get("server_errors", 0)) for thread in load.threads)
+
+
+READER = {"UserName": "bench-reader", "AuthenticationToken": "bench-reader-token-0123456789"}
+
+
+async def add_reader(database_url: str) -> None:
+    """An admin for the reads probed during a fault."""
+    engine = create_async_engine(normalize_database_url(database_url))
+    try:
+        async with engine.begin() as conn:
+            await users.add_user(
+                conn,
+                username=READER["UserName"],
+                role=Role.ADMIN,
+                sub_account=None,
+                email=None,
+                token=READER["AuthenticationToken"],
+            )
+    finally:
+        await engine.dispose()
+
+
+def probe_reads(url: str, stop: threading.Event, statuses: list[int]) -> None:
+    """Read-API requests, one after another, until ``stop``: their status codes."""
+    with httpx.Client(base_url=url, headers=READER, timeout=10) as client:
+        while not stop.is_set():
+            for path in ("/v1/sms/status/probe", "/v1/sms/status/list", "/v1/me"):
+                try:
+                    statuses.append(client.get(path).status_code)
+                except httpx.TransportError:
+                    statuses.append(0)
+            time.sleep(0.02)
 
 
 def errors_of(summary: WrkLine) -> str:
@@ -254,6 +301,7 @@ def db_restart(_: str, seconds: int) -> Outcome:
             database_url, extra_env={"WAVY_WRITER_TIMEOUT_S": "5", "WAVY_DB_CONNECT_TIMEOUT_S": "2"}
         ) as (url, _process),
     ):
+        asyncio.run(add_reader(database_url))
         time.sleep(1)
         watching = threading.Event()
 
@@ -270,6 +318,9 @@ def db_restart(_: str, seconds: int) -> Outcome:
 
         watcher = threading.Thread(target=watch_readiness)
         watcher.start()
+        read_statuses: list[int] = []
+        reader = threading.Thread(target=probe_reads, args=(url, watching, read_statuses))
+        reader.start()
         window: dict[str, float] = {}
 
         def strike() -> None:
@@ -284,6 +335,7 @@ def db_restart(_: str, seconds: int) -> Outcome:
         recovered = _wait_until_ready(url, timeout_s=30)
         watching.set()
         watcher.join()
+        reader.join()
         after = httpx.post(f"{url}/v1/webhooks/dlr", json={"id": f"{run_id}-after"}, timeout=10)
         outcome.expect(after.status_code == 200, f"after the restart a DLR got {after.status_code}")
         outcome.acked_events = load.acked_events
@@ -307,6 +359,13 @@ def db_restart(_: str, seconds: int) -> Outcome:
         load.summary["non_2xx"] > 0, "no request was refused while the database was down"
     )
     outcome.expect(load.summary["timeouts"] == 0, "requests hung past wrk's 10 s timeout")
+    read_errors = [code for code in read_statuses if code >= 500 and code != 503]
+    outcome.expect(not read_errors, f"reads answered {read_errors} (an outage is a 503)")
+    outcome.expect(503 in read_statuses, "no read was refused while the database was down")
+    outcome.notes.append(
+        f"reads: {len(read_statuses)}, by status {dict(sorted(Counter(read_statuses).items()))}; "
+        f"webhook answers of 500: {server_errors(load)}"
+    )
     outcome.notes.append(
         f"database down {window['up'] - window['down']:.1f} s; /readyz during: "
         f"{sorted(set(during))}, ready again "
@@ -361,7 +420,11 @@ def main() -> None:
     with scratch_database("wavy_failures") as database_url:
         for name in args.names or SCENARIOS:
             print(f"\n## {name}", flush=True)
+            SERVER_ERRORS.clear()
             outcome = SCENARIOS[name](database_url, args.seconds)
+            outcome.expect(
+                sum(SERVER_ERRORS) == 0, f"{sum(SERVER_ERRORS)} webhooks got a 5xx other than 503"
+            )
             for note in outcome.notes:
                 print(f"  {note}")
             print(f"  acknowledged {outcome.acked_events} DLRs, missing {outcome.missing}")

@@ -1,4 +1,4 @@
-"""Bad input gets a clear 4xx, never a 5xx, and every refused body is kept as a dead letter."""
+"""Bad input gets a clear 4xx, never a 5xx, and every refused body is kept as a rejected body."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tests.conftest import fetch_all
 
 
-async def dead_letters(engine: AsyncEngine) -> list[dict[str, Any]]:
+async def rejected_bodies(engine: AsyncEngine) -> list[dict[str, Any]]:
     return await fetch_all(engine, "SELECT * FROM rejected_bodies ORDER BY id")
 
 
@@ -40,7 +40,7 @@ async def test_unparseable_bodies_get_400_and_are_kept(
 
     assert response.status_code == 400
     assert response.json()["error"]["code"] == reason
-    [letter] = await dead_letters(engine)
+    [letter] = await rejected_bodies(engine)
     assert (letter["reason"], letter["status_code"], letter["endpoint"]) == (reason, 400, "dlr")
     assert letter["body"] == body
     assert letter["sub_account"] == "acme"
@@ -66,7 +66,7 @@ async def test_invalid_item_in_an_array_refuses_the_whole_array_naming_index_and
         (2, "sentStatusCode"),
     }
     assert await stored_count(engine) == 0  # all or nothing
-    [letter] = await dead_letters(engine)
+    [letter] = await rejected_bodies(engine)
     assert letter["status_code"] == 422
     assert {d["field"] for d in letter["detail"]} == {"id", "sentStatusCode"}
 
@@ -94,7 +94,7 @@ async def test_a_single_invalid_object_gets_422_naming_the_field(
     details = response.json()["error"]["details"]
     assert field in {d["field"] for d in details}
     assert all("index" not in d for d in details)
-    assert len(await dead_letters(engine)) == 1
+    assert len(await rejected_bodies(engine)) == 1
 
 
 @pytest.mark.parametrize("body", [b'"just a string"', b"42", b"null", b"true"])
@@ -104,7 +104,7 @@ async def test_json_that_is_not_an_object_or_array_gets_422(
     response = await hook("callback", content=body)
 
     assert response.status_code == 422
-    assert len(await dead_letters(engine)) == 1
+    assert len(await rejected_bodies(engine)) == 1
 
 
 async def test_array_over_1000_items_gets_413(hook: Any, engine: AsyncEngine) -> None:
@@ -112,7 +112,7 @@ async def test_array_over_1000_items_gets_413(hook: Any, engine: AsyncEngine) ->
 
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "too_many_items"
-    [letter] = await dead_letters(engine)
+    [letter] = await rejected_bodies(engine)
     assert letter["reason"] == "too_many_items"
     assert await stored_count(engine) == 0
 
@@ -132,7 +132,7 @@ async def test_body_over_1_mib_gets_413_and_its_start_is_kept(
 
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "body_too_large"
-    [letter] = await dead_letters(engine)
+    [letter] = await rejected_bodies(engine)
     assert letter["body_truncated"] is True
     assert letter["body"] == big[: 1024 * 1024]
     assert await stored_count(engine) == 0
@@ -146,7 +146,7 @@ async def test_oversize_body_with_content_length_keeps_its_first_mebibyte(
     response = await hook("dlr", content=body)  # httpx declares Content-Length
 
     assert response.status_code == 413
-    [letter] = await dead_letters(engine)
+    [letter] = await rejected_bodies(engine)
     assert letter["body_truncated"] is True
     assert letter["body"] == body[: 1024 * 1024]
 
@@ -160,7 +160,7 @@ async def test_invalid_mo_by_get_gets_422_and_its_query_string_is_kept_without_t
 
     assert response.status_code == 422
     assert {d["field"] for d in response.json()["error"]["details"]} == {"id", "receivedAt"}
-    [letter] = await dead_letters(engine)
+    [letter] = await rejected_bodies(engine)
     assert (letter["method"], letter["endpoint"]) == ("GET", "mo")
     assert letter["body"] == b"messageText=no+id&receivedAt=x"
 
@@ -236,6 +236,6 @@ async def test_a_field_nested_too_deep_to_store_gets_400_and_is_kept(
 
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "too_deeply_nested"
-    [letter] = await dead_letters(engine)
+    [letter] = await rejected_bodies(engine)
     assert (letter["reason"], letter["body"]) == ("too_deeply_nested", body)
     assert await stored_count(engine) == 0

@@ -1,4 +1,4 @@
-"""Keeping data tidy: the retention purge and replaying dead letters, through the CLI."""
+"""Keeping data tidy: the retention purge and replaying rejected bodies, through the CLI."""
 
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ def test_ages_read_as_operators_write_them() -> None:
     assert parse_age("2W") == timedelta(weeks=2)
 
 
-async def store_dead_letter(engine: AsyncEngine, body: bytes, **columns: Any) -> int:
+async def store_keep_rejected(engine: AsyncEngine, body: bytes, **columns: Any) -> int:
     values = {
         "endpoint": "dlr",
         "method": "POST",
@@ -106,10 +106,10 @@ async def test_replay_stores_what_now_validates_and_leaves_the_rest(
     engine: AsyncEngine, database_url: str
 ) -> None:
     # As if a rule had been relaxed since these were refused: this one validates today.
-    fixed = await store_dead_letter(engine, b'[{"id": "r1", "deliveredStatusCode": 4}]')
-    broken = await store_dead_letter(engine, b'{"deliveredStatusCode": 4}')
-    cut = await store_dead_letter(engine, b'{"id": "r2"', body_truncated=True, status_code=413)
-    by_get = await store_dead_letter(
+    fixed = await store_keep_rejected(engine, b'[{"id": "r1", "deliveredStatusCode": 4}]')
+    broken = await store_keep_rejected(engine, b'{"deliveredStatusCode": 4}')
+    cut = await store_keep_rejected(engine, b'{"id": "r2"', body_truncated=True, status_code=413)
+    by_get = await store_keep_rejected(
         engine, b"id=mo-9&messageText=ol%C3%A1&mt.id=r1", endpoint="mo", method="GET"
     )
 
@@ -135,7 +135,7 @@ async def test_replay_stores_what_now_validates_and_leaves_the_rest(
 
 
 async def test_replaying_twice_stores_nothing_twice(engine: AsyncEngine, database_url: str) -> None:
-    rejected_id = await store_dead_letter(engine, b'{"id": "r1", "deliveredStatusCode": 4}')
+    rejected_id = await store_keep_rejected(engine, b'{"id": "r1", "deliveredStatusCode": 4}')
 
     first = await asyncio.to_thread(
         run_cli, "rejected", "replay", str(rejected_id), database_url=database_url

@@ -48,7 +48,7 @@ async def test_database_unreachable_answers_503_never_200(hook: object) -> None:
 
 
 @pytest.mark.usefixtures("unreachable_database")
-async def test_bad_body_that_cannot_be_dead_lettered_gets_503_so_it_is_retried(
+async def test_bad_body_that_cannot_be_kept_gets_503_so_it_is_retried(
     hook: object,
 ) -> None:
     response = await hook("dlr", content=b"{broken")  # type: ignore[operator]

@@ -145,7 +145,7 @@ class PartialBody(Exception):
         self.rejection = rejection
 
 
-async def _dead_letter(
+async def _keep_rejected(
     engine: AsyncEngine,
     request: Request,
     caller: WebhookCaller,
@@ -200,7 +200,7 @@ async def _store(
     kept: Callable[[], bytes],
 ) -> OrjsonResponse:
     """Hand the records to the writer and answer from the outcome; ``kept()`` is what becomes
-    the dead letter if PostgreSQL refuses the data itself."""
+    the rejected body if PostgreSQL refuses the data itself."""
     try:
         records = build_event_records(
             kind,
@@ -210,7 +210,7 @@ async def _store(
             received_at=received_at,
         )
     except BodyRejected as rejection:
-        raise await _dead_letter(
+        raise await _keep_rejected(
             context.engine, request, context.caller, kind, kept(), False, rejection
         ) from None
     if not records:
@@ -220,7 +220,7 @@ async def _store(
     except WriterOverloaded:
         raise _overloaded() from None
     except WriteRefused as refusal:
-        raise await _dead_letter(
+        raise await _keep_rejected(
             context.engine,
             request,
             context.caller,
@@ -235,7 +235,7 @@ async def _store(
         raise unavailable("storage unavailable; nothing was confirmed, retry later") from None
     if result.refused:
         foreign = owned_elsewhere(result.refused, [parsed.payloads[i].id for i in result.refused])
-        raise await _dead_letter(
+        raise await _keep_rejected(
             context.engine, request, context.caller, kind, kept(), False, foreign
         ) from None
     metrics.EVENTS.labels(kind, "accepted").inc(result.received - result.duplicates)
@@ -250,7 +250,7 @@ async def _ingest_post(kind: str, request: Request, context: WebhookContext) -> 
     try:
         body = await read_limited_body(request, settings.max_body_bytes, settings.body_timeout_s)
     except PartialBody as cut:
-        raise await _dead_letter(
+        raise await _keep_rejected(
             context.engine, request, context.caller, kind, cut.received, True, cut.rejection
         ) from None
     if context.writer.is_full():
@@ -258,7 +258,7 @@ async def _ingest_post(kind: str, request: Request, context: WebhookContext) -> 
     try:
         parsed = parse_webhook_body(kind, body, max_items=settings.max_items)
     except BodyRejected as rejection:
-        raise await _dead_letter(
+        raise await _keep_rejected(
             context.engine, request, context.caller, kind, body, False, rejection
         ) from None
     return await _store(kind, parsed, context, received_at, request, lambda: body)
@@ -314,7 +314,7 @@ async def receive_mo_by_get(request: Request, context: WebhookContextDep) -> Orj
     if context.writer.is_full():
         raise _overloaded()
 
-    def kept() -> bytes:  # the refused query, without the key, as its dead letter
+    def kept() -> bytes:  # the refused query, without the key, as its rejected body
         return query_without_credentials(query)[: context.settings.max_body_bytes].encode()
 
     cut_off = URL_CUT_OFF in request.scope.get("extensions", {})
@@ -325,7 +325,7 @@ async def receive_mo_by_get(request: Request, context: WebhookContextDep) -> Orj
             raise too_large(context.settings.max_body_bytes)
         parsed = parse_mo_query(query)
     except BodyRejected as rejection:
-        raise await _dead_letter(
+        raise await _keep_rejected(
             context.engine, request, context.caller, "mo", kept(), cut_off, rejection
         ) from None
     return await _store("mo", parsed, context, received_at, request, kept)

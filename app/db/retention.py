@@ -1,4 +1,4 @@
-"""The retention purge: old events, statuses, replies and dead letters removed in small batches.
+"""The retention purge: old events, statuses, replies and rejected bodies removed in small batches.
 
 Each batch is its own short transaction that skips rows an ingest batch holds locked, so a
 purge of millions of rows never blocks the webhooks for longer than one small DELETE. Only one

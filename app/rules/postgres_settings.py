@@ -100,8 +100,8 @@ RULES: dict[str, Rule] = {
         (
             Level.WARNING,
             "replies are typed on phones: a character this encoding lacks (an emoji, say) "
-            "makes PostgreSQL refuse the MO, which is then only dead-lettered; create the "
-            "database with ENCODING 'UTF8'",
+            "makes PostgreSQL refuse the MO, which is then only kept as a rejected body; create "
+            "the database with ENCODING 'UTF8'",
         )
         if s.value != "UTF8"
         else (Level.OK, "")

@@ -2,7 +2,7 @@
 
 A body is one JSON object or an array of at most ``max_items`` objects; an array is
 all-or-nothing. Each refusal carries the HTTP status, a stable reason code (also stored with the
-dead letter) and a message that tells the sender what to fix.
+rejected body) and a message that tells the sender what to fix.
 """
 
 from __future__ import annotations
@@ -154,7 +154,7 @@ def parse_webhook_body(kind: str, body: bytes, *, max_items: int) -> ParsedBody:
     return validate_document(kind, parse_json_body(body), max_items=max_items)
 
 
-# Credentials that can ride in a query string: never kept, not even in a dead letter.
+# Credentials that can ride in a query string: never kept, not even in a rejected body.
 CREDENTIAL_PARAMETERS = frozenset({"key"})
 
 
@@ -173,7 +173,7 @@ def parse_mo_query(query: str) -> ParsedBody:
 
 
 def parse_stored_body(endpoint: str, method: str, body: bytes, *, max_items: int) -> ParsedBody:
-    """A dead letter parsed again, the way its route parsed it (replay after a fix)."""
+    """A rejected body parsed again, the way its route parsed it (replay after a fix)."""
     if method == "GET":
         return parse_mo_query(body.decode("utf-8", "replace"))
     return parse_webhook_body(endpoint, body, max_items=max_items)
