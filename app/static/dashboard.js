@@ -140,15 +140,14 @@ function renderCarriers(stats) {
     data: {
       labels: groups.map((g) => g.key || "(unknown)"),
       datasets: [
-        { label: "delivery rate %", data: groups.map((g) => (g.carrierSendsDlr === false ? null : (g.deliveryRate ?? 0) * 100)), backgroundColor: color("delivered"), yAxisID: "rate" },
-        { label: "failed", data: groups.map(failedCount), backgroundColor: color("failed"), yAxisID: "count" },
+        { label: "delivery rate %", data: groups.map((g) => (g.carrierSendsDlr === false ? null : (g.deliveryRate ?? 0) * 100)), backgroundColor: color("delivered") },
+        // A share of the carrier's messages, on the same scale: a count on an axis of its own
+        // made 2 failures look like a full bar.
+        { label: "failed %", data: groups.map((g) => (100 * failedCount(g)) / g.messages), backgroundColor: color("failed") },
       ],
     },
     options: {
-      scales: {
-        rate: { position: "left", min: 0, max: 100, title: { display: true, text: "%" } },
-        count: { position: "right", beginAtZero: true, grid: { drawOnChartArea: false } },
-      },
+      scales: { y: { min: 0, max: 100, title: { display: true, text: "% of the carrier's messages" } } },
     },
   });
   const body = $("#carrier-table tbody");
@@ -218,8 +217,10 @@ function renderLatency(totals) {
     type: "bar",
     data: { labels, datasets: [{ label: "messages delivered", data: latency.histogram.map((b) => b.count), backgroundColor: color("delivered") }] },
   });
+  // Only deliveries whose sent and delivered times are both known can be timed: say so, or the
+  // count reads as a second, different number of deliveries.
   $("#latency-summary").textContent =
-    `${number(latency.count)} delivered · median ${seconds(latency.p50)} · p90 ${seconds(latency.p90)} · p99 ${seconds(latency.p99)}`;
+    `timed from ${number(latency.count)} of the deliveries (both times known) · median ${seconds(latency.p50)} · p90 ${seconds(latency.p90)} · p99 ${seconds(latency.p99)}`;
 }
 
 // --- replies and search --------------------------------------------------------------------
