@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     AfterValidator,
@@ -181,14 +181,27 @@ class Mo(_WavyModel):
         return _pick_time(self.received_at_ms, self.received_date)
 
 
-LIST_ADAPTERS: dict[str, TypeAdapter[list[Any]]] = {
+# What Wavy calls us with: the names of the three webhooks, of their events and rejected bodies.
+EventKind = Literal["callback", "dlr", "mo"]
+
+EVENT_KINDS: tuple[EventKind, ...] = get_args(EventKind)
+
+
+def as_event_kind(name: str) -> EventKind:
+    """A kind read back as text (a rejected body's endpoint, a test's parameter)."""
+    if name not in EVENT_KINDS:
+        raise ValueError(f"no such kind of event: {name!r}")
+    return name
+
+
+LIST_ADAPTERS: dict[EventKind, TypeAdapter[list[Any]]] = {
     "callback": TypeAdapter(list[Callback]),
     "dlr": TypeAdapter(list[Dlr]),
     "mo": TypeAdapter(list[Mo]),
 }
 
 
-def validate_items(kind: str, items: list[Any]) -> list[Any]:
+def validate_items(kind: EventKind, items: list[Any]) -> list[Any]:
     """Validate every item of a body; raises ValidationError whose locations start with the
     item's index."""
     return LIST_ADAPTERS[kind].validate_python([drop_blank_fields(item) for item in items])

@@ -35,7 +35,7 @@ from app.db.tables import metadata
 from app.db.writer import BatchWriter
 from app.http_protocol import server_options
 from app.main import create_app
-from app.payloads import validate_items
+from app.payloads import EventKind, validate_items
 from app.rules.records import EventRecord, build_event_records
 from app.rules.webhook_body import items_as_json
 from app.settings import Settings
@@ -195,7 +195,7 @@ async def hook(client: httpx.AsyncClient, webhook_key: str) -> Any:
     return post
 
 
-def records_of(kind: str, item: dict[str, Any]) -> list[EventRecord]:
+def records_of(kind: EventKind, item: dict[str, Any]) -> list[EventRecord]:
     """What the webhook would hand its writer for ``item`` (with the key of sub-account acme)."""
     return build_event_records(
         kind,

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db.engine import driver_connection
 from app.db.ingest import write_records
-from app.payloads import validate_items
+from app.payloads import EventKind, as_event_kind, validate_items
 from app.rules.records import EventRecord, build_event_records
 from app.rules.status_merge import merge_status_events, status_from_event
 from app.rules.webhook_body import items_as_json
@@ -227,7 +227,9 @@ def expected_row(events: list[tuple[str, dict[str, Any], str | None]]) -> dict[s
     now = datetime.now(UTC)
     statuses = [
         status_from_event(
-            validate_items(kind, [{"id": "m", **fields}])[0], sub_account=sub, received_at=now
+            validate_items(as_event_kind(kind), [{"id": "m", **fields}])[0],
+            sub_account=sub,
+            received_at=now,
         )
         for kind, fields, sub in events
     ]
@@ -338,7 +340,11 @@ def test_a_status_carries_its_events_key_columns(
     now = datetime.now(UTC)
     item = {"id": "m", **fields}
     [record] = build_event_records(
-        kind, validate_items(kind, [item]), items_as_json([item]), sub_account=sub, received_at=now
+        as_event_kind(kind),
+        validate_items(as_event_kind(kind), [item]),
+        items_as_json([item]),
+        sub_account=sub,
+        received_at=now,
     )
     status = record.status
     assert status is not None
@@ -383,7 +389,7 @@ async def test_a_reply_whose_id_equals_a_message_id_in_the_same_batch_is_kept_ap
     assert [k["kind"] for k in kinds] == ["dlr", "mo"]
 
 
-def batch_of(items: list[tuple[str, dict[str, Any]]]) -> list[EventRecord]:
+def batch_of(items: list[tuple[EventKind, dict[str, Any]]]) -> list[EventRecord]:
     """What the webhooks would hand the writer for these (kind, item) pairs, as one batch."""
     return [record for kind, item in items for record in records_of(kind, item)]
 

@@ -81,7 +81,7 @@ async def _starting_position(engine: AsyncEngine, query: FeedQuery) -> reads.Fee
 
 
 async def feed_response(
-    kind: str,
+    kind: reads.FeedKind,
     scope: Scope,
     engine: AsyncEngine,
     query: FeedQuery,

@@ -20,7 +20,7 @@ from app.api.errors import ApiError, OrjsonResponse, responses, unavailable
 from app.db.rejected import RejectedBody, RejectedBudget, store_rejected_body
 from app.db.writer import WriteFailed, WriteRefused, WriterOverloaded, WriteTimedOut
 from app.http_protocol import URL_CUT_OFF
-from app.payloads import Callback, Dlr, Mo, MtLink
+from app.payloads import Callback, Dlr, EventKind, Mo, MtLink
 from app.rules.records import build_event_records
 from app.rules.webhook_body import (
     BodyRejected,
@@ -149,7 +149,7 @@ async def _keep_rejected(
     engine: AsyncEngine,
     request: Request,
     caller: WebhookCaller,
-    kind: str,
+    kind: EventKind,
     body: bytes,
     truncated: bool,
     rejection: BodyRejected,
@@ -192,7 +192,7 @@ def _overloaded() -> ApiError:
 
 
 async def _store(
-    kind: str,
+    kind: EventKind,
     parsed: ParsedBody,
     context: WebhookContext,
     received_at: datetime,
@@ -244,7 +244,9 @@ async def _store(
     return OrjsonResponse({"received": result.received, "duplicates": result.duplicates})
 
 
-async def _ingest_post(kind: str, request: Request, context: WebhookContext) -> OrjsonResponse:
+async def _ingest_post(
+    kind: EventKind, request: Request, context: WebhookContext
+) -> OrjsonResponse:
     received_at = datetime.now(UTC)
     settings = context.settings
     try:

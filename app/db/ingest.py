@@ -19,6 +19,7 @@ from typing import Any
 import asyncpg
 import orjson
 
+from app.db.tables import events, messages, mos, table_columns
 from app.rules.records import EventRecord, MoRecord
 from app.rules.status_merge import (
     DESCRIPTIVE_FIELDS,
@@ -65,16 +66,9 @@ def _json_payloads(rows: list[EventRecord]) -> str:
     return "[" + ",".join([row.payload_json for row in rows]) + "]"
 
 
-# The events' columns, as named in the table; the last one, payload, is _json_payloads.
-_EVENT_COLUMNS: dict[str, str] = {
-    "kind": "text",
-    "message_id": "text",
-    "sub_account": "text",
-    "sent_status_code": "int",
-    "delivered_status_code": "int",
-    "received_at": "timestamptz",
-    "payload": "json",
-}
+# Each table's columns as the batch sends them, read from app.db.tables (one source): the
+# events' (the last one, payload, is _json_payloads), less the identity.
+_EVENT_COLUMNS = table_columns(events, leaving_out=("id",))
 _EVENT_FIELDS = tuple(_EVENT_COLUMNS)[:-1]  # EventRecord attributes sent by _json_columns
 # The batch as sent: the events' columns, then the sending key's sub-account.
 _BATCH_COLUMNS: dict[str, str] = {**_EVENT_COLUMNS, "claimant": "text"}
@@ -115,22 +109,8 @@ _OUTCOMES = (
 
 INSERT_EVENTS = f"WITH {_BATCH}, {_NEW_EVENTS} {_OUTCOMES}"
 
-_MO_COLUMNS: dict[str, str] = {
-    "id": "text",
-    "sub_account": "text",
-    "campaign_alias": "text",
-    "carrier_id": "bigint",
-    "carrier_name": "text",
-    "source": "text",
-    "short_code": "text",
-    "message_text": "text",
-    "received_at": "timestamptz",
-    "mt_id": "text",
-    "mt_correlation_id": "text",
-    "mt_username": "text",
-    "mt_email": "text",
-    "stored_at": "timestamptz",
-}
+# The replies' columns, less the feed's order (a sequence and the writing transaction).
+_MO_COLUMNS = table_columns(mos, leaving_out=("seq", "tx_id"))
 
 
 CURRENT_TX_ID = "pg_current_xact_id()::text::bigint"
@@ -160,25 +140,8 @@ INSERT_MOS = (
     f"{_fill_reply()} RETURNING id, mt_id"
 )
 
-_STATUS_COLUMNS: dict[str, str] = {
-    "id": "text",
-    "sub_account": "text",
-    "correlation_id": "text",
-    "destination": "text",
-    "carrier_id": "bigint",
-    "carrier_name": "text",
-    "campaign_id": "text",
-    "extra_info": "text",
-    "sent_source": "smallint",
-    "sent_status_code": "int",
-    "sent_status": "text",
-    "sent_at": "timestamptz",
-    "delivered_status_code": "int",
-    "delivered_status": "text",
-    "delivered_at": "timestamptz",
-    "first_seen_at": "timestamptz",
-    "updated_at": "timestamptz",
-}
+# The statuses' columns, less what PostgreSQL keeps (the feed's order, the reply count).
+_STATUS_COLUMNS = table_columns(messages, leaving_out=("change_seq", "tx_id", "reply_count"))
 _SENT_STAGE = ("sent_source", "sent_status_code", "sent_status", "sent_at")
 _DELIVERED_STAGE = ("delivered_status_code", "delivered_status", "delivered_at")
 
@@ -292,6 +255,25 @@ def _build_write_events_and_statuses() -> str:
     )
 
 
+# The hottest statement, one per batch of callbacks and DLRs (each message once), as it reads
+# once rendered, with column lists and the merge's expressions elided:
+#
+#   WITH batch AS (
+#          SELECT u.kind, u.message_id, ..., u.claimant, <owned elsewhere> AS refused
+#          FROM ROWS FROM (json_array_elements_text($1::json), ...) AS u(kind, ...)),
+#        new_events AS (
+#          INSERT INTO events (...) SELECT ... FROM batch WHERE NOT refused
+#          ON CONFLICT ON CONSTRAINT uq_events_exact_retry DO NOTHING
+#          RETURNING message_id, kind, sent_status_code, delivered_status_code),
+#        statuses AS (
+#          INSERT INTO messages AS m (...) SELECT ..., <replies stored so far>
+#          FROM ROWS FROM ($9::json ...) AS s, batch AS e
+#          WHERE e.message_id = s.id AND e.kind <> 'mo' AND NOT e.refused ORDER BY s.id
+#          ON CONFLICT (id) DO UPDATE SET <each column merged, the owner kept>
+#          WHERE <the merge changes the row> AND <the same owner, or none>)
+#   SELECT <the new events> UNION ALL SELECT <the refused rows, with their claimant>
+#
+# print(WRITE_EVENTS_AND_STATUSES) shows it whole.
 WRITE_EVENTS_AND_STATUSES = _build_write_events_and_statuses()
 
 # New replies counted on the message they answer (the delivery stats' reply rate), and their

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import ColumnElement, Select, func, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -21,6 +21,8 @@ from app.db.tables import events, messages, mos, read_cursors
 from app.rules.scope import Reader, Scope
 
 Row = dict[str, Any]
+# The two feeds: statuses (MT messages) and replies; also read_cursors.feed's values.
+FeedKind = Literal["status", "mo"]
 
 FINISHED_TX_HORIZON = text("pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
 
@@ -104,12 +106,12 @@ async def feed_end(conn: AsyncConnection) -> FeedPosition:
     return FeedPosition(int(horizon) - 1, _LAST_SEQ)
 
 
-def _feed(kind: str) -> tuple[Any, Any]:
+def _feed(kind: FeedKind) -> tuple[Any, Any]:
     return (messages, messages.c.change_seq) if kind == "status" else (mos, mos.c.seq)
 
 
 async def feed_page(
-    conn: AsyncConnection, kind: str, scope: Scope, after: FeedPosition, limit: int
+    conn: AsyncConnection, kind: FeedKind, scope: Scope, after: FeedPosition, limit: int
 ) -> tuple[list[Row], FeedPosition]:
     """Up to ``limit`` items after ``after``, and the position after the last one."""
     table, seq = _feed(kind)
@@ -138,7 +140,7 @@ class ConsumedPage:
 
 
 async def consume_feed(
-    conn: AsyncConnection, reader: Reader, kind: str, scope: Scope, limit: int
+    conn: AsyncConnection, reader: Reader, kind: FeedKind, scope: Scope, limit: int
 ) -> ConsumedPage:
     """Consume-on-read (Wavy's ``list`` endpoints): the next page after this user's stored
     cursor, which moves past it in the same transaction. The cursor row is locked, so two

@@ -30,6 +30,7 @@ from app.db.engine import driver_connection
 from app.db.ingest import write_records
 from app.db.tables import REJECTED_OWNER, rejected_bodies
 from app.db.writer import could_be_poison
+from app.payloads import as_event_kind
 from app.rules.records import build_event_records
 from app.rules.webhook_body import BodyRejected, parse_stored_body
 
@@ -212,9 +213,10 @@ async def replay_rejected(engine: AsyncEngine, rejected_id: int, *, max_items: i
         # Only the start of the body was kept: whatever it held cannot be recovered here.
         return ReplayResult(rejected_id, "cut_off", reason=row.reason)
     try:
-        parsed = parse_stored_body(row.endpoint, row.method, row.body, max_items=max_items)
+        kind = as_event_kind(row.endpoint)
+        parsed = parse_stored_body(kind, row.method, row.body, max_items=max_items)
         records = build_event_records(
-            row.endpoint,
+            kind,
             parsed.payloads,
             parsed.payloads_json,
             sub_account=row.sub_account,

@@ -308,3 +308,23 @@ read_cursors = Table(
     Column("updated_at", TS, nullable=True),
     CheckConstraint("feed IN ('status', 'mo')", name="feed"),
 )
+
+
+# How a column's type is spelled in the writer's casts (app.db.ingest).
+_SQL_TYPES: dict[type[Any], str] = {
+    Text: "text",
+    BigInteger: "bigint",
+    Integer: "int",
+    SmallInteger: "smallint",
+    DateTime: "timestamptz",
+    JSON: "json",
+}
+
+
+def table_columns(table: Table, *, leaving_out: tuple[str, ...] = ()) -> dict[str, str]:
+    """A table's columns in order, with their SQL types: what the writer sends per batch."""
+    return {
+        column.name: _SQL_TYPES[type(column.type)]
+        for column in table.c
+        if column.name not in leaving_out
+    }

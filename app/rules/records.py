@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from app.payloads import Mo
+from app.payloads import EventKind, Mo
 from app.rules.status_merge import MessageStatus, status_from_event
 from app.rules.webhook_body import BodyRejected
 
@@ -39,7 +39,7 @@ class MoRecord:
 
 @dataclass(slots=True)
 class EventRecord:
-    kind: str
+    kind: EventKind
     message_id: str
     sub_account: str | None
     sent_status_code: int | None
@@ -100,7 +100,7 @@ def foreign_sub_account(key_sub_account: str, indexes: list[int]) -> BodyRejecte
 
 
 def build_event_records(
-    kind: str,
+    kind: EventKind,
     payloads: list[Any],
     payloads_json: list[str],
     *,

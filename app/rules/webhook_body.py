@@ -15,6 +15,7 @@ import orjson
 from pydantic import ValidationError
 
 from app.payloads import (
+    EventKind,
     describe_validation_errors,
     has_nul_escape,
     mo_from_query,
@@ -102,7 +103,7 @@ def parse_json_body(body: bytes) -> Any:
     return document
 
 
-def validate_document(kind: str, document: Any, *, max_items: int) -> ParsedBody:
+def validate_document(kind: EventKind, document: Any, *, max_items: int) -> ParsedBody:
     """Validate an already-decoded JSON document (POST body or the MO's query string)."""
     was_array = isinstance(document, list)
     if was_array:
@@ -150,7 +151,7 @@ def items_as_json(items: list[Any]) -> list[str]:
         ) from None
 
 
-def parse_webhook_body(kind: str, body: bytes, *, max_items: int) -> ParsedBody:
+def parse_webhook_body(kind: EventKind, body: bytes, *, max_items: int) -> ParsedBody:
     return validate_document(kind, parse_json_body(body), max_items=max_items)
 
 
@@ -172,7 +173,9 @@ def parse_mo_query(query: str) -> ParsedBody:
     return validate_document("mo", document, max_items=1)
 
 
-def parse_stored_body(endpoint: str, method: str, body: bytes, *, max_items: int) -> ParsedBody:
+def parse_stored_body(
+    endpoint: EventKind, method: str, body: bytes, *, max_items: int
+) -> ParsedBody:
     """A rejected body parsed again, the way its route parsed it (replay after a fix)."""
     if method == "GET":
         return parse_mo_query(body.decode("utf-8", "replace"))
