@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import math
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -16,8 +15,9 @@ from app import metrics
 from app.api.errors import ApiError, unavailable
 from app.api.params import SearchText
 from app.db.key_registry import KeysUnavailable
-from app.db.reader_cache import LoginsThrottled, ReaderCache
+from app.db.reader_cache import ReaderCache
 from app.db.writer import BatchWriter
+from app.errors import LoginsThrottled
 from app.rules.scope import OutsideScope, Reader, Scope, resolve_scope
 from app.settings import Settings
 
@@ -138,14 +138,9 @@ async def current_reader(
     client = request.client.host if request.client else ""
     try:
         reader = await readers.authenticate(username, token, client)
-    except LoginsThrottled as throttled:
+    except LoginsThrottled:
         metrics.READER_AUTH_FAILURES.inc()
-        raise ApiError(
-            429,
-            "too_many_failed_logins",
-            str(throttled),
-            headers={"Retry-After": str(max(1, math.ceil(throttled.wait_s)))},
-        ) from None
+        raise
     if reader is None:
         metrics.READER_AUTH_FAILURES.inc()
         raise reader_unauthorized()

@@ -1,10 +1,12 @@
 """Every error answer has one shape: ``{"error": {"code", "message", "details"}}``, with a stable
-machine-readable code. This module defines it, documents it, and installs the handlers that make
-FastAPI's own errors (404, 405, query validation) and unexpected faults use it too."""
+machine-readable code. This module defines it, documents it, and is the one place where the
+service's errors (app.errors) become HTTP answers; its handlers make FastAPI's own errors (404,
+405, query validation), database outages and unexpected faults use the same shape."""
 
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
 from typing import Any
@@ -18,7 +20,16 @@ from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from app import metrics
 from app.db.engine import database_unavailable
+from app.errors import (
+    LoginsThrottled,
+    RefusalReason,
+    Refused,
+    Unavailable,
+    UnavailableReason,
+    UnknownTimeZone,
+)
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +127,29 @@ def _allowed_methods(request: Request) -> list[str]:
     return []
 
 
+# Each refusal's answer. 403 for another sub-account's data, 4xx for whatever no retry mends:
+# senders retry 5xx and 429, not other 4xx (docs/payloads.md).
+REFUSAL_STATUS: dict[RefusalReason, int] = {
+    "empty_body": 400,
+    "malformed_json": 400,
+    "too_deeply_nested": 400,
+    "foreign_message": 403,
+    "foreign_sub_account": 403,
+    "body_timeout": 408,
+    "body_too_large": 413,
+    "too_many_items": 413,
+    "validation_failed": 422,
+    "database_refused": 422,
+}
+
+# What a 503 says: never the driver's text, which may quote data.
+UNAVAILABLE_MESSAGES: dict[UnavailableReason, str] = {
+    "database": "the database is unavailable; nothing was stored, retry later",
+    "overloaded": "overloaded; nothing was stored, retry later",
+    "timeout": "storage unavailable; nothing was confirmed, retry later",
+    "write_failed": "storage unavailable; nothing was confirmed, retry later",
+}
+
 UNAVAILABLE_RETRY_AFTER_S = "5"
 OUTAGE_LOG_EVERY_S = 60.0
 
@@ -172,11 +206,38 @@ def install_error_handlers(app: FastAPI) -> None:
         answer = unavailable("the database is unavailable; retry later")
         return error_response(503, answer.code, answer.message, headers=answer.headers)
 
+    async def on_refused(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, Refused)
+        return error_response(
+            REFUSAL_STATUS[exc.reason], exc.reason, exc.message, details=exc.details
+        )
+
+    async def on_unavailable(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, Unavailable)
+        metrics.UNAVAILABLE.labels(exc.reason).inc()
+        answer = unavailable(UNAVAILABLE_MESSAGES[exc.reason])
+        return error_response(503, answer.code, answer.message, headers=answer.headers)
+
+    async def on_logins_throttled(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, LoginsThrottled)
+        retry_after = str(max(1, math.ceil(exc.wait_s)))
+        return error_response(
+            429, "too_many_failed_logins", str(exc), headers={"Retry-After": retry_after}
+        )
+
+    async def on_unknown_time_zone(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, UnknownTimeZone)
+        return error_response(422, "invalid_tz", str(exc))
+
     async def on_unexpected(_: Request, exc: Exception) -> Response:
         log.exception("unhandled error", exc_info=exc)
         return error_response(500, "internal_error", "internal error")
 
     app.add_exception_handler(ApiError, on_api_error)
+    app.add_exception_handler(Refused, on_refused)
+    app.add_exception_handler(Unavailable, on_unavailable)
+    app.add_exception_handler(LoginsThrottled, on_logins_throttled)
+    app.add_exception_handler(UnknownTimeZone, on_unknown_time_zone)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(RequestValidationError, on_request_validation)
     # Handled here rather than as any Exception: Starlette re-raises what reaches its last

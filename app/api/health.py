@@ -3,15 +3,12 @@ credentials: nothing here reveals stored data)."""
 
 from __future__ import annotations
 
-import asyncio
-
 from fastapi import APIRouter, Request
-from sqlalchemy.exc import SQLAlchemyError
 from starlette.responses import Response
 
 from app.api.errors import ApiError, OrjsonResponse, responses
 from app.db.migrate import SchemaState, head_revision, schema_state
-from app.db.queries import accepts_writes, schema_revision
+from app.db.queries import database_state
 from app.metrics import render_metrics
 
 router = APIRouter(tags=["operations"])
@@ -41,14 +38,11 @@ async def readyz(request: Request) -> OrjsonResponse:
     state = request.app.state
     if state.writer.stopping:
         raise _not_ready("shutting down")
-    try:
-        async with asyncio.timeout(READINESS_TIMEOUT_S):
-            async with state.engine.connect() as conn:
-                revision = await schema_revision(conn)
-                writable = await accepts_writes(conn)
-    except (TimeoutError, SQLAlchemyError, OSError):
-        raise _not_ready("the database does not answer") from None
-    if not writable:
+    database = await database_state(state.engine, timeout_s=READINESS_TIMEOUT_S)
+    if database is None:
+        raise _not_ready("the database does not answer")
+    revision = database.revision
+    if not database.writable:
         raise _not_ready("the database is read-only (a standby?): webhooks cannot be stored")
     state_of_schema, expected = schema_state(revision), head_revision()
     if state_of_schema is SchemaState.AHEAD:

@@ -3,11 +3,13 @@ ingest.py; rejected bodies are rejected.py.)"""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import func, insert, select, text, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.db.tables import webhook_keys
 from app.rules.credentials import KnownKey, generate_key, hash_key, key_prefix
@@ -89,6 +91,23 @@ async def accepts_writes(conn: AsyncConnection) -> bool:
     yet no webhook could be stored (a failover that left DNS on the old primary, say)."""
     read_only = await conn.scalar(text("SELECT current_setting('transaction_read_only')"))
     return bool(read_only == "off")
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseState:
+    revision: str | None  # the migration it is at
+    writable: bool
+
+
+async def database_state(engine: AsyncEngine, *, timeout_s: float) -> DatabaseState | None:
+    """Readiness's question to the database; None when it does not answer within
+    ``timeout_s`` (a probe must answer fast even when the database hangs)."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            async with engine.connect() as conn:
+                return DatabaseState(await schema_revision(conn), await accepts_writes(conn))
+    except (TimeoutError, SQLAlchemyError, OSError):
+        return None
 
 
 SERVER_SETTINGS = text("SELECT name, setting, unit FROM pg_settings WHERE name = ANY(:names)")

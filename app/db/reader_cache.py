@@ -10,18 +10,10 @@ import time
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db.users import authenticate_reader
+from app.errors import LoginsThrottled
 from app.rules.credentials import hash_key
 from app.rules.login_throttle import FailedLogins
 from app.rules.scope import Reader
-
-
-class LoginsThrottled(Exception):
-    """This client failed too many logins lately; it may try again after ``wait_s``."""
-
-    def __init__(self, wait_s: float) -> None:
-        super().__init__(f"too many failed logins; retry in {wait_s:.0f} s")
-        self.wait_s = wait_s
-
 
 # Bounds the memory a worker spends on logins; past it the cache starts over.
 MAX_LOGINS = 10_000

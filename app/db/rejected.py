@@ -24,15 +24,17 @@ from typing import Any, Literal
 import asyncpg
 from sqlalchemy import func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.db.engine import driver_connection
 from app.db.ingest import write_records
 from app.db.tables import REJECTED_OWNER, rejected_bodies
 from app.db.writer import could_be_poison
+from app.errors import Refused, Unavailable
 from app.payloads import as_event_kind
 from app.rules.records import build_event_records
-from app.rules.webhook_body import BodyRejected, parse_stored_body
+from app.rules.webhook_body import parse_stored_body
 
 # What is kept of a body past its budget: enough for an operator to see what was sent.
 KEPT_PAST_BUDGET_BYTES = 1024
@@ -99,10 +101,19 @@ async def _within_budget(
 
 
 async def store_rejected_body(
-    conn: AsyncConnection, rejected: RejectedBody, budget: RejectedBudget
+    engine: AsyncEngine, rejected: RejectedBody, budget: RejectedBudget
 ) -> int:
-    """Keep a refused body within the bounds (see the module's docstring); returns the id of the
-    row that holds it or counts it."""
+    """Keep a refused body within the bounds (see the module's docstring), in a transaction of
+    its own; returns the id of the row that holds it or counts it. Raises Unavailable when the
+    database cannot take it."""
+    try:
+        async with engine.begin() as conn:
+            return await _store(conn, rejected, budget)
+    except (SQLAlchemyError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as error:
+        raise Unavailable(f"the rejected body could not be stored: {error}") from error
+
+
+async def _store(conn: AsyncConnection, rejected: RejectedBody, budget: RejectedBudget) -> int:
     digest = hashlib.sha256(rejected.body).digest()
     same_body = await _count_again(
         conn, *_same_refusal(rejected), rejected_bodies.c.digest == digest
@@ -222,7 +233,7 @@ async def replay_rejected(engine: AsyncEngine, rejected_id: int, *, max_items: i
             sub_account=row.sub_account,
             received_at=row.received_at,
         )
-    except BodyRejected as rejection:
+    except Refused as rejection:
         return ReplayResult(rejected_id, "still_refused", reason=rejection.reason)
     try:
         async with engine.connect() as conn:

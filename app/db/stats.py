@@ -21,8 +21,9 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app import metrics
-from app.db.engine import refused_data
+from app.db.engine import refused_data, sqlstate
 from app.db.tables import stats_deltas, stats_rollup
+from app.errors import UnknownTimeZone
 from app.logs import FailureLog
 from app.rules.delivery_stats import GroupBy
 from app.rules.scope import Scope
@@ -36,6 +37,8 @@ current_rollup = union_all(
     select(*(stats_rollup.c[name] for name in _COLUMNS)),
     select(*(stats_deltas.c[name] for name in _COLUMNS)),
 ).subquery("current_rollup")
+
+INVALID_PARAMETER_VALUE = "22023"  # PostgreSQL's answer to a time zone it does not know
 
 # Only one fold at a time (workers and replicas alike); one that finds it taken skips a turn.
 FOLD_LOCK = "SELECT pg_try_advisory_xact_lock(hashtext('wavy-webhooks stats fold'))"
@@ -106,7 +109,13 @@ async def rollup_counts(
         .having(total != 0)
         .order_by(key)
     )
-    rows = await conn.execute(query)
+    try:
+        rows = await conn.execute(query)
+    except DBAPIError as error:
+        # Python's tz database knew the zone (the API checked), the server's may be older.
+        if sqlstate(error) == INVALID_PARAMETER_VALUE:
+            raise UnknownTimeZone(window.time_zone) from None
+        raise
     return [
         (group_label(group_by, row[0], window.time_zone), row[1], row[2], int(row[3]))
         for row in rows

@@ -9,8 +9,8 @@ wake the waiting requests with their counts. Under load batches grow by themselv
 commit): while one commits, the next gathers.
 
 A failed batch fails nobody yet: it is retried request by request, so one poisoned request
-cannot take its neighbours down; whatever still fails gets ``WriteFailed`` (the HTTP layer
-answers 503, never 200).
+cannot take its neighbours down; whatever still fails gets ``WriteFailed`` (an unavailability:
+503, never 200).
 
 How one batch is written is app.db.ingest. Each worker's writer also sweeps the queued reply
 recounts (app.db.reply_recounts) on a connection of its own.
@@ -32,6 +32,7 @@ from app import metrics
 from app.db.engine import refused_data
 from app.db.ingest import write_records
 from app.db.reply_recounts import RECOUNT_SWEEP_S, recount_queued_replies
+from app.errors import WriteFailed, WriteRefused, WriterOverloaded, WriteTimedOut
 from app.logs import FailureLog
 from app.rules.records import EventRecord
 
@@ -48,33 +49,12 @@ TRANSIENT_ATTEMPTS = 3
 Connect = Callable[[], Awaitable[asyncpg.Connection]]
 
 
-class WriterOverloaded(Exception):
-    """The queue is full: the caller should be told to come back later (503)."""
-
-
-class WriteFailed(Exception):
-    """The records could not be committed (503)."""
-
-
 @dataclass(frozen=True, slots=True)
 class WriteResult:
     received: int
     duplicates: int
     # Positions (in the request) of items refused: their id belongs to another sub-account.
     refused: tuple[int, ...] = ()
-
-
-class WriteRefused(WriteFailed):
-    """PostgreSQL refused this request's own data, alone in its batch (a data exception, an
-    integrity violation, a program limit): retrying it can only fail again."""
-
-    def __init__(self, sqlstate: str, message: str) -> None:
-        super().__init__(message)
-        self.sqlstate = sqlstate
-
-
-class WriteTimedOut(WriteFailed):
-    """Not committed within the writer's timeout (503); it may still be, later."""
 
 
 # How often overdue requests are answered: the timeout is honoured within this much.

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from app.errors import Refused
 from app.payloads import EventKind, Mo
 from app.rules.status_merge import MessageStatus, status_from_event
-from app.rules.webhook_body import BodyRejected
 
 
 # Plain (not frozen) slotted dataclasses, like MessageStatus and for the same reason: one is
@@ -85,10 +85,9 @@ def mo_record(mo: Mo, *, sub_account: str | None, received_at: datetime) -> MoRe
     )
 
 
-def foreign_sub_account(key_sub_account: str, indexes: list[int]) -> BodyRejected:
-    """A key of one sub-account sent MOs naming another: refused (403: no retry mends it)."""
-    return BodyRejected(
-        403,
+def foreign_sub_account(key_sub_account: str, indexes: list[int]) -> Refused:
+    """A key of one sub-account sent MOs naming another: refused (no retry mends it)."""
+    return Refused(
         "foreign_sub_account",
         f"this key belongs to sub-account {key_sub_account!r} and writes replies only for it; "
         "nothing was stored",
@@ -108,7 +107,7 @@ def build_event_records(
     received_at: datetime,
 ) -> list[EventRecord]:
     """Pair each validated payload with its JSON text (unknown fields included). ``sub_account``
-    is the key's; raises BodyRejected when MOs name a sub-account other than the key's."""
+    is the key's; raises Refused when MOs name a sub-account other than the key's."""
     if kind == "mo" and sub_account is not None:
         foreign = [
             index

@@ -1,7 +1,7 @@
 """What makes a webhook body acceptable, and why one is refused (no HTTP, no I/O here).
 
 A body is one JSON object or an array of at most ``max_items`` objects; an array is
-all-or-nothing. Each refusal carries the HTTP status, a stable reason code (also stored with the
+all-or-nothing. Each refusal (app.errors.Refused) carries a stable reason (also kept with the
 rejected body) and a message that tells the sender what to fix.
 """
 
@@ -14,6 +14,7 @@ from urllib.parse import parse_qsl
 import orjson
 from pydantic import ValidationError
 
+from app.errors import Refused
 from app.payloads import (
     EventKind,
     describe_validation_errors,
@@ -24,21 +25,6 @@ from app.payloads import (
 )
 
 
-class BodyRejected(Exception):
-    def __init__(
-        self,
-        status_code: int,
-        reason: str,
-        message: str,
-        details: list[dict[str, Any]] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status_code = status_code
-        self.reason = reason
-        self.message = message
-        self.details = details
-
-
 @dataclass(frozen=True, slots=True)
 class ParsedBody:
     payloads: list[Any]
@@ -46,23 +32,21 @@ class ParsedBody:
     payloads_json: list[str]
 
 
-def refused_by_database(sqlstate: str) -> BodyRejected:
+def refused_by_database(sqlstate: str) -> Refused:
     """Valid by our rules, yet PostgreSQL refuses it (its text is not echoed: it may quote the
-    data). A 4xx stops the sender's retries of a body that can only fail again; it is kept,
-    and ``rejected replay`` stores it once the cause is fixed."""
-    return BodyRejected(
-        422,
+    data). Refused, it stops the sender's retries of a body that can only fail again; it is
+    kept, and ``rejected replay`` stores it once the cause is fixed."""
+    return Refused(
         "database_refused",
         f"the database refused this body's data (SQLSTATE {sqlstate}); it was kept for an operator",
     )
 
 
-def owned_elsewhere(indexes: tuple[int, ...], ids: list[str]) -> BodyRejected:
-    """Items whose id belongs to another sub-account than the key's (403: a key may write only
-    its own sub-account's messages, and no retry changes that). The body's other items were
-    stored: sending it again stores nothing twice."""
-    return BodyRejected(
-        403,
+def owned_elsewhere(indexes: tuple[int, ...], ids: list[str]) -> Refused:
+    """Items whose id belongs to another sub-account than the key's: a key may write only its
+    own sub-account's messages, and no retry changes that. The body's other items were stored:
+    sending it again stores nothing twice."""
+    return Refused(
         "foreign_message",
         f"{len(indexes)} item(s) name a message or reply of another sub-account, which this "
         "key may not write; they were not stored (the other items were)",
@@ -73,31 +57,30 @@ def owned_elsewhere(indexes: tuple[int, ...], ids: list[str]) -> BodyRejected:
     )
 
 
-def too_large(max_bytes: int) -> BodyRejected:
-    return BodyRejected(413, "body_too_large", f"body is larger than {max_bytes} bytes")
+def too_large(max_bytes: int) -> Refused:
+    return Refused("body_too_large", f"body is larger than {max_bytes} bytes")
 
 
-def url_too_long(max_bytes: int) -> BodyRejected:
+def url_too_long(max_bytes: int) -> Refused:
     """An MO sent as GET whose URL passed the request head's limit (cut off before the app)."""
-    return BodyRejected(
-        413,
+    return Refused(
         "body_too_large",
         f"the URL is longer than {max_bytes} bytes; send a long MO as a POST body",
     )
 
 
-def too_slow(timeout_s: float) -> BodyRejected:
-    return BodyRejected(408, "body_timeout", f"the body did not arrive within {timeout_s:g} s")
+def too_slow(timeout_s: float) -> Refused:
+    return Refused("body_timeout", f"the body did not arrive within {timeout_s:g} s")
 
 
 def parse_json_body(body: bytes) -> Any:
     if not body.strip():
-        raise BodyRejected(400, "empty_body", "the body is empty; send a JSON object or array")
+        raise Refused("empty_body", "the body is empty; send a JSON object or array")
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as error:
         # orjson also refuses nesting deeper than 1024 and invalid UTF-8 here, cheaply.
-        raise BodyRejected(400, "malformed_json", f"body is not valid JSON: {error}") from None
+        raise Refused("malformed_json", f"body is not valid JSON: {error}") from None
     if has_nul_escape(body):
         document = replace_nul_characters(document)
     return document
@@ -109,16 +92,14 @@ def validate_document(kind: EventKind, document: Any, *, max_items: int) -> Pars
     if was_array:
         items: list[Any] = document
         if len(items) > max_items:
-            raise BodyRejected(
-                413,
+            raise Refused(
                 "too_many_items",
                 f"an array may hold at most {max_items} items, this one has {len(items)}",
             )
     elif isinstance(document, dict):
         items = [document]
     else:
-        raise BodyRejected(
-            422,
+        raise Refused(
             "validation_failed",
             "the body must be a JSON object or an array of objects",
             [{"field": None, "message": "expected an object or an array", "type": "body_type"}],
@@ -129,8 +110,7 @@ def validate_document(kind: EventKind, document: Any, *, max_items: int) -> Pars
         details = describe_validation_errors(error, was_array=was_array)
         failed = len({d.get("index") for d in details}) if was_array else 1
         noun = "item(s)" if was_array else "body"
-        raise BodyRejected(
-            422,
+        raise Refused(
             "validation_failed",
             f"{failed} {noun} failed validation; nothing was stored",
             details,
@@ -144,8 +124,7 @@ def items_as_json(items: list[Any]) -> list[str]:
     try:
         return [orjson.dumps(item).decode() for item in items]
     except orjson.JSONEncodeError:
-        raise BodyRejected(
-            400,
+        raise Refused(
             "too_deeply_nested",
             "an item nests arrays or objects more than 254 levels deep; nothing was stored",
         ) from None

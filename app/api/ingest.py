@@ -1,0 +1,186 @@
+"""Ingestion, the webhooks' service: read a body (or an MO's query string) within its bounds,
+parse it, hand its records to the writer, and answer only after the commit. Whatever is refused
+is kept as a rejected body first, then raised (app.errors.Refused); whatever cannot be stored
+now is app.errors.Unavailable. The routes (app.api.webhooks) only call these."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from starlette.requests import Request
+
+from app import metrics
+from app.api.deps import WebhookContext
+from app.api.errors import REFUSAL_STATUS
+from app.db.rejected import RejectedBody, RejectedBudget, store_rejected_body
+from app.errors import Refused, Unavailable, WriteRefused, WriterOverloaded
+from app.http_protocol import URL_CUT_OFF
+from app.payloads import EventKind
+from app.rules.records import build_event_records
+from app.rules.webhook_body import (
+    ParsedBody,
+    owned_elsewhere,
+    parse_mo_query,
+    parse_webhook_body,
+    query_without_credentials,
+    refused_by_database,
+    too_large,
+    too_slow,
+    url_too_long,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Ingested:
+    received: int
+    duplicates: int
+
+
+class _CutOff(Exception):
+    """The body stopped at a bound; ``received`` is what had arrived."""
+
+    def __init__(self, received: bytes, refusal: Refused) -> None:
+        super().__init__(refusal.message)
+        self.received = received
+        self.refusal = refusal
+
+
+async def _read_limited_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The body, refused once it passes ``limit`` bytes (reading stops there, so an endless or
+    huge body costs at most ``limit`` bytes of memory) or ``timeout_s`` seconds (a slow sender
+    cannot hold the connection)."""
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    chunks.append(chunk[: len(chunk) - (size - limit)])
+                    raise _CutOff(b"".join(chunks), too_large(limit))
+                chunks.append(chunk)
+    except TimeoutError:
+        raise _CutOff(b"".join(chunks), too_slow(timeout_s)) from None
+    return b"".join(chunks)
+
+
+@dataclass(frozen=True, slots=True)
+class _Refusal:
+    """What a refused request leaves for an operator."""
+
+    kind: EventKind
+    method: str
+    content_type: str | None
+    kept: bytes
+    truncated: bool = False
+
+
+async def _keep_and_refuse(context: WebhookContext, refusal: _Refusal, error: Refused) -> Refused:
+    """Keep the refused body for an operator, then give back the refusal to raise. If even that
+    cannot be stored, nothing is refused: the sender gets a 503 and retries, rather than a 4xx
+    for a body nobody kept."""
+    try:
+        await store_rejected_body(
+            context.engine,
+            RejectedBody(
+                endpoint=refusal.kind,
+                method=refusal.method,
+                sub_account=context.caller.sub_account,
+                status_code=REFUSAL_STATUS[error.reason],
+                reason=error.reason,
+                detail=error.details,
+                content_type=refusal.content_type,
+                body=refusal.kept,
+                body_truncated=refusal.truncated,
+            ),
+            RejectedBudget(
+                per_key_bytes=context.settings.rejected_max_bytes_per_key,
+                total_bytes=context.settings.rejected_max_bytes,
+            ),
+        )
+    except Unavailable as outage:
+        log.warning("could not store a rejected %s body: %s", refusal.kind, outage)
+        raise Unavailable("storage unavailable; the body was not recorded") from None
+    metrics.REJECTED.labels(refusal.kind, error.reason).inc()
+    return error
+
+
+async def _store(
+    kind: EventKind,
+    parsed: ParsedBody,
+    context: WebhookContext,
+    received_at: datetime,
+    refusal: _Refusal,
+) -> Ingested:
+    """Hand the records to the writer (bounded by WAVY_WRITER_TIMEOUT_S) and answer from the
+    outcome."""
+    try:
+        records = build_event_records(
+            kind,
+            parsed.payloads,
+            parsed.payloads_json,
+            sub_account=context.caller.sub_account,
+            received_at=received_at,
+        )
+        if not records:
+            return Ingested(0, 0)
+        try:
+            result = await context.writer.write(records)
+        except WriteRefused as refused:
+            raise refused_by_database(refused.sqlstate) from None
+        if result.refused:
+            ids = [parsed.payloads[index].id for index in result.refused]
+            raise owned_elsewhere(result.refused, ids)
+    except Refused as error:
+        raise await _keep_and_refuse(context, refusal, error) from None
+    metrics.EVENTS.labels(kind, "accepted").inc(result.received - result.duplicates)
+    if result.duplicates:
+        metrics.EVENTS.labels(kind, "duplicate").inc(result.duplicates)
+    return Ingested(result.received, result.duplicates)
+
+
+async def ingest_body(kind: EventKind, request: Request, context: WebhookContext) -> Ingested:
+    """A POSTed body: one object or an array."""
+    received_at = datetime.now(UTC)
+    settings = context.settings
+    content_type = request.headers.get("content-type")
+    try:
+        body = await _read_limited_body(request, settings.max_body_bytes, settings.body_timeout_s)
+    except _CutOff as cut:
+        refusal = _Refusal(kind, "POST", content_type, cut.received, truncated=True)
+        raise await _keep_and_refuse(context, refusal, cut.refusal) from None
+    if context.writer.is_full():  # refused before parsing: a burst stays cheap
+        raise WriterOverloaded("overloaded; nothing was stored, retry later")
+    refusal = _Refusal(kind, "POST", content_type, body)
+    try:
+        parsed = parse_webhook_body(kind, body, max_items=settings.max_items)
+    except Refused as error:
+        raise await _keep_and_refuse(context, refusal, error) from None
+    return await _store(kind, parsed, context, received_at, refusal)
+
+
+async def ingest_query(request: Request, context: WebhookContext) -> Ingested:
+    """An MO sent as a query string (GET); what is kept of a refused one is its query without
+    the key."""
+    received_at = datetime.now(UTC)
+    settings = context.settings
+    if context.writer.is_full():
+        raise WriterOverloaded("overloaded; nothing was stored, retry later")
+    query = request.url.query
+    cut_off = URL_CUT_OFF in request.scope.get("extensions", {})
+    kept = query_without_credentials(query)[: settings.max_body_bytes].encode()
+    refusal = _Refusal("mo", "GET", request.headers.get("content-type"), kept, cut_off)
+    try:
+        if cut_off:
+            raise url_too_long(settings.max_head_bytes)
+        if len(query) > settings.max_body_bytes:
+            raise too_large(settings.max_body_bytes)
+        parsed = parse_mo_query(query)
+    except Refused as error:
+        raise await _keep_and_refuse(context, refusal, error) from None
+    return await _store("mo", parsed, context, received_at, refusal)
