@@ -21,7 +21,7 @@ RefusalReason = Literal[
     "foreign_sub_account",
 ]
 # Why nothing was stored for now (the metrics' label).
-UnavailableReason = Literal["database", "overloaded", "timeout", "write_failed"]
+UnavailableReason = Literal["database", "keys_unavailable", "overloaded", "timeout", "write_failed"]
 
 
 class DomainError(Exception):

@@ -53,20 +53,20 @@ Errors always have the shape `{"error": {"code": ..., "message": ..., "details":
 
 
 # Young objects collected when their count grows by this much (CPython's default is 700).
-# A batch's objects (parsed items, models, records) live until its commit, ~0.1-0.2 s: at
-# 10,000 they outlived a collection and were walked again in the older generations, 11% of
-# the service's CPU under 1000-item arrays (1.1 s of 10.3 s in 15 s); at 100,000 they die
-# first (0.035 s). At most 100,000 small objects wait for a collection: a few MB.
+# A batch's objects (parsed items, models, records) live until its commit: below this they
+# outlived a collection and were walked again in the older generations; at this they die
+# first. At most this many small objects wait for a collection: a few MB. (The measurements
+# are in bench/results/journal.md.)
 GC_YOUNG_THRESHOLD = 100_000
 
 
 def tune_garbage_collector() -> None:
     """Measured under load (bench.ingest): the objects of the requests in flight and of a batch
     waiting for its commit outnumber CPython's default young-generation threshold, so it
-    collected ~300 times a second for nothing (≈ 20% of the CPU per request). And what
-    start-up built (routes, schemas, the ORM's metadata) lives as long as the process: frozen
-    out of the collector's sight, a full collection no longer walks it, which stalled every
-    request for ~100 ms a few times a minute (the p99). Cycles are still collected."""
+    collected hundreds of times a second for nothing. And what start-up built (routes,
+    schemas, the ORM's metadata) lives as long as the process: frozen out of the collector's
+    sight, a full collection no longer walks it, which stalled every request a few times a
+    minute (the p99). Cycles are still collected."""
     gc.collect()
     gc.freeze()
     _, middle, old = gc.get_threshold()
@@ -163,8 +163,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
-        # FastAPI's own OpenTelemetry hooks look up the global providers on every request
-        # (≈ 10% of a webhook's CPU, measured with py-spy): opt-in only, /metrics is ours.
+        # FastAPI's own OpenTelemetry hooks look up the global providers on every request (a
+        # visible share of a webhook's CPU under py-spy): opt-in only, /metrics is ours.
         telemetry={"tracing": otel, "metrics": otel, "logs": otel},
     )
     app.state.settings = settings

@@ -43,7 +43,7 @@ def drop_blank_fields(item: Any) -> Any:
         if value is None or type(value) is dict or (type(value) is str and not value.strip()):
             break
     else:
-        return item  # the usual item: nothing blank, nothing nested (0.7 µs instead of 1.5)
+        return item  # the usual item: nothing blank, nothing nested (half the cost)
     return {
         key: drop_blank_fields(value) if type(value) is dict else value
         for key, value in item.items()
@@ -103,7 +103,7 @@ def _pick_time(epoch_ms: int | None, iso: datetime | None) -> datetime | None:
     """Epoch milliseconds win over the ISO string: they are exact, the string may be rounded."""
     if epoch_ms is not None:
         if epoch_ms < _FLOAT_EXACT_BELOW_MS:
-            # tz by position: by keyword the call took 0.46 µs instead of 0.29 (twice per DLR).
+            # tz by position: by keyword the call costs half as much again (twice per DLR).
             return datetime.fromtimestamp(epoch_ms / 1000, UTC)
         return _EPOCH + timedelta(milliseconds=epoch_ms)
     return iso

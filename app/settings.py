@@ -52,9 +52,8 @@ class Settings(BaseSettings):
     max_items: PositiveInt = 1000
 
     # The batching writer: commit what concurrent requests hand in together. Measured with
-    # 1000-item arrays (bench.ingest, docs/benchmarks.md): 2000 gave 36.6k-37.1k events/s,
-    # 5000 gave 30.8k (PostgreSQL spent 28 µs per event instead of 25, and the service waited
-    # more: 75% busy instead of 85%). Single objects never fill a batch anyway.
+    # 1000-item arrays (bench.ingest): larger batches made PostgreSQL spend more per event and
+    # the service wait more (bench/results/journal.md). Single objects never fill a batch.
     batch_max_items: PositiveInt = 2000
     # 0: a writer takes what is waiting at once; under load batches still form, from what
     # arrives while the previous batch commits. A delay only added latency (bench.ingest).

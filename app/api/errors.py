@@ -145,6 +145,7 @@ REFUSAL_STATUS: dict[RefusalReason, int] = {
 # What a 503 says: never the driver's text, which may quote data.
 UNAVAILABLE_MESSAGES: dict[UnavailableReason, str] = {
     "database": "the database is unavailable; nothing was stored, retry later",
+    "keys_unavailable": "cannot check the webhook key now; nothing was stored",
     "overloaded": "overloaded; nothing was stored, retry later",
     "timeout": "storage unavailable; nothing was confirmed, retry later",
     "write_failed": "storage unavailable; nothing was confirmed, retry later",

@@ -33,9 +33,9 @@ from app.rules.status_merge import (
 #
 # A batch travels as one JSON array per column, written by orjson in one call each and split
 # again by json_array_elements_text. asyncpg's binary arrays cost the service far more: its
-# encoder tests every element against collections.abc's ABCs. write_records took 9.1 us of
-# service CPU per event of a 1000-DLR batch that way, 3.1 us this way, for about 2.6 us more
-# in PostgreSQL (docs/benchmarks.md).
+# encoder tests every element against collections.abc's ABCs: that way write_records took
+# about three times the service's CPU per event of a 1000-DLR batch, for a little more in
+# PostgreSQL this way (bench/results/journal.md).
 
 
 def _rows_from(columns: dict[str, str], alias: str, first: int = 1) -> str:

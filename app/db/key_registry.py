@@ -13,6 +13,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db.queries import load_active_keys
+from app.errors import Unavailable, UnavailableReason
 from app.logs import FailureLog
 from app.rules.credentials import KnownKey, match_key
 
@@ -23,9 +24,11 @@ log = logging.getLogger(__name__)
 MISS_RELOAD_INTERVAL_S = 1.0
 
 
-class KeysUnavailable(Exception):
+class KeysUnavailable(Unavailable):
     """A key was not among those known, and the keys could not be reloaded to make sure: the
     caller is told to come back (503), never that a key that may be valid is wrong (401)."""
+
+    reason: UnavailableReason = "keys_unavailable"
 
 
 class KeyRegistry:

@@ -44,8 +44,8 @@ metadata = MetaData(naming_convention=NAMING_CONVENTION)
 TS = DateTime(timezone=True)
 # Identifiers (message ids, sub-accounts, codes of things) compare byte by byte: a key's order
 # has no language, and every btree descent, ON CONFLICT probe and join on them then costs a
-# memcmp instead of a locale's strcoll (7% of PostgreSQL's CPU per stored DLR on a C.UTF-8
-# database, a fifth on an ICU en-US one: docs/benchmarks.md). Text read by people (names,
+# memcmp instead of a locale's strcoll (a measurable share of PostgreSQL's CPU per stored
+# DLR, larger with ICU collations: bench/results/journal.md). Text read by people (names,
 # message texts) keeps the database's collation.
 KEY = Text(collation="C")
 # xid8 as a plain bigint: comparable with pg_snapshot_xmin() the same way, simpler to bind.
@@ -68,8 +68,7 @@ messages_change_seq = Sequence("messages_change_seq", metadata=metadata)
 
 # A scoped read always names its sub-account (app.rules.scope), so rows with none, which only
 # admins' unscoped reads return, are left out of the scoped indexes: a deployment whose keys
-# carry no sub-account then spends two index entries fewer per message and per reply (about
-# 2.5 us of PostgreSQL per DLR, docs/benchmarks.md).
+# carry no sub-account then spends two index entries fewer per message and per reply.
 SCOPED = text("sub_account IS NOT NULL")
 
 # One row per MT message id, the merge of its callback and DLR(s); see app.rules.status_merge.
@@ -143,9 +142,8 @@ events = Table(
         name="uq_events_exact_retry",
     ),
     # One index for the purge's range (received_at < cutoff) and the history's order, where a
-    # separate id key and received_at index cost a right-edge insert each per event (1-1.7 us
-    # of PostgreSQL per DLR with two writers, docs/benchmarks.md). It is also the key a range
-    # partitioning by received_at would need.
+    # separate id key and received_at index cost a right-edge insert each per event. It is
+    # also the key a range partitioning by received_at would need.
     PrimaryKeyConstraint("received_at", "id"),
 )
 

@@ -123,7 +123,7 @@ RULES: dict[str, Rule] = {
         1 * GiB,
         Level.ADVICE,
         "below a burst's WAL, checkpoints remove old WAL segments instead of keeping them to "
-        "reuse, and writers fill new ones with zeros first (6% of PostgreSQL's CPU under a "
+        "reuse, and writers fill new ones with zeros first (a visible share of its CPU under a "
         "burst of arrays)",
     ),
     "shared_buffers": _at_least(

@@ -1,0 +1,25 @@
+"""The ``wavy-webhooks`` command, one module per group of commands: ``service`` (serve,
+migrate, purge, doctor), ``keys``, ``users``, ``rejected``, ``stats``; ``common`` is what they
+share."""
+
+from __future__ import annotations
+
+import typer
+from pydantic import ValidationError
+
+from app.cli import keys, rejected, service, stats, users  # noqa: F401 - they register commands
+from app.cli.root import cli
+from app.db.engine import CannotConnect
+
+
+def main() -> None:
+    try:
+        cli()
+    except ValidationError as error:  # from Settings(): name the variable, skip the traceback
+        for problem in error.errors():
+            name = "_".join(str(part) for part in problem["loc"]).upper()
+            typer.echo(f"invalid setting WAVY_{name}: {problem['msg']}", err=True)
+        raise SystemExit(2) from None
+    except CannotConnect as error:
+        typer.echo(f"wavy-webhooks: {error}", err=True)
+        raise SystemExit(1) from None
