@@ -32,8 +32,12 @@ WAVY_STATUS_FIELDS = {
     "destination",
     "sentStatusCode",
     "sentStatus",
+    "sentAt",
+    "sentDate",
     "sentStatusAt",
     "sentStatusDate",
+    "updatedAt",
+    "updatedDate",
     "deliveredStatusCode",
     "deliveredStatus",
     "deliveredAt",
@@ -259,11 +263,14 @@ async def test_search_returns_wavy_fields_and_only_the_callers_sub_account(world
         "/v1/sms/status/search", headers=world.headers["boss"], json=body
     )
 
-    assert [s["id"] for s in ana.json()] == ["a-1"]
-    assert set(ana.json()[0]) >= WAVY_STATUS_FIELDS
-    assert ana.json()[0]["deliveredAt"] == 1420732954000
-    assert ana.json()[0]["deliveredDate"] == "2015-01-08T16:02:34.000Z"
-    assert sorted(s["id"] for s in boss.json()) == ["a-1", "g-1", "n-1"]  # unknown: absent
+    [status] = ana.json()["smsStatuses"]
+    assert status["id"] == "a-1"
+    assert set(status) >= WAVY_STATUS_FIELDS
+    assert status["deliveredAt"] == 1420732954000
+    assert status["deliveredDate"] == "2015-01-08T16:02:34.000Z"
+    assert ana.json()["total"] == 1
+    # unknown ids are absent
+    assert sorted(s["id"] for s in boss.json()["smsStatuses"]) == ["a-1", "g-1", "n-1"]
 
 
 @pytest.mark.parametrize(
@@ -282,9 +289,10 @@ async def test_epoch_milliseconds_come_back_exactly_as_wavy_sent_them(
         await world.client.post(
             "/v1/sms/status/search", headers=world.headers["ana"], json={"ids": ["t-1"]}
         )
-    ).json()
+    ).json()["smsStatuses"]
 
-    assert (status["sentStatusAt"], status["deliveredAt"]) == (at_ms, at_ms)
+    assert (status["sentAt"], status["sentStatusAt"], status["deliveredAt"]) == (at_ms,) * 3
+    assert status["sentDate"] == status["sentStatusDate"] == iso_of(at_ms)
     assert status["deliveredDate"] == iso_of(at_ms)
 
 
@@ -310,7 +318,7 @@ async def test_admin_narrows_with_sub_account_and_a_user_cannot_widen(world: Wor
     )
     own = await world.get("ana", "/v1/sms/status/list", subAccount="acme")
 
-    assert [s["id"] for s in narrowed.json()] == ["g-1"]
+    assert [s["id"] for s in narrowed.json()["smsStatuses"]] == ["g-1"]
     assert forbidden.status_code == 403
     assert forbidden.json()["error"]["code"] == "forbidden"
     assert own.status_code == 200
@@ -373,10 +381,13 @@ async def test_status_list_returns_changes_once_and_again_when_the_status_change
     third = await world.ok("ana", "/v1/sms/status/list")
     gil = await world.ok("gil", "/v1/sms/status/list")
 
-    assert [s["id"] for s in first] == ["a-1", "a-2"]  # oldest change first
-    assert second == []
-    assert [(s["id"], s["deliveredStatusCode"]) for s in third] == [("a-1", 4)]
-    assert [s["id"] for s in gil] == ["g-1"]  # every user has their own position
+    assert [s["id"] for s in first["smsStatuses"]] == ["a-1", "a-2"]  # oldest change first
+    assert first["total"] == 2
+    assert second["smsStatuses"] == []
+    assert second["total"] == 0
+    assert second["start"] <= second["end"]
+    assert [(s["id"], s["deliveredStatusCode"]) for s in third["smsStatuses"]] == [("a-1", 4)]
+    assert [s["id"] for s in gil["smsStatuses"]] == ["g-1"]  # every user has their own position
 
 
 async def test_status_list_respects_limit(world: World) -> None:
@@ -384,7 +395,7 @@ async def test_status_list_respects_limit(world: World) -> None:
 
     pages = [await world.ok("ana", "/v1/sms/status/list", limit=2) for _ in range(4)]
 
-    assert [len(page) for page in pages] == [2, 2, 1, 0]
+    assert [len(page["smsStatuses"]) for page in pages] == [2, 2, 1, 0]
 
 
 async def test_receive_list_has_wavys_envelope_and_consumes(world: World) -> None:

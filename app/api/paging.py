@@ -1,5 +1,5 @@
-"""What the read routes share about paging: the limit parameter, times without offset, cursor
-errors, and the answer of a safe change feed (long-polled when asked)."""
+"""What the read routes share about paging: the limit parameter, a window's default start,
+cursor errors, and the answer of a safe change feed (long-polled when asked)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, Query, Request
@@ -18,6 +19,19 @@ from app.rules.cursors import BadCursor, feed_cursor, read_feed_cursor
 from app.rules.scope import Scope
 
 Limit = Annotated[int, Query(ge=1, le=1000, description="At most this many items (1-1000)")]
+
+DEFAULT_WINDOW = timedelta(days=5)  # Wavy's default start of a window: five days ago
+
+
+def default_start(end: datetime) -> datetime:
+    """A window's start when none is given; an ``end`` in the first days of year 1 starts at
+    year 1 itself."""
+    try:
+        return end - DEFAULT_WINDOW
+    except OverflowError:
+        return datetime.min.replace(tzinfo=UTC)
+
+
 After = Annotated[str | None, Query(description="`next` of the previous page")]
 
 # Under uvicorn's graceful-shutdown timeout (WAVY_WRITER_TIMEOUT_S + 5 s), so a deploy waits

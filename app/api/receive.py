@@ -3,7 +3,7 @@ as CSV), safe feed."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
@@ -13,7 +13,7 @@ from app.api import downloads
 from app.api.deps import EngineDep, ReaderDep, ScopeDep
 from app.api.downloads import csv_download, csv_responses
 from app.api.errors import ApiError, OrjsonResponse, responses
-from app.api.paging import FeedQueryDep, Limit, bad_cursor, feed_response
+from app.api.paging import FeedQueryDep, Limit, bad_cursor, default_start, feed_response
 from app.api.params import IsoTime, SearchText
 from app.api.schemas import MoChanges, MoEnvelope, MoOut, MtOut, iso, mo_out
 from app.db import reads
@@ -23,15 +23,6 @@ from app.rules.cursors import BadCursor, read_time_cursor_int, time_cursor
 router = APIRouter(prefix="/v1/sms/receive", tags=["replies (MOs)"])
 
 READ_RESPONSES = responses(401, 429, 403, 422, 503)
-DEFAULT_WINDOW = timedelta(days=5)  # Wavy's default start: five days ago
-
-
-def _days_before(end: datetime) -> datetime:
-    """The default start; an ``end`` in the first days of year 1 starts at year 1 itself."""
-    try:
-        return end - DEFAULT_WINDOW
-    except OverflowError:
-        return datetime.min.replace(tzinfo=UTC)
 
 
 async def reply_window(
@@ -49,7 +40,7 @@ async def reply_window(
 ) -> reads.MoWindow:
     """``start <= receivedAt <= end``: by default from five days before ``end``, which is now."""
     window_end = end or datetime.now(UTC)
-    window_start = start or _days_before(window_end)
+    window_start = start or default_start(window_end)
     if window_start > window_end:
         raise ApiError(422, "invalid_window", "start is after end")
     return reads.MoWindow(window_start, window_end, text)

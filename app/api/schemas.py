@@ -32,7 +32,10 @@ def epoch_ms(moment: datetime | None) -> int | None:
 
 
 class StatusOut(BaseModel):
-    """A message's merged status, with Wavy's status-query fields (plus ours at the end)."""
+    """A message's merged status, as Wavy's query API shows one: the names of its live answers
+    (``sentDate``/``sentAt``, ``updatedDate``/``updatedAt``) and of its documentation's table
+    (``sentStatusDate``/``sentStatusAt``, the same values), then ours. Fields without a value
+    are null (docs/compatibility.md)."""
 
     id: str = Field(examples=["8f5af680-973e-11e4-ad43-4ee58e9a13a6"])
     correlationId: str | None = Field(examples=["myId"])
@@ -41,20 +44,24 @@ class StatusOut(BaseModel):
     destination: str | None = Field(examples=["5519900001111"])
     sentStatusCode: int | None = Field(examples=[2])
     sentStatus: str | None = Field(examples=["SENT_SUCCESS"])
-    sentStatusAt: int | None = Field(description="epoch milliseconds", examples=[1420732929252])
-    sentStatusDate: str | None = Field(examples=["2015-01-08T16:02:09.252Z"])
+    sentDate: str | None = Field(examples=["2015-01-08T16:02:09.252Z"])
+    sentAt: int | None = Field(description="epoch milliseconds", examples=[1420732929252])
+    sentStatusDate: str | None = Field(description="= sentDate (the documentation's name)")
+    sentStatusAt: int | None = Field(description="= sentAt (the documentation's name)")
     deliveredStatusCode: int | None = Field(examples=[4])
     deliveredStatus: str | None = Field(examples=["DELIVERED_SUCCESS"])
-    deliveredAt: int | None = Field(description="epoch milliseconds", examples=[1420732954000])
     deliveredDate: str | None = Field(examples=["2015-01-08T16:02:34.000Z"])
+    deliveredAt: int | None = Field(description="epoch milliseconds", examples=[1420732954000])
+    updatedDate: str = Field(description="when its status last changed")
+    updatedAt: int = Field(description="the same, in epoch milliseconds")
     campaignId: str | None = Field(examples=["1234"])
     extraInfo: str | None = Field(examples=[None])
-    subAccount: str | None = Field(description="from the webhook key it came with")
-    firstSeenAt: str = Field(description="when we first heard of the message")
-    updatedAt: str = Field(description="when its status last changed")
+    subAccount: str | None = Field(description="ours: whose message it is (its key's)")
+    firstSeenAt: str = Field(description="ours: when the service first heard of the message")
 
 
 def status_out(row: Row) -> dict[str, Any]:
+    sent_date, sent_at = iso(row["sent_at"]), epoch_ms(row["sent_at"])
     return {
         "id": row["id"],
         "correlationId": row["correlation_id"],
@@ -63,17 +70,38 @@ def status_out(row: Row) -> dict[str, Any]:
         "destination": row["destination"],
         "sentStatusCode": row["sent_status_code"],
         "sentStatus": row["sent_status"],
-        "sentStatusAt": epoch_ms(row["sent_at"]),
-        "sentStatusDate": iso(row["sent_at"]),
+        "sentDate": sent_date,
+        "sentAt": sent_at,
+        "sentStatusDate": sent_date,
+        "sentStatusAt": sent_at,
         "deliveredStatusCode": row["delivered_status_code"],
         "deliveredStatus": row["delivered_status"],
-        "deliveredAt": epoch_ms(row["delivered_at"]),
         "deliveredDate": iso(row["delivered_at"]),
+        "deliveredAt": epoch_ms(row["delivered_at"]),
+        "updatedDate": iso(row["updated_at"]),
+        "updatedAt": epoch_ms(row["updated_at"]),
         "campaignId": row["campaign_id"],
         "extraInfo": row["extra_info"],
         "subAccount": row["sub_account"],
         "firstSeenAt": iso(row["first_seen_at"]),
-        "updatedAt": iso(row["updated_at"]),
+    }
+
+
+class StatusEnvelope(BaseModel):
+    """Wavy's answer to a status search or list."""
+
+    total: int = Field(description="the number of statuses in this answer")
+    start: str = Field(description="the window the answer covers (docs/compatibility.md)")
+    end: str
+    smsStatuses: list[StatusOut]
+
+
+def status_envelope(rows: list[Row], start: datetime, end: datetime) -> dict[str, Any]:
+    return {
+        "total": len(rows),
+        "start": iso(start),
+        "end": iso(end),
+        "smsStatuses": [status_out(row) for row in rows],
     }
 
 
@@ -150,6 +178,8 @@ class StatusDetail(StatusOut):
 
 
 class StatusSearch(BaseModel):
+    """Either list, or both (clients of Wavy send ``ids`` alone)."""
+
     ids: list[SearchText] = Field(default_factory=list, max_length=1000)
     correlationIds: list[SearchText] = Field(default_factory=list, max_length=1000)
 

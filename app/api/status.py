@@ -3,6 +3,7 @@ message's full history, and a filtered listing for dashboards (as pages, or all 
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
@@ -12,16 +13,18 @@ from app.api import downloads
 from app.api.deps import EngineDep, ReaderDep, ScopeDep
 from app.api.downloads import csv_download, csv_responses
 from app.api.errors import ApiError, OrjsonResponse, responses
-from app.api.paging import FeedQueryDep, Limit, bad_cursor, feed_response
+from app.api.paging import FeedQueryDep, Limit, bad_cursor, default_start, feed_response
 from app.api.params import IsoTime, SearchText
 from app.api.schemas import (
     StatusChanges,
     StatusDetail,
+    StatusEnvelope,
     StatusOut,
     StatusPage,
     StatusSearch,
     event_out,
     mo_out,
+    status_envelope,
     status_out,
 )
 from app.db import reads
@@ -36,13 +39,19 @@ SEARCH_RESPONSES = responses(400, 401, 429, 403, 422, 503)
 @router.post(
     "/search",
     summary="Statuses of these message ids and/or correlationIds",
-    response_model=list[StatusOut],
+    description=(
+        '`{"ids": [...]}`, `{"correlationIds": [...]}` or both (up to 1000 each). The '
+        "answer is Wavy's envelope; `start` is the earliest `firstSeenAt` answered, `end` now."
+    ),
+    response_model=StatusEnvelope,
     responses=SEARCH_RESPONSES,
 )
 async def search_statuses(body: StatusSearch, scope: ScopeDep, engine: EngineDep) -> OrjsonResponse:
     async with engine.connect() as conn:
         rows = await reads.find_statuses(conn, scope, body.ids, body.correlationIds)
-    return OrjsonResponse([status_out(row) for row in rows])
+    end = datetime.now(UTC)
+    start = min((row["first_seen_at"] for row in rows), default=end)
+    return OrjsonResponse(status_envelope(rows, start, end))
 
 
 @router.get(
@@ -51,17 +60,39 @@ async def search_statuses(body: StatusSearch, scope: ScopeDep, engine: EngineDep
     description=(
         "Oldest change first. A message comes again when its status changes again. The "
         "position is kept per user in the database; prefer `/changes` if a crash between "
-        "reading and processing must not lose anything."
+        "reading and processing must not lose anything. With `start` and/or `end` "
+        "(ISO-8601), only changes (`updatedAt`) in that window, each once for that window: "
+        "calling until `smsStatuses` is empty ends."
     ),
-    response_model=list[StatusOut],
+    response_model=StatusEnvelope,
     responses=READ_RESPONSES,
 )
 async def list_changed_statuses(
-    reader: ReaderDep, scope: ScopeDep, engine: EngineDep, limit: Limit = 1000
+    reader: ReaderDep,
+    scope: ScopeDep,
+    engine: EngineDep,
+    limit: Limit = 1000,
+    start: Annotated[IsoTime | None, Query(description="changed at or after (ISO-8601)")] = None,
+    end: Annotated[IsoTime | None, Query(description="changed at or before (ISO-8601)")] = None,
 ) -> OrjsonResponse:
+    window = None
+    if start is not None or end is not None:
+        window = change_window(start, end)
     async with engine.begin() as conn:
-        page = await reads.consume_feed(conn, reader, "status", scope, limit)
-    return OrjsonResponse([status_out(row) for row in page.rows])
+        page = await reads.consume_feed(conn, reader, "status", scope, limit, window)
+    if window is not None:
+        return OrjsonResponse(status_envelope(page.rows, window.start, window.end))
+    first = page.rows[0]["updated_at"] if page.rows else page.read_at
+    return OrjsonResponse(status_envelope(page.rows, page.previous_read_at or first, page.read_at))
+
+
+def change_window(start: datetime | None, end: datetime | None) -> reads.ChangeWindow:
+    """A list's window: what is given, the rest as the reply search defaults it."""
+    end = end or datetime.now(UTC)
+    start = start or default_start(end)
+    if start > end:
+        raise ApiError(422, "invalid_window", "start is after end")
+    return reads.ChangeWindow(start, end)
 
 
 @router.get(

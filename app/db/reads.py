@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, Select, func, select, text, tuple_, update
+from sqlalchemy import ColumnElement, Select, delete, func, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -133,6 +133,49 @@ async def feed_page(
 
 
 @dataclass(frozen=True, slots=True)
+class ChangeWindow:
+    """Statuses whose last change (``updated_at``) falls in ``[start, end]``."""
+
+    start: datetime
+    end: datetime
+
+    def cursor_key(self) -> str:
+        """Part of the list's position key: each window is read once, apart from the others."""
+        return f"{WINDOW_MARK}{self.start.isoformat()}/{self.end.isoformat()}"
+
+
+# What sets a window's position apart in read_cursors.scope (after the scope's own key).
+WINDOW_MARK = " @window "
+# A window's position, unused this long, is forgotten (a client that moves its window each
+# call would otherwise leave a row per call behind).
+WINDOW_CURSORS_KEPT = text("now() - interval '7 days'")
+
+
+async def _windowed_page(
+    conn: AsyncConnection, scope: Scope, after: FeedPosition, limit: int, window: ChangeWindow
+) -> tuple[list[Row], FeedPosition]:
+    """The status feed's next ``limit`` items whose change falls in the window. Fewer than
+    ``limit`` means every finished item after ``after`` was looked at: the position moves to
+    the feed's end, so the next call does not look at them again."""
+    horizon = int((await conn.execute(select(FINISHED_TX_HORIZON))).scalar_one())
+    statement = (
+        select(messages)
+        .where(
+            tuple_(messages.c.tx_id, messages.c.change_seq) > tuple_(after.tx_id, after.seq),
+            messages.c.tx_id < horizon,
+            messages.c.updated_at.between(window.start, window.end),
+            *_in_scope(messages, scope),
+        )
+        .order_by(messages.c.tx_id, messages.c.change_seq)
+        .limit(limit)
+    )
+    rows = await _rows(conn, statement)
+    if len(rows) < limit:
+        return rows, FeedPosition(horizon - 1, _LAST_SEQ)
+    return rows, FeedPosition(rows[-1]["tx_id"], rows[-1]["change_seq"])
+
+
+@dataclass(frozen=True, slots=True)
 class ConsumedPage:
     rows: list[Row]
     previous_read_at: datetime | None
@@ -140,12 +183,31 @@ class ConsumedPage:
 
 
 async def consume_feed(
-    conn: AsyncConnection, reader: Reader, kind: FeedKind, scope: Scope, limit: int
+    conn: AsyncConnection,
+    reader: Reader,
+    kind: FeedKind,
+    scope: Scope,
+    limit: int,
+    window: ChangeWindow | None = None,
 ) -> ConsumedPage:
     """Consume-on-read (Wavy's ``list`` endpoints): the next page after this user's stored
     cursor, which moves past it in the same transaction. The cursor row is locked, so two
-    concurrent callers get disjoint pages and nothing is skipped."""
-    key = {"user_id": reader.id, "feed": kind, "scope": scope.cursor_key}
+    concurrent callers get disjoint pages and nothing is skipped. With a window (statuses
+    only), the page holds only changes in it, and the window has a cursor of its own."""
+    key = {
+        "user_id": reader.id,
+        "feed": kind,
+        "scope": scope.cursor_key + (window.cursor_key() if window else ""),
+    }
+    if window is not None:
+        await conn.execute(
+            delete(read_cursors).where(
+                read_cursors.c.user_id == reader.id,
+                read_cursors.c.feed == kind,
+                read_cursors.c.scope.contains(WINDOW_MARK, autoescape=True),
+                read_cursors.c.updated_at < WINDOW_CURSORS_KEPT,
+            )
+        )
     await conn.execute(pg_insert(read_cursors).values(**key).on_conflict_do_nothing())
     cursor = (
         await conn.execute(
@@ -154,9 +216,11 @@ async def consume_feed(
             .with_for_update()
         )
     ).one()
-    rows, position = await feed_page(
-        conn, kind, scope, FeedPosition(cursor.tx_id, cursor.seq), limit
-    )
+    after = FeedPosition(cursor.tx_id, cursor.seq)
+    if window is None:
+        rows, position = await feed_page(conn, kind, scope, after, limit)
+    else:
+        rows, position = await _windowed_page(conn, scope, after, limit, window)
     read_at = (
         await conn.execute(
             update(read_cursors)

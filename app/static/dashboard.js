@@ -238,7 +238,7 @@ async function fetchReplies(params) {
   const recent = found.slice(-10).reverse();
   const answered = recent.map((mo) => mo.mt && mo.mt.id).filter(Boolean);
   const statuses = answered.length
-    ? await api("/v1/sms/status/search", { method: "POST", body: JSON.stringify({ ids: answered }) })
+    ? (await api("/v1/sms/status/search", { method: "POST", body: JSON.stringify({ ids: answered }) })).smsStatuses
     : [];
   return { recent, byId: Object.fromEntries(statuses.map((s) => [s.id, s])) };
 }
