@@ -32,6 +32,9 @@ function init(args)
   wrk.method = "POST"
   wrk.headers["Content-Type"] = "application/json"
   scatter = os.getenv("WAVY_BENCH_SCATTER") == "1"
+  -- "N": ids shaped as UUIDs, as Wavy's are, from run number N (the lean reference route
+  -- validates a UUID); acknowledgements are then not tracked (any thread count).
+  uuid_run = tonumber(os.getenv("WAVY_BENCH_UUID_RUN") or "")
   local key = os.getenv("WAVY_BENCH_KEY") or ""
   if key ~= "" then
     wrk.headers["X-Webhook-Key"] = key
@@ -64,6 +67,9 @@ function request()
   sent = sent + 1
   local base = run_id .. "-" .. tid .. "-" .. sent
   local body
+  if uuid_run then
+    return wrk.format(nil, nil, nil, dlr(string.format("%08x-%04x-4000-8000-%012x", uuid_run, tid, sent)))
+  end
   if batch <= 1 then
     body = dlr(base, scatter and scattered(sent))
   else
@@ -105,9 +111,10 @@ function done(summary, latency, requests)
       ranges, t:get("server_errors")))
   end
   out:write(string.format(
-    '{"summary":true,"requests":%d,"duration_us":%d,"p50_us":%d,"p99_us":%d,'
+    '{"summary":true,"requests":%d,"duration_us":%d,"p50_us":%d,"p99_us":%d,"p999_us":%d,'
     .. '"connect_errors":%d,"read_errors":%d,"write_errors":%d,"timeouts":%d,"non_2xx":%d}\n',
     summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
+    latency:percentile(99.9),
     summary.errors.connect, summary.errors.read, summary.errors.write, summary.errors.timeout,
     summary.errors.status))
   out:close()

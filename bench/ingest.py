@@ -47,6 +47,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from app.db.engine import normalize_database_url
 from app.db.queries import add_webhook_key
 from bench.common import postgres_cpu_seconds, running_service, scratch_database
+from bench.lean import versus_lean
 
 LUA = Path(__file__).with_name("dlr.lua")
 # One JSON line written by dlr.lua: a thread's acknowledged ranges, or the run's summary.
@@ -326,9 +327,20 @@ def main() -> None:
         "(evening); by default each id starts with a hash of its number, so new ids land all "
         "over the indexes, as Wavy's UUIDs do",
     )
+    parser.add_argument(
+        "--versus-lean",
+        action="store_true",
+        help="only the comparison with the lean reference route (bench.lean), which the full "
+        "matrix runs first",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed (Debian: apt-get install wrk)")
+    if args.versus_lean or not (args.soak or args.smoke or args.only):
+        with scratch_database("wavy_bench_lean") as database_url:
+            versus_lean(database_url, args.seconds)
+        if args.versus_lean:
+            return
 
     if args.soak:
         scenarios = [Scenario("soak", 1, 64, 1)]
