@@ -226,10 +226,11 @@ async def test_a_key_writes_replies_only_for_its_own_sub_account(
     assert [row["reason"] for row in await rejected(engine)] == ["foreign_sub_account"]
 
 
+@pytest.mark.parametrize("squatter_name", INTRUDERS)
 async def test_a_reply_id_taken_by_another_key_is_refused_for_an_operator_not_swallowed(
-    app: FastAPI, client: httpx.AsyncClient, engine: AsyncEngine
+    app: FastAPI, client: httpx.AsyncClient, engine: AsyncEngine, squatter_name: str
 ) -> None:
-    owner, squatter = await party(app, client, OWNER), await party(app, client, "apple")
+    owner, squatter = await party(app, client, OWNER), await party(app, client, squatter_name)
     assert (await squatter.post("mo", {"id": "r-1", "messageText": "first"})).status_code == 200
 
     answer = await owner.post("mo", {"id": "r-1", "messageText": "SAIR"})
