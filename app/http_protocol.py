@@ -264,9 +264,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return
         super().on_headers_complete()
 
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        # A kept-alive connection's next head: timed by uvicorn's keep-alive timeout until its
-        # first byte, then by on_message_begin's timer; counted from its first byte.
-        self._end_head()
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        # What comes next on this connection is the next request's head: counted from its
+        # first byte, timed by uvicorn's keep-alive timeout until then, and by
+        # on_message_begin's timer after. (Not at the response's end: a pipelined request
+        # may be past its head by then, and its body would count as head.)
         self.in_head, self.head_bytes = True, 0

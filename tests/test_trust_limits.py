@@ -403,3 +403,21 @@ async def test_the_dashboard_forbids_framing_and_sniffing(client: httpx.AsyncCli
     assert page.headers["x-frame-options"] == "DENY"
     assert page.headers["x-content-type-options"] == "nosniff"
     assert script.headers["x-content-type-options"] == "nosniff"
+
+
+async def test_a_kept_alive_connection_takes_a_large_body_after_a_small_request(
+    settings: Settings, webhook_key: str
+) -> None:
+    """The head limit counts heads only: a body larger than it on a reused connection is no
+    head too large."""
+    array = [{"id": f"big-{n}", "sentStatusCode": 2, "extraInfo": "x" * 200} for n in range(500)]
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.port}") as one_connection:
+        small = await one_connection.post(
+            "/v1/webhooks/dlr", params={"key": webhook_key}, json={"id": "small-1"}
+        )
+        large = await one_connection.post(
+            "/v1/webhooks/dlr", params={"key": webhook_key}, json=array
+        )
+
+    assert (small.status_code, large.status_code) == (200, 200)
+    assert large.json()["received"] == 500
