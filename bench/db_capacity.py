@@ -166,6 +166,24 @@ _FLOOR_COLUMNS: dict[str, str] = {
     "first_seen_at": "timestamptz",
     "payload": "text",
 }
+# Each message's event row, as app.db.tables keys the event log: the purge's and history's
+# order, and the exact-retry key.
+_FLOOR_EVENTS_TABLE = """
+    CREATE TABLE floor_events (
+        id bigint GENERATED ALWAYS AS IDENTITY, kind text COLLATE "C" NOT NULL,
+        message_id text COLLATE "C" NOT NULL, sub_account text COLLATE "C",
+        sent_status_code int, delivered_status_code int, received_at timestamptz NOT NULL,
+        payload json NOT NULL, PRIMARY KEY (received_at, id),
+        UNIQUE NULLS NOT DISTINCT (message_id, kind, sent_status_code, delivered_status_code))
+"""
+_FLOOR_EVENT_COLUMNS = (
+    "kind",
+    "message_id",
+    "sent_status_code",
+    "delivered_status_code",
+    "received_at",
+    "payload",
+)
 # The writer's encoding, built by the writer's own helpers (one JSON array per column,
 # app.db.ingest), with the least conflict handling an idempotent receiver needs.
 _FLOOR_INSERT = (
@@ -181,6 +199,9 @@ _FLOOR_INDEXES: list[tuple[str, list[str]]] = [
     ("+ correlation id, destination", ["correlation_id", "destination"]),
     ("+ listing and feed orders", ["first_seen_at, id", "tx_id, change_seq"]),
 ]
+# The last step of the floor adds each message's event row (COPY only): what an array of DLRs
+# stores at the least, against which the service's arrays are measured (bench.ingest).
+WITH_EVENTS = "+ their event rows"
 FloorRow = tuple[Any, ...]
 
 
@@ -203,13 +224,22 @@ def _as_json_columns(rows: list[FloorRow]) -> list[str]:
     return [orjson.dumps(list(column)).decode() for column in zip(*rows, strict=True)]
 
 
+def _event_rows(rows: list[FloorRow]) -> list[FloorRow]:
+    """Each message row's DLR event, as the writer logs it."""
+    return [("dlr", row[0], row[3], row[4], row[7], row[8]) for row in rows]
+
+
 async def floor_run(
-    dsn: str, indexes: list[str], batches: list[list[FloorRow]], way: str
+    dsn: str, indexes: list[str], batches: list[list[FloorRow]], way: str, *, events: bool = False
 ) -> tuple[float, float]:
-    """Rows/s and PostgreSQL's CPU per row, filling a new floor table from 2 connections."""
+    """Rows/s and PostgreSQL's CPU per row, filling a new floor table from 2 connections (with
+    ``events``, by COPY, each row's event row too, in the same transaction)."""
     admin = await asyncpg.connect(dsn)
     await admin.execute("DROP TABLE IF EXISTS floor_messages")
+    await admin.execute("DROP TABLE IF EXISTS floor_events")
     await admin.execute(_FLOOR_TABLE)
+    if events:
+        await admin.execute(_FLOOR_EVENTS_TABLE)
     for columns in indexes:
         await admin.execute(f"CREATE INDEX ON floor_messages ({columns})")
     await admin.execute("CHECKPOINT")  # each run starts with the same WAL state
@@ -223,8 +253,15 @@ async def floor_run(
             "floor_messages", records=rows, columns=list(_FLOOR_COLUMNS)
         )
 
+    async def by_copy_with_events(conn: asyncpg.Connection, rows: list[FloorRow]) -> None:
+        async with conn.transaction():
+            await by_copy(conn, rows)
+            await conn.copy_records_to_table(
+                "floor_events", records=_event_rows(rows), columns=list(_FLOOR_EVENT_COLUMNS)
+            )
+
     write: Callable[[asyncpg.Connection, list[FloorRow]], Awaitable[None]]
-    write = by_copy if way == "copy" else by_insert
+    write = by_insert if way == "insert" else by_copy_with_events if events else by_copy
     queue = iter(batches)
     connections = [await asyncpg.connect(dsn) for _ in range(2)]  # open before the first reading
 
@@ -260,6 +297,20 @@ def measure_floor(dsn: str, count: int, size: int, target: int) -> None:
                 f"  {label:31} {how:26} {per_s:9,.0f} rows/s  PostgreSQL {cpu_us:5.1f} us/row",
                 flush=True,
             )
+    per_s, cpu_us = copy_floor(dsn, count, size)
+    print(
+        f"  {WITH_EVENTS:31} {'binary COPY':26} {per_s:9,.0f} rows/s  PostgreSQL "
+        f"{cpu_us:5.1f} us/row",
+        flush=True,
+    )
+
+
+def copy_floor(dsn: str, count: int, size: int) -> tuple[float, float]:
+    """The floor under an array of DLRs: message rows with every index above and their event
+    rows, by binary COPY from 2 connections: rows/s and PostgreSQL's CPU per row."""
+    indexes = [column for _, more in _FLOOR_INDEXES for column in more]
+    batches = [floor_rows(f"floor-events-{time.monotonic_ns()}-{n}", size) for n in range(count)]
+    return asyncio.run(floor_run(dsn, indexes, batches, "copy", events=True))
 
 
 def main() -> None:

@@ -7,11 +7,14 @@ in the same run, then a check that every acknowledged DLR is stored.
     .venv/bin/python -m bench.ingest --sub-account acme # post with a key of a sub-account
     .venv/bin/python -m bench.ingest --clustered-ids    # ids as in runs before 2026-11-25 evening
 
-Scenarios: single-object posts at 64 connections and 1000-item arrays at 8 connections, with 1
-and 2 workers. For each it prints events/s and p50/p99 latency of the service and of the
-ceiling (the same app with only the database write removed), their ratio, the largest RSS of
-any server process, how many acknowledged DLRs are missing from the database (must be 0), and
-the CPU the run cost the service, PostgreSQL and wrk (they share this machine's cores).
+First, the service against the lean reference route (bench.lean). Then scenarios:
+single-object posts at 64 connections and 1000-item arrays at 8 connections, with 1 and 2
+workers; after each array scenario, PostgreSQL's floor for the same rows in the same run
+(bench.db_capacity's COPY of message and event rows) and the ratio to it. For each it prints
+events/s and p50/p99 latency of the service and of the ceiling (the same app with only the
+database write removed), their ratio, the largest RSS of any server process, how many
+acknowledged DLRs are missing from the database (must be 0), and the CPU the run cost the
+service, PostgreSQL and wrk (they share this machine's cores).
 Without ``--sub-account`` the service runs with open ingest and no key: the DLRs belong to no
 sub-account, as with a key made without one.
 
@@ -47,12 +50,15 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from app.db.engine import normalize_database_url
 from app.db.queries import add_webhook_key
 from bench.common import postgres_cpu_seconds, running_service, scratch_database
+from bench.db_capacity import copy_floor
 from bench.lean import versus_lean
 
 LUA = Path(__file__).with_name("dlr.lua")
 # One JSON line written by dlr.lua: a thread's acknowledged ranges, or the run's summary.
 WrkLine = dict[str, Any]
 ARRAY_CONNECTIONS = int(os.environ.get("BENCH_ARRAY_CONNECTIONS", "8"))
+# Batches of PostgreSQL's floor measured after each array scenario (bench.db_capacity).
+FLOOR_BATCHES = 100
 
 
 @dataclass
@@ -387,6 +393,20 @@ def main() -> None:
                 print(
                     f"  ratio    {service.events_per_s / ceiling.events_per_s:.2f} "
                     "of the no-database ceiling",
+                    flush=True,
+                )
+            if scenario.batch > 1 and not args.smoke:
+                # PostgreSQL's own floor for the same rows, in the same run: message rows with
+                # the read API's indexes and their event rows, by binary COPY.
+                floor_per_s, floor_cpu = copy_floor(
+                    database_url.replace("postgresql+asyncpg://", "postgresql://"),
+                    FLOOR_BATCHES,
+                    scenario.batch,
+                )
+                print(
+                    f"  floor    {floor_per_s:9,.0f} events/s  (COPY, PostgreSQL "
+                    f"{floor_cpu:.1f} us/row)\n"
+                    f"  ratio    {service.events_per_s / floor_per_s:.2f} of PostgreSQL's floor",
                     flush=True,
                 )
     print(f"\nacknowledged but missing, all runs: {total_missing}")
