@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import secrets
 import signal
@@ -17,6 +18,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -128,11 +130,25 @@ def running_service(
                     time.sleep(0.2)
             yield base, process
         finally:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            stop(process)
+
+
+def stop(process: subprocess.Popen[bytes], timeout_s: float = 30) -> None:
+    """Ctrl-C, as a user stops a server; killed if it has not stopped in time."""
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def wrk_output(path: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """What dlr.lua's done() wrote (and the file removed): the run's summary line, and one
+    line per wrk thread."""
+    lines = [json.loads(line) for line in Path(path).read_text().splitlines()]
+    os.unlink(path)
+    summary = next(line for line in lines if line.get("summary"))
+    return summary, [line for line in lines if "tid" in line]
 
 
 def percentiles(samples_ms: list[float]) -> dict[str, float]:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import resource
 import shutil
@@ -49,7 +48,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.db.engine import normalize_database_url
 from app.db.queries import add_webhook_key
-from bench.common import postgres_cpu_seconds, running_service, scratch_database
+from bench.common import postgres_cpu_seconds, running_service, scratch_database, wrk_output
 from bench.db_capacity import copy_floor
 from bench.lean import versus_lean
 
@@ -180,10 +179,7 @@ def run_wrk(
         capture_output=True,
         timeout=seconds + 60,
     )
-    lines = [json.loads(line) for line in Path(out_path).read_text().splitlines()]
-    os.unlink(out_path)
-    summary = next(line for line in lines if line.get("summary"))
-    return summary, [line for line in lines if "tid" in line]
+    return wrk_output(out_path)
 
 
 def acked_ranges(thread: WrkLine) -> list[tuple[int, int]]:

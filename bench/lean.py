@@ -15,9 +15,7 @@ milliseconds whatever the server.
 from __future__ import annotations
 
 import itertools
-import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -29,7 +27,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import free_port, running_service
+from bench.common import free_port, running_service, stop, wrk_output
 
 # Beside the repository, where the issue tracker's shared material lives; not part of the
 # product. Without it the comparison is skipped, and says so.
@@ -84,11 +82,7 @@ def running_lean(workers: int) -> Iterator[str]:
                 time.sleep(0.2)
         yield f"{base}/dlr"
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop(process, timeout_s=20)
 
 
 def load(url: str, connections: int, seconds: int) -> Latency:
@@ -110,9 +104,7 @@ def load(url: str, connections: int, seconds: int) -> Latency:
         capture_output=True,
         timeout=seconds + 60,
     )
-    lines = [json.loads(line) for line in Path(out_path).read_text().splitlines()]
-    os.unlink(out_path)
-    summary = next(line for line in lines if line.get("summary"))
+    summary, _ = wrk_output(out_path)
     errors = sum(
         summary[key]
         for key in ("non_2xx", "connect_errors", "read_errors", "write_errors", "timeouts")
