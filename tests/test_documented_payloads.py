@@ -1,4 +1,4 @@
-"""Every example and variant documented in ../shared/wavy-api.md, posted over HTTP and read back
+"""Every example and variant documented in docs/payloads.md, posted over HTTP and read back
 from PostgreSQL."""
 
 from __future__ import annotations

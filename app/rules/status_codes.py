@@ -1,4 +1,4 @@
-"""Wavy's documented status codes and names (../shared/wavy-api.md, "Status codes")."""
+"""Wavy's documented status codes and names (docs/payloads.md, "Status codes")."""
 
 from __future__ import annotations
 
