@@ -19,6 +19,7 @@ from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db import users
+from app.db.retention import purge_tables, retention_ages
 from app.db.stats import fold_stats_deltas
 from app.http_protocol import GuardedHttpToolsProtocol, HeadBounds
 from app.rules.scope import Role
@@ -142,14 +143,29 @@ async def test_a_flood_of_junk_from_one_key_keeps_its_first_copies_within_the_bu
     assert broken["repeats"] == 19
 
 
-async def test_rejected_bodies_are_purged_after_their_own_retention_by_default() -> None:
-    settings = Settings(database_url="postgresql://unused/x")
+async def test_rejected_bodies_are_purged_after_their_own_retention_while_data_is_kept(
+    hook: Any, engine: AsyncEngine
+) -> None:
+    """By default data is kept until told otherwise, rejected bodies 30 days."""
+    defaults = Settings(database_url="postgresql://unused/x")
+    await hook("dlr", {"id": "kept-1", "sentStatusCode": 2})
+    await hook("dlr", content=b"{old junk")
+    await hook("dlr", content=b"{new junk")
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "UPDATE rejected_bodies SET received_at = now() - interval '31 days' "
+                "WHERE body = '{old junk'::bytea"
+            )
+        )
+        await conn.execute(text("UPDATE events SET received_at = now() - interval '31 days'"))
 
-    age = settings.rejected_retention_age()
+    ages = retention_ages(defaults.retention_age(), defaults.rejected_retention_age())
+    await purge_tables(engine, ages)
 
-    assert age is not None
-    assert age.days == 30
-    assert settings.retention_age() is None  # the data itself is kept until told otherwise
+    left = await fetch_all(engine, "SELECT convert_from(body, 'UTF8') AS b FROM rejected_bodies")
+    assert left == [{"b": "{new junk"}]
+    assert len(await fetch_all(engine, "SELECT id FROM events")) == 1  # data: no retention set
 
 
 # --- no client input causes a 500 -------------------------------------------------------------

@@ -69,13 +69,15 @@ async def _read_limited_body(request: Request, limit: int, timeout_s: float) -> 
     return b"".join(chunks)
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: one is built per request, and only a refusal reads it (a frozen dataclass's
+# __init__ costs several times more).
+@dataclass(slots=True)
 class _Refusal:
-    """What a refused request leaves for an operator."""
+    """What a refused request leaves for an operator: its kind, the request (method, content
+    type) and the bytes kept."""
 
     kind: EventKind
-    method: str
-    content_type: str | None
+    request: Request
     kept: bytes
     truncated: bool = False
 
@@ -89,12 +91,12 @@ async def _keep_and_refuse(context: WebhookContext, refusal: _Refusal, error: Re
             context.engine,
             RejectedBody(
                 endpoint=refusal.kind,
-                method=refusal.method,
+                method=refusal.request.method,
                 sub_account=context.caller.sub_account,
                 status_code=REFUSAL_STATUS[error.reason],
                 reason=error.reason,
                 detail=error.details,
-                content_type=refusal.content_type,
+                content_type=refusal.request.headers.get("content-type"),
                 body=refusal.kept,
                 body_truncated=refusal.truncated,
             ),
@@ -148,15 +150,14 @@ async def ingest_body(kind: EventKind, request: Request, context: WebhookContext
     """A POSTed body: one object or an array."""
     received_at = datetime.now(UTC)
     settings = context.settings
-    content_type = request.headers.get("content-type")
     try:
         body = await _read_limited_body(request, settings.max_body_bytes, settings.body_timeout_s)
     except _CutOff as cut:
-        refusal = _Refusal(kind, "POST", content_type, cut.received, truncated=True)
+        refusal = _Refusal(kind, request, cut.received, truncated=True)
         raise await _keep_and_refuse(context, refusal, cut.refusal) from None
     if context.writer.is_full():  # refused before parsing: a burst stays cheap
         raise WriterOverloaded("overloaded; nothing was stored, retry later")
-    refusal = _Refusal(kind, "POST", content_type, body)
+    refusal = _Refusal(kind, request, body)
     try:
         parsed = parse_webhook_body(kind, body, max_items=settings.max_items)
     except Refused as error:
@@ -174,7 +175,7 @@ async def ingest_query(request: Request, context: WebhookContext) -> Ingested:
     query = request.url.query
     cut_off = URL_CUT_OFF in request.scope.get("extensions", {})
     kept = query_without_credentials(query)[: settings.max_body_bytes].encode()
-    refusal = _Refusal("mo", "GET", request.headers.get("content-type"), kept, cut_off)
+    refusal = _Refusal("mo", request, kept, cut_off)
     try:
         if cut_off:
             raise url_too_long(settings.max_head_bytes)

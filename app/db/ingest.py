@@ -72,7 +72,6 @@ _EVENT_COLUMNS = table_columns(events, leaving_out=("id",))
 _EVENT_FIELDS = tuple(_EVENT_COLUMNS)[:-1]  # EventRecord attributes sent by _json_columns
 # The batch as sent: the events' columns, then the sending key's sub-account.
 _BATCH_COLUMNS: dict[str, str] = {**_EVENT_COLUMNS, "claimant": "text"}
-CLAIMANT_PARAMETER = len(_BATCH_COLUMNS)
 
 
 def _owned_elsewhere(row: str) -> str:
@@ -334,16 +333,11 @@ def split_rival_claims(records: list[EventRecord]) -> tuple[list[int], list[int]
 
 def _needs_transaction(records: list[EventRecord]) -> bool:
     """One statement is atomic by itself; a batch needs an explicit transaction when it has
-    replies (their own statements), several statuses for one message (merged after the
-    events' insert tells which were refused) or rival claims (written in two steps)."""
+    replies (their own statements) or several statuses for one message (merged after the
+    events' insert tells which were refused). Rival claims need one too (write_records)."""
     seen: set[str] = set()
-    claims: dict[tuple[str, str], str] = {}
     for record in records:
         if record.mo is not None:
-            return True
-        if record.claimant is not None and (
-            claims.setdefault(record.owner_key, record.claimant) != record.claimant
-        ):
             return True
         if record.status is not None:
             if record.message_id in seen:
@@ -368,11 +362,11 @@ def _fill_in(a: MoRecord, b: MoRecord) -> MoRecord:
 async def write_records(conn: asyncpg.Connection, records: list[EventRecord]) -> BatchOutcome:
     """Write one batch atomically: as one statement when it can, else in a transaction of its
     own (or the caller's, if one is open)."""
-    if _needs_transaction(records) and not conn.is_in_transaction():
+    first, later = split_rival_claims(records)
+    if (later or _needs_transaction(records)) and not conn.is_in_transaction():
         async with conn.transaction():
             return await write_records(conn, records)
-    first, later = split_rival_claims(records)
-    if later:
+    if later:  # written in two steps
         done = await _write_claims(conn, [records[p] for p in first])
         rest = await write_records(conn, [records[p] for p in later])
         return BatchOutcome(

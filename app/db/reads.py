@@ -199,7 +199,13 @@ async def consume_feed(
         "feed": kind,
         "scope": scope.cursor_key + (window.cursor_key() if window else ""),
     }
-    if window is not None:
+    created = await conn.scalar(
+        pg_insert(read_cursors)
+        .values(**key)
+        .on_conflict_do_nothing()
+        .returning(read_cursors.c.user_id)
+    )
+    if window is not None and created is not None:  # a new window: forget the stale ones
         await conn.execute(
             delete(read_cursors).where(
                 read_cursors.c.user_id == reader.id,
@@ -208,7 +214,6 @@ async def consume_feed(
                 read_cursors.c.updated_at < WINDOW_CURSORS_KEPT,
             )
         )
-    await conn.execute(pg_insert(read_cursors).values(**key).on_conflict_do_nothing())
     cursor = (
         await conn.execute(
             select(read_cursors.c.tx_id, read_cursors.c.seq, read_cursors.c.updated_at)
