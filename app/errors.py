@@ -88,3 +88,15 @@ class UnknownTimeZone(DomainError):
     def __init__(self, name: str) -> None:
         super().__init__(f"the database knows no time zone {name!r}")
         self.name = name
+
+
+class EndpointNotFound(DomainError):
+    """No forwarding endpoint has this id."""
+
+
+class ForeignEndpoint(DomainError):
+    """The endpoint, or the sub-account asked for, is not the caller's to manage."""
+
+
+class EndpointUrlRefused(DomainError):
+    """A URL no delivery may go to (the message says why)."""

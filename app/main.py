@@ -19,9 +19,10 @@ from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import metrics
-from app.api import dashboard, health, receive, stats, status, webhooks
+from app.api import dashboard, endpoints, health, receive, stats, status, webhooks
 from app.api.deps import READER_CREDENTIAL_HEADERS
 from app.api.errors import install_error_handlers
+from app.api.forwarder import Forwarder
 from app.api.middleware import ObserveRequests
 from app.db.engine import (
     KEYS_LISTENER_APPLICATION_NAME,
@@ -30,7 +31,12 @@ from app.db.engine import (
     writer_connector,
 )
 from app.db.key_registry import KeyRegistry
-from app.db.notifications import KEYS_CHANGED_CHANNEL, USERS_CHANGED_CHANNEL, follow_changes
+from app.db.notifications import (
+    FEEDS_CHANGED_CHANNEL,
+    KEYS_CHANGED_CHANNEL,
+    USERS_CHANGED_CHANNEL,
+    follow_changes,
+)
 from app.db.reader_cache import ReaderCache
 from app.db.retention import purge_periodically, retention_ages
 from app.db.stats import fold_stats_periodically
@@ -90,10 +96,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     readers = ReaderCache(engine, ttl_s=settings.reader_cache_seconds)
     if settings.open_ingest:
         log.warning("open ingest: webhooks are accepted WITHOUT a key")
+    forwarder = Forwarder(engine, settings)
     await registry.refresh()
     await writer.start()
+    await forwarder.start()
     app.state.engine, app.state.writer, app.state.key_registry = engine, writer, registry
-    app.state.readers = readers
+    app.state.readers, app.state.forwarder = readers, forwarder
     background = [
         asyncio.create_task(_sample_gauges(engine, writer), name="sample-gauges"),
         asyncio.create_task(fold_stats_periodically(engine), name="stats-fold"),
@@ -102,12 +110,20 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 writer_connector(
                     settings, database_url, application_name=KEYS_LISTENER_APPLICATION_NAME
                 ),
-                {KEYS_CHANGED_CHANNEL: registry.forget, USERS_CHANGED_CHANNEL: readers.forget},
+                {
+                    KEYS_CHANGED_CHANNEL: registry.forget,
+                    USERS_CHANGED_CHANNEL: readers.forget,
+                    FEEDS_CHANGED_CHANNEL: forwarder.wake,
+                },
             ),
             name="key-and-user-changes",
         ),
     ]
-    ages = retention_ages(settings.retention_age(), settings.rejected_retention_age())
+    ages = retention_ages(
+        settings.retention_age(),
+        settings.rejected_retention_age(),
+        settings.forward_retention_age(),
+    )
     if ages:
         purge = purge_periodically(engine, ages, settings.purge_interval_s)
         background.append(asyncio.create_task(purge, name="retention-purge"))
@@ -115,7 +131,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        # Commit what requests already handed in before the connections go away.
+        # Record the attempts in flight, then commit what requests already handed in, before
+        # the connections go away.
+        await forwarder.stop()
         await writer.stop()
         for task in background:
             task.cancel()
@@ -186,6 +204,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(status.router)
     app.include_router(receive.router)
     app.include_router(stats.router)
+    app.include_router(endpoints.router)
     app.include_router(dashboard.router)
     app.mount("/static", StaticFiles(directory=dashboard.STATIC_DIR), name="static")
     app.openapi = lambda: _openapi_with_payload_schemas(app)  # type: ignore[method-assign]

@@ -9,7 +9,9 @@ up. Without that variable (tests, a bare ``uvicorn``), the process's own registr
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -115,6 +117,71 @@ STATS_QUARANTINED = Counter(
 PURGED_ROWS = Counter(
     "wavy_purged_rows_total", "Rows removed by the retention purge, by table", ["table"]
 )
+
+FORWARD_ATTEMPTS = Counter(
+    "wavy_forward_attempts_total",
+    "Deliveries attempted to downstream endpoints, by outcome (success: a 2xx; http_error: "
+    "another status; no_answer: refused, unreachable or timed out)",
+    ["outcome"],
+)
+FORWARD_ATTEMPT_SECONDS = Histogram(
+    "wavy_forward_attempt_duration_seconds",
+    "Time from sending a delivery to its answer (or to giving up on it)",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0),
+)
+FORWARD_GIVEN_UP = Counter(
+    "wavy_forward_deliveries_failed_total",
+    "Deliveries given up on after the last attempt of WAVY_FORWARD_RETRY_SCHEDULE (replayable)",
+)
+# Sampled from the database by every worker's forwarder (all see the same figures: the
+# newest of the live workers' is shown).
+FORWARD_BACKLOG = Gauge(
+    "wavy_forward_backlog",
+    "Deliveries still to be sent, by endpoint id",
+    ["endpoint"],
+    multiprocess_mode="livemax",
+)
+FORWARD_FAILING_SECONDS = Gauge(
+    "wavy_forward_endpoint_failing_seconds",
+    "Seconds since an endpoint's first failed attempt after its last success (0: healthy); it "
+    "is disabled at WAVY_FORWARD_DISABLE_AFTER",
+    ["endpoint"],
+    multiprocess_mode="livemax",
+)
+FORWARD_DISABLED_DEAD = Gauge(
+    "wavy_forward_endpoints_disabled_failing",
+    "Endpoints disabled for failing too long (enable them again once they answer)",
+    multiprocess_mode="livemax",
+)
+
+
+class EndpointFigures(Protocol):
+    @property
+    def id(self) -> int: ...
+    @property
+    def failing_for_s(self) -> float: ...
+    @property
+    def backlog(self) -> int: ...
+    @property
+    def disabled_for_failing(self) -> bool: ...
+
+
+def sample_forwarding(endpoints: Sequence[EndpointFigures], seen_before: set[int]) -> None:
+    """The endpoints' gauges; those removed since the last sample go to zero."""
+    for endpoint in endpoints:
+        label = str(endpoint.id)
+        FORWARD_BACKLOG.labels(label).set(endpoint.backlog)
+        FORWARD_FAILING_SECONDS.labels(label).set(endpoint.failing_for_s)
+    for gone in seen_before - {endpoint.id for endpoint in endpoints}:
+        FORWARD_BACKLOG.labels(str(gone)).set(0)
+        FORWARD_FAILING_SECONDS.labels(str(gone)).set(0)
+    FORWARD_DISABLED_DEAD.set(sum(1 for endpoint in endpoints if endpoint.disabled_for_failing))
+
+
+def record_attempt(succeeded: bool, status_code: int | None, latency_ms: int) -> None:
+    outcome = "success" if succeeded else "http_error" if status_code is not None else "no_answer"
+    FORWARD_ATTEMPTS.labels(outcome).inc()
+    FORWARD_ATTEMPT_SECONDS.observe(latency_ms / 1000)
 
 
 def sample_gauges(queued_items: int, pool_checked_out: int, pool_connections: int) -> None:

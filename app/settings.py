@@ -17,6 +17,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.rules.forwarding import DEFAULT_RETRY_SCHEDULE_S
 from app.rules.retention import parse_age
 
 
@@ -101,6 +102,26 @@ class Settings(BaseSettings):
     rejected_max_bytes: PositiveInt = 1024 * 1024 * 1024
     purge_interval_s: PositiveFloat = 3600.0
 
+    # Forwarding to downstream endpoints (docs/operations.md). An attempt without an answer
+    # within this many seconds failed.
+    forward_timeout_s: PositiveFloat = 15.0
+    # Seconds before each attempt, the first included: "0,5,300" tries at once, 5 s later and
+    # 5 min after that, then gives up (the delivery is marked failed, and can be replayed).
+    forward_retry_schedule: Annotated[list[NonNegativeFloat], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_RETRY_SCHEDULE_S), min_length=1
+    )
+    # An endpoint without a single success for this long is disabled (an age: 5d, 12h).
+    forward_disable_after: str = "5d"
+    # Deliveries may go to loopback, private and link-local addresses (tests, a LAN service).
+    forward_allow_private: bool = False
+    # Per endpoint and worker: deliveries claimed at once, and sent at the same time.
+    forward_batch: PositiveInt = 256
+    forward_concurrency: PositiveInt = 64
+    # After a secret's rotation, the previous secret signs too for this long.
+    forward_secret_overlap: str = "24h"  # noqa: S105 - an age
+    # Sent and failed deliveries, and every attempt, are kept this long (unset: for ever).
+    forward_retention: str | None = "30d"
+
     log_level: str = "info"
     log_format: Literal["text", "json"] = Field(
         default="text", description="json: one JSON object per line, for a log pipeline"
@@ -123,7 +144,20 @@ class Settings(BaseSettings):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
         return value
 
-    @field_validator("retention", "rejected_retention")
+    @field_validator("forward_retry_schedule", mode="before")
+    @classmethod
+    def _seconds_comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator(
+        "retention",
+        "rejected_retention",
+        "forward_retention",
+        "forward_disable_after",
+        "forward_secret_overlap",
+    )
     @classmethod
     def _retention_is_an_age(cls, value: str | None) -> str | None:
         if value is not None:
@@ -135,6 +169,9 @@ class Settings(BaseSettings):
 
     def rejected_retention_age(self) -> timedelta | None:
         return parse_age(self.rejected_retention) if self.rejected_retention else None
+
+    def forward_retention_age(self) -> timedelta | None:
+        return parse_age(self.forward_retention) if self.forward_retention else None
 
     def webhook_base_url(self) -> str:
         return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")

@@ -23,6 +23,9 @@ from starlette.responses import Response
 from app import metrics
 from app.db.engine import database_unavailable
 from app.errors import (
+    EndpointNotFound,
+    EndpointUrlRefused,
+    ForeignEndpoint,
     LoginsThrottled,
     RefusalReason,
     Refused,
@@ -230,6 +233,15 @@ def install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, UnknownTimeZone)
         return error_response(422, "invalid_tz", str(exc))
 
+    async def on_endpoint_not_found(_: Request, exc: Exception) -> Response:
+        return error_response(404, "not_found", "no such endpoint")
+
+    async def on_foreign_endpoint(_: Request, exc: Exception) -> Response:
+        return error_response(403, "forbidden", "that endpoint or sub-account is not yours")
+
+    async def on_endpoint_url_refused(_: Request, exc: Exception) -> Response:
+        return error_response(422, "invalid_url", str(exc))
+
     async def on_unexpected(_: Request, exc: Exception) -> Response:
         log.exception("unhandled error", exc_info=exc)
         return error_response(500, "internal_error", "internal error")
@@ -239,6 +251,9 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Unavailable, on_unavailable)
     app.add_exception_handler(LoginsThrottled, on_logins_throttled)
     app.add_exception_handler(UnknownTimeZone, on_unknown_time_zone)
+    app.add_exception_handler(EndpointNotFound, on_endpoint_not_found)
+    app.add_exception_handler(ForeignEndpoint, on_foreign_endpoint)
+    app.add_exception_handler(EndpointUrlRefused, on_endpoint_url_refused)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(RequestValidationError, on_request_validation)
     # Handled here rather than as any Exception: Starlette re-raises what reaches its last

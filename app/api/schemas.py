@@ -10,7 +10,9 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from app.api.params import SearchText
+from app.api.params import IsoTime, SearchText
+from app.db.endpoints import EndpointInfo
+from app.rules.forwarding import EVENT_TYPES, EventType
 
 Row = dict[str, Any]
 
@@ -266,3 +268,113 @@ class StatsAnswer(BaseModel):
     tz: str = Field(description="the zone of the days and hour labels")
     groups: list[StatsGroup]
     totals: StatsFigures
+
+
+class EndpointIn(BaseModel):
+    """A downstream endpoint to push replies and status changes to."""
+
+    url: str = Field(max_length=2048, examples=["https://crm.example.com/hooks/wavy"])
+    subAccount: SearchText | None = Field(
+        default=None,
+        max_length=255,
+        description="whose data it receives; the caller's own by default (admins: none = all)",
+    )
+    events: list[EventType] = Field(
+        default_factory=lambda: list(EVENT_TYPES), min_length=1, description="default: all"
+    )
+
+    model_config = {"extra": "forbid"}
+
+
+class EndpointPatch(BaseModel):
+    url: str | None = Field(default=None, max_length=2048)
+    events: list[EventType] | None = Field(default=None, min_length=1)
+    disabled: bool | None = None
+
+    model_config = {"extra": "forbid"}
+
+
+class EndpointOut(BaseModel):
+    id: int
+    url: str
+    subAccount: str | None = Field(description="none: every sub-account's data")
+    events: list[EventType]
+    disabled: bool
+    disabledAt: str | None
+    disabledReason: str | None = Field(description="manual, or failing (no success for too long)")
+    createdAt: str
+    createdBy: str
+    lastAttemptAt: str | None
+    lastSuccessAt: str | None
+    failingSince: str | None = Field(description="first failed attempt since the last success")
+    backlog: int = Field(description="deliveries still to be sent")
+    failed: int = Field(description="deliveries given up on after the last retry (replayable)")
+    replaying: bool
+
+
+class EndpointCreated(EndpointOut):
+    secret: str = Field(description="the signing secret (whsec_...), shown only now")
+
+
+class SecretRotated(BaseModel):
+    secret: str = Field(description="the new signing secret, shown only now")
+    previousSecretValidUntil: str = Field(description="the old one also signs until then")
+
+
+class ReplayIn(BaseModel):
+    since: IsoTime = Field(description="send again every delivery made since then (ISO-8601)")
+
+    model_config = {"extra": "forbid"}
+
+
+class ReplayQueued(BaseModel):
+    queued: int = Field(description="deliveries to be sent again")
+
+
+class AttemptOut(BaseModel):
+    id: int
+    webhookId: str
+    eventType: str | None
+    attemptedAt: str
+    statusCode: int | None = Field(description="the endpoint's HTTP status, if it answered")
+    error: str | None = Field(description="why there was no answer (timeout, refused, ...)")
+    latencyMs: int
+    response: str | None = Field(description="the answer's first KiB")
+
+
+class AttemptPage(BaseModel):
+    items: list[AttemptOut]
+    next: str | None = Field(description="cursor for the next (older) page, if any")
+
+
+def endpoint_out(info: EndpointInfo) -> dict[str, Any]:
+    return {
+        "id": info.id,
+        "url": info.url,
+        "subAccount": info.sub_account,
+        "events": info.events,
+        "disabled": info.disabled_at is not None,
+        "disabledAt": iso(info.disabled_at),
+        "disabledReason": info.disabled_reason,
+        "createdAt": iso(info.created_at),
+        "createdBy": info.created_by,
+        "lastAttemptAt": iso(info.last_attempt_at),
+        "lastSuccessAt": iso(info.last_success_at),
+        "failingSince": iso(info.failing_since),
+        "backlog": info.backlog,
+        "failed": info.failed,
+        "replaying": info.replaying,
+    }
+
+
+def attempt_out(row: Row) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "webhookId": row["webhook_id"],
+        "eventType": row["event_type"],
+        "attemptedAt": iso(row["attempted_at"]),
+        "statusCode": row["status_code"],
+        "error": row["error"],
+        "latencyMs": row["latency_ms"],
+        "response": row["response"],
+    }

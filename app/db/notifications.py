@@ -1,6 +1,7 @@
-"""Change notifications for the in-memory caches: one connection per worker listens on every
-channel they need (migrations 0011 and 0012 notify when webhook keys or read-API users
-change), and tells the cache of that table to forget what it holds."""
+"""Change notifications: one connection per worker listens on every channel the worker needs
+(migrations 0011 and 0012 notify when webhook keys or read-API users change, 0014 when the
+feeds hold something new for the forwarder), and calls what each channel is for: a cache
+forgets what it holds, the forwarder looks at the feeds."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ log = logging.getLogger(__name__)
 # Every committed change to these tables is notified on its channel (by a statement trigger).
 KEYS_CHANGED_CHANNEL = "wavy_webhook_keys"
 USERS_CHANGED_CHANNEL = "wavy_read_users"
+FEEDS_CHANGED_CHANNEL = "wavy_feeds"
 # After the listening connection is lost or refused, wait this long before trying again.
 RELISTEN_DELAY_S = 2.0
 

@@ -31,7 +31,12 @@ _OLD_ROWS = {
     "messages": "first_seen_at < :cutoff AND updated_at < :cutoff",
     "mos": "received_at < :cutoff",
     "rejected_bodies": "received_at < :cutoff",
+    # Forwarding's history; a delivery still to be sent is never old.
+    "deliveries": "created_at < :cutoff AND state <> 'pending'",
+    "delivery_attempts": "attempted_at < :cutoff",
 }
+# The tables WAVY_FORWARD_RETENTION ages (the data's retention, when shorter, too).
+_FORWARDING = ("deliveries", "delivery_attempts")
 
 
 # How a row is found again: its primary key (the events' leads with received_at).
@@ -57,12 +62,17 @@ class PurgeReport:
     deleted: dict[str, int] = field(default_factory=dict)
 
 
-def retention_ages(data: timedelta | None, rejected: timedelta | None) -> dict[str, timedelta]:
-    """How old each table's rows may grow: the data's age everywhere, and rejected bodies no
-    older than their own (WAVY_REJECTED_RETENTION), whichever is shorter."""
+def retention_ages(
+    data: timedelta | None, rejected: timedelta | None, forwarding: timedelta | None = None
+) -> dict[str, timedelta]:
+    """How old each table's rows may grow: the data's age everywhere, rejected bodies no older
+    than their own (WAVY_REJECTED_RETENTION) and forwarding's history no older than its own
+    (WAVY_FORWARD_RETENTION), whichever is shorter."""
     ages = {table: data for table in _OLD_ROWS} if data is not None else {}
-    if rejected is not None:
-        ages["rejected_bodies"] = min(rejected, ages.get("rejected_bodies", rejected))
+    own = {"rejected_bodies": rejected, **dict.fromkeys(_FORWARDING, forwarding)}
+    for table, age in own.items():
+        if age is not None:
+            ages[table] = min(age, ages.get(table, age))
     return ages
 
 

@@ -29,7 +29,7 @@ from sqlalchemy import (
     UniqueConstraint,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSON, JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSON, JSONB
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -70,6 +70,8 @@ messages_change_seq = Sequence("messages_change_seq", metadata=metadata)
 # admins' unscoped reads return, are left out of the scoped indexes: a deployment whose keys
 # carry no sub-account then spends two index entries fewer per message and per reply.
 SCOPED = text("sub_account IS NOT NULL")
+# Deliveries still to be sent: what the forwarder looks up.
+PENDING = text("state = 'pending'")
 
 # One row per MT message id, the merge of its callback and DLR(s); see app.rules.status_merge.
 messages = Table(
@@ -305,6 +307,87 @@ read_cursors = Table(
     Column("seq", BigInteger, nullable=False, server_default=text("0")),
     Column("updated_at", TS, nullable=True),
     CheckConstraint("feed IN ('status', 'mo')", name="feed"),
+)
+
+
+# Downstream endpoints that every stored reply and status change is pushed to (app.api.forwarder).
+endpoints = Table(
+    "endpoints",
+    metadata,
+    Column("id", Integer, Identity(), primary_key=True),
+    Column("url", Text, nullable=False),
+    # Whose data it receives; none: every sub-account's (admins only).
+    Column("sub_account", KEY, nullable=True),
+    # The event types it receives (app.rules.forwarding.EventType).
+    Column("events", ARRAY(KEY), nullable=False),
+    # The Standard Webhooks secret (whsec_...). Kept as is: every delivery is signed with it.
+    Column("secret", Text, nullable=False),
+    # After a rotation the previous secret signs too, until previous_secret_until.
+    Column("previous_secret", Text, nullable=True),
+    Column("previous_secret_until", TS, nullable=True),
+    Column("created_at", TS, nullable=False, server_default=text("now()")),
+    Column("created_by", Text, nullable=False),
+    Column("disabled_at", TS, nullable=True),
+    Column("disabled_reason", Text, nullable=True),
+    # Where its deliveries stand in each safe feed (app.db.reads' feed positions): what is
+    # after them is still to be turned into deliveries.
+    Column("status_tx_id", BigInteger, nullable=False),
+    Column("status_seq", BigInteger, nullable=False),
+    Column("mo_tx_id", BigInteger, nullable=False),
+    Column("mo_seq", BigInteger, nullable=False),
+    Column("last_attempt_at", TS, nullable=True),
+    Column("last_success_at", TS, nullable=True),
+    # The first failed attempt since the last success: the age a dead endpoint is disabled at.
+    Column("failing_since", TS, nullable=True),
+    # A replay in progress: deliveries of ids in [replay_next_id, replay_last_id] to send again.
+    Column("replay_next_id", BigInteger, nullable=True),
+    Column("replay_last_id", BigInteger, nullable=True),
+    CheckConstraint("disabled_reason IN ('manual', 'failing')", name="disabled_reason"),
+)
+
+# One row per event per endpoint: the body as signed, and where its sending stands.
+deliveries = Table(
+    "deliveries",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("endpoint_id", Integer, ForeignKey("endpoints.id", ondelete="CASCADE"), nullable=False),
+    # The Standard Webhooks webhook-id: the same on every attempt of this delivery.
+    Column("webhook_id", KEY, nullable=False),
+    Column("event_type", KEY, nullable=False),
+    # A status's message id: one message's deliveries go out in order. None for replies.
+    Column("message_id", KEY, nullable=True),
+    Column("body", LargeBinary, nullable=False),
+    Column("created_at", TS, nullable=False, server_default=text("now()")),
+    Column("state", KEY, nullable=False, server_default=text("'pending'")),
+    Column("attempts", SmallInteger, nullable=False, server_default=text("0")),
+    # When it may be sent (again); while an attempt runs, when that attempt's lease ends.
+    Column("next_attempt_at", TS, nullable=False, server_default=text("now()")),
+    Column("finished_at", TS, nullable=True),
+    # The delivery a replay sends again.
+    Column("replay_of", BigInteger, nullable=True),
+    CheckConstraint("state IN ('pending', 'delivered', 'failed')", name="state"),
+    Index(None, "endpoint_id", "next_attempt_at", postgresql_where=PENDING),
+    Index(None, "endpoint_id", "message_id", "id", postgresql_where=PENDING),
+    Index(None, "created_at"),
+)
+
+# Every attempt to send a delivery, newest looked at first.
+delivery_attempts = Table(
+    "delivery_attempts",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("endpoint_id", Integer, ForeignKey("endpoints.id", ondelete="CASCADE"), nullable=False),
+    Column("delivery_id", BigInteger, nullable=False),
+    Column("webhook_id", KEY, nullable=False),
+    Column("attempted_at", TS, nullable=False),
+    # The HTTP status, or none with an error (no answer, refused address, timeout).
+    Column("status_code", SmallInteger, nullable=True),
+    Column("error", Text, nullable=True),
+    Column("latency_ms", Integer, nullable=False),
+    # The answer's first KiB.
+    Column("response", Text, nullable=True),
+    Index(None, "endpoint_id", "id"),
+    Index(None, "attempted_at"),
 )
 
 

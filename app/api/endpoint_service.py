@@ -1,0 +1,132 @@
+"""Managing forwarding endpoints, for the HTTP API and the CLI alike: who may touch which
+endpoint, which URLs are allowed, and the answers' shapes.
+
+``authority`` is what the caller may manage: every endpoint (an admin, the CLI's operator) or
+one sub-account's. An endpoint outside it is ``ForeignEndpoint`` (403) and never shown.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from app.api.delivery_client import check_resolves_public
+from app.api.schemas import EndpointIn, EndpointPatch, attempt_out, endpoint_out, iso
+from app.db import endpoints as queries
+from app.errors import EndpointNotFound, EndpointUrlRefused, ForeignEndpoint
+from app.rules.forwarding import UrlNotAllowed, check_url_shape
+from app.rules.retention import parse_age
+from app.rules.scope import Scope, can_see
+from app.settings import Settings
+
+
+async def allowed_url(url: str, settings: Settings) -> str:
+    """The URL, once it is one deliveries may go to (checked again at every delivery)."""
+    try:
+        host = check_url_shape(url)
+        if not settings.forward_allow_private:
+            await check_resolves_public(host)
+    except UrlNotAllowed as error:
+        raise EndpointUrlRefused(str(error)) from None
+    return url
+
+
+def _owner(authority: Scope, requested: str | None) -> str | None:
+    """Whose data a new endpoint receives: a user's own sub-account, whatever an admin names
+    (none: everyone's)."""
+    if authority.everything:
+        return requested
+    if requested not in (None, authority.sub_account):
+        raise ForeignEndpoint
+    return authority.sub_account
+
+
+async def _managed(
+    conn: AsyncConnection, authority: Scope, endpoint_id: int
+) -> queries.EndpointInfo:
+    info = await queries.get_endpoint(conn, endpoint_id)
+    if info is None:
+        raise EndpointNotFound
+    if not can_see(authority, info.sub_account):
+        raise ForeignEndpoint
+    return info
+
+
+async def create_endpoint(
+    engine: AsyncEngine, settings: Settings, authority: Scope, created_by: str, wanted: EndpointIn
+) -> dict[str, Any]:
+    owner = _owner(authority, wanted.subAccount)
+    url = await allowed_url(wanted.url, settings)
+    async with engine.begin() as conn:
+        endpoint_id, secret = await queries.add_endpoint(
+            conn, url=url, sub_account=owner, events=wanted.events, created_by=created_by
+        )
+        info = await _managed(conn, authority, endpoint_id)
+    return {**endpoint_out(info), "secret": secret}
+
+
+async def list_endpoints(engine: AsyncEngine, scope: Scope) -> list[dict[str, Any]]:
+    async with engine.connect() as conn:
+        return [endpoint_out(info) for info in await queries.list_endpoints(conn, scope)]
+
+
+async def show_endpoint(engine: AsyncEngine, authority: Scope, endpoint_id: int) -> dict[str, Any]:
+    async with engine.connect() as conn:
+        return endpoint_out(await _managed(conn, authority, endpoint_id))
+
+
+async def change_endpoint(
+    engine: AsyncEngine,
+    settings: Settings,
+    authority: Scope,
+    endpoint_id: int,
+    patch: EndpointPatch,
+) -> dict[str, Any]:
+    url = await allowed_url(patch.url, settings) if patch.url is not None else None
+    change = queries.EndpointChange(url=url, events=patch.events, disabled=patch.disabled)
+    async with engine.begin() as conn:
+        await _managed(conn, authority, endpoint_id)
+        await queries.change_endpoint(conn, endpoint_id, change)
+        return endpoint_out(await _managed(conn, authority, endpoint_id))
+
+
+async def remove_endpoint(engine: AsyncEngine, authority: Scope, endpoint_id: int) -> None:
+    async with engine.begin() as conn:
+        await _managed(conn, authority, endpoint_id)
+        await queries.remove_endpoint(conn, endpoint_id)
+
+
+async def rotate_secret(
+    engine: AsyncEngine, settings: Settings, authority: Scope, endpoint_id: int
+) -> dict[str, Any]:
+    overlap = parse_age(settings.forward_secret_overlap)
+    async with engine.begin() as conn:
+        await _managed(conn, authority, endpoint_id)
+        secret = await queries.rotate_secret(conn, endpoint_id, overlap)
+    return {"secret": secret, "previousSecretValidUntil": iso(datetime.now(UTC) + overlap)}
+
+
+async def list_attempts(
+    engine: AsyncEngine, authority: Scope, endpoint_id: int, before: int | None, limit: int
+) -> dict[str, Any]:
+    """Newest first; ``next`` pages on to older ones."""
+    async with engine.connect() as conn:
+        await _managed(conn, authority, endpoint_id)
+        rows = await queries.list_attempts(conn, endpoint_id, before, limit + 1)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return {
+        "items": [attempt_out(row) for row in rows],
+        "next": str(rows[-1]["id"]) if more and rows else None,
+    }
+
+
+async def replay(
+    engine: AsyncEngine, authority: Scope, endpoint_id: int, since: datetime
+) -> dict[str, Any]:
+    async with engine.begin() as conn:
+        await _managed(conn, authority, endpoint_id)
+        queued = await queries.start_replay(conn, endpoint_id, since)
+    return {"queued": queued}

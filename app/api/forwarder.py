@@ -1,0 +1,280 @@
+"""The forwarder: pushes every stored reply and status change to the endpoints that receive it,
+signed (Standard Webhooks), retried on a schedule, never lost (app.db.forwarding says how).
+
+Each worker runs one. Its dispatch loop turns what the safe feeds hold after each endpoint's
+position into deliveries, woken by the feeds' notification (migration 0014) and, should that be
+lost, by a short poll. Each endpoint has a sender of its own per worker, so an endpoint that
+times out holds up only its own deliveries. A sweep disables dead endpoints and samples the
+metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from datetime import UTC, datetime
+
+import orjson
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app import metrics
+from app.api.delivery_client import Answer, DeliveryClient
+from app.api.schemas import iso, mo_out, status_out
+from app.db import forwarding
+from app.db.engine import database_unavailable
+from app.db.forwarding import Claimed, EndpointConfig, NewDelivery, Outcome
+from app.db.reads import FeedKind, Row
+from app.logs import FailureLog
+from app.rules.forwarding import EventType, Signer, delay_before_attempt, new_webhook_id
+from app.rules.retention import parse_age
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Without a notification (the listening connection lost, or a commit the feed could not serve
+# yet because an older transaction was still open), the feeds are looked at this often.
+DISPATCH_POLL_S = 0.25
+# An idle sender looks for retries that came due this often.
+SENDER_POLL_S = 1.0
+# Feed rows read per endpoint and dispatch transaction.
+DISPATCH_PAGE_ROWS = 1000
+# Dead endpoints are looked for, and the metrics sampled, this often.
+SWEEP_INTERVAL_S = 5.0
+# A claimed delivery is leased for the attempt's timeout and this much more: the time to record
+# its outcome. Past it another worker sends it again (its claimant is taken to be dead).
+LEASE_MARGIN_S = 10.0
+RECORD_RETRY_S = 0.5
+# At stop, a sender still sending gets this long to finish and record its attempts.
+STOP_GRACE_S = 5.0
+
+EVENT_OF: dict[FeedKind, EventType] = {"status": "status.updated", "mo": "mo.received"}
+
+
+def render_delivery(kind: FeedKind, row: Row) -> NewDelivery:
+    """The delivery of one feed row: the change exactly as the read API shows it."""
+    event_type = EVENT_OF[kind]
+    data = status_out(row) if kind == "status" else mo_out(row)
+    body = {"type": event_type, "timestamp": iso(forwarding.row_time(row, kind)), "data": data}
+    return NewDelivery(
+        webhook_id=new_webhook_id(),
+        event_type=event_type,
+        message_id=row["id"] if kind == "status" else None,
+        body=orjson.dumps(body),
+    )
+
+
+class Forwarder:
+    def __init__(self, engine: AsyncEngine, settings: Settings) -> None:
+        self._engine = engine
+        self._settings = settings
+        self._schedule = tuple(settings.forward_retry_schedule)
+        self._disable_after = parse_age(settings.forward_disable_after)
+        self._lease_s = settings.forward_timeout_s + LEASE_MARGIN_S
+        self._wake = asyncio.Event()
+        self._senders: dict[int, _Sender] = {}
+        self._client: DeliveryClient | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._health_seen: set[int] = set()
+
+    def wake(self) -> None:
+        """Something was stored (the feeds' notification): dispatch now."""
+        self._wake.set()
+
+    async def start(self) -> None:
+        self._client = DeliveryClient(
+            timeout_s=self._settings.forward_timeout_s,
+            allow_private=self._settings.forward_allow_private,
+        )
+        self._task = asyncio.create_task(self._run(), name="forwarder")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await asyncio.gather(*(sender.stop() for sender in self._senders.values()))
+        self._senders.clear()
+        if self._client is not None:
+            await self._client.close()
+
+    async def _run(self) -> None:
+        failures = FailureLog(log, "forwarding")
+        next_sweep = 0.0
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), DISPATCH_POLL_S)
+            self._wake.clear()
+            try:
+                endpoints = await self._enabled_endpoints()
+                for endpoint in endpoints:
+                    await self._dispatch(endpoint)
+                if time.monotonic() >= next_sweep:
+                    await self._sweep()
+                    next_sweep = time.monotonic() + SWEEP_INTERVAL_S
+                failures.succeeded()
+                metrics.record_success("forwarding")
+            except Exception as error:  # an outage must not end the loop: the next round retries
+                failures.failed(error)
+
+    async def _enabled_endpoints(self) -> list[EndpointConfig]:
+        async with self._engine.connect() as conn:
+            endpoints = await forwarding.enabled_endpoints(conn)
+        wanted = {endpoint.id: endpoint for endpoint in endpoints}
+        for gone in set(self._senders) - set(wanted):
+            await self._senders.pop(gone).stop()
+        assert self._client is not None
+        for endpoint in endpoints:
+            sender = self._senders.get(endpoint.id)
+            if sender is None:
+                self._senders[endpoint.id] = _Sender(
+                    self._engine, self._client, self._settings, endpoint, self._lease_s
+                )
+            else:
+                sender.endpoint = endpoint
+        return endpoints
+
+    async def _dispatch(self, endpoint: EndpointConfig) -> None:
+        """Until the endpoint's feeds hold nothing new (and its replay, if any, is copied)."""
+        while True:
+            async with self._engine.begin() as conn:
+                made = await forwarding.dispatch(
+                    conn,
+                    endpoint,
+                    render_delivery,
+                    page_rows=DISPATCH_PAGE_ROWS,
+                    first_delay_s=self._schedule[0],
+                )
+            if made:
+                self._senders[endpoint.id].wake()
+            if not made:
+                break
+        while endpoint.replaying:
+            async with self._engine.begin() as conn:
+                copied = await forwarding.replay_page(conn, endpoint.id, DISPATCH_PAGE_ROWS)
+            if copied is None:
+                break
+            if copied:
+                self._senders[endpoint.id].wake()
+            await asyncio.sleep(0)  # a large replay must not starve the other endpoints
+
+    async def _sweep(self) -> None:
+        async with self._engine.begin() as conn:
+            disabled = await forwarding.disable_dead_endpoints(conn, self._disable_after)
+            health = await forwarding.endpoint_health(conn)
+        for endpoint_id in disabled:
+            log.warning(
+                "endpoint %d disabled: no successful delivery for %s",
+                endpoint_id,
+                self._settings.forward_disable_after,
+            )
+        metrics.sample_forwarding(health, self._health_seen)
+        self._health_seen = {item.id for item in health}
+
+
+class _Sender:
+    """Sends one endpoint's deliveries from this worker: claims a batch, sends it with bounded
+    concurrency, records every outcome, and again while there is work."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        client: DeliveryClient,
+        settings: Settings,
+        endpoint: EndpointConfig,
+        lease_s: float,
+    ) -> None:
+        self._engine = engine
+        self._client = client
+        self._schedule = tuple(settings.forward_retry_schedule)
+        self._batch = settings.forward_batch
+        self._limit = asyncio.Semaphore(settings.forward_concurrency)
+        self._lease_s = lease_s
+        self.endpoint = endpoint
+        self._wake = asyncio.Event()
+        self._wake.set()
+        self._stopping = False
+        self._task = asyncio.create_task(self._run(), name=f"forward-{endpoint.id}")
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def stop(self) -> None:
+        """Lets the batch in flight finish and be recorded, for a short while."""
+        self._stopping = True
+        self._wake.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), STOP_GRACE_S)
+        except TimeoutError:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        failures = FailureLog(log, f"forwarding to endpoint {self.endpoint.id}")
+        while not self._stopping:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), SENDER_POLL_S)
+            self._wake.clear()
+            try:
+                while not self._stopping and await self._send_one_batch():
+                    pass
+                failures.succeeded()
+            except Exception as error:  # an outage: claimed deliveries' leases run out, and
+                failures.failed(error)  # they are sent again then
+                await asyncio.sleep(SENDER_POLL_S)
+
+    async def _send_one_batch(self) -> bool:
+        """True when a batch was sent (there may be more)."""
+        endpoint = self.endpoint
+        async with self._engine.begin() as conn:
+            claimed = await forwarding.claim(
+                conn, endpoint.id, rows=self._batch, lease_s=self._lease_s
+            )
+        if not claimed:
+            return False
+        signer = Signer.of(endpoint.secret, endpoint.previous_secret)
+        outcomes = await asyncio.gather(
+            *(self._attempt(endpoint.url, signer, item) for item in claimed)
+        )
+        await self._record(endpoint.id, outcomes)
+        return True
+
+    async def _attempt(self, url: str, signer: Signer, item: Claimed) -> Outcome:
+        async with self._limit:
+            attempted_at = datetime.now(UTC)
+            headers = signer.headers(item.webhook_id, attempted_at, item.body)
+            answer = await self._client.post(url, item.body, headers)
+        metrics.record_attempt(answer.succeeded, answer.status_code, answer.latency_ms)
+        return self._outcome(item, attempted_at, answer)
+
+    def _outcome(self, item: Claimed, attempted_at: datetime, answer: Answer) -> Outcome:
+        retry = None if answer.succeeded else delay_before_attempt(self._schedule, item.attempts)
+        return Outcome(
+            delivery_id=item.id,
+            webhook_id=item.webhook_id,
+            attempted_at=attempted_at,
+            succeeded=answer.succeeded,
+            status_code=answer.status_code,
+            error=answer.error,
+            latency_ms=answer.latency_ms,
+            response=answer.response,
+            retry_in_s=retry,
+        )
+
+    async def _record(self, endpoint_id: int, outcomes: list[Outcome]) -> None:
+        """Survives a short outage: a record lost means sending again, once the lease runs
+        out, what may have been delivered. So it is tried again while the lease lasts."""
+        deadline = time.monotonic() + LEASE_MARGIN_S
+        while True:
+            try:
+                async with self._engine.begin() as conn:
+                    given_up = await forwarding.record(conn, endpoint_id, outcomes)
+                break
+            except Exception as error:
+                if not database_unavailable(error) or time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(RECORD_RETRY_S)
+        if given_up:
+            metrics.FORWARD_GIVEN_UP.inc(given_up)

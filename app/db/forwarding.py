@@ -1,0 +1,366 @@
+"""The forwarder's queries: turning the safe feeds into deliveries, claiming deliveries to send,
+recording attempts, disabling dead endpoints, and the figures its metrics show.
+
+Every step is a short transaction, and nothing lives only in memory:
+- an endpoint's position in each feed moves in the transaction that stores the deliveries it
+  read, so a crash repeats or loses nothing (one dispatcher per endpoint at a time, across
+  workers and replicas, by a transaction-scoped advisory lock);
+- a claimed delivery is leased (its ``next_attempt_at`` moved past the attempt's timeout) and
+  committed before it is sent, so another worker skips it while it is in flight, and sends
+  it if the claimant dies before it records the outcome;
+- a status is not claimed while an earlier delivery of the same message to the same
+  endpoint is still pending: one message's changes arrive in the order they were stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.db.reads import FeedKind, FeedPosition, Row, feed_page
+from app.rules.forwarding import EventType
+from app.rules.scope import Scope
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointConfig:
+    """What the forwarder needs of an enabled endpoint."""
+
+    id: int
+    url: str
+    sub_account: str | None
+    events: tuple[EventType, ...]
+    secret: str
+    previous_secret: str | None  # while a rotation's overlap lasts
+    replaying: bool
+
+
+async def enabled_endpoints(conn: AsyncConnection) -> list[EndpointConfig]:
+    rows = await conn.execute(
+        text(
+            "SELECT id, url, sub_account, events, secret, "
+            "CASE WHEN previous_secret_until > now() THEN previous_secret END AS previous_secret, "
+            "replay_next_id IS NOT NULL AS replaying "
+            "FROM endpoints WHERE disabled_at IS NULL ORDER BY id"
+        )
+    )
+    return [
+        EndpointConfig(
+            id=row.id,
+            url=row.url,
+            sub_account=row.sub_account,
+            events=tuple(row.events),
+            secret=row.secret,
+            previous_secret=row.previous_secret,
+            replaying=row.replaying,
+        )
+        for row in rows
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class NewDelivery:
+    webhook_id: str
+    event_type: EventType
+    message_id: str | None
+    body: bytes
+
+
+# What the forwarder makes of a feed's row: the delivery of that change.
+Render = Callable[[FeedKind, Row], NewDelivery]
+
+# Which feed each event type is read from.
+FEED_OF: dict[EventType, FeedKind] = {"status.updated": "status", "mo.received": "mo"}
+_POSITION_COLUMNS: dict[FeedKind, tuple[str, str]] = {
+    "status": ("status_tx_id", "status_seq"),
+    "mo": ("mo_tx_id", "mo_seq"),
+}
+_DISPATCH_LOCK = text("SELECT pg_try_advisory_xact_lock(hashtext('wavy-forward'), :id)")
+
+_INSERT_DELIVERIES = text(
+    "INSERT INTO deliveries (endpoint_id, webhook_id, event_type, message_id, body, "
+    "next_attempt_at) "
+    "SELECT :endpoint_id, w, t, m, b, now() + make_interval(secs => :first_delay) "
+    "FROM unnest(CAST(:webhook_ids AS text[]), CAST(:types AS text[]), "
+    "CAST(:message_ids AS text[]), CAST(:bodies AS bytea[])) AS d(w, t, m, b)"
+)
+
+
+async def dispatch(
+    conn: AsyncConnection,
+    endpoint: EndpointConfig,
+    render: Render,
+    *,
+    page_rows: int,
+    first_delay_s: float,
+) -> int | None:
+    """One page of each feed the endpoint receives, stored as its deliveries, its positions
+    moved past them, in the caller's transaction. None when another worker is dispatching
+    this endpoint; else how many deliveries were made."""
+    if not await conn.scalar(_DISPATCH_LOCK, {"id": endpoint.id}):
+        return None
+    position_row = (
+        await conn.execute(
+            text(
+                "SELECT status_tx_id, status_seq, mo_tx_id, mo_seq FROM endpoints "
+                "WHERE id = :id AND disabled_at IS NULL"
+            ),
+            {"id": endpoint.id},
+        )
+    ).first()
+    if position_row is None:  # removed or disabled meanwhile
+        return 0
+    positions = position_row._mapping
+    scope = Scope(sub_account=endpoint.sub_account)
+    made: list[NewDelivery] = []
+    moved: dict[str, int] = {}
+    for event_type in endpoint.events:
+        kind = FEED_OF[event_type]
+        tx_column, seq_column = _POSITION_COLUMNS[kind]
+        after = FeedPosition(positions[tx_column], positions[seq_column])
+        rows, position = await feed_page(conn, kind, scope, after, page_rows)
+        made.extend(render(kind, row) for row in rows)
+        if position != after:
+            moved.update({tx_column: position.tx_id, seq_column: position.seq})
+    if made:
+        await _insert(conn, endpoint.id, made, first_delay_s)
+    if moved:
+        assignments = ", ".join(f"{column} = :{column}" for column in moved)
+        await conn.execute(
+            text(f"UPDATE endpoints SET {assignments} WHERE id = :id"),  # noqa: S608 - our names
+            {**moved, "id": endpoint.id},
+        )
+    return len(made)
+
+
+async def _insert(
+    conn: AsyncConnection, endpoint_id: int, made: Sequence[NewDelivery], first_delay_s: float
+) -> None:
+    await conn.execute(
+        _INSERT_DELIVERIES,
+        {
+            "endpoint_id": endpoint_id,
+            "webhook_ids": [item.webhook_id for item in made],
+            "types": [item.event_type for item in made],
+            "message_ids": [item.message_id for item in made],
+            "bodies": [item.body for item in made],
+            "first_delay": first_delay_s,
+        },
+    )
+
+
+# A replay's page: the original deliveries, copied as new ones (new webhook ids: a consumer
+# that dropped duplicates would otherwise drop what it asked to receive again).
+_REPLAY_PAGE = text(
+    "WITH page AS ("
+    "  SELECT id, event_type, message_id, body FROM deliveries"
+    "  WHERE endpoint_id = :id AND id >= :first AND id <= :last AND replay_of IS NULL"
+    "  ORDER BY id LIMIT :rows"
+    "), copied AS ("
+    "  INSERT INTO deliveries (endpoint_id, webhook_id, event_type, message_id, body, replay_of)"
+    "  SELECT :id, 'msg_' || replace(gen_random_uuid()::text, '-', ''), event_type,"
+    "         message_id, body, id FROM page ORDER BY id"
+    "  RETURNING replay_of"
+    ") SELECT max(replay_of) AS last_copied, count(*) AS copied FROM copied"
+)
+
+
+async def replay_page(conn: AsyncConnection, endpoint_id: int, page_rows: int) -> int | None:
+    """The next page of the endpoint's replay, if one runs (None when none does, or another
+    worker holds it): how many deliveries were copied."""
+    if not await conn.scalar(_DISPATCH_LOCK, {"id": endpoint_id}):
+        return None
+    span = (
+        await conn.execute(
+            text("SELECT replay_next_id, replay_last_id FROM endpoints WHERE id = :id"),
+            {"id": endpoint_id},
+        )
+    ).first()
+    if span is None or span.replay_next_id is None:
+        return None
+    copied = (
+        await conn.execute(
+            _REPLAY_PAGE,
+            {
+                "id": endpoint_id,
+                "first": span.replay_next_id,
+                "last": span.replay_last_id,
+                "rows": page_rows,
+            },
+        )
+    ).one()
+    done = copied.copied < page_rows or copied.last_copied >= span.replay_last_id
+    await conn.execute(
+        text(
+            "UPDATE endpoints SET replay_next_id = CASE WHEN :done THEN NULL ELSE :next END, "
+            "replay_last_id = CASE WHEN :done THEN NULL ELSE replay_last_id END WHERE id = :id"
+        ),
+        {"done": done, "next": (copied.last_copied or 0) + 1, "id": endpoint_id},
+    )
+    return int(copied.copied)
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    id: int
+    webhook_id: str
+    body: bytes
+    attempts: int  # including the one about to be made
+
+
+_CLAIM = text(
+    "UPDATE deliveries d SET attempts = d.attempts + 1, "
+    "next_attempt_at = now() + make_interval(secs => :lease) "
+    "FROM ("
+    "  SELECT c.id FROM deliveries c"
+    "  WHERE c.endpoint_id = :id AND c.state = 'pending' AND c.next_attempt_at <= now()"
+    "    AND NOT EXISTS (SELECT 1 FROM deliveries e WHERE e.endpoint_id = :id"
+    "      AND e.state = 'pending' AND e.message_id = c.message_id AND e.id < c.id)"
+    "  ORDER BY c.next_attempt_at, c.id LIMIT :rows FOR UPDATE SKIP LOCKED"
+    ") due WHERE d.id = due.id "
+    "RETURNING d.id, d.webhook_id, d.body, d.attempts"
+)
+
+
+async def claim(
+    conn: AsyncConnection, endpoint_id: int, *, rows: int, lease_s: float
+) -> list[Claimed]:
+    """Up to ``rows`` deliveries due now, leased for ``lease_s`` (commit before sending)."""
+    result = await conn.execute(_CLAIM, {"id": endpoint_id, "rows": rows, "lease": lease_s})
+    claimed = [Claimed(row.id, row.webhook_id, row.body, row.attempts) for row in result]
+    claimed.sort(key=lambda item: item.id)
+    return claimed
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """One attempt: ``retry_in_s`` None means no further attempt (delivered, or given up)."""
+
+    delivery_id: int
+    webhook_id: str
+    attempted_at: datetime
+    succeeded: bool
+    status_code: int | None
+    error: str | None
+    latency_ms: int
+    response: str | None
+    retry_in_s: float | None
+
+
+_RECORD = text(
+    "WITH o AS ("
+    "  SELECT * FROM unnest(CAST(:ids AS bigint[]), CAST(:ok AS boolean[]),"
+    "                       CAST(:retry AS float8[])) AS o(id, ok, retry)"
+    ") UPDATE deliveries d SET "
+    "state = CASE WHEN o.ok THEN 'delivered' WHEN o.retry IS NULL THEN 'failed' "
+    "             ELSE 'pending' END, "
+    "next_attempt_at = CASE WHEN o.retry IS NULL THEN d.next_attempt_at "
+    "                       ELSE now() + make_interval(secs => o.retry) END, "
+    "finished_at = CASE WHEN o.ok OR o.retry IS NULL THEN now() END "
+    "FROM o WHERE d.id = o.id AND d.state = 'pending' "
+    "RETURNING d.state"
+)
+_INSERT_ATTEMPTS = text(
+    "INSERT INTO delivery_attempts (endpoint_id, delivery_id, webhook_id, attempted_at, "
+    "status_code, error, latency_ms, response) "
+    "SELECT :endpoint_id, d, w, a, s, e, l, r FROM unnest(CAST(:ids AS bigint[]), "
+    "CAST(:webhook_ids AS text[]), CAST(:at AS timestamptz[]), CAST(:codes AS smallint[]), "
+    "CAST(:errors AS text[]), CAST(:latencies AS int[]), CAST(:responses AS text[])) "
+    "AS t(d, w, a, s, e, l, r) "
+    "WHERE EXISTS (SELECT 1 FROM endpoints WHERE id = :endpoint_id)"
+)
+_ENDPOINT_HEALTH = text(
+    "UPDATE endpoints SET last_attempt_at = now(), "
+    "last_success_at = CASE WHEN :any_ok THEN now() ELSE last_success_at END, "
+    "failing_since = CASE WHEN :last_ok THEN NULL "
+    "                     ELSE coalesce(failing_since, :first_failure) END "
+    "WHERE id = :endpoint_id"
+)
+
+
+async def record(conn: AsyncConnection, endpoint_id: int, outcomes: Sequence[Outcome]) -> int:
+    """The attempts, their deliveries' new state and the endpoint's health, in the caller's
+    transaction. Returns how many deliveries were given up on."""
+    if not outcomes:
+        return 0
+    states = await conn.execute(
+        _RECORD,
+        {
+            "ids": [item.delivery_id for item in outcomes],
+            "ok": [item.succeeded for item in outcomes],
+            "retry": [item.retry_in_s for item in outcomes],
+        },
+    )
+    failed = sum(1 for row in states if row.state == "failed")
+    try:
+        async with conn.begin_nested():
+            await conn.execute(
+                _INSERT_ATTEMPTS,
+                {
+                    "endpoint_id": endpoint_id,
+                    "ids": [item.delivery_id for item in outcomes],
+                    "webhook_ids": [item.webhook_id for item in outcomes],
+                    "at": [item.attempted_at for item in outcomes],
+                    "codes": [item.status_code for item in outcomes],
+                    "errors": [item.error for item in outcomes],
+                    "latencies": [item.latency_ms for item in outcomes],
+                    "responses": [item.response for item in outcomes],
+                },
+            )
+    except IntegrityError:
+        return failed  # the endpoint was removed while its attempts ran: nothing to keep
+    last = max(outcomes, key=lambda item: item.attempted_at)
+    failures = [item.attempted_at for item in outcomes if not item.succeeded]
+    await conn.execute(
+        _ENDPOINT_HEALTH,
+        {
+            "endpoint_id": endpoint_id,
+            "any_ok": any(item.succeeded for item in outcomes),
+            "last_ok": last.succeeded,
+            "first_failure": min(failures) if failures else None,
+        },
+    )
+    return failed
+
+
+async def disable_dead_endpoints(conn: AsyncConnection, after: timedelta) -> list[int]:
+    """Endpoints without a single success for ``after``: disabled, their position kept."""
+    result = await conn.execute(
+        text(
+            "UPDATE endpoints SET disabled_at = now(), disabled_reason = 'failing' "
+            "WHERE disabled_at IS NULL AND failing_since < now() - :after RETURNING id"
+        ),
+        {"after": after},
+    )
+    return [row.id for row in result]
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointHealth:
+    id: int
+    failing_for_s: float  # 0 when its last attempt succeeded
+    backlog: int
+    disabled_for_failing: bool
+
+
+async def endpoint_health(conn: AsyncConnection) -> list[EndpointHealth]:
+    rows = await conn.execute(
+        text(
+            "SELECT e.id, coalesce(extract(epoch FROM now() - e.failing_since), 0) AS failing, "
+            "(SELECT count(*) FROM deliveries d WHERE d.endpoint_id = e.id "
+            " AND d.state = 'pending') AS backlog, "
+            "coalesce(e.disabled_reason = 'failing', false) AS dead FROM endpoints e"
+        )
+    )
+    return [EndpointHealth(row.id, float(row.failing), row.backlog, row.dead) for row in rows]
+
+
+def row_time(row: Row, kind: FeedKind) -> datetime:
+    """When a feed's row was stored: what an event's ``timestamp`` says."""
+    moment: datetime = row["updated_at"] if kind == "status" else row["stored_at"]
+    return moment

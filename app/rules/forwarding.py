@@ -1,0 +1,101 @@
+"""The rules of forwarding, with no I/O: the event types, the retry schedule, which addresses a
+delivery may reach, secrets and the Standard Webhooks signature headers."""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Literal, get_args
+from urllib.parse import urlsplit
+
+from standardwebhooks.webhooks import Webhook
+
+EventType = Literal["mo.received", "status.updated"]
+EVENT_TYPES: tuple[EventType, ...] = get_args(EventType)
+DeliveryState = Literal["pending", "delivered", "failed"]
+DisabledReason = Literal["manual", "failing"]
+
+# Svix's schedule: at once, then 5 s, 5 min, 30 min, 2 h, 5 h, 10 h and 10 h later.
+DEFAULT_RETRY_SCHEDULE_S: tuple[float, ...] = (0, 5, 300, 1800, 7200, 18000, 36000, 36000)
+
+# What an attempt keeps of the answer (the API shows it to the endpoint's owner).
+RESPONSE_EXCERPT_BYTES = 1024
+# Standard Webhooks' secrets: 24 to 64 random bytes, base64, after "whsec_".
+SECRET_PREFIX = "whsec_"  # noqa: S105 - a prefix, not a secret
+SECRET_BYTES = 32
+MAX_URL_CHARS = 2048
+
+
+def delay_before_attempt(schedule: Sequence[float], attempts_made: int) -> float | None:
+    """Seconds to wait before the next attempt after ``attempts_made`` (the first attempt is
+    ``schedule[0]``); None when the schedule is spent: the delivery has failed."""
+    return schedule[attempts_made] if attempts_made < len(schedule) else None
+
+
+def new_secret() -> str:
+    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(SECRET_BYTES)).decode()
+
+
+def new_webhook_id() -> str:
+    return "msg_" + secrets.token_hex(12)
+
+
+@dataclass(frozen=True, slots=True)
+class Signer:
+    """Signs with the endpoint's secret, and during a rotation's overlap with the previous one
+    too (a consumer accepts either; both go in one ``webhook-signature`` header)."""
+
+    hooks: tuple[Webhook, ...]
+
+    @classmethod
+    def of(cls, secret: str, previous: str | None = None) -> Signer:
+        found = [Webhook(secret)] + ([Webhook(previous)] if previous else [])
+        return cls(tuple(found))
+
+    def headers(self, webhook_id: str, moment: datetime, body: bytes) -> dict[str, str]:
+        text = body.decode()
+        moment = moment.astimezone(UTC)
+        signatures = " ".join(hook.sign(webhook_id, moment, text) for hook in self.hooks)
+        return {
+            "webhook-id": webhook_id,
+            "webhook-timestamp": str(int(moment.timestamp())),
+            "webhook-signature": signatures,
+            "content-type": "application/json",
+        }
+
+
+class UrlNotAllowed(ValueError):
+    """A URL no delivery may go to; the message says why."""
+
+
+def check_url_shape(url: str) -> str:
+    """An absolute http(s) URL with a host and no credentials in it; returns its host."""
+    if len(url) > MAX_URL_CHARS:
+        raise UrlNotAllowed(f"the URL is longer than {MAX_URL_CHARS} characters")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as error:
+        raise UrlNotAllowed(f"not a URL: {error}") from None
+    if parts.scheme not in ("http", "https"):
+        raise UrlNotAllowed("the URL must start with http:// or https://")
+    if not parts.hostname:
+        raise UrlNotAllowed("the URL has no host")
+    if parts.username or parts.password:
+        raise UrlNotAllowed("the URL must not carry credentials (the signature authenticates)")
+    del port  # parsed only to refuse a bad one
+    return parts.hostname
+
+
+def address_refused(address: str) -> bool:
+    """Loopback, private, link-local (the clouds' metadata address is one), shared, multicast,
+    reserved or unspecified: anything but the public internet. An IPv4 address written as
+    IPv6 is judged as IPv4."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return not ip.is_global or ip.is_multicast

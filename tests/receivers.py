@@ -1,0 +1,86 @@
+"""A downstream endpoint for the forwarding tests: a real HTTP server on 127.0.0.1 that keeps
+every request it gets and answers as the test tells it (fail, hang, redirect)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+
+@dataclass(frozen=True)
+class Received:
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def json(self) -> Any:
+        return orjson.loads(self.body)
+
+    @property
+    def webhook_id(self) -> str:
+        return self.headers["webhook-id"]
+
+
+# How the receiver answers the n-th request it gets (0-based) and its body: a status code, or
+# None to never answer.
+Policy = Callable[[int, Any], int | None]
+
+
+def always(status: int) -> Policy:
+    return lambda _n, _body: status
+
+
+@dataclass
+class Receiver:
+    url: str
+    policy: Policy = field(default_factory=lambda: always(200))
+    received: list[Received] = field(default_factory=list)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def bodies(self) -> list[Any]:
+        return [item.json for item in self.received]
+
+    async def wait_for(self, count: int, timeout_s: float = 15.0) -> list[Received]:
+        """Until at least ``count`` requests arrived."""
+        async with asyncio.timeout(timeout_s):
+            while len(self.received) < count:
+                self.arrived.clear()
+                await self.arrived.wait()
+        return self.received
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        n = len(self.received)
+        self.received.append(Received({k.lower(): v for k, v in request.headers.items()}, body))
+        self.arrived.set()
+        status = self.policy(n, orjson.loads(body))
+        if status is None:
+            await asyncio.sleep(3600)
+        if status in (301, 302, 307, 308):
+            raise web.HTTPFound(self.url + "/elsewhere")
+        return web.Response(status=status or 200, text=f"answer {n}")
+
+
+@asynccontextmanager
+async def receiving(policy: Policy | None = None) -> AsyncIterator[Receiver]:
+    receiver = Receiver(url="")
+    if policy is not None:
+        receiver.policy = policy
+    application = web.Application()
+    application.router.add_route("*", "/{tail:.*}", receiver.handle)
+    runner = web.AppRunner(application, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    receiver.url = f"http://127.0.0.1:{port}/hooks"
+    try:
+        yield receiver
+    finally:
+        await runner.cleanup()
