@@ -107,3 +107,262 @@ async def test_a_signature_made_with_another_secret_does_not_verify(people: Peop
     other = Webhook("whsec_" + "A" * 43 + "=")
     with pytest.raises(WebhookVerificationError):
         other.verify(item.body, item.headers)
+
+
+async def test_a_failed_delivery_is_retried_with_the_same_webhook_id_and_every_attempt_shown(
+    people: People,
+) -> None:
+    async with receiving(lambda n, _body: 500 if n < 2 else 200) as receiver:
+        endpoint = await people.add_endpoint("boss", receiver.url)
+        await people.hook("dlr", dlr("m-1"))
+        received = await receiver.wait_for(3)
+        await asyncio.sleep(0.3)  # the third attempt's record
+
+    assert len({item.webhook_id for item in received}) == 1
+    attempts = await people.call("boss", "GET", f"/v1/endpoints/{endpoint['id']}/attempts")
+    items = attempts.json()["items"]
+    assert [item["statusCode"] for item in items] == [200, 500, 500]  # newest first
+    assert items[0]["response"] == "answer 2"
+    assert {item["webhookId"] for item in items} == {received[0].webhook_id}
+    assert all(item["eventType"] == "status.updated" for item in items)
+    shown = (await people.call("boss", "GET", f"/v1/endpoints/{endpoint['id']}")).json()
+    assert shown["backlog"] == 0 and shown["failingSince"] is None
+    assert shown["lastSuccessAt"] is not None
+
+
+async def test_attempts_page_newest_first(people: People) -> None:
+    async with receiving() as receiver:
+        endpoint = await people.add_endpoint("boss", receiver.url)
+        for n in range(5):
+            await people.hook("dlr", dlr(f"m-{n}"))
+        await receiver.wait_for(5)
+        await asyncio.sleep(0.3)
+    path = f"/v1/endpoints/{endpoint['id']}/attempts"
+    first = (await people.call("boss", "GET", path, params={"limit": 3})).json()
+    rest = (
+        await people.call("boss", "GET", path, params={"limit": 3, "cursor": first["next"]})
+    ).json()
+    ids = [item["id"] for item in first["items"] + rest["items"]]
+    assert ids == sorted(ids, reverse=True) and len(ids) == 5
+    assert rest["next"] is None
+
+
+async def test_after_the_last_retry_a_delivery_is_failed_and_a_replay_sends_it_again(
+    people: People,
+) -> None:
+    answers = {"status": 503}
+    async with receiving(lambda _n, _body: answers["status"]) as receiver:
+        endpoint = await people.add_endpoint("boss", receiver.url)
+        before = datetime.now(UTC) - timedelta(seconds=1)
+        await people.hook("dlr", dlr("m-1"))
+        await receiver.wait_for(3)  # the test schedule: 3 attempts
+        await asyncio.sleep(1.0)
+        assert len(receiver.received) == 3
+        shown = (await people.call("boss", "GET", f"/v1/endpoints/{endpoint['id']}")).json()
+        assert shown["failed"] == 1 and shown["backlog"] == 0
+        assert shown["failingSince"] is not None
+
+        answers["status"] = 200
+        replay = await people.call(
+            "boss",
+            "POST",
+            f"/v1/endpoints/{endpoint['id']}/replay",
+            json={"since": before.isoformat()},
+        )
+        assert replay.status_code == 202 and replay.json() == {"queued": 1}
+        received = await receiver.wait_for(4)
+
+    assert received[3].json == received[0].json
+    assert received[3].webhook_id != received[0].webhook_id  # a new delivery
+
+
+async def test_one_messages_changes_arrive_in_order_and_other_messages_do_not_wait(
+    people: People,
+) -> None:
+    callback_attempts = []
+
+    def first_callback_fails_twice(_n: int, body: Any) -> int:
+        data = body["data"]
+        if data["id"] == "slow" and data["deliveredStatusCode"] is None:
+            callback_attempts.append(1)
+            return 500 if len(callback_attempts) <= 2 else 200
+        return 200
+
+    async with receiving(first_callback_fails_twice) as receiver:
+        await people.add_endpoint("boss", receiver.url)
+        await people.hook("callback", {"id": "slow", "sentStatusCode": 2})
+        await receiver.wait_for(1)
+        await people.hook("dlr", dlr("slow"))
+        await people.hook("dlr", dlr("quick"))
+        await receiver.wait_for(5)
+
+    seen = [
+        (item.json["data"]["id"], item.json["data"]["deliveredStatusCode"])
+        for item in receiver.received
+    ]
+    slow = [code for message, code in seen if message == "slow"]
+    assert slow == [None, None, None, 4]  # the callback, retried, before the DLR's change
+    assert seen.index(("quick", 4)) < seen.index(("slow", 4))
+
+
+async def test_an_endpoint_that_never_answers_does_not_hold_up_another(
+    people: People, app: FastAPI
+) -> None:
+    async with receiving(always(200)) as healthy, receiving(lambda _n, _b: None) as hung:
+        await people.add_endpoint("boss", hung.url)
+        await people.add_endpoint("boss", healthy.url)
+        started = asyncio.get_running_loop().time()
+        for n in range(20):
+            await people.hook("dlr", dlr(f"m-{n}"))
+        await healthy.wait_for(20, timeout_s=5)
+        took = asyncio.get_running_loop().time() - started
+        await hung.wait_for(1)
+    # Well inside the hung endpoint's 2 s timeout: nothing waited for it.
+    assert took < app.state.settings.forward_timeout_s
+
+
+async def test_a_sub_account_endpoint_never_receives_another_sub_accounts_data(
+    people: People,
+) -> None:
+    async with receiving() as acme, receiving() as everything:
+        mine = await people.add_endpoint("ana", acme.url)
+        assert mine["subAccount"] == "acme"
+        await people.add_endpoint("boss", everything.url)
+        await people.hook("dlr", dlr("theirs-1"), sub="globex")
+        await people.hook("mo", mo("theirs-r", sub="globex"), sub="globex")
+        await people.hook("dlr", dlr("mine-1"))
+        await people.hook("mo", mo("mine-r"))
+        await everything.wait_for(4)
+        await acme.wait_for(2)
+        await asyncio.sleep(0.5)
+    assert sorted(body["data"]["id"] for body in acme.bodies()) == ["mine-1", "mine-r"]
+    assert {body["data"]["subAccount"] for body in acme.bodies()} == {"acme"}
+
+
+async def test_a_user_manages_only_their_own_sub_accounts_endpoints(people: People) -> None:
+    url = "http://127.0.0.1:9/hooks"
+    ours = await people.add_endpoint("ana", url)
+    theirs = await people.add_endpoint("gil", url)
+    everyone = await people.add_endpoint("boss", url)
+    assert everyone["subAccount"] is None
+
+    for path in (theirs["id"], everyone["id"]):
+        for method, extra in (
+            ("GET", {}),
+            ("PATCH", {"json": {"disabled": True}}),
+            ("DELETE", {}),
+            ("GET", {"suffix": "/attempts"}),
+            ("POST", {"suffix": "/replay", "json": {"since": "2020-01-01T00:00:00Z"}}),
+            ("POST", {"suffix": "/rotate-secret"}),
+        ):
+            suffix = extra.pop("suffix", "")
+            answer = await people.call("ana", method, f"/v1/endpoints/{path}{suffix}", **extra)
+            assert answer.status_code == 403, (method, suffix, answer.text)
+
+    elsewhere = await people.call(
+        "ana", "POST", "/v1/endpoints", json={"url": url, "subAccount": "globex"}
+    )
+    assert elsewhere.status_code == 403
+    listed = await people.call("ana", "GET", "/v1/endpoints")
+    assert [item["id"] for item in listed.json()] == [ours["id"]]
+    widened = await people.call("ana", "GET", "/v1/endpoints", params={"subAccount": "globex"})
+    assert widened.status_code == 403
+    assert "secret" not in listed.json()[0]
+    # Nothing of theirs changed.
+    still = (await people.call("boss", "GET", f"/v1/endpoints/{theirs['id']}")).json()
+    assert still["disabled"] is False
+    missing = await people.call("boss", "GET", "/v1/endpoints/999")
+    assert missing.status_code == 404
+
+
+async def test_an_admin_sees_and_narrows_every_endpoint(people: People) -> None:
+    url = "http://127.0.0.1:9/hooks"
+    await people.add_endpoint("ana", url)
+    await people.add_endpoint("gil", url)
+    for_globex = await people.add_endpoint("boss", url, subAccount="globex")
+    assert for_globex["subAccount"] == "globex"
+    every = (await people.call("boss", "GET", "/v1/endpoints")).json()
+    assert len(every) == 3
+    narrowed = await people.call("boss", "GET", "/v1/endpoints", params={"subAccount": "globex"})
+    assert len(narrowed.json()) == 2
+
+
+async def test_a_disabled_endpoint_gets_nothing_and_resumes_where_it_stopped(
+    people: People,
+) -> None:
+    async with receiving() as receiver:
+        endpoint = await people.add_endpoint("boss", receiver.url, events=["status.updated"])
+        path = f"/v1/endpoints/{endpoint['id']}"
+        await people.hook("dlr", dlr("before"))
+        await receiver.wait_for(1)
+        disabled = await people.call("boss", "PATCH", path, json={"disabled": True})
+        assert disabled.json()["disabled"] is True
+        assert disabled.json()["disabledReason"] == "manual"
+        await people.hook("dlr", dlr("while-disabled"))
+        await people.hook("mo", mo("not-subscribed"))
+        await asyncio.sleep(1.0)
+        assert len(receiver.received) == 1
+        await people.call("boss", "PATCH", path, json={"disabled": False})
+        await receiver.wait_for(2)
+        await asyncio.sleep(0.5)
+    assert [body["data"]["id"] for body in receiver.bodies()] == ["before", "while-disabled"]
+
+
+async def test_a_rotated_secret_and_the_previous_one_both_verify_during_the_overlap(
+    people: People,
+) -> None:
+    async with receiving() as receiver:
+        endpoint = await people.add_endpoint("boss", receiver.url)
+        rotated = await people.call("boss", "POST", f"/v1/endpoints/{endpoint['id']}/rotate-secret")
+        assert rotated.status_code == 200
+        new_secret = rotated.json()["secret"]
+        assert new_secret != endpoint["secret"]
+        await asyncio.sleep(0.5)  # the forwarder's next look at its endpoints
+        await people.hook("dlr", dlr("m-1"))
+        (item,) = await receiver.wait_for(1)
+    assert len(item.headers["webhook-signature"].split(" ")) == 2
+    assert verified(new_secret, item)["data"]["id"] == "m-1"
+    assert verified(endpoint["secret"], item)["data"]["id"] == "m-1"
+
+
+async def test_a_redirect_is_a_failed_attempt_and_is_not_followed(people: People) -> None:
+    async with receiving(always(302)) as receiver:
+        endpoint = await people.add_endpoint("boss", receiver.url)
+        await people.hook("dlr", dlr("m-1"))
+        await receiver.wait_for(3)
+        await asyncio.sleep(0.5)
+    assert all(item.headers.get("webhook-id") for item in receiver.received)
+    assert len(receiver.received) == 3  # no request to where the redirect pointed
+    attempts = await people.call("boss", "GET", f"/v1/endpoints/{endpoint['id']}/attempts")
+    assert {item["statusCode"] for item in attempts.json()["items"]} == {302}
+
+
+async def test_bad_endpoints_get_a_clear_422(people: People) -> None:
+    for body in (
+        {"url": "ftp://example.com/x"},
+        {"url": "http://user:pass@example.com/x"},
+        {"url": "not a url"},
+        {"url": "http://127.0.0.1:9/x", "events": ["sms.sent"]},
+        {"url": "http://127.0.0.1:9/x", "events": []},
+        {"url": "http://127.0.0.1:9/x", "extra": 1},
+    ):
+        answer = await people.call("boss", "POST", "/v1/endpoints", json=body)
+        assert answer.status_code == 422, (body, answer.text)
+        assert answer.json()["error"]["code"] in ("invalid_url", "validation_failed")
+
+
+async def test_a_removed_endpoint_takes_its_deliveries_and_attempts(
+    people: People, app: FastAPI
+) -> None:
+    async with receiving() as receiver:
+        endpoint = await people.add_endpoint("boss", receiver.url)
+        await people.hook("dlr", dlr("m-1"))
+        await receiver.wait_for(1)
+        await asyncio.sleep(0.3)
+    removed = await people.call("boss", "DELETE", f"/v1/endpoints/{endpoint['id']}")
+    assert removed.status_code == 204
+    left = await fetch_all(
+        app.state.engine,
+        "SELECT (SELECT count(*) FROM deliveries) AS d, (SELECT count(*) FROM delivery_attempts) AS a",
+    )
+    assert left == [{"d": 0, "a": 0}]

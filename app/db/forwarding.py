@@ -197,8 +197,12 @@ async def replay_page(conn: AsyncConnection, endpoint_id: int, page_rows: int) -
     done = copied.copied < page_rows or copied.last_copied >= span.replay_last_id
     await conn.execute(
         text(
-            "UPDATE endpoints SET replay_next_id = CASE WHEN :done THEN NULL ELSE :next END, "
-            "replay_last_id = CASE WHEN :done THEN NULL ELSE replay_last_id END WHERE id = :id"
+            "UPDATE endpoints SET "
+            "replay_next_id = CASE WHEN CAST(:done AS boolean) THEN NULL "
+            "                      ELSE CAST(:next AS bigint) END, "
+            "replay_last_id = CASE WHEN CAST(:done AS boolean) THEN NULL "
+            "                      ELSE replay_last_id END "
+            "WHERE id = :id"
         ),
         {"done": done, "next": (copied.last_copied or 0) + 1, "id": endpoint_id},
     )
@@ -333,7 +337,8 @@ async def disable_dead_endpoints(conn: AsyncConnection, after: timedelta) -> lis
     result = await conn.execute(
         text(
             "UPDATE endpoints SET disabled_at = now(), disabled_reason = 'failing' "
-            "WHERE disabled_at IS NULL AND failing_since < now() - :after RETURNING id"
+            "WHERE disabled_at IS NULL AND failing_since < now() - CAST(:after AS interval) "
+            "RETURNING id"
         ),
         {"after": after},
     )
