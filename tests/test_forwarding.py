@@ -126,7 +126,8 @@ async def test_a_failed_delivery_is_retried_with_the_same_webhook_id_and_every_a
     assert {item["webhookId"] for item in items} == {received[0].webhook_id}
     assert all(item["eventType"] == "status.updated" for item in items)
     shown = (await people.call("boss", "GET", f"/v1/endpoints/{endpoint['id']}")).json()
-    assert shown["backlog"] == 0 and shown["failingSince"] is None
+    assert shown["backlog"] == 0
+    assert shown["failingSince"] is None
     assert shown["lastSuccessAt"] is not None
 
 
@@ -143,7 +144,8 @@ async def test_attempts_page_newest_first(people: People) -> None:
         await people.call("boss", "GET", path, params={"limit": 3, "cursor": first["next"]})
     ).json()
     ids = [item["id"] for item in first["items"] + rest["items"]]
-    assert ids == sorted(ids, reverse=True) and len(ids) == 5
+    assert ids == sorted(ids, reverse=True)
+    assert len(ids) == 5
     assert rest["next"] is None
 
 
@@ -159,7 +161,8 @@ async def test_after_the_last_retry_a_delivery_is_failed_and_a_replay_sends_it_a
         await asyncio.sleep(1.0)
         assert len(receiver.received) == 3
         shown = (await people.call("boss", "GET", f"/v1/endpoints/{endpoint['id']}")).json()
-        assert shown["failed"] == 1 and shown["backlog"] == 0
+        assert shown["failed"] == 1
+        assert shown["backlog"] == 0
         assert shown["failingSince"] is not None
 
         answers["status"] = 200
@@ -169,7 +172,8 @@ async def test_after_the_last_retry_a_delivery_is_failed_and_a_replay_sends_it_a
             f"/v1/endpoints/{endpoint['id']}/replay",
             json={"since": before.isoformat()},
         )
-        assert replay.status_code == 202 and replay.json() == {"queued": 1}
+        assert replay.status_code == 202
+        assert replay.json() == {"queued": 1}
         received = await receiver.wait_for(4)
 
     assert received[3].json == received[0].json
@@ -363,6 +367,7 @@ async def test_a_removed_endpoint_takes_its_deliveries_and_attempts(
     assert removed.status_code == 204
     left = await fetch_all(
         app.state.engine,
-        "SELECT (SELECT count(*) FROM deliveries) AS d, (SELECT count(*) FROM delivery_attempts) AS a",
+        "SELECT (SELECT count(*) FROM deliveries) AS d, "
+        "(SELECT count(*) FROM delivery_attempts) AS a",
     )
     assert left == [{"d": 0, "a": 0}]
