@@ -5,17 +5,25 @@ consumer would), retried, in order per message, within its sub-account, never lo
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
+from pydantic import ValidationError
+from sqlalchemy import text
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from app.api import endpoint_service
+from app.api.delivery_client import DeliveryClient
 from app.db import users
+from app.db.retention import purge_tables, retention_ages
 from app.rules.scope import Role
-from tests.conftest import add_key, fetch_all
+from app.settings import Settings
+from tests.conftest import add_key, fetch_all, free_port, serving
 from tests.receivers import Received, always, receiving
 
 
@@ -371,3 +379,130 @@ async def test_a_removed_endpoint_takes_its_deliveries_and_attempts(
         "(SELECT count(*) FROM delivery_attempts) AS a",
     )
     assert left == [{"d": 0, "a": 0}]
+
+
+@asynccontextmanager
+async def another_replica(settings: Settings, **overrides: Any) -> AsyncIterator[str]:
+    """A second service on the same database (its own forwarder), with these settings."""
+    port = free_port()
+    async with serving(settings.model_copy(update={"port": port, **overrides})):
+        yield f"http://127.0.0.1:{port}"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8080/x",
+        "http://localhost/x",
+        "http://10.1.2.3/x",
+        "http://192.168.0.10/x",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://100.64.0.1/x",
+        "http://[::1]/x",
+        "http://[::ffff:127.0.0.1]/x",
+        "http://0.0.0.0/x",
+    ],
+)
+async def test_a_url_that_reaches_a_private_address_is_refused_when_added(
+    people: People, settings: Settings, url: str
+) -> None:
+    async with another_replica(settings, forward_allow_private=False) as strict:
+        answer = await people.client.post(
+            f"{strict}/v1/endpoints", headers=people.headers["boss"], json={"url": url}
+        )
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["error"]["code"] == "invalid_url"
+
+
+async def test_a_public_address_is_allowed(settings: Settings) -> None:
+    strict = settings.model_copy(update={"forward_allow_private": False})
+    assert await endpoint_service.allowed_url("https://93.184.216.34/hooks", strict)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+async def test_a_private_address_is_refused_at_delivery_too(host: str) -> None:
+    """A name that resolved to a public address when added may resolve elsewhere later."""
+    client = DeliveryClient(timeout_s=2, allow_private=False)
+    try:
+        async with receiving() as receiver:
+            url = receiver.url.replace("127.0.0.1", host)
+            answer = await client.post(url, b"{}", {"content-type": "application/json"})
+    finally:
+        await client.close()
+    assert answer.status_code is None
+    assert answer.error is not None
+    assert "refused" in answer.error
+    assert receiver.received == []
+
+
+async def test_two_replicas_deliver_each_event_once(people: People, settings: Settings) -> None:
+    async with receiving() as receiver, another_replica(settings):
+        await people.add_endpoint("boss", receiver.url)
+        await asyncio.gather(*(people.hook("dlr", dlr(f"m-{n}")) for n in range(200)))
+        await receiver.wait_for(200)
+        await asyncio.sleep(1.0)
+    assert len(receiver.received) == 200
+    assert len({item.webhook_id for item in receiver.received}) == 200
+    assert {body["data"]["id"] for body in receiver.bodies()} == {f"m-{n}" for n in range(200)}
+
+
+async def test_an_endpoint_failing_too_long_is_disabled_and_the_metrics_say_so(
+    people: People, settings: Settings, client: httpx.AsyncClient
+) -> None:
+    async with (
+        receiving(always(500)) as receiver,
+        another_replica(settings, forward_disable_after="1s"),
+    ):
+        endpoint = await people.add_endpoint("boss", receiver.url)
+        await people.hook("dlr", dlr("m-1"))
+        await receiver.wait_for(1)
+        path = f"/v1/endpoints/{endpoint['id']}"
+        async with asyncio.timeout(20):
+            while not (shown := (await people.call("boss", "GET", path)).json())["disabled"]:
+                await asyncio.sleep(0.2)
+    assert shown["disabledReason"] == "failing"
+    assert shown["failingSince"] is not None
+    scraped = (await client.get("/metrics")).text
+    assert "wavy_forward_endpoints_disabled_failing 1.0" in scraped
+    assert f'wavy_forward_endpoint_failing_seconds{{endpoint="{endpoint["id"]}"}}' in scraped
+    assert 'wavy_forward_attempts_total{outcome="http_error"}' in scraped
+
+
+async def test_old_deliveries_and_attempts_are_purged_but_never_a_pending_one(
+    people: People, app: FastAPI
+) -> None:
+    async with receiving() as receiver:
+        endpoint = await people.add_endpoint("boss", receiver.url)
+        await people.hook("dlr", dlr("sent"))
+        await receiver.wait_for(1)
+        await asyncio.sleep(0.3)
+        await people.call(
+            "boss", "PATCH", f"/v1/endpoints/{endpoint['id']}", json={"disabled": True}
+        )
+        await people.hook("dlr", dlr("waiting"))
+        await asyncio.sleep(0.5)  # dispatched? no: a disabled endpoint's position stays
+    async with app.state.engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO deliveries (endpoint_id, webhook_id, event_type, body, created_at) "
+                "VALUES (:id, 'msg_old_pending', 'status.updated', '\\x7b7d', now() - interval '60 days')"
+            ),
+            {"id": endpoint["id"]},
+        )
+        await conn.execute(text("UPDATE deliveries SET created_at = now() - interval '60 days'"))
+        await conn.execute(
+            text("UPDATE delivery_attempts SET attempted_at = now() - interval '60 days'")
+        )
+    ages = retention_ages(None, None, timedelta(days=30))
+    report = await purge_tables(app.state.engine, ages)
+    assert report.deleted["deliveries"] == 1
+    assert report.deleted["delivery_attempts"] == 1
+    left = await fetch_all(app.state.engine, "SELECT webhook_id, state FROM deliveries")
+    assert left == [{"webhook_id": "msg_old_pending", "state": "pending"}]
+
+
+def test_the_default_retry_schedule_is_svixs() -> None:
+    assert Settings().forward_retry_schedule == [0, 5, 300, 1800, 7200, 18000, 36000, 36000]
+    assert Settings(forward_retry_schedule="0, 1,60").forward_retry_schedule == [0, 1, 60]  # type: ignore[arg-type]
+    with pytest.raises(ValidationError):
+        Settings(forward_retry_schedule="0,-1")  # type: ignore[arg-type]

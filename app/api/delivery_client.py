@@ -122,8 +122,10 @@ class DeliveryClient:
                     _elapsed_ms(started),
                     excerpt.decode("utf-8", errors="replace"),
                 )
-        except RefusedAddress as error:
-            return Answer(None, f"refused: {error}", _elapsed_ms(started), None)
+        except aiohttp.ClientConnectorError as error:
+            refused = _refusal(error)
+            described = f"refused: {refused}" if refused else _describe(error)
+            return Answer(None, described, _elapsed_ms(started), None)
         except TimeoutError:
             return Answer(None, "timed out", _elapsed_ms(started), None)
         except (aiohttp.ClientError, OSError, ValueError) as error:
@@ -135,6 +137,14 @@ class DeliveryClient:
 
 def _elapsed_ms(started: float) -> int:
     return int((time.monotonic() - started) * 1000)
+
+
+def _refusal(error: aiohttp.ClientConnectorError) -> RefusedAddress | None:
+    """aiohttp wraps what the resolver raised."""
+    for cause in (error.os_error, error.__cause__, error.__context__):
+        if isinstance(cause, RefusedAddress):
+            return cause
+    return None
 
 
 def _describe(error: BaseException) -> str:
