@@ -40,6 +40,7 @@ def always(status: int) -> Policy:
 class Receiver:
     url: str
     policy: Policy = field(default_factory=lambda: always(200))
+    delay_s: float = 0.0  # before each answer
     received: list[Received] = field(default_factory=list)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -48,11 +49,15 @@ class Receiver:
 
     async def wait_for(self, count: int, timeout_s: float = 15.0) -> list[Received]:
         """Until at least ``count`` requests arrived."""
+        await self.wait_until(lambda: len(self.received) >= count, timeout_s)
+        return self.received
+
+    async def wait_until(self, done: Callable[[], bool], timeout_s: float = 15.0) -> None:
+        """Until ``done()``, looked at after each request."""
         async with asyncio.timeout(timeout_s):
-            while len(self.received) < count:
+            while not done():
                 self.arrived.clear()
                 await self.arrived.wait()
-        return self.received
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
@@ -60,6 +65,8 @@ class Receiver:
         self.received.append(Received({k.lower(): v for k, v in request.headers.items()}, body))
         self.arrived.set()
         status = self.policy(n, orjson.loads(body))
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
         if status is None:
             await asyncio.sleep(3600)
         if status in (301, 302, 307, 308):
@@ -68,8 +75,8 @@ class Receiver:
 
 
 @asynccontextmanager
-async def receiving(policy: Policy | None = None) -> AsyncIterator[Receiver]:
-    receiver = Receiver(url="")
+async def receiving(policy: Policy | None = None, delay_s: float = 0.0) -> AsyncIterator[Receiver]:
+    receiver = Receiver(url="", delay_s=delay_s)
     if policy is not None:
         receiver.policy = policy
     application = web.Application()

@@ -58,11 +58,13 @@ async def check_resolves_public(host: str) -> None:
     """Raises UrlNotAllowed when ``host`` is, or resolves to, a non-public address, or does
     not resolve (checked when an endpoint is added or its URL changed)."""
     try:
-        if address_refused(host):
+        refused = address_refused(host)
+    except ValueError:
+        refused = None  # a name: resolved below
+    if refused is not None:
+        if refused:
             raise UrlNotAllowed(f"{host} is not a public address")
         return
-    except ValueError:
-        pass  # a name
     resolver = GuardedResolver()
     try:
         await resolver.resolve(host, 0, socket.AF_UNSPEC)
@@ -123,8 +125,8 @@ class DeliveryClient:
                     excerpt.decode("utf-8", errors="replace"),
                 )
         except aiohttp.ClientConnectorError as error:
-            refused = _refusal(error)
-            described = f"refused: {refused}" if refused else _describe(error)
+            refusal = _refusal(error)
+            described = f"refused: {refusal}" if refusal else _describe(error)
             return Answer(None, described, _elapsed_ms(started), None)
         except TimeoutError:
             return Answer(None, "timed out", _elapsed_ms(started), None)

@@ -1,13 +1,20 @@
 """The ``wavy-webhooks`` command, one module per group of commands: ``service`` (serve,
-migrate, purge, doctor), ``keys``, ``users``, ``rejected``, ``stats``; ``common`` is what they
-share."""
+migrate, purge, doctor), ``keys``, ``endpoints``, ``users``, ``rejected``, ``stats``;
+``common`` is what they share."""
 
 from __future__ import annotations
 
 import typer
 from pydantic import ValidationError
 
-from app.cli import keys, rejected, service, stats, users  # noqa: F401 - they register commands
+from app.cli import (  # noqa: F401 - they register commands
+    endpoints,
+    keys,
+    rejected,
+    service,
+    stats,
+    users,
+)
 from app.cli.root import cli
 from app.db.engine import CannotConnect
 

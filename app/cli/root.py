@@ -36,7 +36,11 @@ keys_cli = typer.Typer(help="Webhook keys (one per sub-account; pasted into Wavy
 rejected_cli = typer.Typer(help="Rejected bodies: bodies the webhooks refused, kept raw.")
 users_cli = typer.Typer(help="Read-API users: admins see every sub-account, users their own.")
 stats_cli = typer.Typer(help="The delivery statistics' rollup, checked against the stored rows.")
+endpoints_cli = typer.Typer(
+    help="Downstream endpoints: every reply and status change pushed, signed, retried."
+)
 cli.add_typer(keys_cli, name="keys", no_args_is_help=True)
+cli.add_typer(endpoints_cli, name="endpoints", no_args_is_help=True)
 cli.add_typer(rejected_cli, name="rejected", no_args_is_help=True)
 cli.add_typer(users_cli, name="users", no_args_is_help=True)
 cli.add_typer(stats_cli, name="stats", no_args_is_help=True)
