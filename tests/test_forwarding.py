@@ -506,6 +506,6 @@ async def test_old_deliveries_and_attempts_are_purged_but_never_a_pending_one(
 
 def test_the_default_retry_schedule_is_svixs() -> None:
     assert Settings().forward_retry_schedule == [0, 5, 300, 1800, 7200, 18000, 36000, 36000]
-    assert Settings(forward_retry_schedule="0, 1,60").forward_retry_schedule == [0, 1, 60]  # type: ignore[arg-type]
+    assert Settings(forward_retry_schedule="0, 1,60").forward_retry_schedule == [0, 1, 60]
     with pytest.raises(ValidationError):
-        Settings(forward_retry_schedule="0,-1")  # type: ignore[arg-type]
+        Settings(forward_retry_schedule="0,-1")

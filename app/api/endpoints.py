@@ -27,7 +27,7 @@ from app.settings import Settings
 
 router = APIRouter(prefix="/v1/endpoints", tags=["forwarding"])
 
-RESPONSES = responses(401, 403, 404, 422, 429, 503)
+RESPONSES = responses(400, 401, 403, 404, 422, 429, 503)
 EndpointId = Annotated[int, Path(ge=1, le=2**31 - 1)]
 
 

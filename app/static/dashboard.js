@@ -378,6 +378,75 @@ async function downloadCsv(path, params, note) {
 
 // --- the page ------------------------------------------------------------------------------
 
+// --- endpoints ---------------------------------------------------------------------------------
+
+let shownEndpoint = null;
+const when = (iso) => (iso ? iso.slice(0, 19).replace("T", " ") : "–");
+
+async function loadEndpoints() {
+  const endpoints = await api("/v1/endpoints");
+  const rows = endpoints.map((endpoint) => {
+    const row = element("tr", undefined, { class: "clickable", "data-endpoint": endpoint.id });
+    const state = endpoint.disabled ? `disabled (${endpoint.disabledReason})` : "enabled";
+    row.append(
+      element("td", endpoint.id),
+      element("td", endpoint.url, { class: "url" }),
+      element("td", endpoint.subAccount || "(all)"),
+      element("td", state, { class: endpoint.disabled ? "state-disabled" : "" }),
+      element("td", when(endpoint.lastSuccessAt)),
+      element("td", when(endpoint.failingSince), { class: endpoint.failingSince ? "failing" : "" }),
+      element("td", number(endpoint.backlog), { "data-testid": "backlog" }),
+      element("td", number(endpoint.failed), { "data-testid": "failed" }),
+    );
+    if (endpoint.id === shownEndpoint) row.classList.add("selected");
+    row.addEventListener("click", () => showAttempts(endpoint).catch((error) => {
+      $("#endpoint-note").textContent = `Could not load the attempts: ${error.message}`;
+    }));
+    return row;
+  });
+  $("#endpoint-table tbody").replaceChildren(...rows);
+  $("#endpoint-note").textContent = endpoints.length ? "" : "No endpoint yet.";
+}
+
+async function showAttempts(endpoint) {
+  shownEndpoint = endpoint.id;
+  const page = await api(`/v1/endpoints/${endpoint.id}/attempts?limit=50`);
+  $("#endpoint-title").textContent = `Endpoint ${endpoint.id}: latest attempts (${endpoint.url})`;
+  const rows = page.items.map((attempt) => {
+    const row = element("tr");
+    const result = attempt.statusCode === null ? "no answer" : String(attempt.statusCode);
+    row.append(
+      element("td", when(attempt.attemptedAt)),
+      element("td", attempt.webhookId),
+      element("td", attempt.eventType || ""),
+      element("td", result, { class: attempt.statusCode >= 200 && attempt.statusCode < 300 ? "" : "failing" }),
+      element("td", attempt.latencyMs),
+      element("td", attempt.error || attempt.response || "", { class: "text" }),
+    );
+    return row;
+  });
+  $("#attempt-table tbody").replaceChildren(...rows);
+  const since = new Date(Date.now() - 3600e3 - new Date().getTimezoneOffset() * 60e3);
+  if (!$("#replay-form input[name=since]").value) {
+    $("#replay-form input[name=since]").value = since.toISOString().slice(0, 19);
+  }
+  $("#replay-status").textContent = "";
+  $("#endpoint-detail").hidden = false;
+  for (const row of document.querySelectorAll("#endpoint-table tr[data-endpoint]")) {
+    row.classList.toggle("selected", Number(row.dataset.endpoint) === endpoint.id);
+  }
+}
+
+async function replay(event) {
+  event.preventDefault();
+  const local = new FormData(event.target).get("since");
+  const response = await api(`/v1/endpoints/${shownEndpoint}/replay`, {
+    method: "POST",
+    body: JSON.stringify({ since: new Date(local).toISOString() }),
+  });
+  $("#replay-status").textContent = `${number(response.queued)} deliveries queued again`;
+}
+
 const BROWSER_TIME_ZONE = Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC";
 
 function windowParams() {
@@ -414,6 +483,7 @@ async function refresh({ quiet = false } = {}) {
     if (bySubAccount) renderGroupTable(bySubAccount, "subAccount");
     renderLatency(overTime.totals);
     renderReplies(replies);
+    await loadEndpoints();
     const loadedAt = new Date().toISOString().slice(11, 19);
     const days = overTime.tz === "UTC" ? "" : `, days and hours in ${overTime.tz}`;
     $("#status").textContent = `${overTime.from.slice(0, 16).replace("T", " ")} to ${overTime.to.slice(0, 16).replace("T", " ")} UTC${days}, loaded at ${loadedAt}`;
@@ -481,6 +551,9 @@ document.addEventListener("DOMContentLoaded", () => {
     if (params.get("subAccount")) replies.set("subAccount", params.get("subAccount"));
     downloadCsv("/v1/sms/receive/export", replies, note)
       .catch((error) => { note.textContent = `Could not download: ${error.message}`; });
+  });
+  $("#replay-form").addEventListener("submit", (event) => {
+    replay(event).catch((error) => { $("#replay-status").textContent = `Could not replay: ${error.message}`; });
   });
   $("#search-form").addEventListener("submit", (event) => {
     event.preventDefault();
