@@ -71,7 +71,7 @@ messages_change_seq = Sequence("messages_change_seq", metadata=metadata)
 # carry no sub-account then spends two index entries fewer per message and per reply.
 SCOPED = text("sub_account IS NOT NULL")
 # Deliveries still to be sent: what the forwarder looks up.
-PENDING = text("state = 'pending'")
+PENDING = text("state = 'pending'::text")
 
 # One row per MT message id, the merge of its callback and DLR(s); see app.rules.status_merge.
 messages = Table(
@@ -319,7 +319,7 @@ endpoints = Table(
     # Whose data it receives; none: every sub-account's (admins only).
     Column("sub_account", KEY, nullable=True),
     # The event types it receives (app.rules.forwarding.EventType).
-    Column("events", ARRAY(KEY), nullable=False),
+    Column("events", ARRAY(Text), nullable=False),
     # The Standard Webhooks secret (whsec_...). Kept as is: every delivery is signed with it.
     Column("secret", Text, nullable=False),
     # After a rotation the previous secret signs too, until previous_secret_until.

@@ -43,7 +43,7 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer(), sa.Identity(always=False), nullable=False),
         sa.Column("url", sa.Text(), nullable=False),
         sa.Column("sub_account", sa.Text(collation="C"), nullable=True),
-        sa.Column("events", postgresql.ARRAY(sa.Text(collation="C")), nullable=False),
+        sa.Column("events", postgresql.ARRAY(sa.Text()), nullable=False),
         sa.Column("secret", sa.Text(), nullable=False),
         sa.Column("previous_secret", sa.Text(), nullable=True),
         sa.Column("previous_secret_until", sa.DateTime(timezone=True), nullable=True),
@@ -113,14 +113,14 @@ def upgrade() -> None:
         "deliveries",
         ["endpoint_id", "message_id", "id"],
         unique=False,
-        postgresql_where=sa.text("state = 'pending'"),
+        postgresql_where=sa.text("state = 'pending'::text"),
     )
     op.create_index(
         op.f("ix_deliveries_endpoint_id_next_attempt_at"),
         "deliveries",
         ["endpoint_id", "next_attempt_at"],
         unique=False,
-        postgresql_where=sa.text("state = 'pending'"),
+        postgresql_where=sa.text("state = 'pending'::text"),
     )
     op.create_table(
         "delivery_attempts",
@@ -184,12 +184,12 @@ def downgrade() -> None:
     op.drop_index(
         op.f("ix_deliveries_endpoint_id_next_attempt_at"),
         table_name="deliveries",
-        postgresql_where=sa.text("state = 'pending'"),
+        postgresql_where=sa.text("state = 'pending'::text"),
     )
     op.drop_index(
         op.f("ix_deliveries_endpoint_id_message_id_id"),
         table_name="deliveries",
-        postgresql_where=sa.text("state = 'pending'"),
+        postgresql_where=sa.text("state = 'pending'::text"),
     )
     op.drop_index(op.f("ix_deliveries_created_at"), table_name="deliveries")
     op.drop_table("deliveries")
