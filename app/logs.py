@@ -94,6 +94,8 @@ class FailureLog:
         self._logged_at = 0.0
 
     def failed(self, error: BaseException | str) -> None:
+        # Some exceptions say nothing (a bare TimeoutError): their class name then does.
+        error = str(error) or type(error).__name__
         now = self._clock()
         self._failures += 1
         if self._failing_since is None:

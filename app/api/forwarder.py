@@ -46,6 +46,9 @@ SWEEP_INTERVAL_S = 5.0
 # its outcome. Past it another worker sends it again (its claimant is taken to be dead).
 LEASE_MARGIN_S = 10.0
 RECORD_RETRY_S = 0.5
+# Batches each sender claims and sends at once, so that one batch's database round trips
+# overlap another's requests (the in-flight requests stay within WAVY_FORWARD_CONCURRENCY).
+PIPELINES = 2
 # At stop, a sender still sending gets this long to finish and record its attempts.
 STOP_GRACE_S = 5.0
 
@@ -195,7 +198,10 @@ class _Sender:
         self._wake = asyncio.Event()
         self._wake.set()
         self._stopping = False
-        self._task = asyncio.create_task(self._run(), name=f"forward-{endpoint.id}")
+        self._tasks = [
+            asyncio.create_task(self._run(), name=f"forward-{endpoint.id}-{n}")
+            for n in range(PIPELINES)
+        ]
 
     def wake(self) -> None:
         self._wake.set()
@@ -204,12 +210,12 @@ class _Sender:
         """Lets the batch in flight finish and be recorded, for a short while."""
         self._stopping = True
         self._wake.set()
-        try:
-            await asyncio.wait_for(asyncio.shield(self._task), STOP_GRACE_S)
-        except TimeoutError:
-            self._task.cancel()
+        _, late = await asyncio.wait(self._tasks, timeout=STOP_GRACE_S)
+        for task in late:
+            task.cancel()
+        for task in late:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
 
     async def _run(self) -> None:
         failures = FailureLog(log, f"forwarding to endpoint {self.endpoint.id}")

@@ -217,17 +217,25 @@ class Claimed:
     attempts: int  # including the one about to be made
 
 
-_CLAIM = text(
-    "UPDATE deliveries d SET attempts = d.attempts + 1, "
+# The claim is three statements, each shaped to use its index whatever the planner knows of
+# the table (a single statement with NOT EXISTS became a nested loop over the whole backlog
+# where no statistics had been gathered yet): the due deliveries in order, locked; the first
+# pending delivery of each of their messages; the lease of those that are their message's
+# first. The others stay pending, unlocked at commit, for a later claim.
+_DUE = text(
+    "SELECT id, message_id FROM deliveries "
+    "WHERE endpoint_id = :id AND state = 'pending' AND next_attempt_at <= now() "
+    "ORDER BY next_attempt_at, id LIMIT :rows FOR UPDATE SKIP LOCKED"
+)
+_FIRST_OF_MESSAGES = text(
+    "SELECT message_id, min(id) AS first FROM deliveries "
+    "WHERE endpoint_id = :id AND state = 'pending' AND message_id = ANY(:messages) "
+    "GROUP BY message_id"
+)
+_LEASE = text(
+    "UPDATE deliveries SET attempts = attempts + 1, "
     "next_attempt_at = now() + make_interval(secs => :lease) "
-    "FROM ("
-    "  SELECT c.id FROM deliveries c"
-    "  WHERE c.endpoint_id = :id AND c.state = 'pending' AND c.next_attempt_at <= now()"
-    "    AND NOT EXISTS (SELECT 1 FROM deliveries e WHERE e.endpoint_id = :id"
-    "      AND e.state = 'pending' AND e.message_id = c.message_id AND e.id < c.id)"
-    "  ORDER BY c.next_attempt_at, c.id LIMIT :rows FOR UPDATE SKIP LOCKED"
-    ") due WHERE d.id = due.id "
-    "RETURNING d.id, d.webhook_id, d.body, d.attempts"
+    "WHERE id = ANY(:ids) RETURNING id, webhook_id, body, attempts"
 )
 
 
@@ -235,8 +243,19 @@ async def claim(
     conn: AsyncConnection, endpoint_id: int, *, rows: int, lease_s: float
 ) -> list[Claimed]:
     """Up to ``rows`` deliveries due now, leased for ``lease_s`` (commit before sending)."""
-    result = await conn.execute(_CLAIM, {"id": endpoint_id, "rows": rows, "lease": lease_s})
-    claimed = [Claimed(row.id, row.webhook_id, row.body, row.attempts) for row in result]
+    due = (await conn.execute(_DUE, {"id": endpoint_id, "rows": rows})).all()
+    if not due:
+        return []
+    messages = list({row.message_id for row in due if row.message_id is not None})
+    first: dict[str, int] = {}
+    if messages:
+        found = await conn.execute(_FIRST_OF_MESSAGES, {"id": endpoint_id, "messages": messages})
+        first = {row.message_id: row.first for row in found}
+    ids = [row.id for row in due if row.message_id is None or first[row.message_id] == row.id]
+    if not ids:
+        return []
+    leased = await conn.execute(_LEASE, {"ids": ids, "lease": lease_s})
+    claimed = [Claimed(row.id, row.webhook_id, row.body, row.attempts) for row in leased]
     claimed.sort(key=lambda item: item.id)
     return claimed
 
@@ -256,18 +275,19 @@ class Outcome:
     retry_in_s: float | None
 
 
-_RECORD = text(
-    "WITH o AS ("
-    "  SELECT * FROM unnest(CAST(:ids AS bigint[]), CAST(:ok AS boolean[]),"
-    "                       CAST(:retry AS float8[])) AS o(id, ok, retry)"
-    ") UPDATE deliveries d SET "
-    "state = CASE WHEN o.ok THEN 'delivered' WHEN o.retry IS NULL THEN 'failed' "
-    "             ELSE 'pending' END, "
-    "next_attempt_at = CASE WHEN o.retry IS NULL THEN d.next_attempt_at "
-    "                       ELSE now() + make_interval(secs => o.retry) END, "
-    "finished_at = CASE WHEN o.ok OR o.retry IS NULL THEN now() END "
-    "FROM o WHERE d.id = o.id AND d.state = 'pending' "
-    "RETURNING d.state"
+# Each outcome's new state, by id through the primary key (a join with the outcomes would be
+# planned as a scan of the whole table where no statistics were gathered yet).
+_DELIVERED = text(
+    "UPDATE deliveries SET state = 'delivered', finished_at = now() "
+    "WHERE id = ANY(:ids) AND state = 'pending'"
+)
+_GIVEN_UP = text(
+    "UPDATE deliveries SET state = 'failed', finished_at = now() "
+    "WHERE id = ANY(:ids) AND state = 'pending'"
+)
+_RETRY_LATER = text(
+    "UPDATE deliveries SET next_attempt_at = now() + make_interval(secs => :delay) "
+    "WHERE id = ANY(:ids) AND state = 'pending'"
 )
 _INSERT_ATTEMPTS = text(
     "INSERT INTO delivery_attempts (endpoint_id, delivery_id, webhook_id, attempted_at, "
@@ -292,15 +312,19 @@ async def record(conn: AsyncConnection, endpoint_id: int, outcomes: Sequence[Out
     transaction. Returns how many deliveries were given up on."""
     if not outcomes:
         return 0
-    states = await conn.execute(
-        _RECORD,
-        {
-            "ids": [item.delivery_id for item in outcomes],
-            "ok": [item.succeeded for item in outcomes],
-            "retry": [item.retry_in_s for item in outcomes],
-        },
-    )
-    failed = sum(1 for row in states if row.state == "failed")
+    delivered = [item.delivery_id for item in outcomes if item.succeeded]
+    given_up = [
+        item.delivery_id for item in outcomes if not item.succeeded and item.retry_in_s is None
+    ]
+    later: dict[float, list[int]] = {}
+    for item in outcomes:
+        if not item.succeeded and item.retry_in_s is not None:
+            later.setdefault(item.retry_in_s, []).append(item.delivery_id)
+    if delivered:
+        await conn.execute(_DELIVERED, {"ids": delivered})
+    failed = (await conn.execute(_GIVEN_UP, {"ids": given_up})).rowcount if given_up else 0
+    for delay, ids in later.items():
+        await conn.execute(_RETRY_LATER, {"ids": ids, "delay": delay})
     try:
         async with conn.begin_nested():
             await conn.execute(
