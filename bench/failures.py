@@ -13,6 +13,11 @@ count of DLRs that were acknowledged (200) but are not stored. That count must b
   503; afterwards the service must recover by itself.
 - ``burst``: far more concurrent array posts than the writer's (deliberately small) queue
   holds; the excess must get quick 503s, memory must stay bounded.
+- ``forward-kill``: a downstream endpoint (bench.receiver) receives every status change;
+  the service is killed with ``kill -9`` in the middle of the backlog and started again.
+- ``forward-db-restart``: the same while PostgreSQL is stopped for a few seconds.
+  For both, every stored change must reach the endpoint ("missing" counts those that did not);
+  repeats of what was in flight at the fault are counted, not refused.
 
 Load comes from wrk with ``bench/dlr.lua``, which records exactly which requests got a 200.
 """
@@ -44,6 +49,13 @@ from app.db import users
 from app.db.engine import normalize_database_url, start_embedded_postgres
 from app.rules.scope import Role
 from bench.common import running_service, scratch_database
+from bench.forwarding import (
+    FORWARD_ENV,
+    new_endpoint,
+    receiver,
+    receiver_stats,
+    wait_for_deliveries,
+)
 from bench.ingest import (
     RssWatcher,
     Scenario,
@@ -401,11 +413,100 @@ def burst(database_url: str, seconds: int) -> Outcome:
     return outcome
 
 
+# A backlog that drains slowly (few deliveries in flight), and leases that end soon after
+# the fault, so that a short run has deliveries in flight when it strikes.
+FORWARD_FAULT_ENV = {
+    **FORWARD_ENV,
+    "WAVY_FORWARD_TIMEOUT_S": "2",
+    "WAVY_FORWARD_CONCURRENCY": "4",
+    "WAVY_FORWARD_BATCH": "16",
+}
+
+
+async def stored_messages(database_url: str, run_id: str) -> int:
+    engine = create_async_engine(normalize_database_url(database_url))
+    try:
+        async with engine.connect() as conn:
+            found = await conn.execute(
+                text("SELECT count(*) FROM messages WHERE starts_with(id, :prefix)"),
+                {"prefix": f"{run_id}-"},
+            )
+            return int(found.scalar_one())
+    finally:
+        await engine.dispose()
+
+
+def all_forwarded(outcome: Outcome, endpoint_url: str, stored: int, timeout_s: float) -> None:
+    """Waits for the endpoint to hold every stored change; notes what it got."""
+    stats = wait_for_deliveries(endpoint_url, stored, timeout_s)
+    outcome.missing = stored - stats["message_ids"]
+    outcome.notes.append(
+        f"stored {stored} changes, the endpoint got {stats['message_ids']} distinct "
+        f"({stats['deliveries'] - stats['webhook_ids']} repeats of a delivery in flight at the "
+        "fault)"
+    )
+
+
+def forward_kill(database_url: str, seconds: int) -> Outcome:
+    outcome = Outcome("forward-kill")
+    scenario = Scenario("fwdkill", 1, 16, 1)
+    run_id = f"fwdkill-{time.monotonic_ns()}"
+    with receiver() as endpoint_url:
+        new_endpoint(database_url, endpoint_url)
+        with running_service(database_url, extra_env=FORWARD_FAULT_ENV) as (url, process):
+            time.sleep(1)
+            load = load_with_fault(url, scenario, run_id, seconds, lambda: None, 0)
+            before = receiver_stats(endpoint_url)["message_ids"]
+            process.kill()
+            process.wait()
+        stored = asyncio.run(stored_messages(database_url, run_id))
+        outcome.expect(before < stored, "the backlog was drained before the kill: no fault")
+        with running_service(database_url, extra_env=FORWARD_FAULT_ENV):
+            all_forwarded(outcome, endpoint_url, stored, timeout_s=120)
+    outcome.acked_events = load.acked_events
+    outcome.notes.append(f"killed with {stored - before} changes not yet delivered")
+    return outcome
+
+
+def forward_db_restart(_: str, seconds: int) -> Outcome:
+    outcome = Outcome("forward-db-restart")
+    scenario = Scenario("fwddb", 1, 16, 1)
+    run_id = f"fwddb-{time.monotonic_ns()}"
+    with (
+        receiver() as endpoint_url,
+        private_postgres() as (server_uri, stop, start),
+        scratch_database("wavy_failures", server=server_uri) as database_url,
+    ):
+        new_endpoint(database_url, endpoint_url)
+        with running_service(
+            database_url,
+            extra_env={
+                **FORWARD_FAULT_ENV,
+                "WAVY_WRITER_TIMEOUT_S": "5",
+                "WAVY_DB_CONNECT_TIMEOUT_S": "2",
+            },
+        ) as (url, _process):
+            time.sleep(1)
+
+            def strike() -> None:
+                stop()
+                time.sleep(4)
+                start()
+
+            load = load_with_fault(url, scenario, run_id, seconds, strike, seconds / 4)
+            stored = asyncio.run(stored_messages(database_url, run_id))
+            all_forwarded(outcome, endpoint_url, stored, timeout_s=120)
+    outcome.acked_events = load.acked_events
+    return outcome
+
+
 SCENARIOS: dict[str, Callable[[str, int], Outcome]] = {
     "kill-worker": kill_worker,
     "sigterm": sigterm,
     "db-restart": db_restart,
     "burst": burst,
+    "forward-kill": forward_kill,
+    "forward-db-restart": forward_db_restart,
 }
 
 

@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import httpx
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -38,6 +39,8 @@ from app.db.engine import normalize_database_url
 from bench.common import free_port, running_service, scratch_database, stop
 from bench.ingest import Scenario, acked_request_count, count_missing, run_wrk
 
+# Concurrent senders of the steady-rate run: enough that a slow answer delays no other.
+STEADY_SENDERS = 32
 # The service as a benchmark runs it: endpoints on 127.0.0.1 allowed.
 FORWARD_ENV = {"WAVY_FORWARD_ALLOW_PRIVATE": "true"}
 
@@ -172,19 +175,21 @@ def throughput(database_url: str, events: int, workers: int, check: Check) -> No
 
 
 async def _post_steadily(service: str, run_id: str, rate: int, seconds: float) -> int:
+    """Single DLRs, one every 1/rate seconds, from a few senders (more tasks than that would
+    cost the client more than the service)."""
     count = int(rate * seconds)
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-    async with httpx.AsyncClient(base_url=service, timeout=30, limits=limits) as client:
-        started = time.monotonic()
+    started = time.monotonic()
+    next_number = iter(range(count))
 
-        async def post(n: int) -> None:
+    async def sender(client: aiohttp.ClientSession) -> None:
+        for n in next_number:
             await asyncio.sleep(max(0.0, started + n / rate - time.monotonic()))
-            answer = await client.post(
-                "/v1/webhooks/dlr", json={"id": f"{run_id}-{n}", "deliveredStatusCode": 4}
-            )
-            answer.raise_for_status()
+            body = {"id": f"{run_id}-{n}", "deliveredStatusCode": 4}
+            async with client.post(f"{service}/v1/webhooks/dlr", json=body) as answer:
+                answer.raise_for_status()
 
-        await asyncio.gather(*(post(n) for n in range(count)))
+    async with aiohttp.ClientSession() as client:
+        await asyncio.gather(*(sender(client) for _ in range(STEADY_SENDERS)))
     return count
 
 
