@@ -96,12 +96,17 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     readers = ReaderCache(engine, ttl_s=settings.reader_cache_seconds)
     if settings.open_ingest:
         log.warning("open ingest: webhooks are accepted WITHOUT a key")
-    forwarder = Forwarder(engine, settings)
+    # Only where forwarding runs in the workers (WAVY_FORWARDER; `serve` runs it apart).
+    forwarder = Forwarder(engine, settings) if settings.forwarder == "workers" else None
     await registry.refresh()
     await writer.start()
-    await forwarder.start()
+    if forwarder is not None:
+        await forwarder.start()
     app.state.engine, app.state.writer, app.state.key_registry = engine, writer, registry
     app.state.readers, app.state.forwarder = readers, forwarder
+    changes = {KEYS_CHANGED_CHANNEL: registry.forget, USERS_CHANGED_CHANNEL: readers.forget}
+    if forwarder is not None:
+        changes[FEEDS_CHANGED_CHANNEL] = forwarder.wake
     background = [
         asyncio.create_task(_sample_gauges(engine, writer), name="sample-gauges"),
         asyncio.create_task(fold_stats_periodically(engine), name="stats-fold"),
@@ -110,11 +115,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 writer_connector(
                     settings, database_url, application_name=KEYS_LISTENER_APPLICATION_NAME
                 ),
-                {
-                    KEYS_CHANGED_CHANNEL: registry.forget,
-                    USERS_CHANGED_CHANNEL: readers.forget,
-                    FEEDS_CHANGED_CHANNEL: forwarder.wake,
-                },
+                changes,
             ),
             name="key-and-user-changes",
         ),
@@ -133,7 +134,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         # Record the attempts in flight, then commit what requests already handed in, before
         # the connections go away.
-        await forwarder.stop()
+        if forwarder is not None:
+            await forwarder.stop()
         await writer.stop()
         for task in background:
             task.cancel()

@@ -9,19 +9,23 @@ up. Without that variable (tests, a bare ``uvicorn``), the process's own registr
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
+    REGISTRY,
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
+    Metric,
     generate_latest,
+    values,
 )
 from prometheus_client import multiprocess as prometheus_multiprocess
+from prometheus_client.samples import Sample
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -208,8 +212,46 @@ def render_metrics() -> tuple[bytes, str]:
         _forget_dead_workers(directory)
         registry = CollectorRegistry()
         prometheus_multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        return generate_latest(registry), CONTENT_TYPE_LATEST
+        if _counting_in_files():
+            return generate_latest(registry), CONTENT_TYPE_LATEST
+        # One worker in serve's own process (its metrics in memory, as the variable was set
+        # after prometheus_client was imported) beside the forwarder process (in files).
+        merged = CollectorRegistry()
+        merged.register(_Merged(REGISTRY, registry))
+        return generate_latest(merged), CONTENT_TYPE_LATEST
     return generate_latest(), CONTENT_TYPE_LATEST
+
+
+def _counting_in_files() -> bool:
+    return values.ValueClass is not values.MutexValue
+
+
+class _Merged:
+    """This process's metrics and the other processes' as one: a family both have gets its
+    samples added up (a counter's or histogram's counts), or the larger one for a gauge."""
+
+    def __init__(self, *sources: CollectorRegistry) -> None:
+        self._sources = sources
+
+    def collect(self) -> Iterator[Metric]:
+        families: dict[str, Metric] = {}
+        samples: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], Sample]] = {}
+        for source in self._sources:
+            for family in source.collect():
+                kept = families.setdefault(family.name, family)
+                found = samples.setdefault(family.name, {})
+                for sample in family.samples:
+                    key = (sample.name, tuple(sorted(sample.labels.items())))
+                    before = found.get(key)
+                    if before is None:
+                        found[key] = sample
+                    elif kept.type == "gauge":
+                        found[key] = sample._replace(value=max(before.value, sample.value))
+                    else:
+                        found[key] = sample._replace(value=before.value + sample.value)
+        for name, family in families.items():
+            family.samples = list(samples[name].values())
+            yield family
 
 
 def _forget_dead_workers(directory: str) -> None:

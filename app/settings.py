@@ -17,7 +17,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from app.rules.forwarding import DEFAULT_RETRY_SCHEDULE_S
+from app.rules.forwarding import DEFAULT_RETRY_SCHEDULE_S, PIPELINES
 from app.rules.retention import parse_age
 
 
@@ -102,6 +102,13 @@ class Settings(BaseSettings):
     rejected_max_bytes: PositiveInt = 1024 * 1024 * 1024
     purge_interval_s: PositiveFloat = 3600.0
 
+    # Where forwarding runs: "process", a process of its own that `serve` starts beside its
+    # workers at a lower CPU priority (webhooks first: under a burst that fills the CPU,
+    # deliveries fall behind and catch up after); "workers", inside each worker; "off", not in
+    # this replica (another one, or a `wavy-webhooks forward` of its own, forwards).
+    forwarder: Literal["process", "workers", "off"] = "process"
+    # How much lower the forwarder process's CPU priority is (nice, 0-19).
+    forward_nice: int = Field(default=10, ge=0, le=19)
     # Forwarding to downstream endpoints (docs/operations.md). An attempt without an answer
     # within this many seconds failed.
     forward_timeout_s: PositiveFloat = 15.0
@@ -114,9 +121,9 @@ class Settings(BaseSettings):
     forward_disable_after: str = "5d"
     # Deliveries may go to loopback, private and link-local addresses (tests, a LAN service).
     forward_allow_private: bool = False
-    # Per endpoint and worker: deliveries claimed at once, and sent at the same time.
-    forward_batch: PositiveInt = 256
-    forward_concurrency: PositiveInt = 64
+    # Per endpoint and forwarder: requests in flight at once (what one that never answers
+    # holds open for WAVY_FORWARD_TIMEOUT_S).
+    forward_concurrency: int = Field(default=256, ge=PIPELINES)
     # After a secret's rotation, the previous secret signs too for this long.
     forward_secret_overlap: str = "24h"  # noqa: S105 - an age
     # Sent and failed deliveries, and every attempt, are kept this long (unset: for ever).

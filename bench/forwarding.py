@@ -249,18 +249,27 @@ def ingestion_beside_forwarding(database_url: str, seconds: int, check: Check) -
 def main() -> None:
     parser = argparse.ArgumentParser(description="Forwarding benchmark")
     parser.add_argument("--smoke", action="store_true", help="a few seconds of each part")
+    parser.add_argument(
+        "--parts",
+        default="throughput,latency,ingestion",
+        help="which parts, comma-separated (default: all)",
+    )
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
     events, rate, steady_s, wrk_s = (2000, 200, 3, 2) if args.smoke else (40_000, 500, 20, 10)
     check = Check(problems=[])
     print(f"forwarding benchmark, {os.cpu_count()} cores", flush=True)
     with scratch_database("wavy_forward") as database_url:
-        print("\n## throughput (a stored backlog, an endpoint answering 200 at once)")
-        for workers in (1, 2):
-            throughput(database_url, events, workers, check)
-        print("\n## latency at a steady rate")
-        latency(database_url, rate, steady_s, check)
-        print("\n## ingestion of single DLRs beside forwarding (wrk, 64 connections, 1 worker)")
-        ingestion_beside_forwarding(database_url, wrk_s, check)
+        if "throughput" in parts:
+            print("\n## throughput (a stored backlog, an endpoint answering 200 at once)")
+            for workers in (1, 2):
+                throughput(database_url, events, workers, check)
+        if "latency" in parts:
+            print("\n## latency at a steady rate")
+            latency(database_url, rate, steady_s, check)
+        if "ingestion" in parts:
+            print("\n## ingestion of single DLRs beside forwarding (wrk, 64 connections, 1 worker)")
+            ingestion_beside_forwarding(database_url, wrk_s, check)
     for problem in check.problems:
         print(f"FAILED: {problem}")
     if check.problems:

@@ -107,7 +107,9 @@ def settings(database_url: str) -> Settings:
         writer_timeout_s=10,
         key_cache_seconds=60,  # so that only change notifications explain a quick refusal
         reader_cache_seconds=60,
-        # Endpoints on 127.0.0.1 (the tests' receivers), and retries in a second, not hours.
+        # Forwarding in the app under test, to endpoints on 127.0.0.1 (the tests' receivers),
+        # retried within a second, not hours.
+        forwarder="workers",
         forward_allow_private=True,
         forward_retry_schedule=[0, 0.3, 0.3],
         forward_timeout_s=2.0,

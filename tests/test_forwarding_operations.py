@@ -101,7 +101,6 @@ async def test_a_backlog_cut_by_kill_9_is_delivered_whole_after_a_restart(
         **FAST_RETRIES,
         # A backlog that drains slowly, and in-flight leases that end soon after the crash.
         "WAVY_FORWARD_TIMEOUT_S": "1",
-        "WAVY_FORWARD_BATCH": "10",
         "WAVY_FORWARD_CONCURRENCY": "2",
     }
     async with receiving(delay_s=0.02) as receiver:
@@ -128,3 +127,31 @@ async def test_a_backlog_cut_by_kill_9_is_delivered_whole_after_a_restart(
         finally:
             await asyncio.to_thread(service.stop, signal.SIGTERM)
     assert {body["data"]["id"] for body in receiver.bodies()} == {f"m-{m}" for m in range(total)}
+
+
+@pytest.mark.slow
+async def test_serve_forwards_from_a_process_of_its_own_and_shows_its_metrics(
+    empty_database: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    env = {**os.environ, "DATABASE_URL": empty_database, "WAVY_WORKERS": "1", **FAST_RETRIES}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    async with receiving() as receiver:
+        service = Service(env, port, tmp_path)
+        try:
+            output = await asyncio.to_thread(service.wait_ready)
+            key = re.search(r"/v1/webhooks/dlr\?key=(\S+)", output).group(1)  # type: ignore[union-attr]
+            code, out = await cli(empty_database, "endpoints", "add", receiver.url, **FAST_RETRIES)
+            assert code == 0, out
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+                stored = await http.post("/v1/webhooks/dlr", params={"key": key}, json={"id": "m"})
+                assert stored.status_code == 200
+                (item,) = await receiver.wait_for(1)
+                await asyncio.sleep(0.5)
+                scraped = (await http.get("/metrics")).text
+        finally:
+            await asyncio.to_thread(service.stop, signal.SIGTERM)
+    assert item.json["data"]["id"] == "m"
+    assert 'wavy_forward_attempts_total{outcome="success"} 1.0' in scraped
+    assert 'wavy_events_total{kind="dlr",outcome="accepted"} 1.0' in scraped
+    assert scraped.count("# TYPE wavy_forward_attempts_total counter") == 1

@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import signal
 import time
 from datetime import UTC, datetime
 
@@ -23,11 +25,23 @@ from app import metrics
 from app.api.delivery_client import Answer, DeliveryClient
 from app.api.schemas import iso, mo_out, status_out
 from app.db import forwarding
-from app.db.engine import database_unavailable
+from app.db.engine import (
+    FORWARDER_APPLICATION_NAME,
+    create_engine,
+    database_unavailable,
+    writer_connector,
+)
 from app.db.forwarding import Claimed, EndpointConfig, NewDelivery, Outcome
+from app.db.notifications import FEEDS_CHANGED_CHANNEL, follow_changes
 from app.db.reads import FeedKind, Row
 from app.logs import FailureLog
-from app.rules.forwarding import EventType, Signer, delay_before_attempt, new_webhook_id
+from app.rules.forwarding import (
+    PIPELINES,
+    EventType,
+    Signer,
+    delay_before_attempt,
+    new_webhook_id,
+)
 from app.rules.retention import parse_age
 from app.settings import Settings
 
@@ -38,6 +52,8 @@ log = logging.getLogger(__name__)
 DISPATCH_POLL_S = 0.25
 # An idle sender looks for retries that came due this often.
 SENDER_POLL_S = 1.0
+# After a notification, the dispatch waits this long for what is stored meanwhile.
+DISPATCH_GATHER_S = 0.02
 # Feed rows read per endpoint and dispatch transaction.
 DISPATCH_PAGE_ROWS = 1000
 # Dead endpoints are looked for, and the metrics sampled, this often.
@@ -46,11 +62,12 @@ SWEEP_INTERVAL_S = 5.0
 # its outcome. Past it another worker sends it again (its claimant is taken to be dead).
 LEASE_MARGIN_S = 10.0
 RECORD_RETRY_S = 0.5
-# Batches each sender claims and sends at once, so that one batch's database round trips
-# overlap another's requests (the in-flight requests stay within WAVY_FORWARD_CONCURRENCY).
-PIPELINES = 2
 # At stop, a sender still sending gets this long to finish and record its attempts.
 STOP_GRACE_S = 5.0
+
+# A forwarder started by serve looks this often whether serve is still there (killed with
+# kill -9, it could not stop its forwarder).
+PARENT_CHECK_S = 1.0
 
 EVENT_OF: dict[FeedKind, EventType] = {"status": "status.updated", "mo": "mo.received"}
 
@@ -108,6 +125,9 @@ class Forwarder:
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), DISPATCH_POLL_S)
+            # Under load every commit notifies: what the next few milliseconds store is
+            # dispatched together, in one transaction and one batch per endpoint.
+            await asyncio.sleep(DISPATCH_GATHER_S)
             self._wake.clear()
             try:
                 endpoints = await self._enabled_endpoints()
@@ -176,6 +196,35 @@ class Forwarder:
         self._health_seen = {item.id for item in health}
 
 
+async def run_apart(settings: Settings, database_url: str, *, parent: int | None) -> None:
+    """The forwarder in a process of its own (``wavy-webhooks forward``), until SIGTERM or
+    SIGINT, or until ``parent`` (the ``serve`` that started it) is gone."""
+    engine = create_engine(settings, database_url, for_requests=False)
+    forwarder = Forwarder(engine, settings)
+    await forwarder.start()
+    listen = writer_connector(settings, database_url, application_name=FORWARDER_APPLICATION_NAME)
+    listening = asyncio.create_task(
+        follow_changes(listen, {FEEDS_CHANGED_CHANNEL: forwarder.wake}), name="feed-changes"
+    )
+    stopped = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopped.set)
+    try:
+        while not stopped.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopped.wait(), PARENT_CHECK_S)
+            if parent is not None and os.getppid() != parent:
+                log.warning("serve (pid %d) is gone: forwarding stops", parent)
+                break
+    finally:
+        listening.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await listening
+        await forwarder.stop()
+        await engine.dispose()
+
+
 class _Sender:
     """Sends one endpoint's deliveries from this worker: claims a batch, sends it with bounded
     concurrency, records every outcome, and again while there is work."""
@@ -191,8 +240,9 @@ class _Sender:
         self._engine = engine
         self._client = client
         self._schedule = tuple(settings.forward_retry_schedule)
-        self._batch = settings.forward_batch
-        self._limit = asyncio.Semaphore(settings.forward_concurrency)
+        # Each batch is sent at once, all of it: no delivery waits in here while its lease
+        # (counted from its claim) runs out.
+        self._batch = settings.forward_concurrency // PIPELINES
         self._lease_s = lease_s
         self.endpoint = endpoint
         self._wake = asyncio.Event()
@@ -248,10 +298,9 @@ class _Sender:
         return True
 
     async def _attempt(self, url: str, signer: Signer, item: Claimed) -> Outcome:
-        async with self._limit:
-            attempted_at = datetime.now(UTC)
-            headers = signer.headers(item.webhook_id, attempted_at, item.body)
-            answer = await self._client.post(url, item.body, headers)
+        attempted_at = datetime.now(UTC)
+        headers = signer.headers(item.webhook_id, attempted_at, item.body)
+        answer = await self._client.post(url, item.body, headers)
         metrics.record_attempt(answer.succeeded, answer.status_code, answer.latency_ms)
         return self._outcome(item, attempted_at, answer)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import enum
 import logging.config
@@ -17,6 +18,7 @@ from typing import Annotated, Any
 import typer
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.api.forwarder import run_apart
 from app.api.paging import MAX_FEED_WAIT_S
 from app.cli.common import (
     print_webhook_urls,
@@ -26,6 +28,7 @@ from app.cli.common import (
     run_with_engine,
     wait_at_start,
 )
+from app.cli.forwarder_process import PARENT_ENV, ForwarderProcess
 from app.cli.root import cli
 from app.db import retention
 from app.db.first_start import create_first_credentials
@@ -104,7 +107,8 @@ def serve(
     # One worker runs in this process, whose metrics were created in memory when
     # prometheus_client was imported (it reads the variable only then): no directory for it.
     metrics_dir = os.environ.get(MULTIPROC_ENV)
-    if metrics_dir is None and settings.workers > 1:
+    separate_forwarder = settings.forwarder == "process"
+    if metrics_dir is None and (settings.workers > 1 or separate_forwarder):
         metrics_dir = tempfile.mkdtemp(prefix="wavy-metrics-")
         atexit.register(shutil.rmtree, metrics_dir, ignore_errors=True)
     if metrics_dir is not None:
@@ -147,6 +151,17 @@ def serve(
             )
 
     raise_open_files_limit(settings.max_connections)
+    forwarder = ForwarderProcess(settings) if separate_forwarder else None
+    if forwarder is not None:
+        forwarder.start()
+    try:
+        _serve(uvicorn, settings, log_config)
+    finally:
+        if forwarder is not None:
+            forwarder.stop()
+
+
+def _serve(uvicorn: Any, settings: Settings, log_config: dict[str, Any]) -> None:
     uvicorn.run(
         "app.main:create_app",
         factory=True,
@@ -162,6 +177,19 @@ def serve(
         # time, cuts no long poll off, and acknowledges nothing unsaved.
         timeout_graceful_shutdown=int(max(settings.writer_timeout_s, MAX_FEED_WAIT_S)) + 5,
     )
+
+
+@cli.command()
+def forward() -> None:
+    """Forward stored replies and status changes to the endpoints, alone (serve starts this
+    by itself with WAVY_FORWARDER=process): for a container of its own beside replicas run
+    with WAVY_FORWARDER=off, or beside a bare uvicorn."""
+    settings = Settings()
+    logging.config.dictConfig(logging_config(settings.log_level, settings.log_format))
+    database_url = resolve_database_url(settings)
+    wait_at_start(settings, database_url)
+    parent = os.environ.get(PARENT_ENV)
+    asyncio.run(run_apart(settings, database_url, parent=int(parent) if parent else None))
 
 
 @cli.command()

@@ -49,9 +49,11 @@ _DATABASE_UNAVAILABLE = (
 
 
 # SQLSTATEs of the same: connection exceptions, the server shutting down, starting up or out of
-# connections. SQLAlchemy may wrap them in a plain DBAPIError (asyncpg's CannotConnectNowError
-# at an outage's edges), so the code is looked for too, not only the class.
-_UNAVAILABLE_SQLSTATE_CLASSES = frozenset({"08", "53", "57"})
+# connections, and a transaction rolled back for a deadlock or a serialization failure (an
+# endpoint removed while the forwarder records its attempts, say). SQLAlchemy may wrap them in
+# a plain DBAPIError (asyncpg's CannotConnectNowError at an outage's edges), so the code is
+# looked for too, not only the class.
+_UNAVAILABLE_SQLSTATE_CLASSES = frozenset({"08", "40", "53", "57"})
 # SQLSTATE classes a caller's own data can cause: data exception, integrity violation, program
 # limit exceeded (an index row too large). Retrying the same data can only fail again.
 _REFUSED_DATA_SQLSTATE_CLASSES = frozenset({"22", "23", "54"})
@@ -156,6 +158,7 @@ def _target(settings: Settings, url: str | None) -> str:
 APPLICATION_NAME = "wavy-webhooks"
 WRITER_APPLICATION_NAME = "wavy-webhooks-writer"
 KEYS_LISTENER_APPLICATION_NAME = "wavy-webhooks-keys"
+FORWARDER_APPLICATION_NAME = "wavy-webhooks-forwarder"  # `forward`, beside serve's workers
 START_APPLICATION_NAME = "wavy-webhooks-start"  # serve's and migrate's wait for the database
 
 

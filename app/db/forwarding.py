@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import text
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db.reads import FeedKind, FeedPosition, Row, feed_page
@@ -295,15 +294,14 @@ _INSERT_ATTEMPTS = text(
     "SELECT :endpoint_id, d, w, a, s, e, l, r FROM unnest(CAST(:ids AS bigint[]), "
     "CAST(:webhook_ids AS text[]), CAST(:at AS timestamptz[]), CAST(:codes AS smallint[]), "
     "CAST(:errors AS text[]), CAST(:latencies AS int[]), CAST(:responses AS text[])) "
-    "AS t(d, w, a, s, e, l, r) "
-    "WHERE EXISTS (SELECT 1 FROM endpoints WHERE id = :endpoint_id)"
+    "AS t(d, w, a, s, e, l, r)"
 )
 _ENDPOINT_HEALTH = text(
     "UPDATE endpoints SET last_attempt_at = now(), "
     "last_success_at = CASE WHEN :any_ok THEN now() ELSE last_success_at END, "
     "failing_since = CASE WHEN :last_ok THEN NULL "
     "                     ELSE coalesce(failing_since, :first_failure) END "
-    "WHERE id = :endpoint_id"
+    "WHERE id = :endpoint_id RETURNING id"
 )
 
 
@@ -312,6 +310,18 @@ async def record(conn: AsyncConnection, endpoint_id: int, outcomes: Sequence[Out
     transaction. Returns how many deliveries were given up on."""
     if not outcomes:
         return 0
+    # The endpoint's row first, as its removal takes it first: the other order (deliveries,
+    # then the endpoint for the attempts' foreign key) deadlocked with a removal.
+    last = max(outcomes, key=lambda item: item.attempted_at)
+    failures = [item.attempted_at for item in outcomes if not item.succeeded]
+    health = {
+        "endpoint_id": endpoint_id,
+        "any_ok": any(item.succeeded for item in outcomes),
+        "last_ok": last.succeeded,
+        "first_failure": min(failures) if failures else None,
+    }
+    if await conn.scalar(_ENDPOINT_HEALTH, health) is None:
+        return 0  # removed while its attempts ran: nothing to keep
     delivered = [item.delivery_id for item in outcomes if item.succeeded]
     given_up = [
         item.delivery_id for item in outcomes if not item.succeeded and item.retry_in_s is None
@@ -325,32 +335,17 @@ async def record(conn: AsyncConnection, endpoint_id: int, outcomes: Sequence[Out
     failed = (await conn.execute(_GIVEN_UP, {"ids": given_up})).rowcount if given_up else 0
     for delay, ids in later.items():
         await conn.execute(_RETRY_LATER, {"ids": ids, "delay": delay})
-    try:
-        async with conn.begin_nested():
-            await conn.execute(
-                _INSERT_ATTEMPTS,
-                {
-                    "endpoint_id": endpoint_id,
-                    "ids": [item.delivery_id for item in outcomes],
-                    "webhook_ids": [item.webhook_id for item in outcomes],
-                    "at": [item.attempted_at for item in outcomes],
-                    "codes": [item.status_code for item in outcomes],
-                    "errors": [item.error for item in outcomes],
-                    "latencies": [item.latency_ms for item in outcomes],
-                    "responses": [item.response for item in outcomes],
-                },
-            )
-    except IntegrityError:
-        return failed  # the endpoint was removed while its attempts ran: nothing to keep
-    last = max(outcomes, key=lambda item: item.attempted_at)
-    failures = [item.attempted_at for item in outcomes if not item.succeeded]
     await conn.execute(
-        _ENDPOINT_HEALTH,
+        _INSERT_ATTEMPTS,
         {
             "endpoint_id": endpoint_id,
-            "any_ok": any(item.succeeded for item in outcomes),
-            "last_ok": last.succeeded,
-            "first_failure": min(failures) if failures else None,
+            "ids": [item.delivery_id for item in outcomes],
+            "webhook_ids": [item.webhook_id for item in outcomes],
+            "at": [item.attempted_at for item in outcomes],
+            "codes": [item.status_code for item in outcomes],
+            "errors": [item.error for item in outcomes],
+            "latencies": [item.latency_ms for item in outcomes],
+            "responses": [item.response for item in outcomes],
         },
     )
     return failed

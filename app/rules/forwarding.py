@@ -22,6 +22,9 @@ DisabledReason = Literal["manual", "failing"]
 # Svix's schedule: at once, then 5 s, 5 min, 30 min, 2 h, 5 h, 10 h and 10 h later.
 DEFAULT_RETRY_SCHEDULE_S: tuple[float, ...] = (0, 5, 300, 1800, 7200, 18000, 36000, 36000)
 
+# Batches each sender of an endpoint claims and sends at once, so that one batch's database
+# round trips overlap another's requests.
+PIPELINES = 2
 # What an attempt keeps of the answer (the API shows it to the endpoint's owner).
 RESPONSE_EXCERPT_BYTES = 1024
 # Standard Webhooks' secrets: 24 to 64 random bytes, base64, after "whsec_".
