@@ -102,10 +102,11 @@ class Settings(BaseSettings):
     rejected_max_bytes: PositiveInt = 1024 * 1024 * 1024
     purge_interval_s: PositiveFloat = 3600.0
 
-    # Where forwarding runs: "process", a process of its own that `serve` starts beside its
-    # workers at a lower CPU priority (webhooks first: under a burst that fills the CPU,
-    # deliveries fall behind and catch up after); "workers", inside each worker; "off", not in
-    # this replica (another one, or a `wavy-webhooks forward` of its own, forwards).
+    # Where forwarding runs: "process", processes of their own (one per worker) that `serve`
+    # starts beside its workers at a lower CPU priority (webhooks first: under a burst that
+    # fills the CPU, deliveries fall behind and catch up after); "workers", inside each
+    # worker; "off", not in this replica (another one, or a `wavy-webhooks forward` of its
+    # own, forwards).
     forwarder: Literal["process", "workers", "off"] = "process"
     # How much lower the forwarder process's CPU priority is (nice, 0-19).
     forward_nice: int = Field(default=10, ge=0, le=19)

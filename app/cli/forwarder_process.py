@@ -1,5 +1,6 @@
-"""The forwarder process ``serve`` runs beside its workers (WAVY_FORWARDER=process): started
-at a lower CPU priority, started again if it dies, stopped when serve stops."""
+"""The forwarder processes ``serve`` runs beside its workers (WAVY_FORWARDER=process), one per
+worker: started at a lower CPU priority, started again if one dies, stopped when serve
+stops."""
 
 from __future__ import annotations
 
@@ -24,17 +25,18 @@ STOP_TIMEOUT_S = 15.0
 class ForwarderProcess:
     def __init__(self, settings: Settings) -> None:
         self._nice = settings.forward_nice
-        self._process: subprocess.Popen[bytes] | None = None
+        self._processes: list[subprocess.Popen[bytes]] = []
+        self._count = settings.workers
         self._stopping = threading.Event()
         self._watcher = threading.Thread(target=self._watch, name="forwarder", daemon=True)
 
     def start(self) -> None:
-        self._spawn()
+        self._processes = [self._spawn() for _ in range(self._count)]
         self._watcher.start()
 
-    def _spawn(self) -> None:
+    def _spawn(self) -> subprocess.Popen[bytes]:
         nice = self._nice
-        self._process = subprocess.Popen(
+        return subprocess.Popen(
             [sys.executable, "-m", "app.cli", "forward"],
             env={**os.environ, PARENT_ENV: str(os.getpid())},
             # Its own session: a Ctrl-C in the terminal reaches serve, which stops it in turn
@@ -45,18 +47,18 @@ class ForwarderProcess:
 
     def _watch(self) -> None:
         while not self._stopping.wait(RESTART_DELAY_S):
-            process = self._process
-            if process is not None and process.poll() is not None and not self._stopping.is_set():
-                log.warning("the forwarder exited (%s): starting it again", process.returncode)
-                self._spawn()
+            for n, process in enumerate(self._processes):
+                if process.poll() is not None and not self._stopping.is_set():
+                    log.warning("a forwarder exited (%s): starting it again", process.returncode)
+                    self._processes[n] = self._spawn()
 
     def stop(self) -> None:
         self._stopping.set()
-        process = self._process
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        running = [process for process in self._processes if process.poll() is None]
+        for process in running:
+            process.terminate()
+        for process in running:
+            try:
+                process.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                process.kill()
