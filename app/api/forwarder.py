@@ -31,7 +31,7 @@ from app.db.engine import (
     database_unavailable,
     writer_connector,
 )
-from app.db.forwarding import Claimed, EndpointConfig, NewDelivery, Outcome
+from app.db.forwarding import Claimed, EndpointConfig, LeaseOffer, NewDelivery, Outcome
 from app.db.notifications import FEEDS_CHANGED_CHANNEL, follow_changes
 from app.db.reads import FeedKind, Row
 from app.logs import FailureLog
@@ -159,20 +159,30 @@ class Forwarder:
         return endpoints
 
     async def _dispatch(self, endpoint: EndpointConfig) -> None:
-        """Until the endpoint's feeds hold nothing new (and its replay, if any, is copied)."""
+        """Until the endpoint's feeds hold nothing new (and its replay, if any, is copied).
+        A sender with a batch free takes what it can send at once straight from the dispatch;
+        the rest waits for its claims."""
+        sender = self._senders[endpoint.id]
         while True:
-            async with self._engine.begin() as conn:
-                made = await forwarding.dispatch(
-                    conn,
-                    endpoint,
-                    render_delivery,
-                    page_rows=DISPATCH_PAGE_ROWS,
-                    first_delay_s=self._schedule[0],
-                )
-            if made:
-                self._senders[endpoint.id].wake()
-            if not made:
+            offer = await sender.offer()
+            try:
+                async with self._engine.begin() as conn:
+                    dispatched = await forwarding.dispatch(
+                        conn,
+                        endpoint,
+                        render_delivery,
+                        page_rows=DISPATCH_PAGE_ROWS,
+                        first_delay_s=self._schedule[0],
+                        offer=offer,
+                    )
+            except BaseException:
+                sender.take(offer, [])
+                raise
+            sender.take(offer, dispatched.leased if dispatched else [])
+            if not dispatched or not dispatched.made:
                 break
+            if dispatched.made > len(dispatched.leased):
+                sender.wake()
         while endpoint.replaying:
             async with self._engine.begin() as conn:
                 copied = await forwarding.replay_page(conn, endpoint.id, DISPATCH_PAGE_ROWS)
@@ -243,6 +253,10 @@ class _Sender:
         # Each batch is sent at once, all of it: no delivery waits in here while its lease
         # (counted from its claim) runs out.
         self._batch = settings.forward_concurrency // PIPELINES
+        # A batch in flight holds one: at most PIPELINES batches, claimed or handed over by
+        # the dispatch, are sent at once.
+        self._slots = asyncio.Semaphore(PIPELINES)
+        self._handed: set[asyncio.Task[None]] = set()
         self._lease_s = lease_s
         self.endpoint = endpoint
         self._wake = asyncio.Event()
@@ -256,11 +270,37 @@ class _Sender:
     def wake(self) -> None:
         self._wake.set()
 
+    async def offer(self) -> LeaseOffer | None:
+        """A batch's room, if one is free, for the dispatch to fill (given back by take)."""
+        if self._stopping or self._slots.locked():
+            return None
+        await self._slots.acquire()  # free: returns at once
+        return LeaseOffer(rows=self._batch, lease_s=self._lease_s)
+
+    def take(self, offer: LeaseOffer | None, leased: list[Claimed]) -> None:
+        """What the dispatch leased to this sender: sent and recorded in a batch of its own."""
+        if offer is None:
+            return
+        if not leased:
+            self._slots.release()
+            return
+        task = asyncio.create_task(self._send_handed(leased))
+        self._handed.add(task)
+        task.add_done_callback(self._handed.discard)
+
+    async def _send_handed(self, leased: list[Claimed]) -> None:
+        try:
+            await self._send(self.endpoint, leased)
+        except Exception as error:  # the leases run out, and the deliveries are claimed again
+            log.warning("forwarding to endpoint %d failed: %s", self.endpoint.id, error)
+        finally:
+            self._slots.release()
+
     async def stop(self) -> None:
         """Lets the batch in flight finish and be recorded, for a short while."""
         self._stopping = True
         self._wake.set()
-        _, late = await asyncio.wait(self._tasks, timeout=STOP_GRACE_S)
+        _, late = await asyncio.wait([*self._tasks, *self._handed], timeout=STOP_GRACE_S)
         for task in late:
             task.cancel()
         for task in late:
@@ -284,18 +324,22 @@ class _Sender:
     async def _send_one_batch(self) -> bool:
         """True when a batch was sent (there may be more)."""
         endpoint = self.endpoint
-        async with self._engine.begin() as conn:
-            claimed = await forwarding.claim(
-                conn, endpoint.id, rows=self._batch, lease_s=self._lease_s
-            )
-        if not claimed:
-            return False
+        async with self._slots:
+            async with self._engine.begin() as conn:
+                claimed = await forwarding.claim(
+                    conn, endpoint.id, rows=self._batch, lease_s=self._lease_s
+                )
+            if not claimed:
+                return False
+            await self._send(endpoint, claimed)
+        return True
+
+    async def _send(self, endpoint: EndpointConfig, claimed: list[Claimed]) -> None:
         signer = Signer.of(endpoint.secret, endpoint.previous_secret)
         outcomes = await asyncio.gather(
             *(self._attempt(endpoint.url, signer, item) for item in claimed)
         )
         await self._record(endpoint.id, outcomes)
-        return True
 
     async def _attempt(self, url: str, signer: Signer, item: Claimed) -> Outcome:
         attempted_at = datetime.now(UTC)

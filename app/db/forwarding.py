@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -83,11 +84,34 @@ _DISPATCH_LOCK = text("SELECT pg_try_advisory_xact_lock(hashtext('wavy-forward')
 
 _INSERT_DELIVERIES = text(
     "INSERT INTO deliveries (endpoint_id, webhook_id, event_type, message_id, body, "
-    "next_attempt_at) "
-    "SELECT :endpoint_id, w, t, m, b, now() + make_interval(secs => :first_delay) "
+    "next_attempt_at, attempts) "
+    "SELECT :endpoint_id, w, t, m, b, now() + make_interval(secs => :delay), :attempts "
     "FROM unnest(CAST(:webhook_ids AS text[]), CAST(:types AS text[]), "
     "CAST(:message_ids AS text[]), CAST(:bodies AS bytea[])) AS d(w, t, m, b)"
 )
+_INSERT_LEASED = text(_INSERT_DELIVERIES.text + " RETURNING id, webhook_id, body, attempts")
+# The messages that already have a delivery pending to the endpoint: a new change of theirs
+# waits behind it.
+_PENDING_MESSAGES = text(
+    "SELECT DISTINCT message_id FROM deliveries "
+    "WHERE endpoint_id = :id AND state = 'pending' AND message_id = ANY(:messages)"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseOffer:
+    """A sender ready to send up to ``rows`` deliveries now: the dispatch stores that many
+    already leased to it (as a claim would), and saves the claim's statements and the row
+    update per delivery."""
+
+    rows: int
+    lease_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatched:
+    made: int
+    leased: list[Claimed]
 
 
 async def dispatch(
@@ -97,10 +121,11 @@ async def dispatch(
     *,
     page_rows: int,
     first_delay_s: float,
-) -> int | None:
+    offer: LeaseOffer | None = None,
+) -> Dispatched | None:
     """One page of each feed the endpoint receives, stored as its deliveries, its positions
     moved past them, in the caller's transaction. None when another worker is dispatching
-    this endpoint; else how many deliveries were made."""
+    this endpoint; else what was made, and what was leased to the ``offer``'s sender."""
     if not await conn.scalar(_DISPATCH_LOCK, {"id": endpoint.id}):
         return None
     position_row = (
@@ -113,7 +138,7 @@ async def dispatch(
         )
     ).first()
     if position_row is None:  # removed or disabled meanwhile
-        return 0
+        return Dispatched(0, [])
     positions = position_row._mapping
     scope = Scope(sub_account=endpoint.sub_account)
     made: list[NewDelivery] = []
@@ -126,31 +151,62 @@ async def dispatch(
         made.extend(render(kind, row) for row in rows)
         if position != after:
             moved.update({tx_column: position.tx_id, seq_column: position.seq})
+    leased: list[Claimed] = []
     if made:
-        await _insert(conn, endpoint.id, made, first_delay_s)
+        leased = await _insert(conn, endpoint.id, made, first_delay_s, offer)
     if moved:
         assignments = ", ".join(f"{column} = :{column}" for column in moved)
         await conn.execute(
             text(f"UPDATE endpoints SET {assignments} WHERE id = :id"),  # noqa: S608 - our names
             {**moved, "id": endpoint.id},
         )
-    return len(made)
+    return Dispatched(len(made), leased)
 
 
 async def _insert(
-    conn: AsyncConnection, endpoint_id: int, made: Sequence[NewDelivery], first_delay_s: float
-) -> None:
-    await conn.execute(
-        _INSERT_DELIVERIES,
-        {
-            "endpoint_id": endpoint_id,
-            "webhook_ids": [item.webhook_id for item in made],
-            "types": [item.event_type for item in made],
-            "message_ids": [item.message_id for item in made],
-            "bodies": [item.body for item in made],
-            "first_delay": first_delay_s,
-        },
-    )
+    conn: AsyncConnection,
+    endpoint_id: int,
+    made: Sequence[NewDelivery],
+    first_delay_s: float,
+    offer: LeaseOffer | None,
+) -> list[Claimed]:
+    """The deliveries; up to ``offer.rows`` of them leased (those of a message with nothing
+    pending before them), the rest waiting for a claim. The leased ones, as claimed."""
+    to_lease: list[NewDelivery] = []
+    waiting = list(made)
+    if offer is not None and first_delay_s == 0:
+        messages = [item.message_id for item in made if item.message_id is not None]
+        blocked = set()
+        if messages:
+            found = await conn.execute(_PENDING_MESSAGES, {"id": endpoint_id, "messages": messages})
+            blocked = {row.message_id for row in found}
+        free = [item for item in made if item.message_id not in blocked]
+        to_lease = free[: offer.rows]
+        chosen = {id(item) for item in to_lease}
+        waiting = [item for item in made if id(item) not in chosen]
+    if waiting:
+        await conn.execute(_INSERT_DELIVERIES, _rows_of(endpoint_id, waiting, first_delay_s, 0))
+    if not to_lease:
+        return []
+    assert offer is not None
+    rows = await conn.execute(_INSERT_LEASED, _rows_of(endpoint_id, to_lease, offer.lease_s, 1))
+    claimed = [Claimed(row.id, row.webhook_id, row.body, row.attempts) for row in rows]
+    claimed.sort(key=lambda item: item.id)
+    return claimed
+
+
+def _rows_of(
+    endpoint_id: int, made: Sequence[NewDelivery], delay_s: float, attempts: int
+) -> dict[str, Any]:
+    return {
+        "endpoint_id": endpoint_id,
+        "webhook_ids": [item.webhook_id for item in made],
+        "types": [item.event_type for item in made],
+        "message_ids": [item.message_id for item in made],
+        "bodies": [item.body for item in made],
+        "delay": delay_s,
+        "attempts": attempts,
+    }
 
 
 # A replay's page: the original deliveries, copied as new ones (new webhook ids: a consumer
