@@ -251,7 +251,7 @@ def test_doctor_reports_each_checked_setting_with_the_servers_value(
     assert {line.split()[1] for line in lines} == set(RULES)
     assert f"ok        synchronous_commit = {asyncio.run(shown('synchronous_commit'))}" in lines
     assert "ok        max_connections" in report.stdout
-    assert "warning   max_connections" in crowded.stdout  # 50 workers need ~950 connections
+    assert "warning   max_connections" in crowded.stdout  # 50 workers need ~1,750 connections
 
 
 def test_doctor_exits_1_when_commits_would_not_survive_a_crash(empty_database: str) -> None:

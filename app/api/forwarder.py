@@ -209,7 +209,8 @@ class Forwarder:
 async def run_apart(settings: Settings, database_url: str, *, parent: int | None) -> None:
     """The forwarder in a process of its own (``wavy-webhooks forward``), until SIGTERM or
     SIGINT, or until ``parent`` (the ``serve`` that started it) is gone."""
-    engine = create_engine(settings, database_url, for_requests=False)
+    # Its statements are short, as a request's: bounded by the same timeout.
+    engine = create_engine(settings, database_url)
     forwarder = Forwarder(engine, settings)
     await forwarder.start()
     listen = writer_connector(settings, database_url, application_name=FORWARDER_APPLICATION_NAME)

@@ -164,8 +164,11 @@ START_APPLICATION_NAME = "wavy-webhooks-start"  # serve's and migrate's wait for
 
 def connections_per_worker(settings: Settings) -> int:
     """The most connections one worker opens: its writers, the reply recounts, the listener
-    for key and user changes, and the read pool with its overflow."""
-    return settings.writer_concurrency + 2 + settings.db_pool_size + settings.db_max_overflow
+    for key and user changes, and the read pool with its overflow; with forwarding in a
+    process of its own beside each worker, that process's pool and listener too."""
+    pool = settings.db_pool_size + settings.db_max_overflow
+    forwarder = pool + 1 if settings.forwarder == "process" else 0
+    return settings.writer_concurrency + 2 + pool + forwarder
 
 
 def _connect_args(
