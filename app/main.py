@@ -27,6 +27,7 @@ from app.api.middleware import ObserveRequests
 from app.db.engine import (
     KEYS_LISTENER_APPLICATION_NAME,
     create_engine,
+    create_forwarder_engine,
     start_embedded_postgres,
     writer_connector,
 )
@@ -97,7 +98,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     if settings.open_ingest:
         log.warning("open ingest: webhooks are accepted WITHOUT a key")
     # Only where forwarding runs in the workers (WAVY_FORWARDER; `serve` runs it apart).
-    forwarder = Forwarder(engine, settings) if settings.forwarder == "workers" else None
+    forwarder = None
+    if settings.forwarder == "workers":
+        forwarder = Forwarder(create_forwarder_engine(settings, database_url), settings)
     await registry.refresh()
     await writer.start()
     if forwarder is not None:

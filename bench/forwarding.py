@@ -212,8 +212,11 @@ def latency(database_url: str, rate: int, seconds: float, check: Check) -> None:
     check.delivered_once(stats, count, "latency")
 
 
-def ingest_rate(database_url: str, seconds: int, endpoint_mode: str | None) -> tuple[float, int]:
-    """Single DLRs from wrk: events/s acknowledged, and how many of them are missing."""
+def ingest_rate(
+    database_url: str, seconds: int, endpoint_mode: str | None, check: Check
+) -> tuple[float, int]:
+    """Single DLRs from wrk: events/s acknowledged, and how many of them are missing. With a
+    healthy endpoint, also how long after the load its last delivery arrived."""
     scenario = Scenario("single", 1, 64, 1)
     run_id = f"fwd-{endpoint_mode or 'none'}-{time.monotonic_ns()}"
     with (
@@ -226,16 +229,23 @@ def ingest_rate(database_url: str, seconds: int, endpoint_mode: str | None) -> t
             new_endpoint(database_url, endpoint_url)
         time.sleep(1)
         summary, threads = run_wrk(service, scenario, run_id, seconds, scatter=True)
-    acked = acked_request_count(threads)
+        acked = acked_request_count(threads)
+        if endpoint_mode == "ok":
+            ended = time.time()
+            stats = wait_for_deliveries(endpoint_url, acked, timeout_s=300)
+            behind = (stats["last_at"] or ended) - ended
+            print(f"    (its last delivery arrived {behind:.1f} s after the load ended)")
+            if stats["message_ids"] < acked:
+                check.problems.append(f"ingestion: {acked - stats['message_ids']} not delivered")
     missing = asyncio.run(count_missing(database_url, run_id, 1, threads, scatter=True))
     return acked / (summary["duration_us"] / 1e6), missing
 
 
 def ingestion_beside_forwarding(database_url: str, seconds: int, check: Check) -> None:
-    alone, missing = ingest_rate(database_url, seconds, None)
+    alone, missing = ingest_rate(database_url, seconds, None, check)
     print(f"  no endpoint:           {alone:9,.0f} DLRs/s", flush=True)
     for mode, label in (("ok", "one healthy endpoint"), ("hang", "one that never answers")):
-        rate, lost = ingest_rate(database_url, seconds, mode)
+        rate, lost = ingest_rate(database_url, seconds, mode, check)
         missing += lost
         print(
             f"  {label + ':':23}{rate:9,.0f} DLRs/s = {rate / alone:.2f} of no endpoint "

@@ -27,7 +27,7 @@ from app.api.schemas import iso, mo_out, status_out
 from app.db import forwarding
 from app.db.engine import (
     FORWARDER_APPLICATION_NAME,
-    create_engine,
+    create_forwarder_engine,
     database_unavailable,
     writer_connector,
 )
@@ -40,7 +40,7 @@ from app.rules.forwarding import (
     EventType,
     Signer,
     delay_before_attempt,
-    new_webhook_id,
+    webhook_id_of,
 )
 from app.rules.retention import parse_age
 from app.settings import Settings
@@ -72,13 +72,16 @@ PARENT_CHECK_S = 1.0
 EVENT_OF: dict[FeedKind, EventType] = {"status": "status.updated", "mo": "mo.received"}
 
 
-def render_delivery(kind: FeedKind, row: Row) -> NewDelivery:
-    """The delivery of one feed row: the change exactly as the read API shows it."""
+def render_delivery(endpoint_id: int, kind: FeedKind, row: Row) -> NewDelivery:
+    """The delivery of one feed row to one endpoint: the change exactly as the read API shows
+    it, under a webhook id made from the change's place in its feed, so that a change turned
+    into a delivery twice (a dispatch lost in a crash of PostgreSQL) keeps its id."""
     event_type = EVENT_OF[kind]
     data = status_out(row) if kind == "status" else mo_out(row)
     body = {"type": event_type, "timestamp": iso(forwarding.row_time(row, kind)), "data": data}
+    seq = row["change_seq"] if kind == "status" else row["seq"]
     return NewDelivery(
-        webhook_id=new_webhook_id(),
+        webhook_id=webhook_id_of(endpoint_id, kind, row["tx_id"], seq),
         event_type=event_type,
         message_id=row["id"] if kind == "status" else None,
         body=orjson.dumps(body),
@@ -86,6 +89,8 @@ def render_delivery(kind: FeedKind, row: Row) -> NewDelivery:
 
 
 class Forwarder:
+    """Owns ``engine`` (app.db.engine.create_forwarder_engine's): disposed at stop."""
+
     def __init__(self, engine: AsyncEngine, settings: Settings) -> None:
         self._engine = engine
         self._settings = settings
@@ -118,6 +123,7 @@ class Forwarder:
         self._senders.clear()
         if self._client is not None:
             await self._client.close()
+        await self._engine.dispose()
 
     async def _run(self) -> None:
         failures = FailureLog(log, "forwarding")
@@ -209,8 +215,7 @@ class Forwarder:
 async def run_apart(settings: Settings, database_url: str, *, parent: int | None) -> None:
     """The forwarder in a process of its own (``wavy-webhooks forward``), until SIGTERM or
     SIGINT, or until ``parent`` (the ``serve`` that started it) is gone."""
-    # Its statements are short, as a request's: bounded by the same timeout.
-    engine = create_engine(settings, database_url)
+    engine = create_forwarder_engine(settings, database_url)
     forwarder = Forwarder(engine, settings)
     await forwarder.start()
     listen = writer_connector(settings, database_url, application_name=FORWARDER_APPLICATION_NAME)
@@ -233,7 +238,6 @@ async def run_apart(settings: Settings, database_url: str, *, parent: int | None
         with contextlib.suppress(asyncio.CancelledError):
             await listening
         await forwarder.stop()
-        await engine.dispose()
 
 
 class _Sender:

@@ -4,11 +4,13 @@ stops."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 from app.settings import Settings
 
@@ -20,6 +22,16 @@ PARENT_ENV = "WAVY_FORWARD_PARENT"
 RESTART_DELAY_S = 1.0
 # At stop, the forwarder gets this long to record the attempts in flight (then it is killed).
 STOP_TIMEOUT_S = 15.0
+
+
+def lower_priority(nice: int) -> None:
+    """The process's nice value, and, where Linux groups the scheduling of each session
+    (autogroup, the default on desktops and many servers), its new session's: there a nice
+    value counts only against the session's own processes, and the forwarder's session would
+    otherwise take an equal share of the CPU with the workers'."""
+    os.nice(nice)
+    with contextlib.suppress(OSError):
+        Path("/proc/self/autogroup").write_text(str(nice))
 
 
 class ForwarderProcess:
@@ -42,7 +54,7 @@ class ForwarderProcess:
             # Its own session: a Ctrl-C in the terminal reaches serve, which stops it in turn
             # (else it would stop first and be started again).
             start_new_session=True,
-            preexec_fn=lambda: os.nice(nice),
+            preexec_fn=lambda: lower_priority(nice),
         )
 
     def _watch(self) -> None:

@@ -164,10 +164,10 @@ START_APPLICATION_NAME = "wavy-webhooks-start"  # serve's and migrate's wait for
 
 def connections_per_worker(settings: Settings) -> int:
     """The most connections one worker opens: its writers, the reply recounts, the listener
-    for key and user changes, and the read pool with its overflow; with forwarding in a
-    process of its own beside each worker, that process's pool and listener too."""
+    for key and user changes, and the read pool with its overflow; and the forwarder's pool
+    and listener (in the worker, or in its process beside the worker)."""
     pool = settings.db_pool_size + settings.db_max_overflow
-    forwarder = pool + 1 if settings.forwarder == "process" else 0
+    forwarder = pool + 1 if settings.forwarder != "off" else 0
     return settings.writer_concurrency + 2 + pool + forwarder
 
 
@@ -195,6 +195,25 @@ def create_engine(
         max_overflow=settings.db_max_overflow,
         pool_pre_ping=True,
         connect_args=_connect_args(settings, APPLICATION_NAME, for_requests=for_requests),
+    )
+
+
+def create_forwarder_engine(settings: Settings, url: str | None = None) -> AsyncEngine:
+    """The forwarder's own pool. Its commits do not wait for the disk (synchronous_commit
+    off): a commit lost in a crash of PostgreSQL is redone from the durable feeds, under the
+    same webhook ids, at worst sending again what was sent; and no webhook's commit waits
+    behind the forwarder's disk flushes."""
+    connect_args = _connect_args(settings, FORWARDER_APPLICATION_NAME)
+    connect_args["server_settings"] = {
+        **connect_args["server_settings"],
+        "synchronous_commit": "off",
+    }
+    return create_async_engine(
+        normalize_database_url(_target(settings, url)),
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        pool_pre_ping=True,
+        connect_args=connect_args,
     )
 
 

@@ -72,7 +72,7 @@ class NewDelivery:
 
 
 # What the forwarder makes of a feed's row: the delivery of that change.
-Render = Callable[[FeedKind, Row], NewDelivery]
+Render = Callable[[int, FeedKind, Row], NewDelivery]
 
 # Which feed each event type is read from.
 FEED_OF: dict[EventType, FeedKind] = {"status.updated": "status", "mo.received": "mo"}
@@ -148,7 +148,7 @@ async def dispatch(
         tx_column, seq_column = _POSITION_COLUMNS[kind]
         after = FeedPosition(positions[tx_column], positions[seq_column])
         rows, position = await feed_page(conn, kind, scope, after, page_rows)
-        made.extend(render(kind, row) for row in rows)
+        made.extend(render(endpoint.id, kind, row) for row in rows)
         if position != after:
             moved.update({tx_column: position.tx_id, seq_column: position.seq})
     leased: list[Claimed] = []

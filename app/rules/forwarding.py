@@ -4,6 +4,7 @@ delivery may reach, secrets and the Standard Webhooks signature headers."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import ipaddress
 import secrets
 from collections.abc import Sequence
@@ -43,8 +44,11 @@ def new_secret() -> str:
     return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(SECRET_BYTES)).decode()
 
 
-def new_webhook_id() -> str:
-    return "msg_" + secrets.token_hex(12)
+def webhook_id_of(endpoint_id: int, feed: str, tx_id: int, seq: int) -> str:
+    """The webhook id of a change's delivery to an endpoint: the same however often the change
+    is turned into a delivery, and telling nothing of what it is made from."""
+    digest = hashlib.blake2b(f"{endpoint_id}.{feed}.{tx_id}.{seq}".encode(), digest_size=12)
+    return "msg_" + digest.hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
