@@ -1,11 +1,12 @@
 """The forwarder: pushes every stored reply and status change to the endpoints that receive it,
 signed (Standard Webhooks), retried on a schedule, never lost (app.db.forwarding says how).
 
-Each worker runs one. Its dispatch loop turns what the safe feeds hold after each endpoint's
-position into deliveries, woken by the feeds' notification (migration 0014) and, should that be
-lost, by a short poll. Each endpoint has a sender of its own per worker, so an endpoint that
-times out holds up only its own deliveries. A sweep disables dead endpoints and samples the
-metrics.
+One runs in each forwarder process that ``serve`` starts (``run_apart``), or in each worker
+(WAVY_FORWARDER=workers); any number may run on one database. Its dispatch loop turns what the
+safe feeds hold after each endpoint's position into deliveries, woken by the feeds'
+notification (migration 0014) and, should that be lost, by a short poll. Each endpoint has a
+sender of its own, so an endpoint that times out holds up only its own deliveries. A sweep
+disables dead endpoints and samples the metrics.
 """
 
 from __future__ import annotations
