@@ -244,10 +244,6 @@ def ingest_rate(
     return acked / (summary["duration_us"] / 1e6), missing
 
 
-def mode_is_alone(label: str) -> bool:
-    return label == "no endpoint"
-
-
 def ingestion_beside_forwarding(database_url: str, seconds: int, rounds: int, check: Check) -> None:
     """The three runs in turn, ``rounds`` times: this machine's speed drifts between runs more
     than forwarding moves it, so each is compared by its median."""
