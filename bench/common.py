@@ -133,6 +133,21 @@ def running_service(
             stop(process)
 
 
+def wait_until_answering(
+    url: str, process: subprocess.Popen[bytes], what: str, timeout_s: float = 30
+) -> None:
+    """Until ``url`` answers a GET; RuntimeError if ``process`` exits or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.TransportError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError(f"{what} did not start") from None
+            time.sleep(0.1)
+
+
 def stop(process: subprocess.Popen[bytes], timeout_s: float = 30) -> None:
     """Ctrl-C, as a user stops a server; killed if it has not stopped in time."""
     process.send_signal(signal.SIGINT)

@@ -39,7 +39,13 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.db.endpoints import add_endpoint
 from app.db.engine import normalize_database_url
-from bench.common import free_port, running_service, scratch_database, stop
+from bench.common import (
+    free_port,
+    running_service,
+    scratch_database,
+    stop,
+    wait_until_answering,
+)
 from bench.ingest import Scenario, acked_request_count, count_missing, run_wrk
 
 # Concurrent senders of the steady-rate run: enough that a slow answer delays no other.
@@ -57,15 +63,7 @@ def receiver(mode: str = "ok") -> Iterator[str]:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(f"{url}/stats", timeout=1)
-                break
-            except httpx.TransportError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise RuntimeError("bench.receiver did not start") from None
-                time.sleep(0.1)
+        wait_until_answering(f"{url}/stats", process, "bench.receiver")
         yield url
     finally:
         stop(process, timeout_s=5)

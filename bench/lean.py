@@ -25,9 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
-from bench.common import free_port, running_service, stop, wrk_output
+from bench.common import free_port, running_service, stop, wait_until_answering, wrk_output
 
 # The performance issue's own copy of the route, where the tracker's material stands beside
 # the repository (CI has it); else the repository's, the same route.
@@ -74,15 +72,7 @@ def running_lean(workers: int) -> Iterator[str]:
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(f"{base}/", timeout=1)
-                break
-            except httpx.TransportError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise RuntimeError("the lean reference app did not start") from None
-                time.sleep(0.2)
+        wait_until_answering(f"{base}/", process, "the lean reference app")
         yield f"{base}/dlr"
     finally:
         stop(process, timeout_s=20)
