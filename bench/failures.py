@@ -15,9 +15,11 @@ count of DLRs that were acknowledged (200) but are not stored. That count must b
   holds; the excess must get quick 503s, memory must stay bounded.
 - ``forward-kill``: a downstream endpoint (bench.receiver) receives every status change;
   the service is killed with ``kill -9`` in the middle of the backlog and started again.
+- ``forward-sigterm``: the same with a graceful stop: what is in flight is recorded before
+  the forwarder exits, so nothing may arrive twice either.
 - ``forward-db-restart``: the same while PostgreSQL is stopped for a few seconds.
-  For both, every stored change must reach the endpoint ("missing" counts those that did not);
-  repeats of what was in flight at the fault are counted, not refused.
+  For all three, every stored change must reach the endpoint ("missing" counts those that
+  did not); after a kill or an outage, repeats of what was in flight are counted, not refused.
 
 Load comes from wrk with ``bench/dlr.lua``, which records exactly which requests got a 200.
 """
@@ -435,10 +437,15 @@ async def stored_messages(database_url: str, run_id: str) -> int:
         await engine.dispose()
 
 
-def all_forwarded(outcome: Outcome, endpoint_url: str, stored: int, timeout_s: float) -> None:
-    """Waits for the endpoint to hold every stored change; notes what it got."""
+def all_forwarded(
+    outcome: Outcome, endpoint_url: str, stored: int, timeout_s: float, *, graceful: bool = False
+) -> None:
+    """Waits for the endpoint to hold every stored change; notes what it got. After a
+    graceful stop nothing may arrive twice."""
     stats = wait_for_deliveries(endpoint_url, stored, timeout_s)
     outcome.missing = stored - stats["message_ids"]
+    repeats = stats["deliveries"] - stats["webhook_ids"]
+    outcome.expect(not graceful or repeats == 0, f"{repeats} deliveries arrived twice")
     outcome.notes.append(
         f"stored {stored} changes, the endpoint got {stats['message_ids']} distinct "
         f"({stats['deliveries'] - stats['webhook_ids']} repeats of a delivery in flight at the "
@@ -447,23 +454,33 @@ def all_forwarded(outcome: Outcome, endpoint_url: str, stored: int, timeout_s: f
 
 
 def forward_kill(database_url: str, seconds: int) -> Outcome:
-    outcome = Outcome("forward-kill")
-    scenario = Scenario("fwdkill", 1, 16, 1)
-    run_id = f"fwdkill-{time.monotonic_ns()}"
+    return _forward_stopped("forward-kill", database_url, seconds, graceful=False)
+
+
+def forward_sigterm(database_url: str, seconds: int) -> Outcome:
+    return _forward_stopped("forward-sigterm", database_url, seconds, graceful=True)
+
+
+def _forward_stopped(name: str, database_url: str, seconds: int, *, graceful: bool) -> Outcome:
+    """The service stopped (SIGTERM, or kill -9) with a backlog, then started again."""
+    outcome = Outcome(name)
+    scenario = Scenario(name.replace("-", ""), 1, 16, 1)
+    run_id = f"{scenario.name}-{time.monotonic_ns()}"
     with receiver() as endpoint_url:
         new_endpoint(database_url, endpoint_url)
         with running_service(database_url, extra_env=FORWARD_FAULT_ENV) as (url, process):
             time.sleep(1)
             load = load_with_fault(url, scenario, run_id, seconds, lambda: None, 0)
             before = receiver_stats(endpoint_url)["message_ids"]
-            process.kill()
-            process.wait()
+            process.send_signal(signal.SIGTERM if graceful else signal.SIGKILL)
+            process.wait(timeout=60)
         stored = asyncio.run(stored_messages(database_url, run_id))
-        outcome.expect(before < stored, "the backlog was drained before the kill: no fault")
+        outcome.expect(before < stored, "the backlog was drained before the stop: no fault")
         with running_service(database_url, extra_env=FORWARD_FAULT_ENV):
-            all_forwarded(outcome, endpoint_url, stored, timeout_s=120)
+            all_forwarded(outcome, endpoint_url, stored, timeout_s=120, graceful=graceful)
     outcome.acked_events = load.acked_events
-    outcome.notes.append(f"killed with {stored - before} changes not yet delivered")
+    how = "stopped" if graceful else "killed"
+    outcome.notes.append(f"{how} with {stored - before} changes not yet delivered")
     return outcome
 
 
@@ -505,6 +522,7 @@ SCENARIOS: dict[str, Callable[[str, int], Outcome]] = {
     "db-restart": db_restart,
     "burst": burst,
     "forward-kill": forward_kill,
+    "forward-sigterm": forward_sigterm,
     "forward-db-restart": forward_db_restart,
 }
 
