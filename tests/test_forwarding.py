@@ -509,3 +509,15 @@ def test_the_default_retry_schedule_is_svixs() -> None:
     assert Settings(forward_retry_schedule="0, 1,60").forward_retry_schedule == [0, 1, 60]
     with pytest.raises(ValidationError):
         Settings(forward_retry_schedule="0,-1")
+
+
+async def test_an_event_type_named_twice_is_received_once(people: People) -> None:
+    async with receiving() as receiver:
+        endpoint = await people.add_endpoint(
+            "boss", receiver.url, events=["mo.received", "mo.received"]
+        )
+        assert endpoint["events"] == ["mo.received"]
+        await people.hook("mo", mo("r-1"))
+        await receiver.wait_for(1)
+        await asyncio.sleep(0.5)
+    assert len(receiver.received) == 1

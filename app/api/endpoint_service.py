@@ -37,7 +37,7 @@ def _owner(authority: Scope, requested: str | None) -> str | None:
     """Whose data a new endpoint receives: a user's own sub-account, whatever an admin names
     (none: everyone's)."""
     if authority.everything:
-        return requested
+        return requested or None  # as a read's subAccount=: empty names no one
     if requested not in (None, authority.sub_account):
         raise ForeignEndpoint
     return authority.sub_account

@@ -22,7 +22,7 @@ from app.api.schemas import (
     ReplayQueued,
     SecretRotated,
 )
-from app.rules.scope import Reader, Scope, resolve_scope
+from app.rules.scope import Scope, resolve_scope
 from app.settings import Settings
 
 router = APIRouter(prefix="/v1/endpoints", tags=["forwarding"])
@@ -59,13 +59,9 @@ async def create_endpoint(
     engine: EngineDep,
 ) -> OrjsonResponse:
     created = await service.create_endpoint(
-        engine, _settings(request), allowed, _who(reader), wanted
+        engine, _settings(request), allowed, reader.username, wanted
     )
     return OrjsonResponse(created, status_code=201)
-
-
-def _who(reader: Reader) -> str:
-    return reader.username
 
 
 @router.get(

@@ -62,6 +62,7 @@ SWEEP_INTERVAL_S = 5.0
 # A claimed delivery is leased for the attempt's timeout and this much more: the time to record
 # its outcome. Past it another worker sends it again (its claimant is taken to be dead).
 LEASE_MARGIN_S = 10.0
+# How soon a record that met an outage is tried again.
 RECORD_RETRY_S = 0.5
 # At stop, a sender still sending gets this long to finish and record its attempts.
 STOP_GRACE_S = 5.0
@@ -70,7 +71,7 @@ STOP_GRACE_S = 5.0
 # kill -9, it could not stop its forwarder).
 PARENT_CHECK_S = 1.0
 
-EVENT_OF: dict[FeedKind, EventType] = {"status": "status.updated", "mo": "mo.received"}
+EVENT_OF: dict[FeedKind, EventType] = {feed: event for event, feed in forwarding.FEED_OF.items()}
 
 
 def render_delivery(endpoint_id: int, kind: FeedKind, row: Row) -> NewDelivery:

@@ -6,9 +6,9 @@ orjson, which is what keeps a 1000-item answer cheap."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
 from app.api.params import IsoTime, SearchText
 from app.db.endpoints import EndpointInfo
@@ -270,6 +270,14 @@ class StatsAnswer(BaseModel):
     totals: StatsFigures
 
 
+def _each_once(names: list[EventType]) -> list[EventType]:
+    """A type named twice is received once (the forwarder reads each feed once per round)."""
+    return list(dict.fromkeys(names))
+
+
+EventTypes = Annotated[list[EventType], AfterValidator(_each_once)]
+
+
 class EndpointIn(BaseModel):
     """A downstream endpoint to push replies and status changes to."""
 
@@ -279,7 +287,7 @@ class EndpointIn(BaseModel):
         max_length=255,
         description="whose data it receives; the caller's own by default (admins: none = all)",
     )
-    events: list[EventType] = Field(
+    events: EventTypes = Field(
         default_factory=lambda: list(EVENT_TYPES), min_length=1, description="default: all"
     )
 
@@ -288,7 +296,7 @@ class EndpointIn(BaseModel):
 
 class EndpointPatch(BaseModel):
     url: str | None = Field(default=None, max_length=2048)
-    events: list[EventType] | None = Field(default=None, min_length=1)
+    events: EventTypes | None = Field(default=None, min_length=1)
     disabled: bool | None = None
 
     model_config = {"extra": "forbid"}

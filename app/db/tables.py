@@ -368,6 +368,12 @@ deliveries = Table(
     CheckConstraint("state IN ('pending', 'delivered', 'failed')", name="state"),
     Index(None, "endpoint_id", "next_attempt_at", postgresql_where=PENDING),
     Index(None, "endpoint_id", "message_id", "id", postgresql_where=PENDING),
+    # An endpoint's failed deliveries, counted wherever its health is shown (few, if any).
+    Index(
+        "ix_deliveries_endpoint_id_failed",
+        "endpoint_id",
+        postgresql_where=text("state = 'failed'::text"),
+    ),
     # BRIN, not a btree: rows are appended in time order, and the purge and a replay's start
     # only need the range; a btree entry per row version cost every delivery three.
     Index(None, "created_at", postgresql_using="brin"),

@@ -17,7 +17,6 @@ from standardwebhooks.webhooks import Webhook
 
 EventType = Literal["mo.received", "status.updated"]
 EVENT_TYPES: tuple[EventType, ...] = get_args(EventType)
-DeliveryState = Literal["pending", "delivered", "failed"]
 DisabledReason = Literal["manual", "failing"]
 
 # Svix's schedule: at once, then 5 s, 5 min, 30 min, 2 h, 5 h, 10 h and 10 h later.

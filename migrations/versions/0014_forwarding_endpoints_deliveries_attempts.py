@@ -6,7 +6,8 @@ endpoints (app.api.forwarder) receive every stored reply and status change:
 - ``endpoints``: the URL, scope, event types, signing secret(s), health, and the endpoint's
   position in each safe feed, kept here so that no restart loses or repeats what was sent.
 - ``deliveries``: one row per event per endpoint, its signed body and where its sending
-  stands; the partial indexes hold only pending rows, which is what the forwarder looks up.
+  stands; the partial indexes hold only pending rows, which is what the forwarder looks up,
+  and failed ones, which each endpoint's health counts.
 - ``delivery_attempts``: every attempt, for the API, the dashboard and an operator.
 - Both are appended in time order and purged by age: their time columns have BRIN indexes,
   which cost next to nothing per row, where a btree cost an entry per row version.
@@ -124,6 +125,13 @@ def upgrade() -> None:
         postgresql_where=sa.text("state = 'pending'::text"),
     )
     op.create_index(
+        "ix_deliveries_endpoint_id_failed",
+        "deliveries",
+        ["endpoint_id"],
+        unique=False,
+        postgresql_where=sa.text("state = 'failed'::text"),
+    )
+    op.create_index(
         op.f("ix_deliveries_endpoint_id_next_attempt_at"),
         "deliveries",
         ["endpoint_id", "next_attempt_at"],
@@ -190,6 +198,7 @@ def downgrade() -> None:
     op.drop_index(op.f("ix_delivery_attempts_endpoint_id_id"), table_name="delivery_attempts")
     op.drop_index(op.f("ix_delivery_attempts_attempted_at"), table_name="delivery_attempts")
     op.drop_table("delivery_attempts")
+    op.drop_index("ix_deliveries_endpoint_id_failed", table_name="deliveries")
     op.drop_index(
         op.f("ix_deliveries_endpoint_id_next_attempt_at"),
         table_name="deliveries",
