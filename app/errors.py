@@ -100,3 +100,18 @@ class ForeignEndpoint(DomainError):
 
 class EndpointUrlRefused(DomainError):
     """A URL no delivery may go to (the message says why)."""
+
+
+class UnreadableNumber(DomainError):
+    """Text that is no phone number (the opt-out lists' numbers are E.164)."""
+
+    def __init__(self, number: str) -> None:
+        super().__init__(f"{number!r} is not a phone number")
+
+
+class UnusableKeyword(DomainError):
+    """An opt-out keyword no reply could ever match (the message says why)."""
+
+
+class NoSuchKeyword(DomainError):
+    """The list sets no such keyword (a default cannot be removed, only set to none)."""

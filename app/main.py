@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import metrics
-from app.api import dashboard, endpoints, health, receive, stats, status, webhooks
+from app.api import dashboard, endpoints, health, optouts, receive, stats, status, webhooks
 from app.api.deps import READER_CREDENTIAL_HEADERS
 from app.api.errors import install_error_handlers
 from app.api.forwarder import Forwarder
@@ -35,9 +35,11 @@ from app.db.key_registry import KeyRegistry
 from app.db.notifications import (
     FEEDS_CHANGED_CHANNEL,
     KEYS_CHANGED_CHANNEL,
+    KEYWORDS_CHANGED_CHANNEL,
     USERS_CHANGED_CHANNEL,
     follow_changes,
 )
+from app.db.optouts import KeywordCache
 from app.db.reader_cache import ReaderCache
 from app.db.retention import purge_periodically, retention_ages
 from app.db.stats import fold_stats_periodically
@@ -91,6 +93,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         max_delay_s=settings.batch_max_delay_ms / 1000,
         queue_items=settings.writer_queue_items,
         timeout_s=settings.writer_timeout_s,
+        optout_keywords=KeywordCache(settings.default_region),
         concurrency=settings.writer_concurrency,
     )
     registry = KeyRegistry(engine, ttl_s=settings.key_cache_seconds)
@@ -107,7 +110,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await forwarder.start()
     app.state.engine, app.state.writer, app.state.key_registry = engine, writer, registry
     app.state.readers, app.state.forwarder = readers, forwarder
-    changes = {KEYS_CHANGED_CHANNEL: registry.forget, USERS_CHANGED_CHANNEL: readers.forget}
+    changes = {
+        KEYS_CHANGED_CHANNEL: registry.forget,
+        USERS_CHANGED_CHANNEL: readers.forget,
+        KEYWORDS_CHANGED_CHANNEL: writer.optout_keywords.forget,
+    }
     if forwarder is not None:
         changes[FEEDS_CHANGED_CHANNEL] = forwarder.wake
     background = [
@@ -198,7 +205,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST"],
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
             allow_headers=[*READER_CREDENTIAL_HEADERS, "Content-Type", "X-Request-ID"],
             expose_headers=["Content-Disposition", "Retry-After", "X-Request-ID"],
             max_age=600,
@@ -210,6 +217,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(receive.router)
     app.include_router(stats.router)
     app.include_router(endpoints.router)
+    app.include_router(optouts.router)
     app.include_router(dashboard.router)
     app.mount("/static", StaticFiles(directory=dashboard.STATIC_DIR), name="static")
     app.openapi = lambda: _openapi_with_payload_schemas(app)  # type: ignore[method-assign]

@@ -6,6 +6,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal
 
+import phonenumbers
 from pydantic import (
     AliasChoices,
     Field,
@@ -130,6 +131,10 @@ class Settings(BaseSettings):
     # Sent and failed deliveries, and every attempt, are kept this long (unset: for ever).
     forward_retention: str | None = "30d"
 
+    # The region (ISO 3166 code) whose way of writing numbers without a country code the
+    # opt-out lists read them in: "(11) 98765-4321" is +5511987654321 with BR.
+    default_region: str = "BR"
+
     log_level: str = "info"
     log_format: Literal["text", "json"] = Field(
         default="text", description="json: one JSON object per line, for a log pipeline"
@@ -158,6 +163,14 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("default_region")
+    @classmethod
+    def _known_region(cls, value: str) -> str:
+        region = value.strip().upper()
+        if region not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError(f"{value!r} is not a region code phonenumbers knows (BR, MX, US...)")
+        return region
 
     @field_validator(
         "retention",

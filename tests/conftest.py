@@ -32,6 +32,7 @@ from app.db.engine import (
     writer_connector,
 )
 from app.db.migrate import upgrade_to_head
+from app.db.optouts import KeywordCache
 from app.db.tables import metadata
 from app.db.writer import BatchWriter
 from app.http_protocol import server_options
@@ -175,6 +176,7 @@ async def clean_tables(app: FastAPI) -> None:
     # The truncation is notified too, but asynchronously: no test meets the last one's logins.
     app.state.readers.forget()
     app.state.key_registry.forget()
+    app.state.writer.optout_keywords.forget()
 
 
 @pytest.fixture
@@ -241,6 +243,7 @@ async def writes_going_to(
         max_delay_s=0.05,
         queue_items=queue_items,
         timeout_s=dead.writer_timeout_s,
+        optout_keywords=KeywordCache(dead.default_region),
     )
     await writer.start()
     real = app.state.engine, app.state.writer

@@ -25,6 +25,7 @@ from app.rules.delivery_stats import (
     carrier_sends_dlr,
     latency_percentile,
 )
+from app.rules.optouts import DEFAULT_MATCHER as OPTOUTS
 from app.rules.scope import Role
 from app.settings import Settings
 from tests.conftest import add_key, records_of, writes_going_to
@@ -163,7 +164,9 @@ async def test_a_reply_committed_while_another_writer_creates_its_message_still_
     async with app.state.engine.connect() as conn:
         other_writer = await driver_connection(conn)
         async with other_writer.transaction():
-            await write_records(other_writer, records_of("callback", callback("m7", 2, "VIVO")))
+            await write_records(
+                other_writer, records_of("callback", callback("m7", 2, "VIVO")), OPTOUTS
+            )
             assert (await hook("mo", mo("r7", "m7"))).status_code == 200
             await asyncio.sleep(0.5)  # the recount must wait for this transaction to end
 
@@ -185,8 +188,8 @@ async def store_a_reply_and_its_message_at_the_same_moment(
         )
         async with message_writer.transaction():
             message = callback(message_id, 2, "VIVO")
-            await write_records(message_writer, records_of("callback", message))
-            await write_records(reply_writer, records_of("mo", mo(reply_id, message_id)))
+            await write_records(message_writer, records_of("callback", message), OPTOUTS)
+            await write_records(reply_writer, records_of("mo", mo(reply_id, message_id)), OPTOUTS)
 
 
 async def test_a_reply_count_left_short_by_a_worker_killed_before_its_recount_is_corrected(
@@ -232,12 +235,12 @@ async def test_writers_storing_replies_to_each_others_messages_do_not_wait_for_e
     async with engine.connect() as conn_a, engine.connect() as conn_b:
         writer_a, writer_b = await driver_connection(conn_a), await driver_connection(conn_b)
         async with writer_a.transaction(), writer_b.transaction():
-            await write_records(writer_a, records_of("dlr", dlr("mx", 4, 5, "VIVO")))
-            await write_records(writer_b, records_of("dlr", dlr("my", 4, 5, "VIVO")))
+            await write_records(writer_a, records_of("dlr", dlr("mx", 4, 5, "VIVO")), OPTOUTS)
+            await write_records(writer_b, records_of("dlr", dlr("my", 4, 5, "VIVO")), OPTOUTS)
             await asyncio.wait_for(
                 asyncio.gather(
-                    write_records(writer_a, records_of("mo", mo("ry", "my"))),
-                    write_records(writer_b, records_of("mo", mo("rx", "mx"))),
+                    write_records(writer_a, records_of("mo", mo("ry", "my")), OPTOUTS),
+                    write_records(writer_b, records_of("mo", mo("rx", "mx")), OPTOUTS),
                 ),
                 timeout=0.9,  # below PostgreSQL's deadlock_timeout (1 s): no waiting at all
             )
@@ -583,12 +586,16 @@ async def test_writers_storing_replies_and_statuses_of_one_campaign_at_once_do_n
     async with engine.connect() as conn_a, engine.connect() as conn_b:
         writer_a, writer_b = await driver_connection(conn_a), await driver_connection(conn_b)
         async with writer_a.transaction(), writer_b.transaction():
-            await write_records(writer_a, records_of("mo", mo("ra", None)))
-            await write_records(writer_b, records_of("callback", callback("mb", 2, "VIVO")))
+            await write_records(writer_a, records_of("mo", mo("ra", None)), OPTOUTS)
+            await write_records(
+                writer_b, records_of("callback", callback("mb", 2, "VIVO")), OPTOUTS
+            )
             await asyncio.wait_for(
                 asyncio.gather(
-                    write_records(writer_b, records_of("mo", mo("rb", None))),
-                    write_records(writer_a, records_of("callback", callback("ma", 2, "VIVO"))),
+                    write_records(writer_b, records_of("mo", mo("rb", None)), OPTOUTS),
+                    write_records(
+                        writer_a, records_of("callback", callback("ma", 2, "VIVO")), OPTOUTS
+                    ),
                 ),
                 timeout=0.9,  # below PostgreSQL's deadlock_timeout (1 s): no waiting at all
             )

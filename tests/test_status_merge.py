@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.db.engine import driver_connection
 from app.db.ingest import write_records
 from app.payloads import EventKind, as_event_kind, validate_items
+from app.rules.optouts import DEFAULT_MATCHER as OPTOUTS
 from app.rules.records import EventRecord, build_event_records
 from app.rules.status_merge import merge_status_events, status_from_event
 from app.rules.webhook_body import items_as_json
@@ -379,7 +380,7 @@ async def test_a_reply_whose_id_equals_a_message_id_in_the_same_batch_is_kept_ap
         ),
     ]
     async with engine.connect() as conn:
-        outcome = await write_records(await driver_connection(conn), records)
+        outcome = await write_records(await driver_connection(conn), records, OPTOUTS)
         await conn.commit()
 
     assert outcome.new == {0, 1}
@@ -404,7 +405,7 @@ async def test_batches_holding_the_same_messages_in_opposite_shapes_do_not_deadl
 
     async def write_alone(records: list[EventRecord]) -> None:
         async with engine.connect() as conn:
-            await write_records(await driver_connection(conn), records)
+            await write_records(await driver_connection(conn), records, OPTOUTS)
             await conn.commit()
 
     for round_ in range(5):

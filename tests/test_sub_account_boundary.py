@@ -16,6 +16,7 @@ from app.db import users
 from app.db.engine import driver_connection
 from app.db.ingest import write_records
 from app.payloads import validate_items
+from app.rules.optouts import DEFAULT_MATCHER as OPTOUTS
 from app.rules.records import build_event_records
 from app.rules.scope import Role
 from app.rules.webhook_body import items_as_json
@@ -203,7 +204,7 @@ async def test_rival_first_writes_in_one_batch_leave_the_id_to_the_first_key(
     assert batch[1].status is not None
     batch[1].status.id = "new"
     async with engine.connect() as conn:
-        outcome = await write_records(await driver_connection(conn), batch)
+        outcome = await write_records(await driver_connection(conn), batch, OPTOUTS)
         await conn.commit()
 
     assert (set(outcome.new), set(outcome.refused)) == ({0}, {1})

@@ -27,11 +27,14 @@ from app.errors import (
     EndpointUrlRefused,
     ForeignEndpoint,
     LoginsThrottled,
+    NoSuchKeyword,
     RefusalReason,
     Refused,
     Unavailable,
     UnavailableReason,
     UnknownTimeZone,
+    UnreadableNumber,
+    UnusableKeyword,
 )
 
 log = logging.getLogger(__name__)
@@ -242,6 +245,15 @@ def install_error_handlers(app: FastAPI) -> None:
     async def on_endpoint_url_refused(_: Request, exc: Exception) -> Response:
         return error_response(422, "invalid_url", str(exc))
 
+    async def on_unreadable_number(_: Request, exc: Exception) -> Response:
+        return error_response(422, "not_a_phone_number", str(exc))
+
+    async def on_unusable_keyword(_: Request, exc: Exception) -> Response:
+        return error_response(422, "invalid_keyword", str(exc))
+
+    async def on_no_such_keyword(_: Request, exc: Exception) -> Response:
+        return error_response(404, "not_found", "this list sets no such keyword")
+
     async def on_unexpected(_: Request, exc: Exception) -> Response:
         log.exception("unhandled error", exc_info=exc)
         return error_response(500, "internal_error", "internal error")
@@ -254,6 +266,9 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(EndpointNotFound, on_endpoint_not_found)
     app.add_exception_handler(ForeignEndpoint, on_foreign_endpoint)
     app.add_exception_handler(EndpointUrlRefused, on_endpoint_url_refused)
+    app.add_exception_handler(UnreadableNumber, on_unreadable_number)
+    app.add_exception_handler(UnusableKeyword, on_unusable_keyword)
+    app.add_exception_handler(NoSuchKeyword, on_no_such_keyword)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(RequestValidationError, on_request_validation)
     # Handled here rather than as any Exception: Starlette re-raises what reaches its last

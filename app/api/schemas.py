@@ -6,13 +6,14 @@ orjson, which is what keeps a 1000-item answer cheap."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, Field
 
 from app.api.params import IsoTime, SearchText
 from app.db.endpoints import EndpointInfo
 from app.rules.forwarding import EVENT_TYPES, EventType
+from app.rules.optouts import KeywordAction, OptoutSource
 
 Row = dict[str, Any]
 
@@ -385,4 +386,133 @@ def attempt_out(row: Row) -> dict[str, Any]:
         "error": row["error"],
         "latencyMs": row["latency_ms"],
         "response": row["response"],
+    }
+
+
+# ---------------------------------------------------------------------------- opt-outs
+
+MAX_CHECKED_NUMBERS = 1000
+
+
+class OptoutCheckIn(BaseModel):
+    numbers: list[Annotated[str, Field(max_length=64)]] = Field(
+        max_length=MAX_CHECKED_NUMBERS,
+        description="phone numbers as you hold them: 5511987654321, +55 11 98765-4321, "
+        "(11) 98765-4321 (read with WAVY_DEFAULT_REGION)",
+    )
+
+    model_config = {"extra": "forbid"}
+
+
+class OptoutCheckResult(BaseModel):
+    number: str = Field(description="as given")
+    e164: str | None = Field(description="the number in E.164; null when it is none")
+    optedOut: bool | None = Field(
+        description="null when the number could not be read (see error): never a silent false"
+    )
+    since: str | None
+    keyword: str | None
+    source: OptoutSource | None
+    subAccount: str | None = Field(description="the list that holds it; null: account-wide")
+    error: str | None = Field(default=None, description="not_a_phone_number")
+
+
+class OptoutCheckAnswer(BaseModel):
+    results: list[OptoutCheckResult] = Field(description="in the order given")
+
+
+class OptoutEntry(BaseModel):
+    number: str = Field(description="E.164")
+    subAccount: str | None = Field(description="null: the account-wide list")
+    optedOut: bool
+    since: str
+    source: OptoutSource
+    keyword: str | None
+    reason: str | None
+
+
+class OptoutPage(BaseModel):
+    items: list[OptoutEntry]
+    next: str | None = Field(description="cursor for the next (older) page, if any")
+
+
+class OptoutChanges(BaseModel):
+    items: list[OptoutEntry] = Field(description="numbers whose state changed, oldest first")
+    next: str
+
+
+class OptoutHistoryItem(BaseModel):
+    subAccount: str | None
+    optedOut: bool
+    at: str = Field(description="the change's own time: the reply's receivedAt, ...")
+    source: OptoutSource
+    keyword: str | None
+    moId: str | None
+    messageId: str | None
+    actor: str | None
+    reason: str | None
+    recordedAt: str
+
+
+class OptoutDetail(BaseModel):
+    number: str = Field(description="E.164")
+    optedOut: bool = Field(description="for the caller's lists (their sub-account's, or ...)")
+    lists: list[OptoutEntry]
+    history: list[OptoutHistoryItem] = Field(description="oldest first")
+
+
+class OptoutChangeIn(BaseModel):
+    reason: str | None = Field(default=None, max_length=500)
+
+    model_config = {"extra": "forbid"}
+
+
+class KeywordOut(BaseModel):
+    keyword: str
+    action: KeywordAction = Field(description="out: opts out; in: opts back in")
+    setBy: Literal["default", "account", "subAccount"]
+    origin: str | None = Field(description="where a default comes from")
+
+
+class KeywordIn(BaseModel):
+    action: KeywordAction = Field(description="none: not a keyword for this list")
+
+    model_config = {"extra": "forbid"}
+
+
+class OptoutDay(BaseModel):
+    day: str
+    optedOut: int = Field(description="numbers that opted out that day")
+    optedIn: int = Field(description="numbers that opted back in")
+    size: int = Field(description="numbers opted out at the day's end")
+
+
+class OptoutDays(BaseModel):
+    days: list[OptoutDay]
+
+
+def optout_entry(row: Row) -> dict[str, Any]:
+    return {
+        "number": row["e164"],
+        "subAccount": row["sub_account"] or None,
+        "optedOut": row.get("opted_out", True),
+        "since": iso(row["since"]),
+        "source": row["source"],
+        "keyword": row["keyword"],
+        "reason": row["reason"],
+    }
+
+
+def optout_history_item(row: Row) -> dict[str, Any]:
+    return {
+        "subAccount": row["sub_account"] or None,
+        "optedOut": row["opted_out"],
+        "at": iso(row["at"]),
+        "source": row["source"],
+        "keyword": row["keyword"],
+        "moId": row["mo_id"],
+        "messageId": row["message_id"],
+        "actor": row["actor"],
+        "reason": row["reason"],
+        "recordedAt": iso(row["recorded_at"]),
     }

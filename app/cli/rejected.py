@@ -79,7 +79,9 @@ def rejected_replay(
     async def run(engine: AsyncEngine) -> list[rejected.ReplayResult]:
         chosen = ids or await rejected.pending_rejected_ids(engine)
         return [
-            await rejected.replay_rejected(engine, rejected_id, max_items=settings.max_items)
+            await rejected.replay_rejected(
+                engine, rejected_id, max_items=settings.max_items, region=settings.default_region
+            )
             for rejected_id in chosen
         ]
 

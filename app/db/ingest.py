@@ -19,7 +19,9 @@ from typing import Any
 import asyncpg
 import orjson
 
+from app.db.optouts import apply_changes_in_batch
 from app.db.tables import events, messages, mos, table_columns
+from app.rules.optouts import WAVY_LIST_CODES, OptoutMatcher
 from app.rules.records import EventRecord, MoRecord
 from app.rules.status_merge import (
     DESCRIPTIVE_FIELDS,
@@ -334,10 +336,11 @@ def split_rival_claims(records: list[EventRecord]) -> tuple[list[int], list[int]
 def _needs_transaction(records: list[EventRecord]) -> bool:
     """One statement is atomic by itself; a batch needs an explicit transaction when it has
     replies (their own statements) or several statuses for one message (merged after the
-    events' insert tells which were refused). Rival claims need one too (write_records)."""
+    events' insert tells which were refused), or a status that puts a number on an opt-out
+    list (its own statement). Rival claims need one too (write_records)."""
     seen: set[str] = set()
     for record in records:
-        if record.mo is not None:
+        if record.mo is not None or record.sent_status_code in WAVY_LIST_CODES:
             return True
         if record.status is not None:
             if record.message_id in seen:
@@ -359,26 +362,32 @@ def _fill_in(a: MoRecord, b: MoRecord) -> MoRecord:
     return replace(a, **{name: getattr(b, name) for name in _MO_FILLED if getattr(a, name) is None})
 
 
-async def write_records(conn: asyncpg.Connection, records: list[EventRecord]) -> BatchOutcome:
-    """Write one batch atomically: as one statement when it can, else in a transaction of its
-    own (or the caller's, if one is open)."""
+async def write_records(
+    conn: asyncpg.Connection, records: list[EventRecord], optouts: OptoutMatcher
+) -> BatchOutcome:
+    """Write one batch atomically, with the changes it makes to the opt-out lists: as one
+    statement when it can, else in a transaction of its own (or the caller's, if one is
+    open)."""
     first, later = split_rival_claims(records)
     if (later or _needs_transaction(records)) and not conn.is_in_transaction():
         async with conn.transaction():
-            return await write_records(conn, records)
+            return await write_records(conn, records, optouts)
     if later:  # written in two steps
-        done = await _write_claims(conn, [records[p] for p in first])
-        rest = await write_records(conn, [records[p] for p in later])
+        done = await _write_claims(conn, [records[p] for p in first], optouts)
+        rest = await write_records(conn, [records[p] for p in later], optouts)
         return BatchOutcome(
             new=frozenset({first[p] for p in done.new} | {later[p] for p in rest.new}),
             refused=frozenset({first[p] for p in done.refused} | {later[p] for p in rest.refused}),
             recount_queued=done.recount_queued or rest.recount_queued,
         )
-    return await _write_claims(conn, records)
+    return await _write_claims(conn, records, optouts)
 
 
-async def _write_claims(conn: asyncpg.Connection, records: list[EventRecord]) -> BatchOutcome:
-    """A batch whose keys claim no id in common: events, statuses and replies."""
+async def _write_claims(
+    conn: asyncpg.Connection, records: list[EventRecord], optouts: OptoutMatcher
+) -> BatchOutcome:
+    """A batch whose keys claim no id in common: events, statuses, replies and what they do
+    to the opt-out lists."""
     first_seen: dict[tuple[tuple[str, str, int | None, int | None], str | None], int] = {}
     copies: dict[int, list[MessageStatus]] = {}  # later copies' statuses, by first position
     for position, record in enumerate(records):
@@ -429,6 +438,9 @@ async def _write_claims(conn: asyncpg.Connection, records: list[EventRecord]) ->
             await conn.execute(UPSERT_MESSAGES, *_json_columns(merged, _STATUS_COLUMNS))
     new_replies = {records[p].message_id for p in new if records[p].kind == "mo"}
     recount_queued = await _write_replies(conn, kept, new_replies)
+    changes = optouts.changes(kept)
+    if changes:
+        await apply_changes_in_batch(conn, changes)
     return BatchOutcome(new=frozenset(new), refused=refused, recount_queued=recount_queued)
 
 

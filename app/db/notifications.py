@@ -1,7 +1,7 @@
 """Change notifications: one connection per worker listens on every channel the worker needs
 (migrations 0011 and 0012 notify when webhook keys or read-API users change, 0014 when the
-feeds hold something new for the forwarder), and calls what each channel is for: a cache
-forgets what it holds, the forwarder looks at the feeds."""
+feeds hold something new for the forwarder, 0015 when opt-out keywords change), and calls what
+each channel is for: a cache forgets what it holds, the forwarder looks at the feeds."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 KEYS_CHANGED_CHANNEL = "wavy_webhook_keys"
 USERS_CHANGED_CHANNEL = "wavy_read_users"
 FEEDS_CHANGED_CHANNEL = "wavy_feeds"
+KEYWORDS_CHANGED_CHANNEL = "wavy_optout_keywords"
 # After the listening connection is lost or refused, wait this long before trying again.
 RELISTEN_DELAY_S = 2.0
 

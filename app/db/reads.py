@@ -17,12 +17,14 @@ from sqlalchemy import ColumnElement, Select, delete, func, select, text, tuple_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app.db.tables import events, messages, mos, read_cursors
+from app.db.tables import events, messages, mos, optouts, read_cursors
+from app.rules.optouts import ACCOUNT_WIDE
 from app.rules.scope import Reader, Scope
 
 Row = dict[str, Any]
-# The two feeds: statuses (MT messages) and replies; also read_cursors.feed's values.
-FeedKind = Literal["status", "mo"]
+# The feeds: statuses (MT messages), replies (also read_cursors.feed's values) and the opt-out
+# lists' numbers.
+FeedKind = Literal["status", "mo", "optout"]
 
 FINISHED_TX_HORIZON = text("pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
 
@@ -107,7 +109,16 @@ async def feed_end(conn: AsyncConnection) -> FeedPosition:
 
 
 def _feed(kind: FeedKind) -> tuple[Any, Any]:
+    if kind == "optout":
+        return optouts, optouts.c.change_seq
     return (messages, messages.c.change_seq) if kind == "status" else (mos, mos.c.seq)
+
+
+def _feed_scope(kind: FeedKind, table: Any, scope: Scope) -> list[ColumnElement[bool]]:
+    """A sub-account's opt-out feed also holds the account-wide list, which applies to it."""
+    if kind == "optout" and not scope.everything:
+        return [table.c.sub_account.in_([scope.sub_account, ACCOUNT_WIDE])]
+    return _in_scope(table, scope)
 
 
 async def feed_page(
@@ -120,7 +131,7 @@ async def feed_page(
         .where(
             tuple_(table.c.tx_id, seq) > tuple_(after.tx_id, after.seq),
             table.c.tx_id < FINISHED_TX_HORIZON,
-            *_in_scope(table, scope),
+            *_feed_scope(kind, table, scope),
         )
         .order_by(table.c.tx_id, seq)
         .limit(limit)

@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.db.engine import driver_connection
 from app.db.ingest import write_records
+from app.db.optouts import KeywordCache
 from app.db.tables import REJECTED_OWNER, rejected_bodies
 from app.db.writer import could_be_poison
 from app.errors import Refused, Unavailable
@@ -213,7 +214,9 @@ async def pending_rejected_ids(engine: AsyncEngine) -> list[int]:
         return list(rows.scalars())
 
 
-async def replay_rejected(engine: AsyncEngine, rejected_id: int, *, max_items: int) -> ReplayResult:
+async def replay_rejected(
+    engine: AsyncEngine, rejected_id: int, *, max_items: int, region: str
+) -> ReplayResult:
     async with engine.connect() as conn:
         row = (
             await conn.execute(select(rejected_bodies).where(rejected_bodies.c.id == rejected_id))
@@ -238,8 +241,9 @@ async def replay_rejected(engine: AsyncEngine, rejected_id: int, *, max_items: i
     try:
         async with engine.connect() as conn:
             driver = await driver_connection(conn)
+            matcher = await KeywordCache(region).matcher(driver)
             async with driver.transaction():
-                outcome = await write_records(driver, records)
+                outcome = await write_records(driver, records, matcher)
                 if outcome.refused:
                     # Still another sub-account's: undone, and left for the operator.
                     raise ForeignWrite

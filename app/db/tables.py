@@ -342,6 +342,10 @@ endpoints = Table(
     # A replay in progress: deliveries of ids in [replay_next_id, replay_last_id] to send again.
     Column("replay_next_id", BigInteger, nullable=True),
     Column("replay_last_id", BigInteger, nullable=True),
+    # Its position in the opt-out feed (migration 0015; 0 for endpoints made before it, which
+    # do not receive optout.changed).
+    Column("optout_tx_id", BigInteger, nullable=False, server_default=text("0")),
+    Column("optout_seq", BigInteger, nullable=False, server_default=text("0")),
     CheckConstraint("disabled_reason IN ('manual', 'failing')", name="disabled_reason"),
 )
 
@@ -399,6 +403,82 @@ delivery_attempts = Table(
 )
 
 
+# ---------------------------------------------------------------------------- opt-outs
+# (rules in app.rules.optouts). Lists are keyed by sub-account, '' being the account-wide list.
+
+# Keywords set for a list, over the defaults in app.rules.optouts (action 'none' masks one).
+optout_keywords = Table(
+    "optout_keywords",
+    metadata,
+    Column("sub_account", KEY, nullable=False),
+    Column("keyword", KEY, nullable=False),
+    Column("action", KEY, nullable=False),
+    Column("created_at", TS, nullable=False, server_default=text("now()")),
+    Column("created_by", Text, nullable=False),
+    PrimaryKeyConstraint("sub_account", "keyword"),
+    CheckConstraint("action IN ('out', 'in', 'none')", name="action"),
+)
+
+optouts_change_seq = Sequence("optouts_change_seq", metadata=metadata)
+
+# Where each number stands in each list: the latest change (by its time) decides. Numbers that
+# opted back in stay, so that a late, older opt-out cannot override them.
+optouts = Table(
+    "optouts",
+    metadata,
+    Column("sub_account", KEY, nullable=False),
+    Column("e164", KEY, nullable=False),
+    Column("opted_out", Boolean, nullable=False),
+    # When the current state began, and what began it.
+    Column("since", TS, nullable=False),
+    Column("source", KEY, nullable=False),
+    Column("keyword", Text, nullable=True),
+    Column("reason", Text, nullable=True),
+    # The latest change's time and history id: a change decides only if it is later.
+    Column("decided_at", TS, nullable=False),
+    Column("change_id", BigInteger, nullable=False),
+    # The feed's order, bumped when the state changes (as messages' change_seq).
+    Column(
+        "change_seq",
+        BigInteger,
+        nullable=False,
+        server_default=optouts_change_seq.next_value(),
+    ),
+    Column("tx_id", BigInteger, nullable=False, server_default=CURRENT_TX_ID),
+    PrimaryKeyConstraint("sub_account", "e164"),
+    CheckConstraint("source IN ('mo', 'manual', 'wavy')", name="source"),
+    # The listing, newest first, of the numbers opted out.
+    Index(None, "sub_account", "since", "e164", postgresql_where=text("opted_out")),
+    Index(None, "tx_id", "change_seq"),
+)
+
+# Every change ever made to a list: who or which reply, when, which keyword.
+optout_changes = Table(
+    "optout_changes",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("sub_account", KEY, nullable=False),
+    Column("e164", KEY, nullable=False),
+    Column("opted_out", Boolean, nullable=False),
+    # The change's own time: the reply's receivedAt, the status's time, a manual change's.
+    Column("at", TS, nullable=False),
+    Column("source", KEY, nullable=False),
+    Column("keyword", Text, nullable=True),
+    Column("mo_id", KEY, nullable=True),
+    Column("message_id", KEY, nullable=True),
+    Column("actor", Text, nullable=True),
+    Column("reason", Text, nullable=True),
+    Column("recorded_at", TS, nullable=False, server_default=text("now()")),
+    CheckConstraint("source IN ('mo', 'manual', 'wavy')", name="source"),
+    Index(None, "sub_account", "e164", "at"),
+    # A reply, or a message's list status, retried by Wavy is one change.
+    Index(None, "mo_id", unique=True, postgresql_where=text("mo_id IS NOT NULL")),
+    Index(None, "message_id", unique=True, postgresql_where=text("message_id IS NOT NULL")),
+    # The stats' windows.
+    Index(None, "at"),
+)
+
+
 # How a column's type is spelled in the writer's casts (app.db.ingest).
 _SQL_TYPES: dict[type[Any], str] = {
     Text: "text",
@@ -406,6 +486,7 @@ _SQL_TYPES: dict[type[Any], str] = {
     Integer: "int",
     SmallInteger: "smallint",
     DateTime: "timestamptz",
+    Boolean: "boolean",
     JSON: "json",
 }
 

@@ -31,6 +31,7 @@ import asyncpg
 from app import metrics
 from app.db.engine import refused_data
 from app.db.ingest import write_records
+from app.db.optouts import KeywordCache
 from app.db.reply_recounts import RECOUNT_SWEEP_S, recount_queued_replies
 from app.errors import WriteFailed, WriteRefused, WriterOverloaded, WriteTimedOut
 from app.logs import FailureLog
@@ -90,9 +91,11 @@ class BatchWriter:
         max_delay_s: float,
         queue_items: int,
         timeout_s: float,
+        optout_keywords: KeywordCache,
         concurrency: int = 2,
     ) -> None:
         self._connect = connect
+        self.optout_keywords = optout_keywords
         self._concurrency = concurrency
         self._max_items = max_items
         self._max_delay_s = max_delay_s
@@ -260,7 +263,8 @@ class BatchWriter:
         for attempt in range(1, TRANSIENT_ATTEMPTS + 1):
             conn = await connection.acquire()
             try:
-                outcome = await write_records(conn, records)
+                matcher = await self.optout_keywords.matcher(conn)
+                outcome = await write_records(conn, records, matcher)
                 break
             except asyncpg.PostgresError as error:
                 if attempt == TRANSIENT_ATTEMPTS or not _is_transient(error):

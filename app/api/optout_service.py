@@ -1,0 +1,275 @@
+"""The opt-out lists for the HTTP API and the CLI alike: which lists a caller reads and writes,
+checking numbers, changing and importing them, the keywords, and the answers' shapes.
+
+A caller reads the lists that apply to it: its sub-account's and the account-wide one (an
+admin without ``subAccount`` reads every list, and checks against the account-wide one). It
+writes one list: its sub-account's; an admin the one it names, or the account-wide one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.api.schemas import iso, optout_entry, optout_history_item
+from app.db import optouts as queries
+from app.errors import NoSuchKeyword, UnreadableNumber, UnusableKeyword
+from app.rules.optouts import (
+    ACCOUNT_WIDE,
+    DEFAULT_KEYWORDS,
+    DEFAULT_OPT_IN,
+    DEFAULT_OPT_OUT,
+    BadKeyword,
+    KeywordAction,
+    NotAPhoneNumber,
+    OptoutChange,
+    every_day,
+    keyword_of,
+    to_e164,
+)
+from app.rules.scope import Scope
+
+# A manual change's history names who made it; the CLI is the operator.
+CLI_ACTOR = "cli"
+IMPORT_BATCH_ROWS = 5000
+
+
+def read_lists(scope: Scope) -> list[str] | None:
+    """The lists a caller reads (None: every list)."""
+    return None if scope.everything else queries.lists_of(scope.sub_account)
+
+
+def check_lists(scope: Scope) -> list[str]:
+    """The lists a number is checked against before sending as the caller."""
+    return queries.lists_of(scope.sub_account)
+
+
+def written_list(scope: Scope) -> str:
+    return scope.sub_account or ACCOUNT_WIDE
+
+
+def e164_of(number: str, region: str) -> str:
+    try:
+        return to_e164(number, region)
+    except NotAPhoneNumber:
+        raise UnreadableNumber(number) from None
+
+
+async def check(
+    engine: AsyncEngine, region: str, scope: Scope, numbers: Sequence[str]
+) -> list[dict[str, Any]]:
+    """Each number as given, read and looked up, in the order given."""
+    read: list[str | None] = []
+    for number in numbers:
+        try:
+            read.append(to_e164(number, region))
+        except NotAPhoneNumber:
+            read.append(None)
+    wanted = sorted({e164 for e164 in read if e164 is not None})
+    async with engine.connect() as conn:
+        found = await queries.opted_out_entries(conn, check_lists(scope), wanted)
+    results: list[dict[str, Any]] = []
+    for number, e164 in zip(numbers, read, strict=True):
+        entry = found.get(e164) if e164 is not None else None
+        results.append(
+            {
+                "number": number,
+                "e164": e164,
+                "optedOut": None if e164 is None else entry is not None,
+                "since": iso(entry["since"]) if entry else None,
+                "keyword": entry["keyword"] if entry else None,
+                "source": entry["source"] if entry else None,
+                "subAccount": (entry["sub_account"] or None) if entry else None,
+                "error": "not_a_phone_number" if e164 is None else None,
+            }
+        )
+    return results
+
+
+async def detail(engine: AsyncEngine, region: str, scope: Scope, number: str) -> dict[str, Any]:
+    e164 = e164_of(number, region)
+    lists = read_lists(scope)
+    async with engine.connect() as conn:
+        entries = await queries.entries_of(conn, lists, e164)
+        history = await queries.history_of(conn, lists, e164)
+        opted_out = await queries.opted_out_entries(conn, check_lists(scope), [e164])
+    return {
+        "number": e164,
+        "optedOut": e164 in opted_out,
+        "lists": [optout_entry(entry) for entry in entries],
+        "history": [optout_history_item(item) for item in history],
+    }
+
+
+async def change(
+    engine: AsyncEngine,
+    region: str,
+    scope: Scope,
+    number: str,
+    *,
+    opted_out: bool,
+    actor: str,
+    reason: str | None,
+) -> dict[str, Any]:
+    """Put a number on the caller's list, or take it off (it opted back in), now; the answer
+    is where it then stands for the caller."""
+    e164 = e164_of(number, region)
+    entry = OptoutChange(
+        sub_account=written_list(scope),
+        e164=e164,
+        opted_out=opted_out,
+        at=datetime.now(UTC),
+        source="manual",
+        actor=actor,
+        reason=reason,
+    )
+    async with engine.begin() as conn:
+        await queries.apply_changes(conn, [entry])
+    return await detail(engine, region, scope, e164)
+
+
+@dataclass(frozen=True, slots=True)
+class Imported:
+    recorded: int
+    unreadable: list[tuple[int, str]]  # (line, text) of what is no phone number
+
+
+async def import_numbers(
+    engine: AsyncEngine,
+    region: str,
+    scope: Scope,
+    lines: Iterable[tuple[int, str, str | None]],
+    *,
+    actor: str,
+) -> Imported:
+    """A customer's existing list, (line, number, reason) by line, put on the caller's list
+    in batches; what is no phone number is reported, not guessed at."""
+    now = datetime.now(UTC)
+    unreadable: list[tuple[int, str]] = []
+    recorded = 0
+    batch: list[OptoutChange] = []
+
+    async def flush() -> None:
+        nonlocal recorded
+        if batch:
+            async with engine.begin() as conn:
+                recorded += (await queries.apply_changes(conn, batch)).recorded
+            batch.clear()
+
+    for line, number, reason in lines:
+        try:
+            e164 = to_e164(number, region)
+        except NotAPhoneNumber:
+            unreadable.append((line, number))
+            continue
+        batch.append(
+            OptoutChange(
+                sub_account=written_list(scope),
+                e164=e164,
+                opted_out=True,
+                at=now,
+                source="manual",
+                actor=actor,
+                reason=reason,
+            )
+        )
+        if len(batch) >= IMPORT_BATCH_ROWS:
+            await flush()
+    await flush()
+    return Imported(recorded, unreadable)
+
+
+async def listing(
+    engine: AsyncEngine, scope: Scope, before: queries.ListCursor | None, limit: int
+) -> list[queries.Row]:
+    async with engine.connect() as conn:
+        return await queries.list_opted_out(conn, read_lists(scope), before, limit)
+
+
+# ---------------------------------------------------------------------------- keywords
+
+
+def _origin_of(keyword: str) -> str | None:
+    return DEFAULT_OPT_OUT.get(keyword) or DEFAULT_OPT_IN.get(keyword)
+
+
+async def keywords(engine: AsyncEngine, scope: Scope) -> list[dict[str, Any]]:
+    """The keywords in force for the caller's list, and who set each."""
+    target = written_list(scope)
+    async with engine.connect() as conn:
+        book = await queries.keyword_book(conn)
+        own = {row["keyword"] for row in await queries.list_keyword_rules(conn, target)}
+        account = {row["keyword"] for row in await queries.list_keyword_rules(conn, ACCOUNT_WIDE)}
+    answer = []
+    for keyword, action in book.in_force(target).items():
+        set_by = (
+            "subAccount"
+            if keyword in own and target != ACCOUNT_WIDE
+            else "account"
+            if keyword in account or keyword in own
+            else "default"
+        )
+        answer.append(
+            {
+                "keyword": keyword,
+                "action": action,
+                "setBy": set_by,
+                "origin": _origin_of(keyword) if set_by == "default" else None,
+            }
+        )
+    return answer
+
+
+def _keyword(text: str) -> str:
+    try:
+        return keyword_of(text)
+    except BadKeyword as error:
+        raise UnusableKeyword(str(error)) from None
+
+
+async def set_keyword(
+    engine: AsyncEngine, scope: Scope, text: str, action: KeywordAction, by: str
+) -> list[dict[str, Any]]:
+    async with engine.begin() as conn:
+        await queries.set_keyword(conn, written_list(scope), _keyword(text), action, by)
+    return await keywords(engine, scope)
+
+
+async def unset_keyword(engine: AsyncEngine, scope: Scope, text: str) -> list[dict[str, Any]]:
+    """The list's own setting removed: the keyword acts as the account (or default) says."""
+    keyword = _keyword(text)
+    async with engine.begin() as conn:
+        if not await queries.unset_keyword(conn, written_list(scope), keyword):
+            raise NoSuchKeyword(keyword)
+    return await keywords(engine, scope)
+
+
+def default_keyword_table() -> list[tuple[str, KeywordAction, str]]:
+    return [(word, action, _origin_of(word) or "") for word, action in DEFAULT_KEYWORDS.items()]
+
+
+# ---------------------------------------------------------------------------- figures
+
+
+async def days(
+    engine: AsyncEngine, scope: Scope, start: datetime, end: datetime, time_zone: str
+) -> list[dict[str, Any]]:
+    """Every day (in ``time_zone``) from ``start``'s to ``end``'s, up to ``end``."""
+    zone = ZoneInfo(time_zone)
+    first, last = start.astimezone(zone).date(), end.astimezone(zone).date()
+    async with engine.connect() as conn:
+        figures = await queries.daily_figures(conn, read_lists(scope), end, time_zone)
+    return [
+        {
+            "day": figure.day.isoformat(),
+            "optedOut": figure.opted_out,
+            "optedIn": figure.opted_in,
+            "size": figure.size,
+        }
+        for figure in every_day(figures, first, last)
+    ]

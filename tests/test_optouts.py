@@ -1,0 +1,353 @@
+"""Opt-outs: a reply such as SAIR or STOP puts its sender on its sub-account's list, VOLTAR
+takes it off, Wavy's 204 and 203 callbacks add what people told Wavy, the latest change wins
+whatever the order of arrival, and senders check numbers before sending."""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from app.db import users
+from app.rules.scope import Role
+from tests.conftest import add_key
+
+T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z, epoch ms
+MINUTE = 60_000
+ANA = "5511987654321"  # a person in São Paulo, as Wavy writes numbers
+BIA = "5521998765432"
+
+
+class Team:
+    """An admin, a user of acme and one of globex; webhook keys of acme, globex and the
+    account's own (no sub-account)."""
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self.client = client
+        self.headers: dict[str, dict[str, str]] = {}
+        self.keys: dict[str | None, str] = {}
+        self.sent = 0
+
+    async def hook(self, kind: str, body: Any, key: str | None = "acme") -> httpx.Response:
+        answer = await self.client.post(
+            f"/v1/webhooks/{kind}", params={"key": self.keys[key]}, json=body
+        )
+        assert answer.status_code == 200, answer.text
+        return answer
+
+    async def reply(
+        self, text: str, *, source: str = ANA, at: int = T0, sub: str | None = "acme", **more: Any
+    ) -> None:
+        self.sent += 1
+        body = {
+            "id": f"mo-{self.sent}",
+            "source": source,
+            "messageText": text,
+            "receivedAt": at,
+            **({"subAccount": sub} if sub else {}),
+            **more,
+        }
+        await self.hook("mo", body, key=sub)
+
+    async def call(self, who: str, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        return await self.client.request(method, path, headers=self.headers[who], **kwargs)
+
+    async def check(self, who: str, *numbers: str, **params: Any) -> list[dict[str, Any]]:
+        answer = await self.call(
+            who, "POST", "/v1/optouts/check", json={"numbers": list(numbers)}, params=params
+        )
+        assert answer.status_code == 200, answer.text
+        results: list[dict[str, Any]] = answer.json()["results"]
+        return results
+
+    async def opted_out(self, who: str, number: str = ANA, **params: Any) -> bool | None:
+        result: bool | None = (await self.check(who, number, **params))[0]["optedOut"]
+        return result
+
+
+@pytest.fixture
+async def team(app: FastAPI, client: httpx.AsyncClient) -> Team:
+    found = Team(client)
+    async with app.state.engine.begin() as conn:
+        for name, role, sub in (
+            ("boss", Role.ADMIN, None),
+            ("ana", Role.USER, "acme"),
+            ("gil", Role.USER, "globex"),
+        ):
+            token = await users.add_user(
+                conn, username=name, role=role, sub_account=sub, email=None, token=None
+            )
+            found.headers[name] = {"UserName": name, "AuthenticationToken": token}
+    for sub in ("acme", "globex", None):
+        found.keys[sub] = await add_key(app, sub)
+    return found
+
+
+@pytest.mark.parametrize(
+    "text", ["SAIR", "  sair! ", "Sáir", "PARAR.", "pare", "Cancelar", "STOP", "stop", "Baja",
+             "ALTO", "unsubscribe", "OptOut", "salir", "¡Salir!", "END"]
+)  # fmt: skip
+async def test_keywords_as_people_type_them_opt_out(team: Team, text: str) -> None:
+    await team.reply(text)
+    assert await team.opted_out("ana") is True
+
+
+@pytest.mark.parametrize(
+    "text", ["quero pizza", "SIM", "Yes", "Stop please", "não quero sair", "ok", "", "SAIRR"]
+)
+async def test_other_replies_opt_nobody_out(team: Team, text: str) -> None:
+    await team.reply(text)
+    assert await team.opted_out("ana") is False
+
+
+async def test_the_formats_of_one_number_are_one_number(team: Team) -> None:
+    await team.reply("SAIR", source="+55 11 98765-4321")
+    results = await team.check(
+        "ana", "5511987654321", "+55 11 98765-4321", "(11) 98765-4321", "+5511987654321",
+        "011 98765-4321", "5511987654322",
+    )  # fmt: skip
+    assert [r["e164"] for r in results[:5]] == ["+5511987654321"] * 5
+    assert [r["optedOut"] for r in results] == [True, True, True, True, True, False]
+    assert results[1]["number"] == "+55 11 98765-4321"  # as given
+    assert results[0]["keyword"] == "SAIR" and results[0]["source"] == "mo"
+    assert results[0]["since"] == "2026-01-01T00:00:00.000Z"
+    assert results[0]["subAccount"] == "acme"
+
+
+async def test_a_number_that_cannot_be_read_is_reported_never_false(team: Team) -> None:
+    results = await team.check("ana", "not a number", "123", ANA)
+    assert [r["optedOut"] for r in results] == [None, None, False]
+    assert results[0]["error"] == "not_a_phone_number" and results[0]["e164"] is None
+    answer = await team.call("ana", "PUT", "/v1/optouts/banana")
+    assert answer.status_code == 422 and answer.json()["error"]["code"] == "not_a_phone_number"
+
+
+async def test_check_answers_in_the_order_given_and_at_most_1000(team: Team) -> None:
+    await team.reply("STOP", source=BIA)
+    numbers = [f"55119{n:08d}" for n in range(998)] + [BIA, ANA]
+    results = await team.check("ana", *numbers)
+    assert [r["number"] for r in results] == numbers
+    assert [r["number"] for r in results if r["optedOut"]] == [BIA]
+    answer = await team.call("ana", "POST", "/v1/optouts/check", json={"numbers": [ANA] * 1001})
+    assert answer.status_code == 422
+
+
+async def test_an_opt_out_belongs_to_its_sub_account(team: Team) -> None:
+    await team.reply("SAIR", sub="acme")
+    assert await team.opted_out("ana") is True
+    assert await team.opted_out("gil") is False  # globex may still send to them
+    assert await team.opted_out("boss", subAccount="acme") is True
+    assert await team.opted_out("boss", subAccount="globex") is False
+    assert await team.opted_out("boss") is False  # the account-wide list alone
+
+
+async def test_voltar_opts_back_in(team: Team) -> None:
+    await team.reply("SAIR", at=T0)
+    await team.reply("voltar", at=T0 + MINUTE)
+    assert await team.opted_out("ana") is False
+    detail = (await team.call("ana", "GET", f"/v1/optouts/{ANA}")).json()
+    assert [(h["optedOut"], h["keyword"], h["source"]) for h in detail["history"]] == [
+        (True, "SAIR", "mo"),
+        (False, "VOLTAR", "mo"),
+    ]
+    assert detail["history"][0]["moId"] == "mo-1"
+
+
+@pytest.mark.parametrize("order", ["in_order", "reversed"])
+async def test_the_latest_reply_wins_whatever_the_arrival_order(team: Team, order: str) -> None:
+    replies = [("SAIR", T0), ("START", T0 + MINUTE), ("PARE", T0 + 2 * MINUTE)]
+    for text, at in replies if order == "in_order" else list(reversed(replies)):
+        await team.reply(text, at=at)
+    result = (await team.check("ana", ANA))[0]
+    assert result["optedOut"] is True
+    assert result["keyword"] == "PARE"
+
+    await team.reply("VOLTAR", at=T0 + 3 * MINUTE)
+    await team.reply("STOP", at=T0 - MINUTE)  # an old reply, retried late by Wavy
+    assert await team.opted_out("ana") is False
+
+
+async def test_a_retried_reply_is_one_change(team: Team) -> None:
+    body = {"id": "mo-x", "subAccount": "acme", "source": ANA, "messageText": "SAIR",
+            "receivedAt": T0}  # fmt: skip
+    await team.hook("mo", body)
+    await team.hook("mo", body)
+    detail = (await team.call("ana", "GET", f"/v1/optouts/{ANA}")).json()
+    assert len(detail["history"]) == 1
+
+
+async def test_a_204_callback_puts_the_destination_on_its_sub_accounts_list(team: Team) -> None:
+    callback = {"id": "mt-1", "destination": ANA, "sentStatusCode": 204,
+                "sentStatus": "DESTINATION_BLOCKED_BY_OPTOUT", "sentAt": T0}  # fmt: skip
+    await team.hook("callback", callback, key="acme")
+    result = (await team.check("ana", ANA))[0]
+    assert result["optedOut"] is True and result["source"] == "wavy"
+    assert result["subAccount"] == "acme"
+    assert await team.opted_out("gil") is False
+
+
+async def test_a_204_sent_with_the_account_key_takes_its_messages_sub_account(team: Team) -> None:
+    await team.hook("callback", {"id": "mt-2", "destination": ANA, "sentStatusCode": 2}, key="acme")
+    await team.hook("dlr", {"id": "mt-2", "destination": ANA, "sentStatusCode": 204}, key=None)
+    assert await team.opted_out("ana") is True
+    assert await team.opted_out("gil") is False
+
+
+async def test_a_203_callback_puts_the_destination_on_the_account_wide_list(team: Team) -> None:
+    callback = {"id": "mt-3", "destination": BIA, "sentStatusCode": 203,
+                "sentStatus": "BLACKLISTED"}  # fmt: skip
+    await team.hook("callback", callback, key="globex")
+    for who in ("ana", "gil", "boss"):
+        result = (await team.check(who, BIA))[0]
+        assert result["optedOut"] is True, who
+        assert result["subAccount"] is None and result["keyword"] == "BLACKLISTED"
+
+
+async def test_other_status_codes_put_nobody_on_a_list(team: Team) -> None:
+    await team.hook("callback", {"id": "mt-4", "destination": ANA, "sentStatusCode": 202})
+    await team.hook("dlr", {"id": "mt-5", "destination": ANA, "sentStatusCode": 2,
+                            "deliveredStatusCode": 4})  # fmt: skip
+    assert await team.opted_out("ana") is False
+
+
+async def test_manual_add_and_remove_keep_who_and_why(team: Team) -> None:
+    answer = await team.call(
+        "ana", "PUT", "/v1/optouts/(11) 98765-4321", json={"reason": "asked by phone"}
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["optedOut"] is True and answer.json()["number"] == "+5511987654321"
+    assert await team.opted_out("ana") is True
+    answer = await team.call("ana", "DELETE", f"/v1/optouts/{ANA}", params={"reason": "mistake"})
+    assert answer.json()["optedOut"] is False
+    history = answer.json()["history"]
+    assert [(h["optedOut"], h["source"], h["actor"], h["reason"]) for h in history] == [
+        (True, "manual", "ana", "asked by phone"),
+        (False, "manual", "ana", "mistake"),
+    ]
+
+
+async def test_a_user_cannot_read_or_change_another_sub_accounts_list(team: Team) -> None:
+    await team.reply("SAIR", sub="acme")
+    # gil (globex) sees nothing of acme's list, anywhere.
+    assert await team.opted_out("gil") is False
+    assert (await team.call("gil", "GET", "/v1/optouts")).json()["items"] == []
+    assert (await team.call("gil", "GET", "/v1/optouts/changes")).json()["items"] == []
+    detail = (await team.call("gil", "GET", f"/v1/optouts/{ANA}")).json()
+    assert detail["lists"] == [] and detail["history"] == []
+    export = await team.call("gil", "GET", "/v1/optouts/export")
+    assert ANA not in export.text
+    # Naming acme is refused, for reads and writes.
+    for method, path in (
+        ("POST", "/v1/optouts/check"),
+        ("GET", "/v1/optouts"),
+        ("PUT", f"/v1/optouts/{ANA}"),
+        ("DELETE", f"/v1/optouts/{ANA}"),
+        ("PUT", "/v1/optouts/keywords/SIM"),
+        ("GET", "/v1/optouts/changes"),
+    ):
+        body = {"numbers": [ANA]} if method == "POST" else {"action": "out"}
+        answer = await team.call(
+            "gil", method, path, params={"subAccount": "acme"},
+            json=body if method in ("POST", "PUT") and "keywords" in path or method == "POST"
+            else None,
+        )  # fmt: skip
+        assert answer.status_code == 403, (method, path, answer.text)
+    # gil's own DELETE changes globex's list only: acme's opt-out stands.
+    await team.call("gil", "DELETE", f"/v1/optouts/{ANA}")
+    assert await team.opted_out("ana") is True
+    # A user cannot lift an account-wide entry either.
+    await team.hook("callback", {"id": "mt-9", "destination": BIA, "sentStatusCode": 203})
+    answer = await team.call("ana", "DELETE", f"/v1/optouts/{BIA}")
+    assert answer.json()["optedOut"] is True
+    assert await team.opted_out("ana", BIA) is True
+
+
+async def test_listing_is_newest_first_and_pages(team: Team) -> None:
+    for n in range(5):
+        await team.reply("SAIR", source=f"55119000000{n:02d}", at=T0 + n * MINUTE)
+    await team.reply("SAIR", source=BIA, sub="globex")
+    seen: list[str] = []
+    cursor = None
+    while True:
+        params = {"limit": 2, **({"cursor": cursor} if cursor else {})}
+        page = (await team.call("ana", "GET", "/v1/optouts", params=params)).json()
+        seen += [item["number"] for item in page["items"]]
+        cursor = page["next"]
+        if cursor is None:
+            break
+    assert seen == [f"+55119000000{n:02d}" for n in reversed(range(5))]
+    everything = (await team.call("boss", "GET", "/v1/optouts")).json()["items"]
+    assert len(everything) == 6
+    bad = await team.call("ana", "GET", "/v1/optouts", params={"cursor": "nonsense"})
+    assert bad.status_code == 422
+
+
+async def test_export_is_a_csv_of_the_list(team: Team) -> None:
+    await team.reply("SAIR", source=ANA)
+    await team.call("ana", "PUT", f"/v1/optouts/{BIA}", json={"reason": "=cmd"})
+    answer = await team.call("ana", "GET", "/v1/optouts/export")
+    assert answer.status_code == 200
+    assert answer.headers["content-type"].startswith("text/csv")
+    rows = list(csv.DictReader(io.StringIO(answer.text.lstrip("\ufeff"))))
+    assert {row["number"] for row in rows} == {"+5511987654321", "+5521998765432"}
+    assert {row["reason"] for row in rows} == {"", "'=cmd"}  # no formula runs
+
+
+async def test_the_changes_feed_serves_each_state_change(team: Team) -> None:
+    await team.reply("SAIR", at=T0)
+    page = (await team.call("ana", "GET", "/v1/optouts/changes")).json()
+    assert [(i["number"], i["optedOut"]) for i in page["items"]] == [("+5511987654321", True)]
+    await team.reply("STOP", at=T0 + MINUTE)  # no change of state: nothing new
+    await team.reply("VOLTAR", at=T0 + 2 * MINUTE)
+    page = (
+        await team.call("ana", "GET", "/v1/optouts/changes", params={"after": page["next"]})
+    ).json()
+    assert [(i["number"], i["optedOut"]) for i in page["items"]] == [("+5511987654321", False)]
+
+
+async def test_keywords_are_set_per_sub_account_and_account_wide(team: Team) -> None:
+    # acme's customers answer "CHEGA" to stop; globex keeps the defaults.
+    answer = await team.call("ana", "PUT", "/v1/optouts/keywords/chega", json={"action": "out"})
+    assert answer.status_code == 200, answer.text
+    # The account turns ALTO off everywhere (a product name, in its market).
+    await team.call("boss", "PUT", "/v1/optouts/keywords/ALTO", json={"action": "none"})
+    await team.reply("Chega!", source=ANA, sub="acme")
+    await team.reply("CHEGA", source=BIA, sub="globex")
+    await team.reply("alto", source="5531988887777", sub="acme")
+    assert await team.opted_out("ana", ANA) is True
+    assert await team.opted_out("gil", BIA) is False
+    assert await team.opted_out("ana", "5531988887777") is False
+    listed = {
+        k["keyword"]: k for k in (await team.call("ana", "GET", "/v1/optouts/keywords")).json()
+    }
+    assert listed["CHEGA"]["setBy"] == "subAccount" and listed["CHEGA"]["action"] == "out"
+    assert listed["SAIR"]["setBy"] == "default" and listed["SAIR"]["origin"] == "Portuguese"
+    assert "ALTO" not in listed and listed["VOLTAR"]["action"] == "in"
+    answer = await team.call("ana", "DELETE", "/v1/optouts/keywords/CHEGA")
+    assert "CHEGA" not in {k["keyword"] for k in answer.json()}
+    assert (await team.call("ana", "DELETE", "/v1/optouts/keywords/SAIR")).status_code == 404
+    bad = await team.call("ana", "PUT", "/v1/optouts/keywords/%21%21", json={"action": "out"})
+    assert bad.status_code == 422
+
+
+async def test_list_size_over_time(team: Team) -> None:
+    await team.reply("SAIR", source=ANA, at=T0)
+    await team.reply("SAIR", source=BIA, at=T0 + 86_400_000)
+    await team.reply("VOLTAR", source=ANA, at=T0 + 2 * 86_400_000)
+    answer = await team.call(
+        "ana", "GET", "/v1/optouts/days",
+        params={"from": "2025-12-31T00:00:00Z", "to": "2026-01-04T00:00:00Z"},
+    )  # fmt: skip
+    assert answer.status_code == 200, answer.text
+    days = [(d["day"], d["optedOut"], d["optedIn"], d["size"]) for d in answer.json()["days"]]
+    assert days == [
+        ("2025-12-31", 0, 0, 0),
+        ("2026-01-01", 1, 0, 1),
+        ("2026-01-02", 1, 0, 2),
+        ("2026-01-03", 0, 1, 1),
+        ("2026-01-04", 0, 0, 1),
+    ]
