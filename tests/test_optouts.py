@@ -4,8 +4,11 @@ whatever the order of arrival, and senders check numbers before sending."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
+import random
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -13,8 +16,10 @@ import pytest
 from fastapi import FastAPI
 
 from app.db import users
+from app.rules.optouts import NotAPhoneNumber, e164_or_none, parsed_e164, reply_keyword
 from app.rules.scope import Role
 from tests.conftest import add_key
+from tests.test_migrations_and_cli import run_cli
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z, epoch ms
 MINUTE = 60_000
@@ -113,7 +118,8 @@ async def test_the_formats_of_one_number_are_one_number(team: Team) -> None:
     assert [r["e164"] for r in results[:5]] == ["+5511987654321"] * 5
     assert [r["optedOut"] for r in results] == [True, True, True, True, True, False]
     assert results[1]["number"] == "+55 11 98765-4321"  # as given
-    assert results[0]["keyword"] == "SAIR" and results[0]["source"] == "mo"
+    assert results[0]["keyword"] == "SAIR"
+    assert results[0]["source"] == "mo"
     assert results[0]["since"] == "2026-01-01T00:00:00.000Z"
     assert results[0]["subAccount"] == "acme"
 
@@ -121,9 +127,11 @@ async def test_the_formats_of_one_number_are_one_number(team: Team) -> None:
 async def test_a_number_that_cannot_be_read_is_reported_never_false(team: Team) -> None:
     results = await team.check("ana", "not a number", "123", ANA)
     assert [r["optedOut"] for r in results] == [None, None, False]
-    assert results[0]["error"] == "not_a_phone_number" and results[0]["e164"] is None
+    assert results[0]["error"] == "not_a_phone_number"
+    assert results[0]["e164"] is None
     answer = await team.call("ana", "PUT", "/v1/optouts/banana")
-    assert answer.status_code == 422 and answer.json()["error"]["code"] == "not_a_phone_number"
+    assert answer.status_code == 422
+    assert answer.json()["error"]["code"] == "not_a_phone_number"
 
 
 async def test_check_answers_in_the_order_given_and_at_most_1000(team: Team) -> None:
@@ -185,7 +193,8 @@ async def test_a_204_callback_puts_the_destination_on_its_sub_accounts_list(team
                 "sentStatus": "DESTINATION_BLOCKED_BY_OPTOUT", "sentAt": T0}  # fmt: skip
     await team.hook("callback", callback, key="acme")
     result = (await team.check("ana", ANA))[0]
-    assert result["optedOut"] is True and result["source"] == "wavy"
+    assert result["optedOut"] is True
+    assert result["source"] == "wavy"
     assert result["subAccount"] == "acme"
     assert await team.opted_out("gil") is False
 
@@ -204,7 +213,8 @@ async def test_a_203_callback_puts_the_destination_on_the_account_wide_list(team
     for who in ("ana", "gil", "boss"):
         result = (await team.check(who, BIA))[0]
         assert result["optedOut"] is True, who
-        assert result["subAccount"] is None and result["keyword"] == "BLACKLISTED"
+        assert result["subAccount"] is None
+        assert result["keyword"] == "BLACKLISTED"
 
 
 async def test_other_status_codes_put_nobody_on_a_list(team: Team) -> None:
@@ -219,7 +229,8 @@ async def test_manual_add_and_remove_keep_who_and_why(team: Team) -> None:
         "ana", "PUT", "/v1/optouts/(11) 98765-4321", json={"reason": "asked by phone"}
     )
     assert answer.status_code == 200, answer.text
-    assert answer.json()["optedOut"] is True and answer.json()["number"] == "+5511987654321"
+    assert answer.json()["optedOut"] is True
+    assert answer.json()["number"] == "+5511987654321"
     assert await team.opted_out("ana") is True
     answer = await team.call("ana", "DELETE", f"/v1/optouts/{ANA}", params={"reason": "mistake"})
     assert answer.json()["optedOut"] is False
@@ -237,24 +248,23 @@ async def test_a_user_cannot_read_or_change_another_sub_accounts_list(team: Team
     assert (await team.call("gil", "GET", "/v1/optouts")).json()["items"] == []
     assert (await team.call("gil", "GET", "/v1/optouts/changes")).json()["items"] == []
     detail = (await team.call("gil", "GET", f"/v1/optouts/{ANA}")).json()
-    assert detail["lists"] == [] and detail["history"] == []
+    assert detail["lists"] == []
+    assert detail["history"] == []
     export = await team.call("gil", "GET", "/v1/optouts/export")
     assert ANA not in export.text
     # Naming acme is refused, for reads and writes.
-    for method, path in (
-        ("POST", "/v1/optouts/check"),
-        ("GET", "/v1/optouts"),
-        ("PUT", f"/v1/optouts/{ANA}"),
-        ("DELETE", f"/v1/optouts/{ANA}"),
-        ("PUT", "/v1/optouts/keywords/SIM"),
-        ("GET", "/v1/optouts/changes"),
+    for method, path, body in (
+        ("POST", "/v1/optouts/check", {"numbers": [ANA]}),
+        ("GET", "/v1/optouts", None),
+        ("GET", "/v1/optouts/changes", None),
+        ("GET", "/v1/optouts/export", None),
+        ("GET", f"/v1/optouts/{ANA}", None),
+        ("PUT", f"/v1/optouts/{ANA}", None),
+        ("DELETE", f"/v1/optouts/{ANA}", None),
+        ("PUT", "/v1/optouts/keywords/SIM", {"action": "out"}),
+        ("DELETE", "/v1/optouts/keywords/SIM", None),
     ):
-        body = {"numbers": [ANA]} if method == "POST" else {"action": "out"}
-        answer = await team.call(
-            "gil", method, path, params={"subAccount": "acme"},
-            json=body if method in ("POST", "PUT") and "keywords" in path or method == "POST"
-            else None,
-        )  # fmt: skip
+        answer = await team.call("gil", method, path, params={"subAccount": "acme"}, json=body)
         assert answer.status_code == 403, (method, path, answer.text)
     # gil's own DELETE changes globex's list only: acme's opt-out stands.
     await team.call("gil", "DELETE", f"/v1/optouts/{ANA}")
@@ -324,9 +334,12 @@ async def test_keywords_are_set_per_sub_account_and_account_wide(team: Team) -> 
     listed = {
         k["keyword"]: k for k in (await team.call("ana", "GET", "/v1/optouts/keywords")).json()
     }
-    assert listed["CHEGA"]["setBy"] == "subAccount" and listed["CHEGA"]["action"] == "out"
-    assert listed["SAIR"]["setBy"] == "default" and listed["SAIR"]["origin"] == "Portuguese"
-    assert "ALTO" not in listed and listed["VOLTAR"]["action"] == "in"
+    assert listed["CHEGA"]["setBy"] == "subAccount"
+    assert listed["CHEGA"]["action"] == "out"
+    assert listed["SAIR"]["setBy"] == "default"
+    assert listed["SAIR"]["origin"] == "Portuguese"
+    assert "ALTO" not in listed
+    assert listed["VOLTAR"]["action"] == "in"
     answer = await team.call("ana", "DELETE", "/v1/optouts/keywords/CHEGA")
     assert "CHEGA" not in {k["keyword"] for k in answer.json()}
     assert (await team.call("ana", "DELETE", "/v1/optouts/keywords/SAIR")).status_code == 404
@@ -351,3 +364,80 @@ async def test_list_size_over_time(team: Team) -> None:
         ("2026-01-03", 0, 1, 1),
         ("2026-01-04", 0, 0, 1),
     ]
+
+
+def test_brazils_shortcut_reads_numbers_as_phonenumbers_does() -> None:
+    """The shortcut for numbers written with Brazil's country code gives what the library
+    gives, over every two-digit start after 55, both lengths, and the usual separators."""
+    rng = random.Random(22)
+    for start in range(100):
+        for length in (10, 11):
+            for _ in range(40):
+                rest = f"{start:02d}" + "".join(rng.choice("0123456789") for _ in range(length - 2))
+                for written in (f"55{rest}", f"+55{rest}", f"+55 {rest[:2]} {rest[2:]}"):
+                    try:
+                        expected: str | None = parsed_e164(written, "BR")
+                    except NotAPhoneNumber:
+                        expected = None
+                    assert e164_or_none(written, "BR") == expected, written
+
+
+def test_reply_keywords_are_the_whole_reply_normalised() -> None:
+    assert reply_keyword("  Sáir!! ") == "SAIR"
+    assert reply_keyword("stop   all") == "STOP ALL"
+    assert reply_keyword("x" * 65) is None
+    assert reply_keyword("!!!") is None
+
+
+async def cli(database_url: str, *args: str) -> tuple[int, str]:
+    done = await asyncio.to_thread(run_cli, *args, database_url=database_url)
+    return done.returncode, done.stdout + done.stderr
+
+
+async def test_the_optouts_commands_end_to_end(
+    team: Team, database_url: str, tmp_path: Path
+) -> None:
+    existing = tmp_path / "customer-list.csv"
+    existing.write_text(
+        "phone,reason\n5511987654321,old list\n(21) 99876-5432,\nnot a number,\n",
+        encoding="utf-8",
+    )
+    code, out = await cli(database_url, "optouts", "import", str(existing), "--sub-account", "acme")
+    assert code == 2, out  # the unreadable line is reported, the rest imported
+    assert "line 4: not a phone number: 'not a number'" in out
+    assert "2 number(s) recorded on list acme" in out
+    assert await team.opted_out("ana", ANA) is True
+    assert await team.opted_out("ana", "+5521998765432") is True
+    assert await team.opted_out("gil", ANA) is False
+
+    code, out = await cli(
+        database_url, "optouts", "check", ANA, "5531900001111", "--sub-account", "acme"
+    )
+    assert code == 0, out
+    assert "+5511987654321\topted out since" in out
+    assert "+5531900001111\tnot opted out" in out
+
+    code, out = await cli(
+        database_url, "optouts", "remove", ANA, "--sub-account", "acme", "--reason", "asked back"
+    )
+    assert code == 0, out
+    assert await team.opted_out("ana", ANA) is False
+    code, out = await cli(database_url, "optouts", "add", BIA, "--reason", "blacklisted by hand")
+    assert code == 0, out
+    assert await team.opted_out("gil", BIA) is True  # account-wide
+
+    code, out = await cli(database_url, "optouts", "list")
+    assert code == 0, out
+    assert "+5521998765432\t(account-wide)" in out
+    assert "+5521998765432\tacme" in out
+
+    code, out = await cli(
+        database_url, "optouts", "keywords", "chega", "out", "--sub-account", "acme"
+    )
+    assert code == 0, out
+    assert "CHEGA\tout\tsubAccount" in out
+    assert "SAIR\tout\tdefault (Portuguese)" in out
+    await team.reply("chega", source="5531900001111", sub="acme")
+    assert await team.opted_out("ana", "5531900001111") is True
+    code, out = await cli(database_url, "optouts", "keywords", "chega", "sometimes")
+    assert code == 2, out

@@ -1,6 +1,6 @@
 """The ``wavy-webhooks`` command, one module per group of commands: ``service`` (serve,
-migrate, purge, doctor), ``keys``, ``endpoints``, ``users``, ``rejected``, ``stats``;
-``common`` is what they share."""
+migrate, purge, doctor), ``keys``, ``endpoints``, ``optouts``, ``users``, ``rejected``,
+``stats``; ``common`` is what they share."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from app.cli import (  # noqa: F401 - they register commands
     endpoints,
     keys,
+    optouts,
     rejected,
     service,
     stats,

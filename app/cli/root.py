@@ -39,7 +39,11 @@ stats_cli = typer.Typer(help="The delivery statistics' rollup, checked against t
 endpoints_cli = typer.Typer(
     help="Downstream endpoints: every reply and status change pushed, signed, retried."
 )
+optouts_cli = typer.Typer(
+    help="Opt-out lists: numbers that replied SAIR or STOP (or were added), and the keywords."
+)
 cli.add_typer(keys_cli, name="keys", no_args_is_help=True)
+cli.add_typer(optouts_cli, name="optouts", no_args_is_help=True)
 cli.add_typer(endpoints_cli, name="endpoints", no_args_is_help=True)
 cli.add_typer(rejected_cli, name="rejected", no_args_is_help=True)
 cli.add_typer(users_cli, name="users", no_args_is_help=True)
