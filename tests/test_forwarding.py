@@ -87,7 +87,7 @@ async def test_a_reply_and_a_status_arrive_signed_exactly_as_the_read_api_shows_
     async with receiving() as receiver:
         endpoint = await people.add_endpoint("boss", receiver.url)
         assert endpoint["secret"].startswith("whsec_")
-        assert endpoint["events"] == ["mo.received", "status.updated"]
+        assert endpoint["events"] == ["mo.received", "status.updated", "optout.changed"]
 
         await people.hook("dlr", dlr("m-1"))
         await people.hook("mo", mo("r-1"))

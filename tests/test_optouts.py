@@ -14,11 +14,13 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from standardwebhooks.webhooks import Webhook
 
 from app.db import users
 from app.rules.optouts import NotAPhoneNumber, e164_or_none, parsed_e164, reply_keyword
 from app.rules.scope import Role
 from tests.conftest import add_key
+from tests.receivers import receiving
 from tests.test_migrations_and_cli import run_cli
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z, epoch ms
@@ -441,3 +443,35 @@ async def test_the_optouts_commands_end_to_end(
     assert await team.opted_out("ana", "5531900001111") is True
     code, out = await cli(database_url, "optouts", "keywords", "chega", "sometimes")
     assert code == 2, out
+
+
+async def test_forwarding_pushes_each_change_to_the_lists_an_endpoint_receives(
+    team: Team,
+) -> None:
+    async with receiving() as acme, receiving() as globex:
+        added = []
+        for who, receiver in (("ana", acme), ("gil", globex)):
+            answer = await team.call(
+                who,
+                "POST",
+                "/v1/endpoints",
+                json={"url": receiver.url, "events": ["optout.changed"]},
+            )
+            assert answer.status_code == 201, answer.text
+            added.append(answer.json())
+        await team.reply("SAIR", sub="acme", at=T0)
+        at_acme = await acme.wait_for(1)
+        await team.reply("VOLTAR", sub="acme", at=T0 + MINUTE)
+        await acme.wait_for(2)
+        await team.hook("callback", {"id": "mt-1", "destination": BIA, "sentStatusCode": 203})
+        at_acme = await acme.wait_for(3)
+        at_globex = await globex.wait_for(1)
+    changes = [Webhook(added[0]["secret"]).verify(item.body, item.headers) for item in at_acme]
+    assert [(c["type"], c["data"]["number"], c["data"]["optedOut"]) for c in changes] == [
+        ("optout.changed", "+5511987654321", True),
+        ("optout.changed", "+5511987654321", False),
+        ("optout.changed", "+5521998765432", True),
+    ]
+    assert changes[2]["data"]["subAccount"] is None  # the account-wide list reaches everyone
+    # globex hears of the account-wide entry only, never of acme's list.
+    assert [item.json["data"]["number"] for item in at_globex] == ["+5521998765432"]

@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import metrics
 from app.api.delivery_client import Answer, DeliveryClient
-from app.api.schemas import iso, mo_out, status_out
+from app.api.schemas import iso, mo_out, optout_entry, status_out
 from app.db import forwarding
 from app.db.engine import (
     FORWARDER_APPLICATION_NAME,
@@ -79,13 +79,20 @@ def render_delivery(endpoint_id: int, kind: FeedKind, row: Row) -> NewDelivery:
     it, under a webhook id made from the change's place in its feed, so that a change turned
     into a delivery twice (a dispatch lost in a crash of PostgreSQL) keeps its id."""
     event_type = EVENT_OF[kind]
-    data = status_out(row) if kind == "status" else mo_out(row)
+    # What goes out in order: one message's statuses, one number's changes in one list.
+    in_order_of: str | None = None
+    if kind == "status":
+        data, seq, in_order_of = status_out(row), row["change_seq"], row["id"]
+    elif kind == "optout":
+        data, seq = optout_entry(row), row["change_seq"]
+        in_order_of = f"optout {row['sub_account']} {row['e164']}"
+    else:
+        data, seq = mo_out(row), row["seq"]
     body = {"type": event_type, "timestamp": iso(forwarding.row_time(row, kind)), "data": data}
-    seq = row["change_seq"] if kind == "status" else row["seq"]
     return NewDelivery(
         webhook_id=webhook_id_of(endpoint_id, kind, row["tx_id"], seq),
         event_type=event_type,
-        message_id=row["id"] if kind == "status" else None,
+        message_id=in_order_of,
         body=orjson.dumps(body),
     )
 

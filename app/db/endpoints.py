@@ -77,7 +77,7 @@ async def add_endpoint(
     created_by: str,
 ) -> tuple[int, str]:
     """The new endpoint's id and secret. It receives what is committed from now on: its
-    position in both feeds starts at their end."""
+    position in every feed starts at its end."""
     end = await feed_end(conn)
     secret = new_secret()
     endpoint_id = await conn.scalar(
@@ -92,6 +92,8 @@ async def add_endpoint(
             status_seq=end.seq,
             mo_tx_id=end.tx_id,
             mo_seq=end.seq,
+            optout_tx_id=end.tx_id,
+            optout_seq=end.seq,
         )
         .returning(endpoints.c.id)
     )

@@ -75,10 +75,15 @@ class NewDelivery:
 Render = Callable[[int, FeedKind, Row], NewDelivery]
 
 # Which feed each event type is read from.
-FEED_OF: dict[EventType, FeedKind] = {"status.updated": "status", "mo.received": "mo"}
+FEED_OF: dict[EventType, FeedKind] = {
+    "status.updated": "status",
+    "mo.received": "mo",
+    "optout.changed": "optout",
+}
 _POSITION_COLUMNS: dict[FeedKind, tuple[str, str]] = {
     "status": ("status_tx_id", "status_seq"),
     "mo": ("mo_tx_id", "mo_seq"),
+    "optout": ("optout_tx_id", "optout_seq"),
 }
 _DISPATCH_LOCK = text("SELECT pg_try_advisory_xact_lock(hashtext('wavy-forward'), :id)")
 
@@ -131,7 +136,8 @@ async def dispatch(
     position_row = (
         await conn.execute(
             text(
-                "SELECT status_tx_id, status_seq, mo_tx_id, mo_seq FROM endpoints "
+                "SELECT status_tx_id, status_seq, mo_tx_id, mo_seq, optout_tx_id, optout_seq "
+                "FROM endpoints "
                 "WHERE id = :id AND disabled_at IS NULL"
             ),
             {"id": endpoint.id},
@@ -441,6 +447,8 @@ async def endpoint_health(conn: AsyncConnection) -> list[EndpointHealth]:
 
 
 def row_time(row: Row, kind: FeedKind) -> datetime:
-    """When a feed's row was stored: what an event's ``timestamp`` says."""
-    moment: datetime = row["updated_at"] if kind == "status" else row["stored_at"]
+    """When a feed's row was stored (a number's: when its state began): what an event's
+    ``timestamp`` says."""
+    column = {"status": "updated_at", "mo": "stored_at", "optout": "since"}[kind]
+    moment: datetime = row[column]
     return moment

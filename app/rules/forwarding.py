@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from standardwebhooks.webhooks import Webhook
 
-EventType = Literal["mo.received", "status.updated"]
+EventType = Literal["mo.received", "status.updated", "optout.changed"]
 EVENT_TYPES: tuple[EventType, ...] = get_args(EventType)
 DisabledReason = Literal["manual", "failing"]
 
