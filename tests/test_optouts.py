@@ -8,6 +8,7 @@ import asyncio
 import csv
 import io
 import random
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -475,3 +476,35 @@ async def test_forwarding_pushes_each_change_to_the_lists_an_endpoint_receives(
     assert changes[2]["data"]["subAccount"] is None  # the account-wide list reaches everyone
     # globex hears of the account-wide entry only, never of acme's list.
     assert [item.json["data"]["number"] for item in at_globex] == ["+5521998765432"]
+
+
+async def test_stats_count_opt_outs_for_the_campaign_of_the_message_they_answer(
+    team: Team,
+) -> None:
+    now = datetime.now(UTC)
+    at = int(now.timestamp() * 1000)
+    sent = {"sentStatusCode": 2, "sentAt": at, "carrierName": "VIVO"}
+    for message_id, campaign in (("mt-a", "promo"), ("mt-b", "promo"), ("mt-c", "news")):
+        await team.hook("callback", {"id": message_id, "campaignId": campaign, **sent})
+    await team.hook("callback", {"id": "mt-g", "campaignId": "promo", **sent}, key="globex")
+    await team.reply("SAIR", source=ANA, at=at, mt={"id": "mt-a"})
+    await team.reply("quero pizza", source=BIA, at=at, mt={"id": "mt-b"})
+    await team.reply("STOP", source=BIA, sub="globex", at=at, mt={"id": "mt-g"})
+
+    answer = await team.call("ana", "GET", "/v1/stats", params={"groupBy": "campaign"})
+    assert answer.status_code == 200, answer.text
+    groups = {g["key"]: g for g in answer.json()["groups"]}
+    assert (groups["promo"]["optOuts"], groups["promo"]["optOutRate"]) == (1, 0.5)
+    assert (groups["promo"]["replies"], groups["promo"]["replyRate"]) == (2, 1.0)
+    assert (groups["news"]["optOuts"], groups["news"]["optOutRate"]) == (0, 0.0)
+    assert answer.json()["totals"]["optOuts"] == 1  # globex's opt-out is not acme's
+
+    answer = await team.call("boss", "GET", "/v1/stats", params={"groupBy": "subAccount"})
+    groups = {g["key"]: g for g in answer.json()["groups"]}
+    assert (groups["acme"]["optOuts"], groups["globex"]["optOuts"]) == (1, 1)
+    hours = await team.call("ana", "GET", "/v1/stats", params={"groupBy": "hour"})
+    assert [(g["key"], g["optOuts"]) for g in hours.json()["groups"] if g["optOuts"]] == [
+        (f"{now:%Y-%m-%dT%H}:00:00Z", 1)
+    ]
+    only_news = await team.call("ana", "GET", "/v1/stats", params={"campaignId": "news"})
+    assert only_news.json()["totals"]["optOuts"] == 0

@@ -253,6 +253,8 @@ class StatsFigures(BaseModel):
     replies: int = Field(description="MOs answering these messages")
     repliedMessages: int = Field(description="messages with at least one reply")
     replyRate: float | None = Field(description="repliedMessages / messages")
+    optOuts: int = Field(description="replies that opted out (SAIR, STOP...)")
+    optOutRate: float | None = Field(description="optOuts / messages")
 
 
 class StatsGroup(StatsFigures):

@@ -12,7 +12,7 @@ from app.api.deps import EngineDep, ScopeDep
 from app.api.errors import ApiError, OrjsonResponse, responses
 from app.api.params import IsoTime, SearchText, TimeZoneName
 from app.api.schemas import StatsAnswer, iso
-from app.db.stats import StatsWindow, rollup_counts
+from app.db.stats import StatsWindow, optout_counts, rollup_counts
 from app.rules.delivery_stats import (
     GroupBy,
     GroupCounts,
@@ -53,7 +53,9 @@ FIRST_HOUR_ANYWHERE = datetime(1, 1, 2, tzinfo=UTC)
         "default: the last 7 days) select whole hours, both included. Per group: messages, "
         "counts per sent and delivered status code, delivery rate, time from sent to "
         "delivered (p50/p90/p99 and the histogram), messages still waiting for a DLR (split "
-        "by whether their carrier sends DLRs at all), MOs received, replies and reply rate. "
+        "by whether their carrier sends DLRs at all), MOs received, replies and reply rate, "
+        "opt-outs (replies that opted out, counted for the campaign of the message they "
+        "answer, in the hour they were received) and opt-out rate (opt-outs per message). "
         "Scoped like the read API: users see their sub-account, admins all or `subAccount`. "
         '`groupBy=subAccount` breaks an admin\'s figures down by cost centre (`""` for '
         "messages of no sub-account)."
@@ -89,10 +91,10 @@ async def delivery_stats(
     if not within_the_calendar(last_hour, time_zone):
         raise ApiError(422, "invalid_window", f"to is past year 9999 in {time_zone}")
     async with engine.connect() as conn:
-        rows = await rollup_counts(
-            conn, scope, StatsWindow(first_hour, last_hour, campaign_id, time_zone), group_by
-        )
-    groups, totals = sum_groups(rows)
+        window = StatsWindow(first_hour, last_hour, campaign_id, time_zone)
+        rows = await rollup_counts(conn, scope, window, group_by)
+        rows += await optout_counts(conn, scope, window, group_by)
+    groups, totals = sum_groups(sorted(rows, key=lambda row: row[0]))
     return OrjsonResponse(
         {
             "from": iso(first_hour),

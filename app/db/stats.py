@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -22,10 +22,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app import metrics
 from app.db.engine import refused_data, sqlstate
-from app.db.tables import stats_deltas, stats_rollup
+from app.db.tables import messages, mos, optout_changes, stats_deltas, stats_rollup
 from app.errors import UnknownTimeZone
 from app.logs import FailureLog
-from app.rules.delivery_stats import GroupBy
+from app.rules.delivery_stats import OPTOUTS, GroupBy
 from app.rules.scope import Scope
 
 log = logging.getLogger(__name__)
@@ -119,6 +119,45 @@ async def rollup_counts(
     return [
         (group_label(group_by, row[0], window.time_zone), row[1], row[2], int(row[3]))
         for row in rows
+    ]
+
+
+async def optout_counts(
+    conn: AsyncConnection, scope: Scope, window: StatsWindow, group_by: GroupBy
+) -> list[tuple[str, str, int, int]]:
+    """The opt-outs replies made in the window, as rollup rows (metric ``optouts``): counted
+    in the hour of the reply, for the campaign of the message it answers and its carrier.
+    Read from the opt-out history, which holds one row per reply that opted out (few, next
+    to the messages): no rollup to keep for them."""
+    change, reply, message = optout_changes.c, mos.c, messages.c
+    by_campaign = group_by == "campaign" or window.campaign_id is not None
+    keys: dict[GroupBy, Any] = {
+        "hour": func.date_trunc("hour", change.at, "UTC"),
+        "day": func.date_trunc("day", func.timezone(window.time_zone, change.at)),
+        "carrier": func.coalesce(reply.carrier_name, ""),
+        "campaign": func.coalesce(message.campaign_id, ""),
+        "subAccount": change.sub_account,
+    }
+    key = keys[group_by].label("key")
+    joined: Any = optout_changes
+    if group_by == "carrier" or by_campaign:
+        joined = joined.outerjoin(mos, reply.id == change.mo_id)
+    if by_campaign:
+        joined = joined.outerjoin(messages, message.id == reply.mt_id)
+    conditions = [
+        change.source == "mo",
+        change.opted_out,
+        change.at >= window.first_hour,
+        change.at < window.last_hour + timedelta(hours=1),
+    ]
+    if not scope.everything:
+        conditions.append(change.sub_account == scope.sub_account)
+    if window.campaign_id is not None:
+        conditions.append(message.campaign_id == window.campaign_id)
+    query = select(key, func.count()).select_from(joined).where(and_(*conditions)).group_by(key)
+    rows = await conn.execute(query)
+    return [
+        (group_label(group_by, row[0], window.time_zone), OPTOUTS, 0, int(row[1])) for row in rows
     ]
 
 

@@ -40,6 +40,8 @@ WAITING = "waiting"  # value 1: the carrier sends DLRs, 0: it never does (sent 2
 REPLIED = "replied"  # value 0: messages with at least one reply
 REPLIES = "replies"  # value 0: replies to messages (weight = reply count)
 MOS_RECEIVED = "mos_received"  # value 0: MOs received, grouped by their own time and carrier
+# value 0: replies that opted out (app.db.stats.optout_counts; not kept in the rollup)
+OPTOUTS = "optouts"
 
 
 def carrier_sends_dlr(carrier_name: str | None) -> bool:
@@ -59,6 +61,7 @@ class GroupCounts:
     replied: int = 0
     replies: int = 0
     mos_received: int = 0
+    optouts: int = 0
 
     def add(self, metric: str, value: int, count: int) -> None:
         if metric == MESSAGES:
@@ -80,6 +83,8 @@ class GroupCounts:
             self.replies += count
         elif metric == MOS_RECEIVED:
             self.mos_received += count
+        elif metric == OPTOUTS:
+            self.optouts += count
 
 
 def ratio(part: int, whole: int) -> float | None:
@@ -145,6 +150,8 @@ def group_figures(counts: GroupCounts, *, histogram: bool = False) -> dict[str, 
         "replies": counts.replies,
         "repliedMessages": counts.replied,
         "replyRate": ratio(counts.replied, counts.messages),
+        "optOuts": counts.optouts,
+        "optOutRate": ratio(counts.optouts, counts.messages),
     }
 
 
