@@ -91,6 +91,8 @@ function renderKpis(totals) {
     ["p90", "Time to deliver, p90", latency.p90, seconds],
     ["replies", "Replies", totals.replies, number],
     ["reply-rate", "Reply rate", totals.replyRate, percent],
+    ["optouts", "Opt-outs", totals.optOuts, number],
+    ["optout-rate", "Opt-out rate", totals.optOutRate, percent],
     ["mos", "MOs received", totals.mosReceived, number],
   ];
   const box = $("#kpis");
@@ -194,7 +196,8 @@ function renderGroupTable(stats, kind) {
     const waiting = g.waitingForDlr.carrierSendsDlr + g.waitingForDlr.carrierWithoutDlr;
     for (const value of [number(g.messages), number(g.sentStatusCodes["2"] || 0),
       number(g.deliveredStatusCodes["4"] || 0), percent(g.deliveryRate), number(failedCount(g)),
-      number(waiting), number(g.replies), percent(g.replyRate)]) {
+      number(waiting), number(g.replies), percent(g.replyRate), number(g.optOuts),
+      percent(g.optOutRate)]) {
       row.append(element("td", value));
     }
     body.append(row);
@@ -378,6 +381,48 @@ async function downloadCsv(path, params, note) {
 
 // --- the page ------------------------------------------------------------------------------
 
+// --- opt-outs ---------------------------------------------------------------------------------
+
+const RECENT_OPTOUTS = 20;
+
+async function loadOptouts(params) {
+  const scope = new URLSearchParams({ from: params.get("from"), tz: params.get("tz") });
+  if (params.get("subAccount")) scope.set("subAccount", params.get("subAccount"));
+  const { days } = await api(`/v1/optouts/days?${scope}`);
+  const listed = new URLSearchParams({ limit: String(RECENT_OPTOUTS) });
+  if (params.get("subAccount")) listed.set("subAccount", params.get("subAccount"));
+  const recent = await api(`/v1/optouts?${listed}`);
+  const size = days.length ? days[days.length - 1].size : 0;
+  $("#optout-size").textContent = `${number(size)} number${size === 1 ? "" : "s"} opted out now`;
+  drawChart("optout-chart", {
+    type: "line",
+    data: {
+      labels: days.map((d) => d.day),
+      datasets: [
+        { label: "numbers opted out", data: days.map((d) => d.size), borderColor: color("failed"), yAxisID: "y" },
+        { label: "opted out that day", data: days.map((d) => d.optedOut), borderColor: color("waiting"), yAxisID: "y" },
+        { label: "opted back in", data: days.map((d) => d.optedIn), borderColor: color("delivered"), yAxisID: "y" },
+      ],
+    },
+  });
+  const rows = recent.items.map((entry) => {
+    const row = element("tr", undefined, { "data-testid": "optout-row" });
+    row.append(
+      element("td", entry.number),
+      element("td", entry.subAccount || "(account-wide)"),
+      element("td", when(entry.since)),
+      element("td", entry.source),
+      element("td", entry.keyword || "–"),
+      element("td", entry.reason || "", { class: "text" }),
+    );
+    return row;
+  });
+  $("#optout-table tbody").replaceChildren(...rows);
+  $("#optout-note").textContent = recent.items.length
+    ? (recent.next ? `the ${RECENT_OPTOUTS} latest; download the list for the rest` : "")
+    : "Nobody opted out.";
+}
+
 // --- endpoints ---------------------------------------------------------------------------------
 
 let shownEndpoint = null;
@@ -483,6 +528,7 @@ async function refresh({ quiet = false } = {}) {
     if (bySubAccount) renderGroupTable(bySubAccount, "subAccount");
     renderLatency(overTime.totals);
     renderReplies(replies);
+    await loadOptouts(params);
     await loadEndpoints();
     const loadedAt = new Date().toISOString().slice(11, 19);
     const days = overTime.tz === "UTC" ? "" : `, days and hours in ${overTime.tz}`;
@@ -550,6 +596,14 @@ document.addEventListener("DOMContentLoaded", () => {
     const replies = new URLSearchParams({ start: params.get("from") });
     if (params.get("subAccount")) replies.set("subAccount", params.get("subAccount"));
     downloadCsv("/v1/sms/receive/export", replies, note)
+      .catch((error) => { note.textContent = `Could not download: ${error.message}`; });
+  });
+  $("#download-optouts").addEventListener("click", () => {
+    const note = $("#download-optouts-status");
+    const scope = new URLSearchParams();
+    const subAccount = windowParams().params.get("subAccount");
+    if (subAccount) scope.set("subAccount", subAccount);
+    downloadCsv("/v1/optouts/export", scope, note)
       .catch((error) => { note.textContent = `Could not download: ${error.message}`; });
   });
   $("#replay-form").addEventListener("submit", (event) => {
