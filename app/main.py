@@ -93,7 +93,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         max_delay_s=settings.batch_max_delay_ms / 1000,
         queue_items=settings.writer_queue_items,
         timeout_s=settings.writer_timeout_s,
-        optout_keywords=KeywordCache(settings.default_region),
+        optout_keywords=KeywordCache(
+            settings.default_region, enabled=settings.optouts_from_traffic
+        ),
         concurrency=settings.writer_concurrency,
     )
     registry = KeyRegistry(engine, ttl_s=settings.key_cache_seconds)

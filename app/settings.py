@@ -134,6 +134,9 @@ class Settings(BaseSettings):
     # The region (ISO 3166 code) whose way of writing numbers without a country code the
     # opt-out lists read them in: "(11) 98765-4321" is +5511987654321 with BR.
     default_region: str = "BR"
+    # Keep the opt-out lists from the traffic: replies that are keywords, and Wavy's 204 and
+    # 203 callbacks. Off: the lists change only by hand and by import.
+    optouts_from_traffic: bool = True
 
     log_level: str = "info"
     log_format: Literal["text", "json"] = Field(

@@ -370,14 +370,22 @@ async def test_list_size_over_time(team: Team) -> None:
 
 
 def test_brazils_shortcut_reads_numbers_as_phonenumbers_does() -> None:
-    """The shortcut for numbers written with Brazil's country code gives what the library
-    gives, over every two-digit start after 55, both lengths, and the usual separators."""
+    """The shortcuts for Brazil's numbers, written with the country code or as people write
+    them at home, give what the library gives, over every two-digit start, both lengths, and
+    the usual separators."""
     rng = random.Random(22)
     for start in range(100):
         for length in (10, 11):
             for _ in range(40):
                 rest = f"{start:02d}" + "".join(rng.choice("0123456789") for _ in range(length - 2))
-                for written in (f"55{rest}", f"+55{rest}", f"+55 {rest[:2]} {rest[2:]}"):
+                at_home = f"({rest[:2]}) {rest[2:-4]}-{rest[-4:]}"
+                for written in (
+                    f"55{rest}",
+                    f"+55{rest}",
+                    f"+55 {rest[:2]} {rest[2:]}",
+                    rest,
+                    at_home,
+                ):
                     try:
                         expected: str | None = parsed_e164(written, "BR")
                     except NotAPhoneNumber:

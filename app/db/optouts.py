@@ -133,8 +133,9 @@ class KeywordCache:
     """The keywords in force, for the writer: reloaded on its own connection when they changed
     (a notification) or have aged, so that no reply costs a query."""
 
-    def __init__(self, region: str) -> None:
+    def __init__(self, region: str, *, enabled: bool = True) -> None:
         self._region = region
+        self._enabled = enabled
         self._matcher: OptoutMatcher | None = None
         self._loaded_at = float("-inf")
 
@@ -148,7 +149,7 @@ class KeywordCache:
             book = KeywordBook(
                 KeywordRule(r["sub_account"], r["keyword"], r["action"]) for r in rows
             )
-            self._matcher = OptoutMatcher(book, self._region)
+            self._matcher = OptoutMatcher(book, self._region, self._enabled)
             self._loaded_at = loaded_at
         return self._matcher
 

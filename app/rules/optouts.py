@@ -143,12 +143,16 @@ class KeywordBook:
 # ---------------------------------------------------------------------------- phone numbers
 
 _SEPARATORS = re.compile(r"[\s().\-]")
-# Brazil's numbers written with their country code, as Wavy writes destinations
-# ("5511987654321", "+55 11 98765-4321"), without a national prefix ("0", "90" and a carrier
-# code) after it: phonenumbers gives "+" and the digits for every one of them (held by a test
-# against the library over every area-code prefix). The shortcut exists because the library
-# takes tens of microseconds a number, and a check of 1000 numbers must answer in milliseconds.
+# Shortcuts for the two ways Brazilian numbers are written most, where phonenumbers gives "+",
+# the country code and the digits for every number (held by a test against the library over
+# every two-digit start): with the country code, as Wavy writes destinations
+# ("5511987654321", "+55 11 98765-4321"), and as people write them at home
+# ("(11) 98765-4321"); neither starting with a national prefix ("0", or "90" and a carrier
+# code), nor, at home, with 55 (which the library may read as the country code). They exist
+# because the library takes tens of microseconds a number, and a check of 1000 numbers must
+# answer in milliseconds; everything else goes to the library.
 _BRAZIL_INTERNATIONAL = re.compile(r"\+?55(?!0|90)\d{10,11}")
+_BRAZIL_NATIONAL = re.compile(r"(?!0|90|55)\d{10,11}")
 
 
 class NotAPhoneNumber(ValueError):
@@ -163,6 +167,8 @@ def to_e164(raw: str, region: str) -> str:
         compact = _SEPARATORS.sub("", raw)
         if _BRAZIL_INTERNATIONAL.fullmatch(compact):
             return compact if compact[0] == "+" else "+" + compact
+        if _BRAZIL_NATIONAL.fullmatch(compact):
+            return "+55" + compact
     return parsed_e164(raw, region)
 
 
@@ -276,9 +282,12 @@ class OptoutMatcher:
 
     book: KeywordBook
     region: str
+    enabled: bool = True  # WAVY_OPTOUTS_FROM_TRAFFIC
 
     def changes(self, records: Iterable[EventRecord]) -> list[OptoutChange]:
         found: list[OptoutChange] = []
+        if not self.enabled:
+            return found
         for record in records:
             change: OptoutChange | None = None
             mo = record.mo

@@ -6,7 +6,8 @@ account-wide list):
 
 - ``optout_keywords``: the keywords set for a list over the built-in defaults.
 - ``optouts``: where each number stands in each list, and the time of the change that decided
-  it: a change decides only if it is later, whatever order changes arrive in. Its feed order
+  it: a change decides only if it is later, whatever order changes arrive in. Keyed number
+  first, so that checking a number against a sender's two lists is one index descent. Its feed order
   (``tx_id``, ``change_seq``) is that of the other safe feeds.
 - ``optout_changes``: the history. A reply, or a message's list status, retried by Wavy is one
   change (the unique indexes on ``mo_id`` and ``message_id``).
@@ -125,7 +126,7 @@ def upgrade() -> None:
             nullable=False,
         ),
         sa.CheckConstraint("source IN ('mo', 'manual', 'wavy')", name=op.f("ck_optouts_source")),
-        sa.PrimaryKeyConstraint("sub_account", "e164", name=op.f("pk_optouts")),
+        sa.PrimaryKeyConstraint("e164", "sub_account", name=op.f("pk_optouts")),
     )
     op.create_index(
         op.f("ix_optouts_sub_account_since_e164"),
