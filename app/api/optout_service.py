@@ -28,6 +28,7 @@ from app.rules.optouts import (
     KeywordAction,
     NotAPhoneNumber,
     OptoutChange,
+    e164_or_none,
     every_day,
     keyword_of,
     to_e164,
@@ -64,28 +65,37 @@ async def check(
     engine: AsyncEngine, region: str, scope: Scope, numbers: Sequence[str]
 ) -> list[dict[str, Any]]:
     """Each number as given, read and looked up, in the order given."""
-    read: list[str | None] = []
-    for number in numbers:
-        try:
-            read.append(to_e164(number, region))
-        except NotAPhoneNumber:
-            read.append(None)
+    read = [e164_or_none(number, region) for number in numbers]
     wanted = sorted({e164 for e164 in read if e164 is not None})
     async with engine.connect() as conn:
         found = await queries.opted_out_entries(conn, check_lists(scope), wanted)
     results: list[dict[str, Any]] = []
     for number, e164 in zip(numbers, read, strict=True):
         entry = found.get(e164) if e164 is not None else None
+        if entry is None:
+            results.append(
+                {
+                    "number": number,
+                    "e164": e164,
+                    "optedOut": None if e164 is None else False,
+                    "since": None,
+                    "keyword": None,
+                    "source": None,
+                    "subAccount": None,
+                    "error": "not_a_phone_number" if e164 is None else None,
+                }
+            )
+            continue
         results.append(
             {
                 "number": number,
                 "e164": e164,
-                "optedOut": None if e164 is None else entry is not None,
-                "since": iso(entry["since"]) if entry else None,
-                "keyword": entry["keyword"] if entry else None,
-                "source": entry["source"] if entry else None,
-                "subAccount": (entry["sub_account"] or None) if entry else None,
-                "error": "not_a_phone_number" if e164 is None else None,
+                "optedOut": True,
+                "since": iso(entry["since"]),
+                "keyword": entry["keyword"],
+                "source": entry["source"],
+                "subAccount": entry["sub_account"] or None,
+                "error": None,
             }
         )
     return results

@@ -164,6 +164,10 @@ def to_e164(raw: str, region: str) -> str:
     when it has no country code; NotAPhoneNumber when it cannot be one (parsable, but not of a
     possible length for its country)."""
     if region == "BR":
+        # _BRAZIL_INTERNATIONAL as Wavy writes it, told apart without a regex.
+        wavy_form = raw.isdigit() and len(raw) in (12, 13) and raw[:2] == "55"
+        if wavy_form and raw[2] != "0" and raw[2:4] != "90":
+            return "+" + raw
         compact = _SEPARATORS.sub("", raw)
         if _BRAZIL_INTERNATIONAL.fullmatch(compact):
             return compact if compact[0] == "+" else "+" + compact
