@@ -212,12 +212,22 @@ async def test_a_204_sent_with_the_account_key_takes_its_messages_sub_account(te
 async def test_a_203_callback_puts_the_destination_on_the_account_wide_list(team: Team) -> None:
     callback = {"id": "mt-3", "destination": BIA, "sentStatusCode": 203,
                 "sentStatus": "BLACKLISTED"}  # fmt: skip
-    await team.hook("callback", callback, key="globex")
+    await team.hook("callback", callback, key=None)  # the account's own key
     for who in ("ana", "gil", "boss"):
         result = (await team.check(who, BIA))[0]
         assert result["optedOut"] is True, who
         assert result["subAccount"] is None
         assert result["keyword"] == "BLACKLISTED"
+
+
+async def test_a_sub_accounts_key_cannot_blacklist_a_number_for_the_others(team: Team) -> None:
+    """An intruder holding globex's key posts 203s for numbers acme sends to: they land on
+    globex's own list only."""
+    callback = {"id": "mt-3", "destination": BIA, "sentStatusCode": 203}
+    await team.hook("callback", callback, key="globex")
+    assert await team.opted_out("gil", BIA) is True
+    assert await team.opted_out("ana", BIA) is False
+    assert await team.opted_out("boss", BIA) is False  # the account-wide list is untouched
 
 
 async def test_other_status_codes_put_nobody_on_a_list(team: Team) -> None:
@@ -273,7 +283,7 @@ async def test_a_user_cannot_read_or_change_another_sub_accounts_list(team: Team
     await team.call("gil", "DELETE", f"/v1/optouts/{ANA}")
     assert await team.opted_out("ana") is True
     # A user cannot lift an account-wide entry either.
-    await team.hook("callback", {"id": "mt-9", "destination": BIA, "sentStatusCode": 203})
+    await team.hook("callback", {"id": "mt-9", "destination": BIA, "sentStatusCode": 203}, None)
     answer = await team.call("ana", "DELETE", f"/v1/optouts/{BIA}")
     assert answer.json()["optedOut"] is True
     assert await team.opted_out("ana", BIA) is True
@@ -472,7 +482,8 @@ async def test_forwarding_pushes_each_change_to_the_lists_an_endpoint_receives(
         at_acme = await acme.wait_for(1)
         await team.reply("VOLTAR", sub="acme", at=T0 + MINUTE)
         await acme.wait_for(2)
-        await team.hook("callback", {"id": "mt-1", "destination": BIA, "sentStatusCode": 203})
+        blacklisted = {"id": "mt-1", "destination": BIA, "sentStatusCode": 203}
+        await team.hook("callback", blacklisted, key=None)
         at_acme = await acme.wait_for(3)
         at_globex = await globex.wait_for(1)
     changes = [Webhook(added[0]["secret"]).verify(item.body, item.headers) for item in at_acme]

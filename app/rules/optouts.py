@@ -260,21 +260,24 @@ def change_from_status(
     region: str,
 ) -> OptoutChange | None:
     """The change a callback or DLR makes when Wavy refused its message because of a list:
-    204 (opted out of the sub-account) or 203 (the company's blacklist: account-wide). A 204
-    of a key with no sub-account takes the message's stored one (app.db.optouts)."""
+    204 (opted out of the sub-account) or 203 (the company's blacklist). ``sub_account`` is
+    the sending key's. A 204 of the account's own key takes the message's stored sub-account
+    (app.db.optouts); a 203 of the account's own key goes on the account-wide list, but a
+    sub-account's key writes only its own list: one key must not be able to stop every other
+    sub-account from sending to a number."""
     if sent_status_code not in WAVY_LIST_CODES:
         return None
     e164 = e164_or_none(destination, region)
     if e164 is None:
         return None
-    account_wide = sent_status_code == BLACKLISTED
+    blacklisted = sent_status_code == BLACKLISTED
     return OptoutChange(
-        sub_account=ACCOUNT_WIDE if account_wide else sub_account,
+        sub_account=ACCOUNT_WIDE if blacklisted and sub_account is None else sub_account,
         e164=e164,
         opted_out=True,
         at=at,
         source="wavy",
-        keyword="BLACKLISTED" if account_wide else "DESTINATION_BLOCKED_BY_OPTOUT",
+        keyword="BLACKLISTED" if blacklisted else "DESTINATION_BLOCKED_BY_OPTOUT",
         message_id=message_id,
     )
 
