@@ -527,3 +527,17 @@ async def test_stats_count_opt_outs_for_the_campaign_of_the_message_they_answer(
     ]
     only_news = await team.call("ana", "GET", "/v1/stats", params={"campaignId": "news"})
     assert only_news.json()["totals"]["optOuts"] == 0
+
+
+def test_digits_of_other_scripts_are_read_as_the_library_reads_them() -> None:
+    """Full-width and Arabic-Indic digits are digits to str.isdigit and to a regex's \\d: the
+    shortcuts must not store them as they are."""
+    full_width = str.maketrans("0123456789", "".join(chr(0xFF10 + n) for n in range(10)))
+    arabic_indic = str.maketrans("0123456789", "".join(chr(0x0660 + n) for n in range(10)))
+    for written in (
+        "55" + "11987654321".translate(full_width),  # the ASCII country code, then others
+        "(11) " + "98765-4321".translate(full_width),
+        "5511987654321".translate(arabic_indic),
+        "+55 11 " + "98765-4321".translate(arabic_indic),
+    ):
+        assert e164_or_none(written, "BR") == "+5511987654321", written

@@ -151,8 +151,8 @@ _SEPARATORS = re.compile(r"[\s().\-]")
 # code), nor, at home, with 55 (which the library may read as the country code). They exist
 # because the library takes tens of microseconds a number, and a check of 1000 numbers must
 # answer in milliseconds; everything else goes to the library.
-_BRAZIL_INTERNATIONAL = re.compile(r"\+?55(?!0|90)\d{10,11}")
-_BRAZIL_NATIONAL = re.compile(r"(?!0|90|55)\d{10,11}")
+_BRAZIL_INTERNATIONAL = re.compile(r"\+?55(?!0|90)[0-9]{10,11}")
+_BRAZIL_NATIONAL = re.compile(r"(?!0|90|55)[0-9]{10,11}")
 
 
 class NotAPhoneNumber(ValueError):
@@ -165,7 +165,7 @@ def to_e164(raw: str, region: str) -> str:
     possible length for its country)."""
     if region == "BR":
         # _BRAZIL_INTERNATIONAL as Wavy writes it, told apart without a regex.
-        wavy_form = raw.isdigit() and len(raw) in (12, 13) and raw[:2] == "55"
+        wavy_form = raw.isascii() and raw.isdigit() and len(raw) in (12, 13) and raw[:2] == "55"
         if wavy_form and raw[2] != "0" and raw[2:4] != "90":
             return "+" + raw
         compact = _SEPARATORS.sub("", raw)
