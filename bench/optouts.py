@@ -58,7 +58,10 @@ SEED_OPTOUTS = text(
         FROM generate_series(CAST(:lo AS bigint), CAST(:hi AS bigint)) AS g),
     history AS (
         INSERT INTO optout_changes (sub_account, e164, opted_out, at, source, keyword, mo_id)
-        SELECT sub_account, e164, true, at, 'mo', 'SAIR', 'mo-' || g FROM seeded)
+        SELECT sub_account, e164, true, at, 'mo', 'SAIR', 'mo-' || g FROM seeded),
+    moved AS (
+        INSERT INTO optout_transitions (sub_account, at, effect)
+        SELECT sub_account, at, 1 FROM seeded)
     INSERT INTO optouts (sub_account, e164, opted_out, since, source, keyword, decided_at,
                          change_id)
     SELECT sub_account, e164, true, at, 'mo', 'SAIR', at, g FROM seeded
@@ -86,7 +89,9 @@ async def seed(engine: AsyncEngine, count: int) -> float:
     # writes flushed before anything is timed.
     async with engine.connect() as conn:
         await conn.execution_options(isolation_level="AUTOCOMMIT")
-        for statement in ("VACUUM ANALYZE optouts", "VACUUM ANALYZE optout_changes", "CHECKPOINT"):
+        for table in ("optouts", "optout_changes", "optout_transitions"):
+            await conn.execute(text(f"VACUUM ANALYZE {table}"))
+        for statement in ("CHECKPOINT",):
             await conn.execute(text(statement))
     return time.monotonic() - started
 

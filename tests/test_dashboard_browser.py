@@ -91,6 +91,8 @@ def expected_campaign_row(group: dict[str, Any]) -> list[str]:
         f"{waiting:,}",
         f"{group['replies']:,}",
         rate(group["replyRate"]),
+        f"{group['optOuts']:,}",
+        rate(group["optOutRate"]),
     ]
 
 

@@ -541,3 +541,16 @@ def test_digits_of_other_scripts_are_read_as_the_library_reads_them() -> None:
         "+55 11 " + "98765-4321".translate(arabic_indic),
     ):
         assert e164_or_none(written, "BR") == "+5511987654321", written
+
+
+async def test_one_batch_with_a_reply_twice_and_a_later_opt_in_ends_opted_in(team: Team) -> None:
+    def reply(mo_id: str, text: str, at: int) -> dict[str, Any]:
+        return {"id": mo_id, "subAccount": "acme", "source": ANA, "messageText": text,
+                "receivedAt": at}  # fmt: skip
+
+    batch = [reply("a", "SAIR", T0), reply("b", "VOLTAR", T0 + MINUTE), reply("a", "SAIR", T0)]
+    answer = await team.hook("mo", batch)
+    assert answer.json() == {"received": 3, "duplicates": 1}
+    assert await team.opted_out("ana") is False
+    history = (await team.call("ana", "GET", f"/v1/optouts/{ANA}")).json()["history"]
+    assert [(h["moId"], h["optedOut"]) for h in history] == [("a", True), ("b", False)]

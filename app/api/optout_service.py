@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, time
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -272,8 +272,11 @@ async def days(
     """Every day (in ``time_zone``) from ``start``'s to ``end``'s, up to ``end``."""
     zone = ZoneInfo(time_zone)
     first, last = start.astimezone(zone).date(), end.astimezone(zone).date()
+    first_moment = datetime.combine(first, time(0), tzinfo=zone)
     async with engine.connect() as conn:
-        figures = await queries.daily_figures(conn, read_lists(scope), end, time_zone)
+        size_before, changes = await queries.daily_figures(
+            conn, read_lists(scope), first_moment, end, time_zone
+        )
     return [
         {
             "day": figure.day.isoformat(),
@@ -281,5 +284,5 @@ async def days(
             "optedIn": figure.opted_in,
             "size": figure.size,
         }
-        for figure in every_day(figures, first, last)
+        for figure in every_day(size_before, changes, first, last)
     ]

@@ -17,10 +17,16 @@ from sqlalchemy import and_, delete, func, select, text, tuple_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app.db.tables import optout_changes, optout_keywords, optouts, table_columns
+from app.db.tables import (
+    optout_changes,
+    optout_keywords,
+    optout_transitions,
+    optouts,
+    table_columns,
+)
 from app.rules.optouts import (
     ACCOUNT_WIDE,
-    DayFigures,
+    DayChanges,
     KeywordAction,
     KeywordBook,
     KeywordRule,
@@ -72,6 +78,7 @@ def _apply_sql(placeholder: Callable[[int], str]) -> str:
         "SELECT sub_account, e164, opted_out, at, source, keyword, reason, at, id FROM latest "
         "ORDER BY sub_account, e164 "
         "ON CONFLICT (sub_account, e164) DO UPDATE SET opted_out = EXCLUDED.opted_out, "
+        "was_opted_out = o.opted_out, "
         + ", ".join(f"{name} = {value}" for name, value in kept.items())
         + ", decided_at = EXCLUDED.decided_at, change_id = EXCLUDED.change_id, "  # noqa: S608
         f"change_seq = CASE WHEN {same} THEN o.change_seq "
@@ -79,7 +86,11 @@ def _apply_sql(placeholder: Callable[[int], str]) -> str:
         f"tx_id = CASE WHEN {same} THEN o.tx_id "
         "ELSE pg_current_xact_id()::text::bigint END "
         "WHERE (EXCLUDED.decided_at, EXCLUDED.change_id) > (o.decided_at, o.change_id) "
-        "RETURNING 1) "
+        "RETURNING sub_account, since, opted_out, was_opted_out), "
+        # The row lock the upsert took makes was_opted_out the state this change replaced.
+        "moved AS (INSERT INTO optout_transitions (sub_account, at, effect) "
+        "SELECT sub_account, since, CASE WHEN opted_out THEN 1 ELSE -1 END FROM decided "
+        "WHERE opted_out IS DISTINCT FROM COALESCE(was_opted_out, false)) "
         "SELECT (SELECT count(*) FROM recorded) AS recorded, "
         "(SELECT count(*) FROM decided) AS decided"
     )
@@ -327,37 +338,26 @@ _COUNTED = and_(optout_changes.c.source == "mo", optout_changes.c.opted_out)
 
 
 async def daily_figures(
-    conn: AsyncConnection, lists: Sequence[str] | None, end: datetime, tz: str
-) -> list[DayFigures]:
-    """Per day (in ``tz``) up to ``end`` that saw a change: the numbers that opted out and
-    back in, and how many were opted out at its end. Each change adds its effect on its number's
-    state to the running total, in the order the lists decide (their changes' times)."""
-    scope = "" if lists is None else "WHERE sub_account = ANY(:lists)"
-    query = text(
-        f"""
-        WITH ordered AS (
-            SELECT at, opted_out,
-                   lag(opted_out) OVER (PARTITION BY sub_account, e164 ORDER BY at, id) AS was
-            FROM optout_changes {scope}),
-        effects AS (
-            SELECT date_trunc('day', timezone(:tz, at)) AS day,
-                   opted_out::int - COALESCE(was, false)::int AS effect, opted_out, was
-            FROM ordered WHERE at <= :end),
-        per_day AS (
-            SELECT day, sum(effect) AS effect,
-                   count(*) FILTER (WHERE opted_out AND NOT COALESCE(was, false)) AS opted_out,
-                   count(*) FILTER (WHERE NOT opted_out AND COALESCE(was, false)) AS opted_in
-            FROM effects GROUP BY day)
-        SELECT day, opted_out, opted_in,
-               sum(effect) OVER (ORDER BY day) AS size
-        FROM per_day ORDER BY day
-        """  # noqa: S608 - the scope's text is one of two constants
+    conn: AsyncConnection, lists: Sequence[str] | None, start: datetime, end: datetime, tz: str
+) -> tuple[int, list[DayChanges]]:
+    """The lists' size at ``start``, and per day (in ``tz``) of [start, end] that saw a
+    change: the numbers that opted out, and back in (from the transitions, not the history:
+    no replay of each number's changes)."""
+    moved = optout_transitions.c
+    scope = [] if lists is None else [moved.sub_account == func.any(list(lists))]
+    before = await conn.execute(
+        select(func.coalesce(func.sum(moved.effect), 0)).where(moved.at < start, *scope)
     )
-    params: dict[str, Any] = {"tz": tz, "end": end}
-    if lists is not None:
-        params["lists"] = list(lists)
-    rows = await conn.execute(query, params)
-    return [
-        DayFigures(row.day.date(), int(row.opted_out), int(row.opted_in), int(row.size))
-        for row in rows
-    ]
+    day = func.date_trunc("day", func.timezone(tz, moved.at)).label("day")
+    rows = await conn.execute(
+        select(
+            day,
+            func.count().filter(moved.effect > 0),
+            func.count().filter(moved.effect < 0),
+        )
+        .where(moved.at >= start, moved.at <= end, *scope)
+        .group_by(day)
+        .order_by(day)
+    )
+    changes = [DayChanges(row[0].date(), int(row[1]), int(row[2])) for row in rows]
+    return int(before.scalar_one()), changes

@@ -437,6 +437,9 @@ optouts = Table(
     # The latest change's time and history id: a change decides only if it is later.
     Column("decided_at", TS, nullable=False),
     Column("change_id", BigInteger, nullable=False),
+    # The state before the latest change (none: the number's first), read back by the
+    # statement that records a change to tell whether it moved the list's size.
+    Column("was_opted_out", Boolean, nullable=True),
     # The feed's order, bumped when the state changes (as messages' change_seq).
     Column(
         "change_seq",
@@ -478,6 +481,21 @@ optout_changes = Table(
     Index(None, "message_id", unique=True, postgresql_where=text("message_id IS NOT NULL")),
     # The stats' windows.
     Index(None, "at"),
+)
+
+# Every change of a number's state in a list, at the time of the change that made it: +1 it
+# opted out, -1 it opted back in. Their sum is each list's size, at any time: what the list's
+# size over time is read from, without replaying the history.
+optout_transitions = Table(
+    "optout_transitions",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("sub_account", KEY, nullable=False),
+    Column("at", TS, nullable=False),
+    Column("effect", SmallInteger, nullable=False),
+    CheckConstraint("effect IN (-1, 1)", name="effect"),
+    Index(None, "sub_account", "at", postgresql_include=["effect"]),
+    Index(None, "at", postgresql_include=["effect"]),
 )
 
 

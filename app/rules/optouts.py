@@ -324,9 +324,17 @@ class OptoutMatcher:
 
 
 @dataclass(frozen=True, slots=True)
+class DayChanges:
+    """Numbers that opted out of a list, and back in, on one day."""
+
+    day: date
+    opted_out: int
+    opted_in: int
+
+
+@dataclass(frozen=True, slots=True)
 class DayFigures:
-    """One day of a list's life: numbers that opted out, and back in, and the list's size at
-    the day's end."""
+    """One day of a list's life: its changes, and its size at the day's end."""
 
     day: date
     opted_out: int
@@ -334,20 +342,19 @@ class DayFigures:
     size: int
 
 
-def every_day(figures: Sequence[DayFigures], first: date, last: date) -> list[DayFigures]:
-    """The days from ``first`` to ``last``, each with its figures; a day without changes
-    keeps the size of the day before (``figures``: the days with changes, in order)."""
-    by_day = {figure.day: figure for figure in figures}
-    size = 0
-    for figure in figures:
-        if figure.day < first:
-            size = figure.size
+def every_day(
+    size_before: int, changes: Sequence[DayChanges], first: date, last: date
+) -> list[DayFigures]:
+    """The days from ``first`` to ``last`` (``changes``: those with changes, in order), each
+    with the list's size at its end, from its size before ``first``."""
+    by_day = {change.day: change for change in changes}
+    size = size_before
     series: list[DayFigures] = []
     day = first
     while day <= last:
-        figure = by_day.get(day) or DayFigures(day, 0, 0, size)
-        size = figure.size
-        series.append(figure)
+        change = by_day.get(day) or DayChanges(day, 0, 0)
+        size += change.opted_out - change.opted_in
+        series.append(DayFigures(day, change.opted_out, change.opted_in, size))
         day += timedelta(days=1)
     return series
 

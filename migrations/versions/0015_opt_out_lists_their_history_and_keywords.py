@@ -9,6 +9,9 @@ account-wide list):
   it: a change decides only if it is later, whatever order changes arrive in. Keyed number
   first, so that checking a number against a sender's two lists is one index descent. Its feed order
   (``tx_id``, ``change_seq``) is that of the other safe feeds.
+- ``optout_transitions``: each change of a number's state (+1 opted out, -1 back in) at the
+  time of the change that made it; their sum is a list's size at any time, so the size over
+  time is read without replaying the history.
 - ``optout_changes``: the history. A reply, or a message's list status, retried by Wavy is one
   change (the unique indexes on ``mo_id`` and ``message_id``).
 
@@ -113,6 +116,7 @@ def upgrade() -> None:
         sa.Column("reason", sa.Text(), nullable=True),
         sa.Column("decided_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("change_id", sa.BigInteger(), nullable=False),
+        sa.Column("was_opted_out", sa.Boolean(), nullable=True),
         sa.Column(
             "change_seq",
             sa.BigInteger(),
@@ -137,6 +141,29 @@ def upgrade() -> None:
     )
     op.create_index(
         op.f("ix_optouts_tx_id_change_seq"), "optouts", ["tx_id", "change_seq"], unique=False
+    )
+    op.create_table(
+        "optout_transitions",
+        sa.Column("id", sa.BigInteger(), sa.Identity(always=False), nullable=False),
+        sa.Column("sub_account", sa.Text(collation="C"), nullable=False),
+        sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("effect", sa.SmallInteger(), nullable=False),
+        sa.CheckConstraint("effect IN (-1, 1)", name=op.f("ck_optout_transitions_effect")),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_optout_transitions")),
+    )
+    op.create_index(
+        op.f("ix_optout_transitions_at"),
+        "optout_transitions",
+        ["at"],
+        unique=False,
+        postgresql_include=["effect"],
+    )
+    op.create_index(
+        op.f("ix_optout_transitions_sub_account_at"),
+        "optout_transitions",
+        ["sub_account", "at"],
+        unique=False,
+        postgresql_include=["effect"],
     )
     op.add_column(
         "endpoints",
@@ -182,6 +209,9 @@ def downgrade() -> None:
         postgresql_where=sa.text("opted_out"),
     )
     op.drop_table("optouts")
+    op.drop_index(op.f("ix_optout_transitions_sub_account_at"), table_name="optout_transitions")
+    op.drop_index(op.f("ix_optout_transitions_at"), table_name="optout_transitions")
+    op.drop_table("optout_transitions")
     op.drop_table("optout_keywords")
     op.drop_index(op.f("ix_optout_changes_sub_account_e164_at"), table_name="optout_changes")
     op.drop_index(
