@@ -17,6 +17,7 @@ import pytest
 from fastapi import FastAPI
 from standardwebhooks.webhooks import Webhook
 
+from app.api.schemas import OptoutEntry
 from app.db import users
 from app.rules.optouts import NotAPhoneNumber, e164_or_none, parsed_e164, reply_keyword
 from app.rules.scope import Role
@@ -310,6 +311,9 @@ async def test_listing_is_newest_first_and_pages(team: Team) -> None:
 
 
 async def test_export_is_a_csv_of_the_list(team: Team) -> None:
+    empty = await team.call("boss", "GET", "/v1/optouts/export")
+    assert empty.status_code == 200  # nobody opted out yet: the header alone
+    assert empty.text.lstrip("\ufeff").splitlines() == [",".join(OptoutEntry.model_fields)]
     await team.reply("SAIR", source=ANA)
     await team.call("ana", "PUT", f"/v1/optouts/{BIA}", json={"reason": "=cmd"})
     answer = await team.call("ana", "GET", "/v1/optouts/export")
@@ -554,3 +558,27 @@ async def test_one_batch_with_a_reply_twice_and_a_later_opt_in_ends_opted_in(tea
     assert await team.opted_out("ana") is False
     history = (await team.call("ana", "GET", f"/v1/optouts/{ANA}")).json()["history"]
     assert [(h["moId"], h["optedOut"]) for h in history] == [("a", True), ("b", False)]
+
+
+@pytest.mark.parametrize(
+    ("window", "status"),
+    [
+        ({"to": "9999-12-31T23:59:59Z", "tz": "Asia/Tokyo"}, 422),  # 10000 in Tokyo
+        ({"from": "9999-12-20T00:00:00Z", "to": "9999-12-31T23:59:59Z"}, 200),
+        (
+            {
+                "from": "0001-01-01T00:00:00Z",
+                "to": "0001-01-05T00:00:00Z",
+                "tz": "America/Sao_Paulo",
+            },
+            200,
+        ),
+        ({"from": "2026-01-02T00:00:00Z", "to": "2026-01-01T00:00:00Z"}, 422),
+    ],
+)
+async def test_the_size_over_time_at_the_ends_of_the_calendar_never_answers_500(
+    team: Team, window: dict[str, str], status: int
+) -> None:
+    await team.reply("SAIR", at=T0)
+    answer = await team.call("boss", "GET", "/v1/optouts/days", params=window)
+    assert answer.status_code == status, answer.text

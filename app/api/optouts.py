@@ -30,13 +30,15 @@ from app.api.schemas import (
     OptoutPage,
     optout_entry,
 )
+from app.api.stats import FIRST_HOUR_ANYWHERE
 from app.db.optouts import ListCursor, Row, opted_out_pages
 from app.rules.cursors import BadCursor, read_time_cursor_str, time_cursor
+from app.rules.delivery_stats import within_the_calendar
 from app.settings import Settings
 
 router = APIRouter(prefix="/v1/optouts", tags=["opt-outs"])
 
-RESPONSES = responses(401, 403, 422, 429, 503)
+RESPONSES = responses(400, 401, 403, 422, 429, 503)
 Number = Annotated[
     str, Path(max_length=64, description="any way of writing it: +5511987654321, 5511987654321")
 ]
@@ -159,9 +161,16 @@ async def optout_days(
     time_zone: Annotated[TimeZoneName, Query(alias="tz")] = "UTC",
 ) -> OrjsonResponse:
     end = to or datetime.now(UTC)
-    start = from_ or end - DEFAULT_DAYS
+    try:
+        start = from_ or end - DEFAULT_DAYS
+    except OverflowError:
+        start = FIRST_HOUR_ANYWHERE
+    # As the stats: no day of year 0 anywhere, none past 9999 in the reader's zone.
+    start = max(start, FIRST_HOUR_ANYWHERE)
     if start > end:
         raise ApiError(422, "invalid_window", "from is after to")
+    if not within_the_calendar(end, time_zone):
+        raise ApiError(422, "invalid_window", f"to is past year 9999 in {time_zone}")
     if end - start > timedelta(days=3660):
         raise ApiError(422, "invalid_window", "at most ten years of days")
     days = await service.days(engine, scope, start, end, time_zone)

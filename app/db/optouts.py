@@ -317,18 +317,17 @@ def _before_in_list(sub_account: str, before: ListCursor) -> Any:
 async def opted_out_pages(
     engine: AsyncEngine, lists: Sequence[str] | None, page_rows: int
 ) -> AsyncIterator[list[Row]]:
-    """The whole listing, page by page (the CSV export), a connection per page."""
+    """The whole listing, page by page (the CSV export; the first page may be empty), a
+    connection per page."""
     before: ListCursor | None = None
     while True:
         async with engine.connect() as conn:
             rows = await list_opted_out(conn, lists, before, page_rows)
-        if not rows:
-            return
         yield rows
-        last = rows[-1]
-        before = ListCursor(last["since"], last["sub_account"], last["e164"])
         if len(rows) < page_rows:
             return
+        last = rows[-1]
+        before = ListCursor(last["since"], last["sub_account"], last["e164"])
 
 
 # ---------------------------------------------------------------------------- figures

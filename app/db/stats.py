@@ -10,6 +10,7 @@ carriers and campaigns in the window (plus a few seconds of deltas), not of mess
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -144,12 +145,9 @@ async def optout_counts(
         joined = joined.outerjoin(mos, reply.id == change.mo_id)
     if by_campaign:
         joined = joined.outerjoin(messages, message.id == reply.mt_id)
-    conditions = [
-        change.source == "mo",
-        change.opted_out,
-        change.at >= window.first_hour,
-        change.at < window.last_hour + timedelta(hours=1),
-    ]
+    conditions = [change.source == "mo", change.opted_out, change.at >= window.first_hour]
+    with contextlib.suppress(OverflowError):  # the window's last hour is 9999's last: no end
+        conditions.append(change.at < window.last_hour + timedelta(hours=1))
     if not scope.everything:
         conditions.append(change.sub_account == scope.sub_account)
     if window.campaign_id is not None:

@@ -350,12 +350,11 @@ def every_day(
     by_day = {change.day: change for change in changes}
     size = size_before
     series: list[DayFigures] = []
-    day = first
-    while day <= last:
+    for offset in range((last - first).days + 1):  # never a day past ``last``: it may be 9999's
+        day = first + timedelta(days=offset)
         change = by_day.get(day) or DayChanges(day, 0, 0)
         size += change.opted_out - change.opted_in
         series.append(DayFigures(day, change.opted_out, change.opted_in, size))
-        day += timedelta(days=1)
     return series
 
 
