@@ -35,6 +35,7 @@ import orjson
 
 from app.db.ingest import _rows_from, _select_list, write_records
 from app.payloads import Callback, Dlr
+from app.rules.optouts import DEFAULT_MATCHER
 from app.rules.records import EventRecord, build_event_records
 from app.rules.webhook_body import items_as_json
 from bench.common import postgres_cpu_seconds, scratch_database
@@ -108,7 +109,8 @@ async def drive(dsn: str, connections: int, batches: list[list[EventRecord]]) ->
         conn = await asyncpg.connect(dsn)
         try:
             for records in queue:
-                await write_records(conn, records)  # one statement, as the writer sends it
+                # One statement, as the writer sends it (DLRs: no opt-out list changes).
+                await write_records(conn, records, DEFAULT_MATCHER)
                 committed += len(records)
         finally:
             await conn.close()

@@ -8,7 +8,7 @@ writes one list: its sub-account's; an admin the one it names, or the account-wi
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, time
 from typing import Any
@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.api.schemas import iso, optout_entry, optout_history_item
 from app.db import optouts as queries
+from app.db.optouts import Row
 from app.errors import NoSuchKeyword, UnreadableNumber, UnusableKeyword
 from app.rules.optouts import (
     ACCOUNT_WIDE,
@@ -196,9 +197,14 @@ async def import_numbers(
 
 async def listing(
     engine: AsyncEngine, scope: Scope, before: queries.ListCursor | None, limit: int
-) -> list[queries.Row]:
+) -> list[Row]:
     async with engine.connect() as conn:
         return await queries.list_opted_out(conn, read_lists(scope), before, limit)
+
+
+def export_pages(engine: AsyncEngine, scope: Scope, page_rows: int) -> AsyncIterator[list[Row]]:
+    """The whole listing the caller reads, page by page (the first may be empty)."""
+    return queries.opted_out_pages(engine, read_lists(scope), page_rows)
 
 
 # ---------------------------------------------------------------------------- keywords

@@ -31,7 +31,7 @@ from app.api.schemas import (
     optout_entry,
 )
 from app.api.stats import FIRST_HOUR_ANYWHERE
-from app.db.optouts import ListCursor, Row, opted_out_pages
+from app.db.optouts import ListCursor, Row
 from app.rules.cursors import BadCursor, read_time_cursor_str, time_cursor
 from app.rules.delivery_stats import within_the_calendar
 from app.settings import Settings
@@ -127,7 +127,7 @@ def _cells(row: Row) -> list[object]:
 async def export_optouts(
     scope: ScopeDep, engine: EngineDep, written_as: downloads.SpreadsheetFormatDep
 ) -> StreamingResponse:
-    pages = opted_out_pages(engine, service.read_lists(scope), downloads.EXPORT_PAGE_ROWS)
+    pages = service.export_pages(engine, scope, downloads.EXPORT_PAGE_ROWS)
     return await csv_download(pages, EXPORT_COLUMNS, _cells, "optouts", written_as)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import typer
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -195,7 +195,7 @@ def optouts_keywords(
             return await service.keywords(engine, scope)
         if action == "unset":
             return await service.unset_keyword(engine, scope, keyword)
-        chosen: KeywordAction = action  # type: ignore[assignment]
+        chosen = cast(KeywordAction, action)  # one of KEYWORD_ACTIONS: checked above
         return await service.set_keyword(engine, scope, keyword, chosen, service.CLI_ACTOR)
 
     for item in _run(keywords):
