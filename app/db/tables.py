@@ -452,8 +452,10 @@ optouts = Table(
     # descents, not one per number and list.
     PrimaryKeyConstraint("e164", "sub_account"),
     CheckConstraint("source IN ('mo', 'manual', 'wavy')", name="source"),
-    # The listing, newest first, of the numbers opted out.
+    # The listing, newest first, of the numbers opted out: a list's, and every list's (an
+    # admin's, and the dashboard's), which would otherwise sort the whole table per page.
     Index(None, "sub_account", "since", "e164", postgresql_where=text("opted_out")),
+    Index(None, "since", "sub_account", "e164", postgresql_where=text("opted_out")),
     Index(None, "tx_id", "change_seq"),
 )
 

@@ -140,6 +140,13 @@ def upgrade() -> None:
         postgresql_where=sa.text("opted_out"),
     )
     op.create_index(
+        op.f("ix_optouts_since_sub_account_e164"),
+        "optouts",
+        ["since", "sub_account", "e164"],
+        unique=False,
+        postgresql_where=sa.text("opted_out"),
+    )
+    op.create_index(
         op.f("ix_optouts_tx_id_change_seq"), "optouts", ["tx_id", "change_seq"], unique=False
     )
     op.create_table(
@@ -203,6 +210,11 @@ def downgrade() -> None:
     op.drop_column("endpoints", "optout_seq")
     op.drop_column("endpoints", "optout_tx_id")
     op.drop_index(op.f("ix_optouts_tx_id_change_seq"), table_name="optouts")
+    op.drop_index(
+        op.f("ix_optouts_since_sub_account_e164"),
+        table_name="optouts",
+        postgresql_where=sa.text("opted_out"),
+    )
     op.drop_index(
         op.f("ix_optouts_sub_account_since_e164"),
         table_name="optouts",
