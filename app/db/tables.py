@@ -477,7 +477,8 @@ optout_changes = Table(
     Column("reason", Text, nullable=True),
     Column("recorded_at", TS, nullable=False, server_default=text("now()")),
     CheckConstraint("source IN ('mo', 'manual', 'wavy')", name="source"),
-    Index(None, "sub_account", "e164", "at"),
+    # A number's history, in every list (an admin's) or in a caller's.
+    Index(None, "e164", "sub_account", "at"),
     # A reply, or a message's list status, retried by Wavy is one change.
     Index(None, "mo_id", unique=True, postgresql_where=text("mo_id IS NOT NULL")),
     Index(None, "message_id", unique=True, postgresql_where=text("message_id IS NOT NULL")),

@@ -83,9 +83,9 @@ def upgrade() -> None:
         postgresql_where=sa.text("mo_id IS NOT NULL"),
     )
     op.create_index(
-        op.f("ix_optout_changes_sub_account_e164_at"),
+        op.f("ix_optout_changes_e164_sub_account_at"),
         "optout_changes",
-        ["sub_account", "e164", "at"],
+        ["e164", "sub_account", "at"],
         unique=False,
     )
     op.create_table(
@@ -225,7 +225,7 @@ def downgrade() -> None:
     op.drop_index(op.f("ix_optout_transitions_at"), table_name="optout_transitions")
     op.drop_table("optout_transitions")
     op.drop_table("optout_keywords")
-    op.drop_index(op.f("ix_optout_changes_sub_account_e164_at"), table_name="optout_changes")
+    op.drop_index(op.f("ix_optout_changes_e164_sub_account_at"), table_name="optout_changes")
     op.drop_index(
         op.f("ix_optout_changes_mo_id"),
         table_name="optout_changes",
