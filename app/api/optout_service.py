@@ -22,7 +22,6 @@ from app.db.optouts import Row
 from app.errors import NoSuchKeyword, UnreadableNumber, UnusableKeyword
 from app.rules.optouts import (
     ACCOUNT_WIDE,
-    DEFAULT_KEYWORDS,
     DEFAULT_OPT_IN,
     DEFAULT_OPT_OUT,
     BadKeyword,
@@ -216,29 +215,17 @@ def _origin_of(keyword: str) -> str | None:
 
 async def keywords(engine: AsyncEngine, scope: Scope) -> list[dict[str, Any]]:
     """The keywords in force for the caller's list, and who set each."""
-    target = written_list(scope)
     async with engine.connect() as conn:
         book = await queries.keyword_book(conn)
-        own = {row["keyword"] for row in await queries.list_keyword_rules(conn, target)}
-        account = {row["keyword"] for row in await queries.list_keyword_rules(conn, ACCOUNT_WIDE)}
-    answer = []
-    for keyword, action in book.in_force(target).items():
-        set_by = (
-            "subAccount"
-            if keyword in own and target != ACCOUNT_WIDE
-            else "account"
-            if keyword in account or keyword in own
-            else "default"
-        )
-        answer.append(
-            {
-                "keyword": keyword,
-                "action": action,
-                "setBy": set_by,
-                "origin": _origin_of(keyword) if set_by == "default" else None,
-            }
-        )
-    return answer
+    return [
+        {
+            "keyword": keyword,
+            "action": action,
+            "setBy": set_by,
+            "origin": _origin_of(keyword) if set_by == "default" else None,
+        }
+        for keyword, (action, set_by) in book.in_force(written_list(scope)).items()
+    ]
 
 
 def _keyword(text: str) -> str:
@@ -263,10 +250,6 @@ async def unset_keyword(engine: AsyncEngine, scope: Scope, text: str) -> list[di
         if not await queries.unset_keyword(conn, written_list(scope), keyword):
             raise NoSuchKeyword(keyword)
     return await keywords(engine, scope)
-
-
-def default_keyword_table() -> list[tuple[str, KeywordAction, str]]:
-    return [(word, action, _origin_of(word) or "") for word, action in DEFAULT_KEYWORDS.items()]
 
 
 # ---------------------------------------------------------------------------- figures

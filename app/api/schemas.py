@@ -6,14 +6,14 @@ orjson, which is what keeps a 1000-item answer cheap."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, Field
 
 from app.api.params import IsoTime, SearchText
 from app.db.endpoints import EndpointInfo
 from app.rules.forwarding import EVENT_TYPES, EventType
-from app.rules.optouts import KeywordAction, OptoutSource
+from app.rules.optouts import KeywordAction, KeywordSetBy, OptoutSource
 
 Row = dict[str, Any]
 
@@ -472,7 +472,7 @@ class OptoutChangeIn(BaseModel):
 class KeywordOut(BaseModel):
     keyword: str
     action: KeywordAction = Field(description="out: opts out; in: opts back in")
-    setBy: Literal["default", "account", "subAccount"]
+    setBy: KeywordSetBy
     origin: str | None = Field(description="where a default comes from")
 
 

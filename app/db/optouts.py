@@ -6,7 +6,7 @@ and the figures the stats show. The rules are app.rules.optouts'.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -146,40 +146,37 @@ class KeywordCache:
 
     def __init__(self, region: str, *, enabled: bool = True) -> None:
         self._region = region
-        self._enabled = enabled
+        # Off (WAVY_OPTOUTS_FROM_TRAFFIC): nothing to load, ever.
+        self._off = None if enabled else OptoutMatcher(KeywordBook(), region, enabled=False)
         self._matcher: OptoutMatcher | None = None
         self._loaded_at = float("-inf")
+        # Bumped by forget(): a reload that began before a change may have read the old
+        # keywords, and must not pass for fresh (as app.db.key_registry's).
+        self._generation = 0
 
     def forget(self) -> None:
+        self._generation += 1
         self._loaded_at = float("-inf")
 
     async def matcher(self, conn: asyncpg.Connection) -> OptoutMatcher:
+        if self._off is not None:
+            return self._off
         if self._matcher is None or time.monotonic() - self._loaded_at > KEYWORDS_TTL_S:
-            loaded_at = time.monotonic()
-            rows = await conn.fetch(_LOAD_RULES)
-            book = KeywordBook(
-                KeywordRule(r["sub_account"], r["keyword"], r["action"]) for r in rows
-            )
-            self._matcher = OptoutMatcher(book, self._region, self._enabled)
-            self._loaded_at = loaded_at
+            generation, loaded_at = self._generation, time.monotonic()
+            book = _book_of(await conn.fetch(_LOAD_RULES))
+            self._matcher = OptoutMatcher(book, self._region)
+            if generation == self._generation:
+                self._loaded_at = loaded_at
         return self._matcher
 
 
+def _book_of(rows: Iterable[Any]) -> KeywordBook:
+    return KeywordBook(KeywordRule(r["sub_account"], r["keyword"], r["action"]) for r in rows)
+
+
 async def keyword_book(conn: AsyncConnection) -> KeywordBook:
-    rows = await conn.execute(
-        select(optout_keywords.c.sub_account, optout_keywords.c.keyword, optout_keywords.c.action)
-    )
-    return KeywordBook(KeywordRule(row.sub_account, row.keyword, row.action) for row in rows)
-
-
-async def list_keyword_rules(conn: AsyncConnection, sub_account: str) -> list[Row]:
-    """The rules set for one list (not the defaults, nor the account-wide ones)."""
-    rows = await conn.execute(
-        select(optout_keywords)
-        .where(optout_keywords.c.sub_account == sub_account)
-        .order_by(optout_keywords.c.keyword)
-    )
-    return [dict(row._mapping) for row in rows]
+    rows = await conn.execute(text(_LOAD_RULES))
+    return _book_of(row._mapping for row in rows)
 
 
 async def set_keyword(

@@ -31,6 +31,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSON, JSONB
 
+from app.rules.optouts import KEYWORD_ACTIONS, OPTOUT_SOURCES
+
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -406,6 +408,12 @@ delivery_attempts = Table(
 # ---------------------------------------------------------------------------- opt-outs
 # (rules in app.rules.optouts). Lists are keyed by sub-account, '' being the account-wide list.
 
+
+def one_of(column: str, names: tuple[str, ...]) -> str:
+    """A check that the column holds one of the rules' names (their Literal, one source)."""
+    return f"{column} IN ({', '.join(repr(name) for name in names)})"
+
+
 # Keywords set for a list, over the defaults in app.rules.optouts (action 'none' masks one).
 optout_keywords = Table(
     "optout_keywords",
@@ -416,7 +424,7 @@ optout_keywords = Table(
     Column("created_at", TS, nullable=False, server_default=text("now()")),
     Column("created_by", Text, nullable=False),
     PrimaryKeyConstraint("sub_account", "keyword"),
-    CheckConstraint("action IN ('out', 'in', 'none')", name="action"),
+    CheckConstraint(one_of("action", KEYWORD_ACTIONS), name="action"),
 )
 
 optouts_change_seq = Sequence("optouts_change_seq", metadata=metadata)
@@ -451,7 +459,7 @@ optouts = Table(
     # Number first: a check of 1000 numbers against a sender's two lists is then 1000 index
     # descents, not one per number and list.
     PrimaryKeyConstraint("e164", "sub_account"),
-    CheckConstraint("source IN ('mo', 'manual', 'wavy')", name="source"),
+    CheckConstraint(one_of("source", OPTOUT_SOURCES), name="source"),
     # The listing, newest first, of the numbers opted out: a list's, and every list's (an
     # admin's, and the dashboard's), which would otherwise sort the whole table per page.
     Index(None, "sub_account", "since", "e164", postgresql_where=text("opted_out")),
@@ -476,7 +484,7 @@ optout_changes = Table(
     Column("actor", Text, nullable=True),
     Column("reason", Text, nullable=True),
     Column("recorded_at", TS, nullable=False, server_default=text("now()")),
-    CheckConstraint("source IN ('mo', 'manual', 'wavy')", name="source"),
+    CheckConstraint(one_of("source", OPTOUT_SOURCES), name="source"),
     # A number's history, in every list (an admin's) or in a caller's.
     Index(None, "e164", "sub_account", "at"),
     # A reply, or a message's list status, retried by Wavy is one change.

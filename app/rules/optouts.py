@@ -25,6 +25,8 @@ KeywordAction = Literal["out", "in", "none"]  # "none": not a keyword here (mask
 KEYWORD_ACTIONS: tuple[KeywordAction, ...] = get_args(KeywordAction)
 OptoutSource = Literal["mo", "manual", "wavy"]
 OPTOUT_SOURCES: tuple[OptoutSource, ...] = get_args(OptoutSource)
+# Who set a keyword in force for a list: nobody (a default), the account, the sub-account.
+KeywordSetBy = Literal["default", "account", "subAccount"]
 
 # The account-wide list's key in the database (lists are keyed by sub-account, and a key
 # column cannot be NULL); the API shows it as no sub-account.
@@ -120,24 +122,28 @@ class KeywordBook:
     a sub-account's own."""
 
     def __init__(self, rules: Iterable[KeywordRule] = ()) -> None:
-        self._account: dict[str, KeywordAction] = dict(DEFAULT_KEYWORDS)
-        self._own: dict[str, dict[str, KeywordAction]] = {}
+        self._set: dict[str, dict[str, KeywordAction]] = {}  # by list
         for rule in rules:
-            if rule.sub_account == ACCOUNT_WIDE:
-                self._account[rule.keyword] = rule.action
-            else:
-                self._own.setdefault(rule.sub_account, {})[rule.keyword] = rule.action
+            self._set.setdefault(rule.sub_account, {})[rule.keyword] = rule.action
+        self._account = {**DEFAULT_KEYWORDS, **self._set.get(ACCOUNT_WIDE, {})}
 
     def action(self, sub_account: str, keyword: str) -> KeywordAction:
-        own = self._own.get(sub_account)
+        own = self._set.get(sub_account)
         if own is not None and keyword in own:
             return own[keyword]
         return self._account.get(keyword, "none")
 
-    def in_force(self, sub_account: str) -> dict[str, KeywordAction]:
-        """Every keyword that acts for this list (``ACCOUNT_WIDE``: the account's)."""
-        merged = {**self._account, **self._own.get(sub_account, {})}
-        return {word: action for word, action in sorted(merged.items()) if action != "none"}
+    def in_force(self, sub_account: str) -> dict[str, tuple[KeywordAction, KeywordSetBy]]:
+        """Every keyword that acts for this list (``ACCOUNT_WIDE``: the account's), and who
+        set it."""
+        layers: list[tuple[Mapping[str, KeywordAction], KeywordSetBy]] = [
+            (DEFAULT_KEYWORDS, "default"),
+            (self._set.get(ACCOUNT_WIDE, {}), "account"),
+        ]
+        if sub_account != ACCOUNT_WIDE:
+            layers.append((self._set.get(sub_account, {}), "subAccount"))
+        merged = {word: (action, by) for words, by in layers for word, action in words.items()}
+        return {word: chosen for word, chosen in sorted(merged.items()) if chosen[0] != "none"}
 
 
 # ---------------------------------------------------------------------------- phone numbers
