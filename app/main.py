@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -22,6 +23,7 @@ from app import metrics
 from app.api import dashboard, endpoints, health, optouts, receive, stats, status, webhooks
 from app.api.deps import READER_CREDENTIAL_HEADERS
 from app.api.errors import install_error_handlers
+from app.api.fast_path import WebhookFastPath
 from app.api.forwarder import Forwarder
 from app.api.middleware import ObserveRequests
 from app.db.engine import (
@@ -201,6 +203,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_error_handlers(app)
+    # Innermost of ours: CORS and ObserveRequests see webhooks as any request.
+    app.add_middleware(WebhookFastPath, routes=webhooks.router.routes)
     if settings.cors_origins:
         # Inside ObserveRequests, so preflights are counted and logged like any request.
         # Credentials travel in headers, never cookies: no allow_credentials.
@@ -212,7 +216,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             expose_headers=["Content-Disposition", "Retry-After", "X-Request-ID"],
             max_age=600,
         )
-    app.add_middleware(ObserveRequests, access_log_enabled=settings.access_log)
+    app.add_middleware(
+        ObserveRequests,
+        access_log_enabled=settings.access_log,
+        webhooks=settings.access_log_webhooks,
+        webhook_routes=[
+            route.path for route in webhooks.router.routes if isinstance(route, APIRoute)
+        ],
+    )
     app.include_router(health.router)
     app.include_router(webhooks.router)
     app.include_router(status.router)

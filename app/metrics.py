@@ -8,10 +8,11 @@ up. Without that variable (tests, a bare ``uvicorn``), the process's own registr
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -108,6 +109,13 @@ LAST_SUCCESS = Gauge(
     ["task"],
     multiprocess_mode="livemax",
 )
+
+
+@functools.cache
+def events_counted(kind: str, outcome: Literal["accepted", "duplicate"]) -> Counter:
+    """EVENTS for one kind and outcome, looked up once: labels() takes a lock and builds a
+    tuple per call, on the hottest path (six combinations in all)."""
+    return EVENTS.labels(kind, outcome)
 
 
 def record_success(task: str) -> None:

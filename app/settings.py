@@ -143,6 +143,13 @@ class Settings(BaseSettings):
         default="text", description="json: one JSON object per line, for a log pipeline"
     )
     access_log: bool = Field(default=True, description="One line per request (at info level)")
+    access_log_webhooks: Literal["summary", "each"] = Field(
+        default="summary",
+        description=(
+            "Accepted webhooks (2xx): summary = one line per route and second with their count "
+            "and latency; each = a line per request. Refused ones are always logged each."
+        ),
+    )
     opentelemetry: bool = Field(
         default=False,
         description="FastAPI's built-in OpenTelemetry traces, metrics and logs (opt-in)",

@@ -6,6 +6,12 @@ from __future__ import annotations
 
 from dataclasses import fields
 
+import pytest
+from fastapi import APIRouter, Request
+
+from app.api import webhooks
+from app.api.deps import EngineDep, WebhookContextDep
+from app.api.fast_path import WebhookFastPath
 from app.db import ingest
 from app.db.tables import events, messages, mos
 from app.rules.records import EventRecord, MoRecord
@@ -32,3 +38,17 @@ def test_a_reply_record_carries_every_column_the_writer_sends_to_mos() -> None:
 def test_an_event_record_carries_every_column_of_the_event_log() -> None:
     assert set(ingest._EVENT_FIELDS) <= set(names(EventRecord))
     assert [*ingest._EVENT_FIELDS, "payload"] == [c.name for c in events.c if c.name != "id"]
+
+
+def test_the_webhook_fast_path_refuses_a_route_whose_dependencies_it_would_skip() -> None:
+    """The fast path calls a webhook route's function with the request and the webhook
+    context only: a route that declares more must not be served by it without them."""
+    router = APIRouter()
+
+    @router.post("/v1/webhooks/more")
+    async def with_more(request: Request, context: WebhookContextDep, engine: EngineDep) -> None:
+        return None
+
+    with pytest.raises(TypeError, match="/v1/webhooks/more"):
+        WebhookFastPath(webhooks.router, routes=router.routes)
+    WebhookFastPath(webhooks.router, routes=webhooks.router.routes)  # the real ones pass

@@ -25,8 +25,9 @@ from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import metrics
+from app.api.middleware import SUMMARY_EVERY_S
 from app.db.migrate import head_revision, upgrade_to_head
-from app.logs import FailureLog
+from app.logs import FailureLog, RequestIdFilter
 from app.settings import Settings
 from tests.conftest import (
     _admin,
@@ -319,16 +320,40 @@ async def test_access_log_names_the_route_and_never_the_key_or_the_text(
 ) -> None:
     with caplog.at_level(logging.INFO):
         await hook("mo", {"id": "mo-1", "messageText": "my secret reply"})
+        await hook("mo", {"id": "mo-2", "messageText": "my secret reply", "subAccount": "other"})
+        await asyncio.sleep(SUMMARY_EVERY_S + 0.5)
 
-    lines = [r for r in caplog.records if r.name == "app.access"]
-    assert len(lines) == 1
-    line = lines[0]
-    assert line.getMessage().startswith("POST /v1/webhooks/mo 200 ")
-    assert getattr(line, "request_id", "")
+    lines = [r.getMessage() for r in caplog.records if r.name == "app.access"]
+    assert any(line.startswith("POST /v1/webhooks/mo 200 x1 in 1s, mean ") for line in lines)
+    assert any(line.startswith("POST /v1/webhooks/mo 403 ") for line in lines)
     ours = [r for r in caplog.records if r.name.startswith(("app", "uvicorn"))]
     everything = " ".join(r.getMessage() + str(r.__dict__) for r in ours)
     assert webhook_key not in everything
     assert "my secret reply" not in everything
+
+
+async def test_accepted_webhooks_are_summarised_each_second_and_refusals_logged_each(
+    hook: Any, client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A campaign's thousands of accepted DLRs a second are one line a second; a refusal keeps
+    a line of its own, with the request id its sender was answered."""
+    caplog.handler.addFilter(RequestIdFilter())  # as the service's handler: at the logging call
+    with caplog.at_level(logging.INFO, logger="app.access"):
+        for n in range(3):
+            assert (await hook("dlr", {"id": f"m{n}"})).status_code == 200
+        refused = await hook("dlr", content=b"{broken")
+        read = await client.get("/healthz")
+        await asyncio.sleep(SUMMARY_EVERY_S + 0.5)
+
+    records = [r for r in caplog.records if r.name == "app.access"]
+    summaries = [r for r in records if r.getMessage().startswith("POST /v1/webhooks/dlr 200 ")]
+    assert [r.getMessage().split(" in ")[0] for r in summaries] == ["POST /v1/webhooks/dlr 200 x3"]
+    assert getattr(summaries[0], "count", None) == 3
+    assert getattr(summaries[0], "request_id", None) == "-"  # it belongs to no one request
+    refusal = [r for r in records if r.getMessage().startswith("POST /v1/webhooks/dlr 400 ")]
+    assert [getattr(r, "request_id", None) for r in refusal] == [refused.headers["x-request-id"]]
+    assert any(r.getMessage().startswith("GET /healthz 200 ") for r in records)
+    assert read.status_code == 200
 
 
 async def test_requests_failing_during_an_outage_are_logged_once_not_each(
@@ -479,10 +504,14 @@ def test_two_workers_share_one_view_of_metrics_and_log_json_without_secrets(
     assert ready.status_code == alive.status_code == 200
     log_lines = [line for line in service.log.read_text().splitlines() if line.startswith("{")]
     access = [json.loads(line) for line in log_lines if '"app.access"' in line]
-    assert len(access) >= 40
-    assert {entry["route"] for entry in access} >= {"/v1/webhooks/dlr", "/metrics"}
-    assert all(entry["request_id"] for entry in access)
-    assert len({entry["process"] for entry in access}) == 2  # both workers served
+    # The accepted DLRs in each worker's summaries (the last written as it stopped), every
+    # other request on a line of its own with its id.
+    summaries = [entry for entry in access if entry["route"] == "/v1/webhooks/dlr"]
+    assert sum(entry["count"] for entry in summaries) == 40
+    assert len({entry["process"] for entry in summaries}) == 2  # both workers served
+    scraped = [entry for entry in access if entry["route"] == "/metrics"]
+    assert len(scraped) == 6
+    assert all(len(entry["request_id"]) == 32 for entry in scraped)
     assert all(key not in line for line in log_lines)  # printed once at start-up, never logged
 
 

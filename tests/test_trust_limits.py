@@ -440,3 +440,79 @@ async def test_a_kept_alive_connection_takes_a_large_body_after_a_small_request(
 
     assert (small.status_code, large.status_code) == (200, 200)
     assert large.json()["received"] == 500
+
+
+class _WritesSeen:
+    """A connection's transport that keeps what the server writes."""
+
+    def __init__(self, transport: asyncio.Transport, writes: list[bytes]) -> None:
+        self._transport, self._writes = transport, writes
+
+    def write(self, data: bytes) -> None:
+        self._writes.append(bytes(data))
+        self._transport.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+async def test_a_webhook_answer_goes_out_in_one_write(
+    settings: Settings, webhook_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Head and body in one write: one system call and one packet for the sender to wake up
+    to, where uvicorn makes two."""
+    writes: list[bytes] = []
+    made = GuardedHttpToolsProtocol.connection_made
+
+    def seen(protocol: GuardedHttpToolsProtocol, transport: asyncio.Transport) -> None:
+        made(protocol, _WritesSeen(transport, writes))  # type: ignore[arg-type]
+
+    monkeypatch.setattr(GuardedHttpToolsProtocol, "connection_made", seen)
+    body = b'{"id":"one-write-1"}'
+    answer = await raw_exchange(
+        settings.port,
+        b"POST /v1/webhooks/dlr?key=%s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+        % (webhook_key.encode(), len(body), body),
+    )
+
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    assert writes == [answer]
+
+
+async def test_a_webhook_sent_with_expect_100_continue_gets_its_continue_then_its_answer(
+    settings: Settings, webhook_key: str
+) -> None:
+    """The 100 Continue is written at once, never held for an answer (the sender waits for
+    it before sending the body)."""
+    body = b'{"id":"continued-1"}'
+    reader, writer = await asyncio.open_connection("127.0.0.1", settings.port)
+    try:
+        writer.write(
+            b"POST /v1/webhooks/dlr?key=%s HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+            % (webhook_key.encode(), len(body))
+        )
+        await writer.drain()
+        async with asyncio.timeout(5):
+            continued = await reader.readuntil(b"\r\n\r\n")
+        writer.write(body)
+        await writer.drain()
+        async with asyncio.timeout(5):
+            answer = await reader.readuntil(b"}")
+    finally:
+        writer.close()
+
+    assert continued.startswith(b"HTTP/1.1 100 ")
+    assert answer.startswith(b"HTTP/1.1 200 ")
+
+
+async def test_a_head_request_to_a_webhook_gets_its_head(settings: Settings) -> None:
+    """An answer without a body (HEAD: the webhooks take none, so a 405) is not held waiting
+    for one."""
+    answer = await raw_exchange(
+        settings.port, b"HEAD /v1/webhooks/mo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+
+    assert answer.startswith(b"HTTP/1.1 405 ")
+    assert b"\r\nallow: GET, POST\r\n" in answer

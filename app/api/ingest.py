@@ -35,7 +35,7 @@ from app.rules.webhook_body import (
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen, as _Refusal below
 class Ingested:
     received: int
     duplicates: int
@@ -140,9 +140,9 @@ async def _store(
             raise owned_elsewhere(result.refused, ids)
     except Refused as error:
         raise await _keep_and_refuse(context, refusal, error) from None
-    metrics.EVENTS.labels(kind, "accepted").inc(result.received - result.duplicates)
+    metrics.events_counted(kind, "accepted").inc(result.received - result.duplicates)
     if result.duplicates:
-        metrics.EVENTS.labels(kind, "duplicate").inc(result.duplicates)
+        metrics.events_counted(kind, "duplicate").inc(result.duplicates)
     return Ingested(result.received, result.duplicates)
 
 
