@@ -191,6 +191,18 @@ async def seeded(database_url: str, messages: int, mos: int) -> float:
         await engine.dispose()
 
 
+async def memory_settings(database_url: str) -> str:
+    """The server's settings that decide how much of the indexes stays in memory."""
+    engine = create_async_engine(normalize_database_url(database_url))
+    try:
+        async with engine.connect() as conn:
+            names = ("shared_buffers", "effective_cache_size", "max_wal_size")
+            values = [await conn.scalar(text(f"SHOW {name}")) for name in names]
+    finally:
+        await engine.dispose()
+    return ", ".join(f"{name} {value}" for name, value in zip(names, values, strict=True))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="cost as the store grows")
     parser.add_argument("--messages", type=int, default=10_000_000)
@@ -198,6 +210,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10, help="length of each wrk run")
     args = parser.parse_args()
     with scratch_database("wavy_bench_growth") as database_url:
+        print(f"PostgreSQL: {asyncio.run(memory_settings(database_url))}", flush=True)
         empty_single, empty_array = ingest(database_url, args.seconds)
         print(
             f"empty store: single {empty_single.events_per_s:,.0f} events/s (p99 "

@@ -50,7 +50,7 @@ from app.db.engine import normalize_database_url
 from app.db.queries import add_webhook_key
 from bench.common import postgres_cpu_seconds, running_service, scratch_database, wrk_output
 from bench.db_capacity import copy_floor
-from bench.lean import versus_lean
+from bench.lean import ROUNDS, versus_lean
 
 LUA = Path(__file__).with_name("dlr.lua")
 # One JSON line written by dlr.lua: a thread's acknowledged ranges, or the run's summary.
@@ -304,6 +304,12 @@ def line(label: str, r: Result) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description="DLR ingest benchmark (wrk)")
     parser.add_argument("--seconds", type=int, default=15, help="length of each wrk run")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=ROUNDS,
+        help="rounds of the comparison with the lean route, in turns (their medians count)",
+    )
     parser.add_argument("--smoke", action="store_true", help="2-second runs, check zero missing")
     parser.add_argument(
         "--soak",
@@ -340,7 +346,7 @@ def main() -> None:
         sys.exit("wrk is not installed (Debian: apt-get install wrk)")
     if args.versus_lean or not (args.soak or args.smoke or args.only):
         with scratch_database("wavy_bench_lean") as database_url:
-            versus_lean(database_url, args.seconds)
+            versus_lean(database_url, args.seconds, args.rounds)
         if args.versus_lean:
             return
 

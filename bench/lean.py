@@ -14,8 +14,10 @@ milliseconds whatever the server.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -24,6 +26,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+import psutil
 
 from bench.common import free_port, running_service, stop, wait_until_answering, wrk_output
 
@@ -35,6 +39,8 @@ LEAN_APP = (
 )
 LUA = Path(__file__).resolve().parent / "dlr.lua"
 _runs = itertools.count(int(time.time()) % 2**24)
+# Rounds of each comparison: one pair of runs moves by ±10% on this shared machine.
+ROUNDS = 3
 
 
 @dataclass(frozen=True)
@@ -44,11 +50,15 @@ class Latency:
     p99_ms: float
     p999_ms: float
     errors: int
+    # The server's CPU (all its processes) per request: what a request costs it, whatever
+    # else shares the cores (the service's PostgreSQL does; the lean route has none).
+    cpu_us: float
 
 
 @contextmanager
-def running_lean(workers: int) -> Iterator[str]:
-    """The reference route in uvicorn, as its docstring says to serve it; yields its URL."""
+def running_lean(workers: int) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """The reference route in uvicorn, as its docstring says to serve it; yields its URL and
+    its process."""
     port = free_port()
     command = [
         sys.executable,
@@ -73,12 +83,23 @@ def running_lean(workers: int) -> Iterator[str]:
     base = f"http://127.0.0.1:{port}"
     try:
         wait_until_answering(f"{base}/", process, "the lean reference app")
-        yield f"{base}/dlr"
+        yield f"{base}/dlr", process
     finally:
         stop(process, timeout_s=20)
 
 
-def load(url: str, connections: int, seconds: int) -> Latency:
+def cpu_seconds(process: subprocess.Popen[bytes]) -> float:
+    """CPU time of a server and its children (workers, the forwarder) so far."""
+    root = psutil.Process(process.pid)
+    seconds = 0.0
+    for each in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            times = each.cpu_times()
+            seconds += times.user + times.system
+    return seconds
+
+
+def load(url: str, server: subprocess.Popen[bytes], connections: int, seconds: int) -> Latency:
     """wrk, one thread, ``connections`` connections, single DLRs with UUID ids."""
     with tempfile.NamedTemporaryFile(suffix=".jsonl", delete=False) as out:
         out_path = out.name
@@ -90,6 +111,7 @@ def load(url: str, connections: int, seconds: int) -> Latency:
         "WAVY_BENCH_UUID_RUN": str(next(_runs)),
     }
     command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s"]
+    cpu_before = cpu_seconds(server)
     subprocess.run(
         [*command, "-s", str(LUA), url],
         env=env,
@@ -97,6 +119,7 @@ def load(url: str, connections: int, seconds: int) -> Latency:
         capture_output=True,
         timeout=seconds + 60,
     )
+    cpu = cpu_seconds(server) - cpu_before
     summary, _ = wrk_output(out_path)
     errors = sum(
         summary[key]
@@ -108,32 +131,70 @@ def load(url: str, connections: int, seconds: int) -> Latency:
         p99_ms=summary["p99_us"] / 1000,
         p999_ms=summary["p999_us"] / 1000,
         errors=errors,
+        cpu_us=cpu / max(summary["requests"], 1) * 1e6,
     )
 
 
 def row(label: str, latency: Latency) -> str:
     return (
         f"  {label:8} {latency.requests_per_s:9,.0f} DLRs/s  p50 {latency.p50_ms:7.2f} ms  "
-        f"p99 {latency.p99_ms:7.2f} ms  p99.9 {latency.p999_ms:7.2f} ms  errors {latency.errors}"
+        f"p99 {latency.p99_ms:7.2f} ms  p99.9 {latency.p999_ms:7.2f} ms  "
+        f"CPU {latency.cpu_us:4.0f} us/request  errors {latency.errors}"
     )
 
 
-def versus_lean(database_url: str, seconds: int) -> None:
-    """Print, per workers and connections, the lean route, the service, and their ratio."""
+def median_of(runs: list[Latency]) -> Latency:
+    """Each figure's median over the rounds (the machine's speed drifts between runs)."""
+    return Latency(
+        requests_per_s=statistics.median(run.requests_per_s for run in runs),
+        p50_ms=statistics.median(run.p50_ms for run in runs),
+        p99_ms=statistics.median(run.p99_ms for run in runs),
+        p999_ms=statistics.median(run.p999_ms for run in runs),
+        errors=sum(run.errors for run in runs),
+        cpu_us=statistics.median(run.cpu_us for run in runs),
+    )
+
+
+def versus_lean(database_url: str, seconds: int, rounds: int = ROUNDS) -> None:
+    """Print, per workers and connections, the lean route, the service, and their ratio: both
+    servers up side by side, loaded in turns (ABBA order, so that neither always runs first),
+    every round printed, then the medians and the median of the rounds' ratios. The service
+    runs as deployed: its access log on, at info level."""
     for workers in (1, 2):
-        for connections in (64, 256):
-            print(
-                f"\n## versus the lean route: single DLRs, {connections} connections (one wrk "
-                f"thread), {workers} worker(s), {seconds} s",
-                flush=True,
-            )
-            with running_lean(workers) as url:
-                time.sleep(1)
-                lean = load(url, connections, seconds)
-            with running_service(database_url, workers=workers) as (base, _process):
-                time.sleep(1)
-                service = load(f"{base}/v1/webhooks/dlr", connections, seconds)
-            print(row("lean", lean))
-            print(row("service", service))
-            ratio = service.requests_per_s / lean.requests_per_s
-            print(f"  ratio    {ratio:.2f} of the lean route", flush=True)
+        with (
+            running_lean(workers) as (lean_url, lean_process),
+            running_service(
+                database_url, workers=workers, extra_env={"WAVY_LOG_LEVEL": "info"}
+            ) as (base, service_process),
+        ):
+            service_url = f"{base}/v1/webhooks/dlr"
+            for connections in (64, 256):
+                print(
+                    f"\n## versus the lean route: single DLRs, {connections} connections (one "
+                    f"wrk thread), {workers} worker(s), {rounds} rounds of {seconds} s each",
+                    flush=True,
+                )
+                leans: list[Latency] = []
+                services: list[Latency] = []
+                for round_ in range(rounds):
+                    order = ("lean", "service") if round_ % 2 == 0 else ("service", "lean")
+                    for which in order:
+                        if which == "lean":
+                            url, server, runs = lean_url, lean_process, leans
+                        else:
+                            url, server, runs = service_url, service_process, services
+                        runs.append(load(url, server, connections, seconds))
+                        print(row(which, runs[-1]), flush=True)
+                lean, service = median_of(leans), median_of(services)
+                ratio = statistics.median(
+                    ours.requests_per_s / theirs.requests_per_s
+                    for ours, theirs in zip(services, leans, strict=True)
+                )
+                print(row("lean med", lean))
+                print(row("svc med", service))
+                print(f"  ratio    {ratio:.2f} of the lean route (median of {rounds})", flush=True)
+                print(
+                    f"  CPU      the service spends {service.cpu_us / lean.cpu_us:.2f}x the lean "
+                    "route's CPU per request (medians)",
+                    flush=True,
+                )
