@@ -3,7 +3,8 @@ route authenticates (its one dependency), calls app.api.ingest and answers."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+import orjson
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
 from app.api.deps import WebhookContextDep
@@ -23,18 +24,19 @@ class IngestResult(BaseModel):
 INGEST_RESPONSES = responses(400, 401, 403, 408, 413, 422, 503)
 
 
-# The answers Wavy's single-object calls get, built once: a response is only read when sent.
-_SINGLE_ANSWERS = {
-    (received, duplicates): OrjsonResponse({"received": received, "duplicates": duplicates})
+# The bodies Wavy's single-object calls get, encoded once. Not whole responses: one shared
+# would hand every request the same header list, safe only while no layer adds to it.
+_SINGLE_BODIES = {
+    (received, duplicates): orjson.dumps({"received": received, "duplicates": duplicates})
     for received, duplicates in ((1, 0), (1, 1))
 }
 
 
-def _answer(ingested: Ingested) -> OrjsonResponse:
-    answer = _SINGLE_ANSWERS.get((ingested.received, ingested.duplicates))
-    if answer is None:
-        answer = OrjsonResponse({"received": ingested.received, "duplicates": ingested.duplicates})
-    return answer
+def _answer(ingested: Ingested) -> Response:
+    body = _SINGLE_BODIES.get((ingested.received, ingested.duplicates))
+    if body is None:
+        return OrjsonResponse({"received": ingested.received, "duplicates": ingested.duplicates})
+    return Response(body, media_type=OrjsonResponse.media_type)
 
 
 @router.post(
@@ -44,7 +46,7 @@ def _answer(ingested: Ingested) -> OrjsonResponse:
     response_model=IngestResult,
     responses=INGEST_RESPONSES,
 )
-async def receive_callback(request: Request, context: WebhookContextDep) -> OrjsonResponse:
+async def receive_callback(request: Request, context: WebhookContextDep) -> Response:
     return _answer(await ingest_body("callback", request, context))
 
 
@@ -55,7 +57,7 @@ async def receive_callback(request: Request, context: WebhookContextDep) -> Orjs
     response_model=IngestResult,
     responses=INGEST_RESPONSES,
 )
-async def receive_dlr(request: Request, context: WebhookContextDep) -> OrjsonResponse:
+async def receive_dlr(request: Request, context: WebhookContextDep) -> Response:
     return _answer(await ingest_body("dlr", request, context))
 
 
@@ -66,7 +68,7 @@ async def receive_dlr(request: Request, context: WebhookContextDep) -> OrjsonRes
     response_model=IngestResult,
     responses=INGEST_RESPONSES,
 )
-async def receive_mo(request: Request, context: WebhookContextDep) -> OrjsonResponse:
+async def receive_mo(request: Request, context: WebhookContextDep) -> Response:
     return _answer(await ingest_body("mo", request, context))
 
 
@@ -81,5 +83,5 @@ async def receive_mo(request: Request, context: WebhookContextDep) -> OrjsonResp
     response_model=IngestResult,
     responses=INGEST_RESPONSES,
 )
-async def receive_mo_by_get(request: Request, context: WebhookContextDep) -> OrjsonResponse:
+async def receive_mo_by_get(request: Request, context: WebhookContextDep) -> Response:
     return _answer(await ingest_query(request, context))
