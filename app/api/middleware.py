@@ -111,9 +111,9 @@ class ObserveRequests:
         self,
         app: ASGIApp,
         *,
-        access_log_enabled: bool = True,
-        webhooks: Literal["each", "summary"] = "each",
-        webhook_routes: Collection[str] = (),
+        access_log_enabled: bool,
+        webhooks: Literal["each", "summary"],
+        webhook_routes: Collection[str],
     ) -> None:
         self.app = app
         self.access_log_enabled = access_log_enabled
