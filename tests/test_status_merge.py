@@ -331,6 +331,65 @@ async def test_sql_merge_of_two_separate_events_matches_the_rules(
     assert {c: row[c] for c in DATA_COLUMNS} == expected_row([first, second])
 
 
+async def test_each_field_of_an_event_lands_in_its_own_column(
+    app: FastAPI, client: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    """Every field of a DLR, each with a value of its own, is stored in its own column of the
+    message and of its event (the records are built positionally, for speed)."""
+    message_id = f"fields-{uuid.uuid4()}"
+    item = {
+        "id": message_id,
+        "correlationId": "corr-1",
+        "destination": "5511912345678",
+        "carrierId": 7,
+        "carrierName": "Vivo",
+        "campaignId": 99,
+        "extraInfo": "extra",
+        "sentStatusCode": 2,
+        "sentAt": 1_000_000,
+        "deliveredStatusCode": 104,
+        "deliveredStatus": "NOT_DELIVERED_HERE",
+        "deliveredAt": 2_000_000,
+    }
+    response = await client.post(
+        "/v1/webhooks/dlr", params={"key": await add_key(app, "acme")}, json=item
+    )
+    assert response.status_code == 200
+
+    row = await stored(engine, message_id)
+    assert {c: row[c] for c in DATA_COLUMNS} == {
+        "sub_account": "acme",
+        "correlation_id": "corr-1",
+        "destination": "5511912345678",
+        "carrier_id": 7,
+        "carrier_name": "Vivo",
+        "campaign_id": "99",
+        "extra_info": "extra",
+        "sent_source": 1,  # the sent stage as a DLR echoes it
+        "sent_status_code": 2,
+        "sent_status": "SENT_SUCCESS",  # the documented name of the code
+        "sent_at": ms(1_000_000),
+        "delivered_status_code": 104,
+        "delivered_status": "NOT_DELIVERED_HERE",
+        "delivered_at": ms(2_000_000),
+    }
+    assert row["first_seen_at"] == row["updated_at"]
+    [event] = await fetch_all(
+        engine,
+        "SELECT kind, sub_account, sent_status_code, delivered_status_code, received_at, "
+        "payload->>'carrierName' AS carrier FROM events WHERE message_id = :id",
+        id=message_id,
+    )
+    assert event == {
+        "kind": "dlr",
+        "sub_account": "acme",
+        "sent_status_code": 2,
+        "delivered_status_code": 104,
+        "received_at": row["first_seen_at"],
+        "carrier": "Vivo",
+    }
+
+
 @given(event=an_event)
 def test_a_status_carries_its_events_key_columns(
     event: tuple[str, dict[str, Any], str | None],
@@ -388,6 +447,42 @@ async def test_a_reply_whose_id_equals_a_message_id_in_the_same_batch_is_kept_ap
     assert row == {"delivered_status_code": 4, "reply_count": 1}
     kinds = await fetch_all(engine, "SELECT kind FROM events ORDER BY kind")
     assert [k["kind"] for k in kinds] == ["dlr", "mo"]
+
+
+async def test_each_message_of_a_mixed_batch_keeps_its_own_fields(engine: AsyncEngine) -> None:
+    """A batch of replies and DLRs whose ids interleave (a reply's id sorting first): every
+    message row gets its own DLR's carrier and destination, none a neighbour's."""
+    now = datetime.now(UTC)
+    items: list[tuple[EventKind, dict[str, Any]]] = [
+        ("mo", {"id": "mix-a", "messageText": "hi"}),
+        ("dlr", {**dlr(4, 2_000_000, "mix-b"), "carrierName": "B", "destination": "5511"}),
+        ("mo", {"id": "mix-c", "messageText": "yo"}),
+        ("dlr", {**dlr(4, 2_000_000, "mix-d"), "carrierName": "D", "destination": "5522"}),
+    ]
+    records = [
+        record
+        for kind, item in items
+        for record in build_event_records(
+            kind,
+            validate_items(kind, [item]),
+            items_as_json([item]),
+            sub_account=None,
+            received_at=now,
+        )
+    ]
+    async with engine.connect() as conn:
+        outcome = await write_records(await driver_connection(conn), records, OPTOUTS)
+        await conn.commit()
+
+    assert outcome.new == {0, 1, 2, 3}
+    rows = await fetch_all(
+        engine,
+        "SELECT id, carrier_name, destination FROM messages WHERE id LIKE 'mix-%' ORDER BY id",
+    )
+    assert rows == [
+        {"id": "mix-b", "carrier_name": "B", "destination": "5511"},
+        {"id": "mix-d", "carrier_name": "D", "destination": "5522"},
+    ]
 
 
 def batch_of(items: list[tuple[EventKind, dict[str, Any]]]) -> list[EventRecord]:

@@ -134,18 +134,18 @@ def build_event_records(
                 )
             )
             continue
-        status = status_from_event(payload, sub_account=sub_account, received_at=received_at)
+        # Positional, in the fields' order, as in status_from_event and for the same reason.
         records.append(
             EventRecord(
-                kind=kind,
-                message_id=payload.id,
-                sub_account=sub_account,
-                sent_status_code=payload.sent_status_code,
-                delivered_status_code=payload.delivered_status_code if kind == "dlr" else None,
-                received_at=received_at,
-                payload_json=item_json,
-                claimant=sub_account,
-                status=status,
+                kind,
+                payload.id,  # message_id
+                sub_account,
+                payload.sent_status_code,
+                payload.delivered_status_code if kind == "dlr" else None,
+                received_at,
+                item_json,  # payload_json
+                sub_account,  # claimant
+                status_from_event(payload, sub_account=sub_account, received_at=received_at),
             )
         )
     return records

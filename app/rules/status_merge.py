@@ -101,34 +101,37 @@ def status_from_event(
     # measurable share of a 1000-item batch.
     delivered = event if type(event) is Dlr else None
     source = SENT_BY_DLR if delivered is not None else SENT_BY_CALLBACK
+    # Positional, in the fields' order: for 17 fields keyword arguments cost the call twice as
+    # much, and one status is built per callback or DLR. The test
+    # test_each_field_of_an_event_lands_in_its_own_column holds every value to its field.
     return MessageStatus(
-        id=event.id,
-        sub_account=sub_account,
-        correlation_id=event.correlation_id,
-        destination=event.destination,
-        carrier_id=event.carrier_id,
-        carrier_name=event.carrier_name,
-        campaign_id=campaign_text(event.campaign_id),
-        extra_info=event.extra_info,
-        sent_source=source if has_sent_stage else SENT_BY_NOBODY,
-        sent_status_code=event.sent_status_code if has_sent_stage else None,
-        sent_status=(
+        event.id,  # id
+        sub_account,
+        event.correlation_id,
+        event.destination,
+        event.carrier_id,
+        event.carrier_name,
+        campaign_text(event.campaign_id),
+        event.extra_info,
+        source if has_sent_stage else SENT_BY_NOBODY,  # sent_source
+        event.sent_status_code if has_sent_stage else None,
+        (  # sent_status
             status_name(event.sent_status_code, event.sent_status, SENT_STATUS_NAMES)
             if has_sent_stage
             else None
         ),
-        sent_at=sent_time if has_sent_stage else None,
-        delivered_status_code=delivered.delivered_status_code if delivered else None,
-        delivered_status=(
+        sent_time if has_sent_stage else None,  # sent_at
+        delivered.delivered_status_code if delivered else None,
+        (  # delivered_status
             status_name(
                 delivered.delivered_status_code, delivered.delivered_status, DELIVERED_STATUS_NAMES
             )
             if delivered
             else None
         ),
-        delivered_at=delivered.delivered_time if delivered else None,
-        first_seen_at=received_at,
-        updated_at=received_at,
+        delivered.delivered_time if delivered else None,  # delivered_at
+        received_at,  # first_seen_at
+        received_at,  # updated_at
     )
 
 
