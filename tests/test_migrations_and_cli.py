@@ -20,14 +20,14 @@ from alembic import command as alembic_command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Connection, String, inspect, make_url, text
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from app.db import queries, users
 from app.db.engine import normalize_database_url
 from app.db.first_start import FirstStartSecrets, create_first_credentials
 from app.db.migrate import alembic_config, downgrade_to_base, head_revision, upgrade_to_head
 from app.db.tables import metadata
-from app.rules.postgres_settings import RULES, Level, Setting, review_settings
+from app.rules.postgres_settings import RULES, Level, ServerFacts, Setting, review_settings
 from tests.conftest import TABLES, _admin, free_port
 
 CLI = [sys.executable, "-m", "app.cli"]
@@ -275,7 +275,7 @@ def test_settings_review_names_the_worst_first_and_reads_units() -> None:
             "server_version_num": Setting("170002"),
             "server_encoding": Setting("LATIN1"),
         },
-        connections_needed=50,
+        ServerFacts(connections_needed=50, id_index_bytes=2**20),
     )
 
     assert [(f.name, f.level, f.shown) for f in findings] == [
@@ -287,6 +287,32 @@ def test_settings_review_names_the_worst_first_and_reads_units() -> None:
         ("server_version_num", Level.OK, "17.2"),
         ("max_wal_size", Level.OK, "8 GB"),
     ]
+
+
+def test_doctor_warns_when_the_id_indexes_outgrow_the_shared_buffers() -> None:
+    """Past the buffers, every new message reads index pages back from the operating system
+    (arrays ran at half their rate at 10M messages with 128 MB): doctor names their size."""
+
+    def verdict(buffers: Setting, index_bytes: int) -> tuple[Level, str]:
+        [finding] = review_settings({"shared_buffers": buffers}, ServerFacts(10, index_bytes))
+        return finding.level, finding.why
+
+    level, why = verdict(Setting("16384", "8kB"), 200 * 2**20)  # 128 MB against 200 MB
+    assert level is Level.WARNING
+    assert "(200 MB)" in why
+    assert verdict(Setting("16384", "8kB"), 50 * 2**20)[0] is Level.ADVICE  # fits, small
+    assert verdict(Setting("4096", "MB"), 200 * 2**20)[0] is Level.OK
+
+
+async def test_the_id_indexes_doctor_weighs_exist_in_the_schema(engine: AsyncEngine) -> None:
+    async with engine.connect() as conn:
+        present = await conn.scalar(
+            text("SELECT count(*) FROM pg_class WHERE relkind = 'i' AND relname = ANY(:names)"),
+            {"names": list(queries.ID_INDEXES)},
+        )
+        measured = await queries.id_index_bytes(conn)
+    assert present == len(queries.ID_INDEXES)
+    assert measured >= len(queries.ID_INDEXES) * 8192  # each at least its first page
 
 
 def test_cli_keys_add_list_revoke(empty_database: str) -> None:

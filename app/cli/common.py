@@ -22,7 +22,12 @@ from app.db.engine import (
     wait_for_database,
     where,
 )
-from app.rules.postgres_settings import ADMIN_CONNECTIONS, Finding, review_settings
+from app.rules.postgres_settings import (
+    ADMIN_CONNECTIONS,
+    Finding,
+    ServerFacts,
+    review_settings,
+)
 from app.settings import Settings
 
 T = TypeVar("T")
@@ -104,6 +109,7 @@ def review_server(settings: Settings, database_url: str) -> list[Finding]:
     needed = settings.workers * connections_per_worker(settings) + ADMIN_CONNECTIONS
 
     async def review(conn: AsyncConnection) -> list[Finding]:
-        return review_settings(await queries.server_settings(conn), needed)
+        facts = ServerFacts(needed, await queries.id_index_bytes(conn))
+        return review_settings(await queries.server_settings(conn), facts)
 
     return run_with_connection(settings, database_url, review)

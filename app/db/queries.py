@@ -113,6 +113,25 @@ async def database_state(engine: AsyncEngine, *, timeout_s: float) -> DatabaseSt
 SERVER_SETTINGS = text("SELECT name, setting, unit FROM pg_settings WHERE name = ANY(:names)")
 
 
+# The indexes where every new message lands on a random leaf (Wavy's ids are random UUIDs):
+# the ones that must stay in shared buffers (app.rules.postgres_settings).
+ID_INDEXES = (
+    "pk_messages",
+    "uq_events_exact_retry",
+    "ix_messages_correlation_id",
+    "ix_messages_destination",
+)
+ID_INDEX_BYTES = text(
+    "SELECT coalesce(sum(pg_relation_size(c.oid)), 0) FROM pg_class AS c "
+    "WHERE c.relkind = 'i' AND c.relname = ANY(:names) "
+    "AND c.relnamespace = to_regnamespace(current_schema())"
+)
+
+
+async def id_index_bytes(conn: AsyncConnection) -> int:
+    return int(await conn.scalar(ID_INDEX_BYTES, {"names": list(ID_INDEXES)}) or 0)
+
+
 async def server_settings(conn: AsyncConnection) -> dict[str, Setting]:
     """The settings app.rules.postgres_settings checks, as the server reports them."""
     rows = await conn.execute(SERVER_SETTINGS, {"names": list(RULES)})

@@ -50,7 +50,17 @@ class Finding:
     why: str
 
 
-Rule = Callable[[Setting, int], tuple[Level, str]]
+@dataclass(frozen=True, slots=True)
+class ServerFacts:
+    """What some rules weigh a setting against."""
+
+    # Connections the configured workers may open, plus administration's.
+    connections_needed: int
+    # The indexes keyed by message id (app.db.queries.ID_INDEXES), in bytes.
+    id_index_bytes: int
+
+
+Rule = Callable[[Setting, ServerFacts], tuple[Level, str]]
 
 
 def _when(value: str, level: Level, why: str) -> Rule:
@@ -66,19 +76,41 @@ def _at_least(size: int, level: Level, why: str) -> Rule:
     return lambda s, _: (level, why) if s.as_bytes() < size else (Level.OK, "")
 
 
-def _server_version(setting: Setting, _: int) -> tuple[Level, str]:
+def _server_version(setting: Setting, _: ServerFacts) -> tuple[Level, str]:
     if int(setting.value) < 150000:
         return Level.CRITICAL, "the schema needs PostgreSQL 15 or newer (NULLS NOT DISTINCT)"
     return Level.OK, ""
 
 
-def _connections(setting: Setting, needed: int) -> tuple[Level, str]:
+def _connections(setting: Setting, facts: ServerFacts) -> tuple[Level, str]:
+    needed = facts.connections_needed
     if int(setting.value) < needed:
         return Level.WARNING, (
             f"the service's workers may open {needed - ADMIN_CONNECTIONS} connections "
             f"(writers, recounts, listener and read pool, per worker), and administration "
             f"needs about {ADMIN_CONNECTIONS} more: raise it to {needed} or put PgBouncer in "
             "front"
+        )
+    return Level.OK, ""
+
+
+def _buffers(setting: Setting, facts: ServerFacts) -> tuple[Level, str]:
+    """Wavy's ids are random, so each new message lands on a random leaf of every index keyed
+    by its id: once those indexes outgrow the buffers, inserts read leaves back from the
+    operating system, and arrays slow down markedly (docs/benchmarks.md, Growth)."""
+    size = facts.id_index_bytes
+    indexes = f"{size / GiB:.1f} GB" if size >= GiB else f"{size / 2**20:.0f} MB"
+    if setting.as_bytes() < facts.id_index_bytes:
+        return Level.WARNING, (
+            f"smaller than the indexes keyed by message id ({indexes}): every new message "
+            "reads index pages back from the operating system, and ingestion slows down; give "
+            "the buffers at least those indexes' size, with room to grow"
+        )
+    if setting.as_bytes() < 1 * GiB:
+        return Level.ADVICE, (
+            f"about a quarter of the RAM keeps the indexes keyed by message id ({indexes} "
+            "now) in memory as they grow; Wavy's ids are random, so every insert needs its "
+            "own index page"
         )
     return Level.OK, ""
 
@@ -126,12 +158,7 @@ RULES: dict[str, Rule] = {
         "reuse, and writers fill new ones with zeros first (a visible share of its CPU under a "
         "burst of arrays)",
     ),
-    "shared_buffers": _at_least(
-        1 * GiB,
-        Level.ADVICE,
-        "about a quarter of the RAM keeps the indexes keyed by message id in memory; Wavy's "
-        "ids are random, so every insert needs its own index page",
-    ),
+    "shared_buffers": _buffers,
     "idle_in_transaction_session_timeout": _when(
         "0",
         Level.ADVICE,
@@ -147,13 +174,13 @@ RULES: dict[str, Rule] = {
 }
 
 
-def review_settings(settings: Mapping[str, Setting], connections_needed: int) -> list[Finding]:
+def review_settings(settings: Mapping[str, Setting], facts: ServerFacts) -> list[Finding]:
     """Every checked setting the server reported, with its verdict, worst first."""
     findings = []
     for name, rule in RULES.items():
         setting = settings.get(name)
         if setting is None:
             continue
-        level, why = rule(setting, connections_needed)
+        level, why = rule(setting, facts)
         findings.append(Finding(name, setting.shown(), level, why))
     return sorted(findings, key=lambda finding: -finding.level)
