@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import os
+import platform
 import secrets
 import signal
 import socket
@@ -29,6 +30,18 @@ from app.db.engine import normalize_database_url
 from app.db.migrate import upgrade_to_head
 
 DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def host_line() -> str:
+    """The machine a run measured: sessions get hosts of different speeds, which move rates and
+    even ratios (docs/benchmarks.md), so every raw output names its host."""
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.partition(":")[2].strip()
+                break
+    return f"host: {model}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
 def server_url() -> str:

@@ -48,7 +48,13 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.db.engine import normalize_database_url
 from app.db.queries import add_webhook_key
-from bench.common import postgres_cpu_seconds, running_service, scratch_database, wrk_output
+from bench.common import (
+    host_line,
+    postgres_cpu_seconds,
+    running_service,
+    scratch_database,
+    wrk_output,
+)
 from bench.db_capacity import copy_floor
 from bench.lean import ROUNDS, versus_lean
 
@@ -344,6 +350,7 @@ def main() -> None:
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed (Debian: apt-get install wrk)")
+    print(host_line(), flush=True)
     if args.versus_lean or not (args.soak or args.smoke or args.only):
         with scratch_database("wavy_bench_lean") as database_url:
             versus_lean(database_url, args.seconds, args.rounds)
