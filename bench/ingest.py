@@ -1,7 +1,7 @@
 """Ingest benchmark: DLR load from wrk against the service and against its no-database ceiling,
 in the same run, then a check that every acknowledged DLR is stored.
 
-    .venv/bin/python -m bench.ingest                    # the full matrix (≈ 3 minutes)
+    .venv/bin/python -m bench.ingest                    # the lean comparison, the matrix (≈ 12 min)
     .venv/bin/python -m bench.ingest --smoke            # a few seconds; CI checks zero missing
     .venv/bin/python -m bench.ingest --soak 300         # 5 minutes, single objects, RSS watch
     .venv/bin/python -m bench.ingest --sub-account acme # post with a key of a sub-account
@@ -307,6 +307,53 @@ def line(label: str, r: Result) -> str:
     )
 
 
+def run_scenario(
+    database_url: str,
+    scenario: Scenario,
+    seconds: int,
+    *,
+    ceilings: bool,
+    floor: bool,
+    sub_account: str | None,
+    scatter: bool,
+) -> int:
+    """One scenario of the matrix, with its ceiling and floor; acknowledged DLRs missing."""
+    key = asyncio.run(add_key(database_url, sub_account)) if sub_account else None
+    shape = "single objects" if scenario.batch == 1 else f"{scenario.batch}-item arrays"
+    print(
+        f"\n## {shape}, {scenario.connections} connections, "
+        f"{scenario.workers} worker(s), {seconds} s",
+        flush=True,
+    )
+    service = measure(database_url, scenario, seconds, ceiling=False, key=key, scatter=scatter)
+    print(line("service", service), flush=True)
+    if ceilings:
+        ceiling = measure(database_url, scenario, seconds, ceiling=True, key=key, scatter=scatter)
+        print(line("ceiling", ceiling), flush=True)
+        if ceiling.errors or not ceiling.events_per_s:
+            sys.exit("the ceiling app answered errors: the comparison is meaningless")
+        print(
+            f"  ratio    {service.events_per_s / ceiling.events_per_s:.2f} "
+            "of the no-database ceiling",
+            flush=True,
+        )
+    if scenario.batch > 1 and floor:
+        # PostgreSQL's own floor for the same rows, in the same run: message rows with
+        # the read API's indexes and their event rows, by binary COPY.
+        floor_per_s, floor_cpu = copy_floor(
+            database_url.replace("postgresql+asyncpg://", "postgresql://"),
+            FLOOR_BATCHES,
+            scenario.batch,
+        )
+        print(
+            f"  floor    {floor_per_s:9,.0f} events/s  (COPY, PostgreSQL "
+            f"{floor_cpu:.1f} us/row)\n"
+            f"  ratio    {service.events_per_s / floor_per_s:.2f} of PostgreSQL's floor",
+            flush=True,
+        )
+    return service.missing or 0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="DLR ingest benchmark (wrk)")
     parser.add_argument("--seconds", type=int, default=15, help="length of each wrk run")
@@ -376,48 +423,21 @@ def main() -> None:
 
     scatter = not args.clustered_ids
     total_missing = 0
-    with scratch_database("wavy_bench_ingest") as database_url:
-        key = asyncio.run(add_key(database_url, args.sub_account)) if args.sub_account else None
-        if args.sub_account:
-            print(f"posting with a webhook key of sub-account {args.sub_account!r}")
-        for scenario in scenarios:
-            shape = "single objects" if scenario.batch == 1 else f"{scenario.batch}-item arrays"
-            print(
-                f"\n## {shape}, {scenario.connections} connections, "
-                f"{scenario.workers} worker(s), {seconds} s",
-                flush=True,
+    if args.sub_account:
+        print(f"posting with a webhook key of sub-account {args.sub_account!r}")
+    for scenario in scenarios:
+        # A new database each: a scenario's rows would otherwise weigh on the next one's
+        # indexes (the floor fills new tables too); bench.growth measures a grown store.
+        with scratch_database("wavy_bench_ingest") as database_url:
+            total_missing += run_scenario(
+                database_url,
+                scenario,
+                seconds,
+                ceilings=ceilings,
+                floor=not args.smoke,
+                sub_account=args.sub_account,
+                scatter=scatter,
             )
-            service = measure(
-                database_url, scenario, seconds, ceiling=False, key=key, scatter=scatter
-            )
-            print(line("service", service), flush=True)
-            total_missing += service.missing or 0
-            if ceilings:
-                ceiling = measure(
-                    database_url, scenario, seconds, ceiling=True, key=key, scatter=scatter
-                )
-                print(line("ceiling", ceiling), flush=True)
-                if ceiling.errors or not ceiling.events_per_s:
-                    sys.exit("the ceiling app answered errors: the comparison is meaningless")
-                print(
-                    f"  ratio    {service.events_per_s / ceiling.events_per_s:.2f} "
-                    "of the no-database ceiling",
-                    flush=True,
-                )
-            if scenario.batch > 1 and not args.smoke:
-                # PostgreSQL's own floor for the same rows, in the same run: message rows with
-                # the read API's indexes and their event rows, by binary COPY.
-                floor_per_s, floor_cpu = copy_floor(
-                    database_url.replace("postgresql+asyncpg://", "postgresql://"),
-                    FLOOR_BATCHES,
-                    scenario.batch,
-                )
-                print(
-                    f"  floor    {floor_per_s:9,.0f} events/s  (COPY, PostgreSQL "
-                    f"{floor_cpu:.1f} us/row)\n"
-                    f"  ratio    {service.events_per_s / floor_per_s:.2f} of PostgreSQL's floor",
-                    flush=True,
-                )
     print(f"\nacknowledged but missing, all runs: {total_missing}")
     if total_missing:
         sys.exit(1)
