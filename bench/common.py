@@ -84,6 +84,18 @@ def postgres_cpu_seconds() -> float:
     return seconds
 
 
+def process_tree_cpu_seconds(pid: int) -> float:
+    """CPU time (user and system) a server and its children (workers, the forwarder) have
+    spent so far."""
+    root = psutil.Process(pid)
+    seconds = 0.0
+    for process in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            times = process.cpu_times()
+            seconds += times.user + times.system
+    return seconds
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import resource
 import shutil
@@ -51,6 +50,7 @@ from app.db.queries import add_webhook_key
 from bench.common import (
     host_line,
     postgres_cpu_seconds,
+    process_tree_cpu_seconds,
     running_service,
     scratch_database,
     wrk_output,
@@ -121,16 +121,14 @@ class CpuMeter:
     process, so it is read from getrusage). Where the time goes on a box they all share."""
 
     def __init__(self, server_pid: int) -> None:
-        self.server = psutil.Process(server_pid)
+        self.server_pid = server_pid
         self.used: dict[str, float] = {}
 
     def _service_and_postgres(self) -> dict[str, float]:
-        service = 0.0
-        for process in (self.server, *self.server.children(recursive=True)):
-            with contextlib.suppress(psutil.Error):
-                times = process.cpu_times()
-                service += times.user + times.system
-        return {"service": service, "postgres": postgres_cpu_seconds()}
+        return {
+            "service": process_tree_cpu_seconds(self.server_pid),
+            "postgres": postgres_cpu_seconds(),
+        }
 
     @staticmethod
     def _children() -> float:

@@ -14,7 +14,6 @@ milliseconds whatever the server.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 import statistics
@@ -27,9 +26,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
-
-from bench.common import free_port, running_service, stop, wait_until_answering, wrk_output
+from bench.common import (
+    free_port,
+    process_tree_cpu_seconds,
+    running_service,
+    stop,
+    wait_until_answering,
+    wrk_output,
+)
 
 # The performance issue's own copy of the route, where the tracker's material stands beside
 # the repository (CI has it); else the repository's, the same route.
@@ -88,17 +92,6 @@ def running_lean(workers: int) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
         stop(process, timeout_s=20)
 
 
-def cpu_seconds(process: subprocess.Popen[bytes]) -> float:
-    """CPU time of a server and its children (workers, the forwarder) so far."""
-    root = psutil.Process(process.pid)
-    seconds = 0.0
-    for each in [root, *root.children(recursive=True)]:
-        with contextlib.suppress(psutil.Error):
-            times = each.cpu_times()
-            seconds += times.user + times.system
-    return seconds
-
-
 def load(url: str, server: subprocess.Popen[bytes], connections: int, seconds: int) -> Latency:
     """wrk, one thread, ``connections`` connections, single DLRs with UUID ids."""
     with tempfile.NamedTemporaryFile(suffix=".jsonl", delete=False) as out:
@@ -111,7 +104,7 @@ def load(url: str, server: subprocess.Popen[bytes], connections: int, seconds: i
         "WAVY_BENCH_UUID_RUN": str(next(_runs)),
     }
     command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s"]
-    cpu_before = cpu_seconds(server)
+    cpu_before = process_tree_cpu_seconds(server.pid)
     subprocess.run(
         [*command, "-s", str(LUA), url],
         env=env,
@@ -119,7 +112,7 @@ def load(url: str, server: subprocess.Popen[bytes], connections: int, seconds: i
         capture_output=True,
         timeout=seconds + 60,
     )
-    cpu = cpu_seconds(server) - cpu_before
+    cpu = process_tree_cpu_seconds(server.pid) - cpu_before
     summary, _ = wrk_output(out_path)
     errors = sum(
         summary[key]
