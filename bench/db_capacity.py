@@ -33,7 +33,8 @@ from typing import Any, Literal
 import asyncpg
 import orjson
 
-from app.db.ingest import _rows_from, _select_list, write_records
+from app.db.ingest import write_records
+from app.db.json_batches import rows_from, select_list
 from app.payloads import Callback, Dlr
 from app.rules.optouts import DEFAULT_MATCHER
 from app.rules.records import EventRecord, build_event_records
@@ -190,14 +191,14 @@ _FLOOR_EVENT_COLUMNS = (
 # app.db.ingest), with the least conflict handling an idempotent receiver needs.
 _FLOOR_INSERT = (
     f"INSERT INTO floor_messages ({', '.join(_FLOOR_COLUMNS)}) "  # noqa: S608 - constants
-    f"SELECT {_select_list(_FLOOR_COLUMNS, 'u')} FROM {_rows_from(_FLOOR_COLUMNS, 'u')} "
+    f"SELECT {select_list(_FLOOR_COLUMNS, 'u')} FROM {rows_from(_FLOOR_COLUMNS, 'u')} "
     "ON CONFLICT (id) DO NOTHING"
 )
 # The same with each row's event row, in one statement: the least an idempotent receiver
 # sends PostgreSQL for an array of DLRs (no merge, owner check, reply count or stats).
 _FLOOR_INSERT_WITH_EVENTS = (
-    f"WITH u AS (SELECT {_select_list(_FLOOR_COLUMNS, 'u')} "  # noqa: S608 - constants
-    f"FROM {_rows_from(_FLOOR_COLUMNS, 'u')}), "
+    f"WITH u AS (SELECT {select_list(_FLOOR_COLUMNS, 'u')} "  # noqa: S608 - constants
+    f"FROM {rows_from(_FLOOR_COLUMNS, 'u')}), "
     f"e AS (INSERT INTO floor_events ({', '.join(_FLOOR_EVENT_COLUMNS)}) "
     "SELECT 'dlr', id, sent_status_code, delivered_status_code, first_seen_at, payload::json "
     "FROM u ON CONFLICT DO NOTHING) "

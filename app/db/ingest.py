@@ -11,14 +11,13 @@ by app.db.reply_recounts.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from functools import reduce
-from typing import Any
 
 import asyncpg
 import orjson
 
+from app.db.json_batches import json_columns, rows_from, select_list, typed
 from app.db.optouts import apply_changes_in_batch
 from app.db.tables import events, messages, mos, table_columns
 from app.rules.optouts import WAVY_LIST_CODES, OptoutMatcher
@@ -31,35 +30,8 @@ from app.rules.status_merge import (
 )
 
 # Plain asyncpg SQL with positional parameters: the writer talks to asyncpg directly (see
-# write_records), skipping SQLAlchemy's per-statement layer on the hottest path.
-#
-# A batch travels as one JSON array per column, written by orjson in one call each and split
-# again by json_array_elements_text. asyncpg's binary arrays cost the service far more: its
-# encoder tests every element against collections.abc's ABCs: that way write_records took
-# about three times the service's CPU per event of a 1000-DLR batch, for a little more in
-# PostgreSQL this way (bench/results/journal.md).
-
-
-def _rows_from(columns: dict[str, str], alias: str, first: int = 1) -> str:
-    """The batch's rows, from parameters ``$first...`` (see _json_columns), as ``alias``."""
-    calls = ", ".join(
-        f"json_array_elements{'' if kind == 'json' else '_text'}(${n}::json)"
-        for n, kind in enumerate(columns.values(), first)
-    )
-    return f"ROWS FROM ({calls}) AS {alias}({', '.join(columns)})"
-
-
-def _typed(name: str, kind: str, alias: str) -> str:
-    """A column of _rows_from with its SQL type (the functions yield text, or json)."""
-    return f"{alias}.{name}" if kind in ("text", "json") else f"{alias}.{name}::{kind}"
-
-
-def _select_list(columns: dict[str, str], alias: str) -> str:
-    return ", ".join(_typed(name, kind, alias) for name, kind in columns.items())
-
-
-def _json_columns(rows: list[Any], names: Iterable[str]) -> list[str]:
-    return [orjson.dumps([getattr(row, name) for row in rows]).decode() for name in names]
+# write_records), skipping SQLAlchemy's per-statement layer on the hottest path. A batch
+# travels as JSON column arrays (app.db.json_batches).
 
 
 def _json_payloads(rows: list[EventRecord]) -> str:
@@ -71,7 +43,7 @@ def _json_payloads(rows: list[EventRecord]) -> str:
 # Each table's columns as the batch sends them, read from app.db.tables (one source): the
 # events' (the last one, payload, is _json_payloads), less the identity.
 _EVENT_COLUMNS = table_columns(events, leaving_out=("id",))
-_EVENT_FIELDS = tuple(_EVENT_COLUMNS)[:-1]  # EventRecord attributes sent by _json_columns
+_EVENT_FIELDS = tuple(_EVENT_COLUMNS)[:-1]  # EventRecord attributes sent as JSON columns
 # The batch as sent: the events' columns, then the sending key's sub-account.
 _BATCH_COLUMNS: dict[str, str] = {**_EVENT_COLUMNS, "claimant": "text"}
 
@@ -92,8 +64,8 @@ def _owned_elsewhere(row: str) -> str:
 # The batch with each row's verdict: a CTE read twice (the insert, the refusals), so
 # PostgreSQL evaluates it once.
 _BATCH = (
-    f"batch AS (SELECT {_select_list(_BATCH_COLUMNS, 'u')}, "  # noqa: S608 - constant names
-    f"{_owned_elsewhere('u')} AS refused FROM {_rows_from(_BATCH_COLUMNS, 'u')})"
+    f"batch AS (SELECT {select_list(_BATCH_COLUMNS, 'u')}, "  # noqa: S608 - constant names
+    f"{_owned_elsewhere('u')} AS refused FROM {rows_from(_BATCH_COLUMNS, 'u')})"
 )
 _NEW_EVENTS = (
     f"new_events AS (INSERT INTO events ({', '.join(_EVENT_COLUMNS)}) "  # noqa: S608
@@ -137,7 +109,7 @@ def _fill_reply() -> str:
 
 INSERT_MOS = (
     f"INSERT INTO mos ({', '.join(_MO_COLUMNS)}) "  # noqa: S608 - constant column names only
-    f"SELECT {_select_list(_MO_COLUMNS, 'u')} FROM {_rows_from(_MO_COLUMNS, 'u')} "
+    f"SELECT {select_list(_MO_COLUMNS, 'u')} FROM {rows_from(_MO_COLUMNS, 'u')} "
     f"{_fill_reply()} RETURNING id, mt_id"
 )
 
@@ -214,8 +186,8 @@ def _replies_so_far(row: str) -> str:
 _STATUS_COLUMN_LIST = ", ".join(_STATUS_COLUMNS)
 UPSERT_MESSAGES = (
     f"INSERT INTO messages AS m ({_STATUS_COLUMN_LIST}, reply_count) "  # noqa: S608
-    f"SELECT {_select_list(_STATUS_COLUMNS, 'u')}, {_replies_so_far('u')} "
-    f"FROM {_rows_from(_STATUS_COLUMNS, 'u')} {_merge_on_conflict()}"
+    f"SELECT {select_list(_STATUS_COLUMNS, 'u')}, {_replies_so_far('u')} "
+    f"FROM {rows_from(_STATUS_COLUMNS, 'u')} {_merge_on_conflict()}"
 )
 
 
@@ -241,14 +213,14 @@ def _build_write_events_and_statuses() -> str:
     changes nothing, and one that carries fields the first copy lacked fills them in."""
     first = len(_BATCH_COLUMNS) + 1  # after the batch's parameters
     values = ", ".join(
-        _STATUS_FROM_EVENT.get(name, _typed(name, kind, "s"))
+        _STATUS_FROM_EVENT.get(name, typed(name, kind, "s"))
         for name, kind in _STATUS_COLUMNS.items()
     )
     return (
         f"WITH {_BATCH}, {_NEW_EVENTS}, "  # noqa: S608
         f"statuses AS (INSERT INTO messages AS m ({_STATUS_COLUMN_LIST}, reply_count) "
         f"SELECT {values}, {_replies_so_far('s')} "
-        f"FROM {_rows_from(_STATUS_OWN_COLUMNS, 's', first)}, batch AS e "
+        f"FROM {rows_from(_STATUS_OWN_COLUMNS, 's', first)}, batch AS e "
         # One event per message here; an MO's id may equal a message id, so kind is checked.
         "WHERE e.message_id = s.id AND e.kind <> 'mo' AND NOT e.refused "
         f"ORDER BY s.id {_merge_on_conflict()}) "
@@ -261,14 +233,14 @@ def _build_write_events_and_statuses() -> str:
 #
 #   WITH batch AS (
 #          SELECT u.kind, u.message_id, ..., u.claimant, <owned elsewhere> AS refused
-#          FROM ROWS FROM (json_array_elements_text($1::json), ...) AS u(kind, ...)),
+#          FROM ROWS FROM (json_array_elements_text(CAST($1 AS json)), ...) AS u(kind, ...)),
 #        new_events AS (
 #          INSERT INTO events (...) SELECT ... FROM batch WHERE NOT refused
 #          ON CONFLICT ON CONSTRAINT uq_events_exact_retry DO NOTHING
 #          RETURNING message_id, kind, sent_status_code, delivered_status_code),
 #        statuses AS (
 #          INSERT INTO messages AS m (...) SELECT ..., <replies stored so far>
-#          FROM ROWS FROM ($9::json ...) AS s, batch AS e
+#          FROM ROWS FROM (<$9... likewise>) AS s, batch AS e
 #          WHERE e.message_id = s.id AND e.kind <> 'mo' AND NOT e.refused ORDER BY s.id
 #          ON CONFLICT (id) DO UPDATE SET <each column merged, the owner kept>
 #          WHERE <the merge changes the row> AND <the same owner, or none>)
@@ -398,15 +370,15 @@ async def _write_claims(
     candidates = sorted(first_seen.items(), key=lambda item: (_retry_order(item[0][0]), item[1]))
     rows = [_with_copies(records[position], copies.get(position)) for _, position in candidates]
     batch = (
-        *_json_columns(rows, _EVENT_FIELDS),
+        *json_columns(rows, _EVENT_FIELDS),
         _json_payloads(rows),
-        _json_columns(rows, ("claimant",))[0],
+        json_columns(rows, ("claimant",))[0],
     )
     statuses = [row.status for row in rows if row.status is not None]
     several_per_message = len({status.id for status in statuses}) < len(statuses)
     if not several_per_message:
         result = await conn.fetch(
-            WRITE_EVENTS_AND_STATUSES, *batch, *_json_columns(statuses, _STATUS_OWN_COLUMNS)
+            WRITE_EVENTS_AND_STATUSES, *batch, *json_columns(statuses, _STATUS_OWN_COLUMNS)
         )
     else:
         # Some message has several events here: the events go first, to learn which are
@@ -435,7 +407,7 @@ async def _write_claims(
     if several_per_message:
         merged = merge_status_events([r.status for r in kept if r.status is not None])
         if merged:
-            await conn.execute(UPSERT_MESSAGES, *_json_columns(merged, _STATUS_COLUMNS))
+            await conn.execute(UPSERT_MESSAGES, *json_columns(merged, _STATUS_COLUMNS))
     new_replies = {records[p].message_id for p in new if records[p].kind == "mo"}
     recount_queued = await _write_replies(conn, kept, new_replies)
     changes = optouts.changes(kept)
@@ -457,7 +429,7 @@ async def _write_replies(
     if not by_id:
         return False
     mos = [by_id[mo_id] for mo_id in sorted(by_id)]
-    written = await conn.fetch(INSERT_MOS, *_json_columns(mos, _MO_COLUMNS))
+    written = await conn.fetch(INSERT_MOS, *json_columns(mos, _MO_COLUMNS))
     answered = sorted(row["mt_id"] for row in written if row["mt_id"] and row["id"] in new_ids)
     filled = sorted(row["mt_id"] for row in written if row["mt_id"] and row["id"] not in new_ids)
     if answered:

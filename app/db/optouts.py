@@ -6,7 +6,7 @@ and the figures the stats show. The rules are app.rules.optouts'.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -17,6 +17,7 @@ from sqlalchemy import and_, delete, func, select, text, tuple_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from app.db.json_batches import Placeholder, dollar, json_columns, rows_from, typed
 from app.db.tables import (
     optout_changes,
     optout_keywords,
@@ -43,19 +44,13 @@ Row = dict[str, Any]
 _CHANGE_COLUMNS = table_columns(optout_changes, leaving_out=("id", "recorded_at"))
 
 
-def _apply_sql(placeholder: Callable[[int], str]) -> str:
+def _apply_sql(placeholder: Placeholder) -> str:
     """Record a batch of changes in the history, and let each decide its number's place in
     its list when it is later than the change that decided it so far. A retried reply or
     list status is recorded once (the history's unique indexes). The feed's order moves only
     when a number's state changes."""
-    calls = ", ".join(
-        f"json_array_elements_text(CAST({placeholder(n)} AS json))"
-        for n in range(1, len(_CHANGE_COLUMNS) + 1)
-    )
-    typed = ", ".join(
-        f"u.{name}::{kind}" if kind != "text" else f"u.{name}"
-        for name, kind in _CHANGE_COLUMNS.items()
-        if name != "sub_account"
+    typed_changes = ", ".join(
+        typed(name, kind, "u") for name, kind in _CHANGE_COLUMNS.items() if name != "sub_account"
     )
     columns = ", ".join(_CHANGE_COLUMNS)
     same = "o.opted_out = EXCLUDED.opted_out"
@@ -67,7 +62,7 @@ def _apply_sql(placeholder: Callable[[int], str]) -> str:
         # A 204 sent with the account's own key names no list: its message's sub-account's.
         "WITH batch AS (SELECT COALESCE(u.sub_account, "  # noqa: S608 - constant names only
         "(SELECT m.sub_account FROM messages AS m WHERE m.id = u.message_id), '') "
-        f"AS sub_account, {typed} FROM ROWS FROM ({calls}) AS u({columns})), "
+        f"AS sub_account, {typed_changes} FROM {rows_from(_CHANGE_COLUMNS, 'u', 1, placeholder)}), "
         f"recorded AS (INSERT INTO optout_changes ({columns}) SELECT {columns} FROM batch "
         "ON CONFLICT DO NOTHING RETURNING id, sub_account, e164, opted_out, at, source, "
         "keyword, reason), "
@@ -96,15 +91,8 @@ def _apply_sql(placeholder: Callable[[int], str]) -> str:
     )
 
 
-APPLY_CHANGES = _apply_sql(lambda n: f"${n}")
+APPLY_CHANGES = _apply_sql(dollar)
 _APPLY_CHANGES_BOUND = text(_apply_sql(lambda n: f":c{n}"))
-
-
-def _change_arrays(changes: Sequence[OptoutChange]) -> list[str]:
-    return [
-        orjson.dumps([getattr(change, name) for change in changes]).decode()
-        for name in _CHANGE_COLUMNS
-    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,13 +105,13 @@ async def apply_changes_in_batch(
     conn: asyncpg.Connection, changes: Sequence[OptoutChange]
 ) -> Applied:
     """The writer's way, on its own connection and in its batch's transaction."""
-    row = await conn.fetchrow(APPLY_CHANGES, *_change_arrays(changes))
+    row = await conn.fetchrow(APPLY_CHANGES, *json_columns(changes, _CHANGE_COLUMNS))
     assert row is not None
     return Applied(row["recorded"], row["decided"])
 
 
 async def apply_changes(conn: AsyncConnection, changes: Sequence[OptoutChange]) -> Applied:
-    arrays = _change_arrays(changes)
+    arrays = json_columns(changes, _CHANGE_COLUMNS)
     row = (
         await conn.execute(
             _APPLY_CHANGES_BOUND, {f"c{n}": value for n, value in enumerate(arrays, 1)}
