@@ -14,13 +14,16 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncConnection
 from standardwebhooks.webhooks import Webhook
 
 from app.api.schemas import OptoutEntry
 from app.db import users
+from app.db.reads import FeedPosition, feed_page, feed_statement
 from app.rules.optouts import NotAPhoneNumber, e164_or_none, parsed_e164, reply_keyword
-from app.rules.scope import Role
+from app.rules.scope import Role, Scope
 from tests.conftest import add_key
 from tests.receivers import receiving
 from tests.test_migrations_and_cli import run_cli
@@ -334,6 +337,72 @@ async def test_the_changes_feed_serves_each_state_change(team: Team) -> None:
         await team.call("ana", "GET", "/v1/optouts/changes", params={"after": page["next"]})
     ).json()
     assert [(i["number"], i["optedOut"]) for i in page["items"]] == [("+5511987654321", False)]
+
+
+async def test_a_sub_accounts_feed_merges_its_list_and_the_account_wide_one_in_order(
+    team: Team,
+) -> None:
+    """Pages of two items over changes that alternate between acme's own list and the
+    account-wide one, with globex's in between: each change once, in the order they were made."""
+    numbers = [f"55119876500{n:02d}" for n in range(7)]
+    for n, number in enumerate(numbers):
+        who = ("ana", "boss", "gil")[n % 3]  # the admin's change goes to the account-wide list
+        answer = await team.call(who, "PUT", f"/v1/optouts/{number}", json={"reason": "asked"})
+        assert answer.status_code == 200, answer.text
+    seen: list[tuple[str, str]] = []
+    params: dict[str, Any] = {"limit": 2}
+    while True:
+        page = (await team.call("ana", "GET", "/v1/optouts/changes", params=params)).json()
+        seen += [(i["number"], i["subAccount"]) for i in page["items"]]
+        if not page["items"]:
+            break
+        params["after"] = page["next"]
+    assert seen == [
+        (f"+{number}", ("acme", None)[n % 3]) for n, number in enumerate(numbers) if n % 3 < 2
+    ]
+
+
+async def test_a_quiet_sub_account_reads_its_feed_without_reading_the_others_changes(
+    app: FastAPI, team: Team
+) -> None:
+    """An endpoint or dashboard of a sub-account with nothing new reads its opt-out feed on
+    every dispatch or poll: what it costs must not grow with the other sub-accounts' changes."""
+    await team.reply("SAIR", at=T0)  # acme's one change, long ago
+    async with app.state.engine.begin() as conn:
+        others = await conn.scalar(
+            sa.text(
+                "INSERT INTO optouts (sub_account, e164, opted_out, since, source, decided_at, "
+                "change_id) SELECT 'tenant' || (n % 20), '+5521' || (900000000 + n), true, "
+                "now(), 'mo', now(), n FROM generate_series(1, 5000) AS n RETURNING tx_id"
+            )
+        )
+    async with app.state.engine.begin() as conn:
+        await conn.execute(sa.text("ANALYZE optouts"))
+    async with app.state.engine.begin() as conn:
+        await _until_feeds_serve(conn, others)
+        end = (await feed_page(conn, "optout", Scope("acme"), FeedPosition(0, 0), 100))[1]
+        rows, _ = await feed_page(conn, "optout", Scope("acme"), end, 100)
+        read = await _pages_read(conn, feed_statement("optout", Scope("acme"), end, 100))
+    # A descent of one index per list: a few pages, where the others' changes take dozens.
+    assert (rows, read <= 8) == ([], True), f"{read} pages read for a page with nothing new"
+
+
+async def _until_feeds_serve(conn: AsyncConnection, tx_id: int) -> None:
+    """Feeds serve a transaction's rows once no older one is running (a background task's, say)."""
+    for _ in range(100):
+        horizon = await conn.scalar(sa.text("SELECT pg_snapshot_xmin(pg_current_snapshot())"))
+        if int(str(horizon)) > tx_id:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("an older transaction stayed open")
+
+
+async def _pages_read(conn: AsyncConnection, statement: Any) -> int:
+    """Pages of tables and indexes the statement reads, by EXPLAIN (BUFFERS)."""
+    compiled = statement.compile(conn.sync_connection, compile_kwargs={"literal_binds": True})
+    plan = await conn.scalar(sa.text(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {compiled}"))
+    top = plan[0]["Plan"]
+    return int(top["Shared Hit Blocks"] + top["Shared Read Blocks"])
 
 
 async def test_keywords_are_set_per_sub_account_and_account_wide(team: Team) -> None:

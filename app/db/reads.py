@@ -13,7 +13,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, Select, delete, func, select, text, tuple_, update
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    delete,
+    func,
+    select,
+    text,
+    tuple_,
+    union_all,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -114,33 +124,51 @@ def _feed(kind: FeedKind) -> tuple[Any, Any]:
     return (messages, messages.c.change_seq) if kind == "status" else (mos, mos.c.seq)
 
 
-def _feed_scope(kind: FeedKind, table: Any, scope: Scope) -> list[ColumnElement[bool]]:
-    """A sub-account's opt-out feed also holds the account-wide list, which applies to it."""
-    if kind == "optout" and not scope.everything:
-        return [table.c.sub_account.in_([scope.sub_account, ACCOUNT_WIDE])]
-    return _in_scope(table, scope)
+def _feed_lists(kind: FeedKind, scope: Scope) -> list[str | None]:
+    """The sub-accounts whose rows a scope's feed holds, each read as its own index range; None:
+    every row. A sub-account's opt-out feed also holds the account-wide list, which applies
+    to it."""
+    if scope.everything:
+        return [None]
+    if kind == "optout":
+        return [scope.sub_account, ACCOUNT_WIDE]
+    return [scope.sub_account]
+
+
+def _feed_range(
+    table: Any, seq: Any, sub_account: str | None, after: FeedPosition, limit: int
+) -> Select[Any]:
+    statement = select(table).where(
+        tuple_(table.c.tx_id, seq) > tuple_(after.tx_id, after.seq),
+        table.c.tx_id < FINISHED_TX_HORIZON,
+    )
+    if sub_account is not None:
+        statement = statement.where(table.c.sub_account == sub_account)
+    return statement.order_by(table.c.tx_id, seq).limit(limit)
+
+
+def feed_statement(kind: FeedKind, scope: Scope, after: FeedPosition, limit: int) -> Select[Any]:
+    """The query of one page of a feed: each list the scope reads by its own index range."""
+    table, seq = _feed(kind)
+    ranges = [_feed_range(table, seq, list_, after, limit) for list_ in _feed_lists(kind, scope)]
+    if len(ranges) == 1:
+        return ranges[0]
+    # Each list's first ``limit`` items, then merged: one range over every list, filtered,
+    # would read every other sub-account's changes since the position, on each read of a
+    # reader that has nothing new.
+    merged = union_all(*ranges).subquery()
+    return select(merged).order_by(merged.c.tx_id, merged.c[seq.name]).limit(limit)
 
 
 async def feed_page(
     conn: AsyncConnection, kind: FeedKind, scope: Scope, after: FeedPosition, limit: int
 ) -> tuple[list[Row], FeedPosition]:
     """Up to ``limit`` items after ``after``, and the position after the last one."""
-    table, seq = _feed(kind)
-    statement = (
-        select(table)
-        .where(
-            tuple_(table.c.tx_id, seq) > tuple_(after.tx_id, after.seq),
-            table.c.tx_id < FINISHED_TX_HORIZON,
-            *_feed_scope(kind, table, scope),
-        )
-        .order_by(table.c.tx_id, seq)
-        .limit(limit)
-    )
-    rows = await _rows(conn, statement)
+    rows = await _rows(conn, feed_statement(kind, scope, after, limit))
     if not rows:
         return rows, after
     last = rows[-1]
-    return rows, FeedPosition(last["tx_id"], last[seq.name])
+    return rows, FeedPosition(last["tx_id"], last[_feed(kind)[1].name])
 
 
 @dataclass(frozen=True, slots=True)

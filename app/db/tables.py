@@ -464,7 +464,10 @@ optouts = Table(
     # admin's, and the dashboard's), which would otherwise sort the whole table per page.
     Index(None, "sub_account", "since", "e164", postgresql_where=text("opted_out")),
     Index(None, "since", "sub_account", "e164", postgresql_where=text("opted_out")),
+    # The feed's order: every list's (an admin's), and each list's (a sub-account reads its
+    # own and the account-wide list, each by its range here, merged: app.db.reads.feed_page).
     Index(None, "tx_id", "change_seq"),
+    Index(None, "sub_account", "tx_id", "change_seq"),
 )
 
 # Every change ever made to a list: who or which reply, when, which keyword.
