@@ -16,18 +16,21 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
+import orjson
 import psutil
 from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.db.engine import normalize_database_url
 from app.db.migrate import upgrade_to_head
+from app.payloads import LIST_ADAPTERS
 
 DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -42,6 +45,61 @@ def host_line() -> str:
                 model = line.partition(":")[2].strip()
                 break
     return f"host: {model}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+# A fixed amount of each side's work, timed where a run starts: two hosts that print the same
+# CPU model can still differ in speed (docs/benchmarks.md), and these make runs comparable.
+_CALIBRATION_DLRS = [
+    {
+        "id": f"{n:08x}-calibration",
+        "correlationId": f"c-{n}",
+        "destination": f"55119{n:08d}",
+        "carrierName": "TIM",
+        "sentStatusCode": 2,
+        "sentStatus": "SENT_SUCCESS",
+        "sentStatusAt": 1420732929252,
+        "deliveredStatusCode": 4,
+        "deliveredStatus": "DELIVERED_SUCCESS",
+        "deliveredAt": 1420732954000,
+    }
+    for n in range(1000)
+]
+_SUM_A_MILLION = "SELECT sum(g) FROM generate_series(1, 1000000) AS g"
+
+
+def _best_seconds(work: Callable[[], object], times: int) -> float:
+    best = float("inf")
+    for _ in range(times):
+        started = time.perf_counter()
+        work()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+async def _postgres_seconds(server: str, times: int) -> float:
+    conn = await asyncpg.connect(server.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        best = float("inf")
+        for _ in range(times):
+            started = time.perf_counter()
+            await conn.fetchval(_SUM_A_MILLION)
+            best = min(best, time.perf_counter() - started)
+        return best
+    finally:
+        await conn.close()
+
+
+def calibration_line(server: str | None = None) -> str:
+    """This host's speed at a fixed piece of each side's work (best of several tries): Python
+    parsing and validating a 1000-DLR array as the service does, and PostgreSQL summing a
+    million integers."""
+    body = orjson.dumps(_CALIBRATION_DLRS)
+    python = _best_seconds(lambda: LIST_ADAPTERS["dlr"].validate_python(orjson.loads(body)), 5)
+    postgres = asyncio.run(_postgres_seconds(server or server_url(), 3))
+    return (
+        f"calibration: Python {python * 1000:.2f} ms to parse and validate 1000 DLRs, "
+        f"PostgreSQL {postgres * 1000:.1f} ms to sum a million integers"
+    )
 
 
 def server_url() -> str:

@@ -39,7 +39,12 @@ from app.payloads import Callback, Dlr
 from app.rules.optouts import DEFAULT_MATCHER
 from app.rules.records import EventRecord, build_event_records
 from app.rules.webhook_body import items_as_json
-from bench.common import host_line, postgres_cpu_seconds, scratch_database
+from bench.common import (
+    calibration_line,
+    host_line,
+    postgres_cpu_seconds,
+    scratch_database,
+)
 
 
 def _scattered(prefix: str, n: int) -> str:
@@ -355,7 +360,7 @@ def main() -> None:
     parser.add_argument("--target", type=int, default=50_000, help="events/s, for --floor")
     args = parser.parse_args()
     count = max(1, args.events // args.batch)
-    print(host_line(), flush=True)
+    print(host_line(), calibration_line(), sep="\n", flush=True)
     with scratch_database("wavy_bench_capacity") as url:
         dsn = url.replace("postgresql+asyncpg://", "postgresql://")
         if args.lifecycle:

@@ -27,7 +27,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from app.db.engine import normalize_database_url
 from app.db.retention import purge_older_than
 from app.db.stats import fold_stats_deltas
-from bench.common import host_line, percentiles, running_service, scratch_database
+from bench.common import (
+    calibration_line,
+    host_line,
+    percentiles,
+    running_service,
+    scratch_database,
+)
 from bench.ingest import ARRAY_CONNECTIONS, Result, Scenario, measure, run_wrk
 from bench.read_api import message_id
 from bench.stats_api import make_users
@@ -209,7 +215,7 @@ def main() -> None:
     parser.add_argument("--mos", type=int, default=2_000_000)
     parser.add_argument("--seconds", type=int, default=10, help="length of each wrk run")
     args = parser.parse_args()
-    print(host_line(), flush=True)
+    print(host_line(), calibration_line(), sep="\n", flush=True)
     with scratch_database("wavy_bench_growth") as database_url:
         print(f"PostgreSQL: {asyncio.run(memory_settings(database_url))}", flush=True)
         empty_single, empty_array = ingest(database_url, args.seconds)

@@ -48,6 +48,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from app.db.engine import normalize_database_url
 from app.db.queries import add_webhook_key
 from bench.common import (
+    calibration_line,
     host_line,
     postgres_cpu_seconds,
     process_tree_cpu_seconds,
@@ -395,7 +396,7 @@ def main() -> None:
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed (Debian: apt-get install wrk)")
-    print(host_line(), flush=True)
+    print(host_line(), calibration_line(), sep="\n", flush=True)
     if args.versus_lean or not (args.soak or args.smoke or args.only):
         with scratch_database("wavy_bench_lean") as database_url:
             versus_lean(database_url, args.seconds, args.rounds)
