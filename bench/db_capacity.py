@@ -315,24 +315,18 @@ def measure_floor(dsn: str, count: int, size: int, target: int) -> None:
         "us of CPU per event for the service, the load generator and PostgreSQL together"
     )
     indexes: list[str] = []
-    for label, more in _FLOOR_INDEXES:
+    steps = [(label, more, False) for label, more in _FLOOR_INDEXES] + [(WITH_EVENTS, [], True)]
+    for label, more, events in steps:
         indexes += more
         for way in ("insert", "copy"):
-            batches = [floor_rows(f"floor-{way}-{len(indexes)}-{n}", size) for n in range(count)]
-            per_s, cpu_us = asyncio.run(floor_run(dsn, indexes, batches, way))
+            prefix = f"floor-{way}-{len(indexes)}-{'events' if events else 'rows'}"
+            batches = [floor_rows(f"{prefix}-{n}", size) for n in range(count)]
+            per_s, cpu_us = asyncio.run(floor_run(dsn, indexes, batches, way, events=events))
             how = "JSON columns, ON CONFLICT" if way == "insert" else "binary COPY"
             print(
                 f"  {label:31} {how:26} {per_s:9,.0f} rows/s  PostgreSQL {cpu_us:5.1f} us/row",
                 flush=True,
             )
-    for way in ("insert", "copy"):
-        batches = [floor_rows(f"floor-{way}-events-{n}", size) for n in range(count)]
-        per_s, cpu_us = asyncio.run(floor_run(dsn, indexes, batches, way, events=True))
-        how = "JSON columns, ON CONFLICT" if way == "insert" else "binary COPY"
-        print(
-            f"  {WITH_EVENTS:31} {how:26} {per_s:9,.0f} rows/s  PostgreSQL {cpu_us:5.1f} us/row",
-            flush=True,
-        )
 
 
 def copy_floor(dsn: str, count: int, size: int) -> tuple[float, float]:

@@ -21,7 +21,7 @@ from standardwebhooks.webhooks import Webhook
 
 from app.api.schemas import OptoutEntry
 from app.db import users
-from app.db.reads import FeedPosition, feed_page, feed_statement
+from app.db.reads import FeedPosition, feed_end, feed_page, feed_statement
 from app.rules.optouts import NotAPhoneNumber, e164_or_none, parsed_e164, reply_keyword
 from app.rules.scope import Role, Scope
 from tests.conftest import add_key
@@ -390,8 +390,7 @@ async def test_a_quiet_sub_account_reads_its_feed_without_reading_the_others_cha
 async def _until_feeds_serve(conn: AsyncConnection, tx_id: int) -> None:
     """Feeds serve a transaction's rows once no older one is running (a background task's, say)."""
     for _ in range(100):
-        horizon = await conn.scalar(sa.text("SELECT pg_snapshot_xmin(pg_current_snapshot())"))
-        if int(str(horizon)) > tx_id:
+        if (await feed_end(conn)).tx_id >= tx_id:
             return
         await asyncio.sleep(0.05)
     raise AssertionError("an older transaction stayed open")

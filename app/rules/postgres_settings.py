@@ -100,7 +100,7 @@ def _buffers(setting: Setting, facts: ServerFacts) -> tuple[Level, str]:
     operating system, and arrays slow down markedly (docs/benchmarks.md, Growth)."""
     size = facts.id_index_bytes
     indexes = f"{size / GiB:.1f} GB" if size >= GiB else f"{size / 2**20:.0f} MB"
-    if setting.as_bytes() < facts.id_index_bytes:
+    if setting.as_bytes() < size:
         return Level.WARNING, (
             f"smaller than the indexes keyed by message id ({indexes}): every new message "
             "reads index pages back from the operating system, and ingestion slows down; give "
