@@ -11,10 +11,11 @@ from starlette.responses import FileResponse
 
 from app.api.deps import ReaderDep
 from app.api.errors import OrjsonResponse, responses
+from app.api.routing import CheckedRoute
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 
-router = APIRouter()
+router = APIRouter(route_class=CheckedRoute)
 
 # The page loads only its own scripts, styles and data, and no other site may frame it (a
 # framed dashboard could be clicked through by a page the user did not mean to trust).

@@ -12,6 +12,7 @@ from app.api import endpoint_service as service
 from app.api.deps import EngineDep, ReaderDep, ScopeDep
 from app.api.errors import OrjsonResponse, responses
 from app.api.paging import Limit
+from app.api.routing import CheckedRoute, body_cap
 from app.api.schemas import (
     AttemptPage,
     EndpointCreated,
@@ -25,9 +26,12 @@ from app.api.schemas import (
 from app.rules.scope import Scope, resolve_scope
 from app.settings import Settings
 
-router = APIRouter(prefix="/v1/endpoints", tags=["forwarding"])
+router = APIRouter(prefix="/v1/endpoints", tags=["forwarding"], route_class=CheckedRoute)
 
 RESPONSES = responses(400, 401, 403, 404, 422, 429, 503)
+# A URL of up to 2,048 characters, a sub-account and the event types, with room to spare.
+ENDPOINT_BODY_BYTES = 16 * 1024
+REPLAY_BODY_BYTES = 1024
 EndpointId = Annotated[int, Path(ge=1, le=2**31 - 1)]
 
 
@@ -50,6 +54,7 @@ def _settings(request: Request) -> Settings:
     summary="Register an endpoint; the answer holds its signing secret, shown only now",
     response_model=EndpointCreated,
     responses=RESPONSES,
+    openapi_extra=body_cap(ENDPOINT_BODY_BYTES),
 )
 async def create_endpoint(
     wanted: EndpointIn,
@@ -86,6 +91,7 @@ async def show_endpoint(
     summary="Change its URL or events, disable it, or enable it (it resumes where it stopped)",
     response_model=EndpointOut,
     responses=RESPONSES,
+    openapi_extra=body_cap(ENDPOINT_BODY_BYTES),
 )
 async def change_endpoint(
     endpoint_id: EndpointId,
@@ -135,6 +141,7 @@ async def list_attempts(
     summary="Send again every delivery made since a time (as new deliveries, new webhook ids)",
     response_model=ReplayQueued,
     responses=RESPONSES,
+    openapi_extra=body_cap(REPLAY_BODY_BYTES),
 )
 async def replay(
     endpoint_id: EndpointId, wanted: ReplayIn, allowed: AuthorityDep, engine: EngineDep

@@ -7,11 +7,12 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from app.api.errors import ApiError, OrjsonResponse, responses
+from app.api.routing import CheckedRoute
 from app.db.migrate import SchemaState, head_revision, schema_state
 from app.db.queries import database_state
 from app.metrics import render_metrics
 
-router = APIRouter(tags=["operations"])
+router = APIRouter(tags=["operations"], route_class=CheckedRoute)
 
 # /readyz must answer fast even when the database hangs: a load balancer's probe times out.
 READINESS_TIMEOUT_S = 2.0

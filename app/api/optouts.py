@@ -16,7 +16,8 @@ from app.api.deps import EngineDep, ReaderDep, ScopeDep
 from app.api.downloads import csv_download, csv_responses
 from app.api.errors import ApiError, OrjsonResponse, responses
 from app.api.paging import FeedQueryDep, Limit, bad_cursor, feed_response
-from app.api.params import IsoTime, TimeZoneName
+from app.api.params import IsoTime, PlainText, TimeZoneName
+from app.api.routing import CheckedRoute, body_cap
 from app.api.schemas import (
     KeywordIn,
     KeywordOut,
@@ -36,14 +37,18 @@ from app.rules.cursors import BadCursor, read_time_cursor_str, time_cursor
 from app.rules.delivery_stats import within_the_calendar
 from app.settings import Settings
 
-router = APIRouter(prefix="/v1/optouts", tags=["opt-outs"])
+router = APIRouter(prefix="/v1/optouts", tags=["opt-outs"], route_class=CheckedRoute)
 
 RESPONSES = responses(400, 401, 403, 422, 429, 503)
 Number = Annotated[
     str, Path(max_length=64, description="any way of writing it: +5511987654321, 5511987654321")
 ]
-Keyword = Annotated[str, Path(max_length=64)]
+Keyword = Annotated[PlainText, Path(max_length=64)]
 DEFAULT_DAYS = timedelta(days=30)
+# 1,000 numbers of up to 64 characters, JSON-quoted.
+CHECK_BODY_BYTES = 128 * 1024
+# A reason of up to 500 characters, or a keyword's action.
+CHANGE_BODY_BYTES = 4 * 1024
 
 
 def _region(request: Request) -> str:
@@ -62,6 +67,7 @@ def _region(request: Request) -> str:
     ),
     response_model=OptoutCheckAnswer,
     responses=RESPONSES,
+    openapi_extra=body_cap(CHECK_BODY_BYTES),
 )
 async def check_numbers(
     wanted: OptoutCheckIn, request: Request, scope: ScopeDep, engine: EngineDep
@@ -192,6 +198,7 @@ async def list_keywords(scope: ScopeDep, engine: EngineDep) -> OrjsonResponse:
     summary="Set what a keyword does for the caller's list (admins: the account's by default)",
     response_model=list[KeywordOut],
     responses=RESPONSES,
+    openapi_extra=body_cap(CHANGE_BODY_BYTES),
 )
 async def set_keyword(
     keyword: Keyword, wanted: KeywordIn, scope: ScopeDep, reader: ReaderDep, engine: EngineDep
@@ -227,6 +234,7 @@ async def show_number(
     summary="Opt a number out of the caller's list by hand (a reason is kept)",
     response_model=OptoutDetail,
     responses=RESPONSES,
+    openapi_extra=body_cap(CHANGE_BODY_BYTES),
 )
 async def opt_out(
     number: Number,
@@ -260,7 +268,7 @@ async def opt_in(
     scope: ScopeDep,
     reader: ReaderDep,
     engine: EngineDep,
-    reason: Annotated[str | None, Query(max_length=500)] = None,
+    reason: Annotated[PlainText | None, Query(max_length=500)] = None,
 ) -> OrjsonResponse:
     answer = await service.change(
         engine,

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Query
 from app.api.deps import EngineDep, ScopeDep
 from app.api.errors import ApiError, OrjsonResponse, responses
 from app.api.params import IsoTime, SearchText, TimeZoneName
+from app.api.routing import CheckedRoute
 from app.api.schemas import StatsAnswer, iso
 from app.db.stats import StatsWindow, optout_counts, rollup_counts
 from app.rules.delivery_stats import (
@@ -22,7 +23,7 @@ from app.rules.delivery_stats import (
     within_the_calendar,
 )
 
-router = APIRouter(prefix="/v1/stats", tags=["statistics"])
+router = APIRouter(prefix="/v1/stats", tags=["statistics"], route_class=CheckedRoute)
 
 DEFAULT_WINDOW = timedelta(days=7)
 HOUR = timedelta(hours=1)

@@ -15,6 +15,7 @@ from app.api.downloads import csv_download, csv_responses
 from app.api.errors import ApiError, OrjsonResponse, responses
 from app.api.paging import FeedQueryDep, Limit, bad_cursor, default_start, feed_response
 from app.api.params import IsoTime, SearchText
+from app.api.routing import CheckedRoute, body_cap
 from app.api.schemas import (
     StatusChanges,
     StatusDetail,
@@ -30,10 +31,12 @@ from app.api.schemas import (
 from app.db import reads
 from app.rules.cursors import BadCursor, read_time_cursor_str, time_cursor
 
-router = APIRouter(prefix="/v1/sms/status", tags=["statuses"])
+router = APIRouter(prefix="/v1/sms/status", tags=["statuses"], route_class=CheckedRoute)
 
 READ_RESPONSES = responses(401, 429, 403, 422, 503)
 SEARCH_RESPONSES = responses(400, 401, 429, 403, 422, 503)
+# 2,000 ids of up to 255 characters, JSON-quoted, with room for escapes.
+SEARCH_BODY_BYTES = 1024 * 1024
 
 
 @router.post(
@@ -45,6 +48,7 @@ SEARCH_RESPONSES = responses(400, 401, 429, 403, 422, 503)
     ),
     response_model=StatusEnvelope,
     responses=SEARCH_RESPONSES,
+    openapi_extra=body_cap(SEARCH_BODY_BYTES),
 )
 async def search_statuses(body: StatusSearch, scope: ScopeDep, engine: EngineDep) -> OrjsonResponse:
     async with engine.connect() as conn:
