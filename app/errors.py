@@ -95,7 +95,8 @@ class EndpointNotFound(DomainError):
 
 
 class ForeignEndpoint(DomainError):
-    """The endpoint, or the sub-account asked for, is not the caller's to manage."""
+    """The sub-account a new endpoint is asked for is not the caller's (an existing endpoint
+    outside the caller's reach is EndpointNotFound, as if it did not exist)."""
 
 
 class EndpointUrlRefused(DomainError):

@@ -18,7 +18,13 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from app.rules.forwarding import DEFAULT_RETRY_SCHEDULE_S, PIPELINES
+from app.rules.forwarding import (
+    DEFAULT_RETRY_SCHEDULE_S,
+    MAX_FORWARD_TIMEOUT_S,
+    MAX_RETRY_ATTEMPTS,
+    MAX_RETRY_DELAY_S,
+    PIPELINES,
+)
 from app.rules.retention import parse_age
 
 
@@ -28,7 +34,8 @@ class Settings(BaseSettings):
 
     # Numbers are bounded: a zero batch size or writer count would stall every write, so a
     # wrong value stops the start with the variable's name rather than hanging later.
-    model_config = SettingsConfigDict(env_prefix="WAVY_", extra="ignore")
+    # Infinity and NaN are no number of seconds anyone meant.
+    model_config = SettingsConfigDict(env_prefix="WAVY_", extra="ignore", allow_inf_nan=False)
 
     database_url: str | None = Field(
         default=None,
@@ -113,11 +120,15 @@ class Settings(BaseSettings):
     forward_nice: int = Field(default=10, ge=0, le=19)
     # Forwarding to downstream endpoints (docs/operations.md). An attempt without an answer
     # within this many seconds failed.
-    forward_timeout_s: PositiveFloat = 15.0
+    forward_timeout_s: float = Field(default=15.0, gt=0, le=MAX_FORWARD_TIMEOUT_S)
     # Seconds before each attempt, the first included: "0,5,300" tries at once, 5 s later and
     # 5 min after that, then gives up (the delivery is marked failed, and can be replayed).
-    forward_retry_schedule: Annotated[list[NonNegativeFloat], NoDecode] = Field(
-        default_factory=lambda: list(DEFAULT_RETRY_SCHEDULE_S), min_length=1
+    forward_retry_schedule: Annotated[
+        list[Annotated[float, Field(ge=0, le=MAX_RETRY_DELAY_S)]], NoDecode
+    ] = Field(
+        default_factory=lambda: list(DEFAULT_RETRY_SCHEDULE_S),
+        min_length=1,
+        max_length=MAX_RETRY_ATTEMPTS,
     )
     # An endpoint without a single success for this long is disabled (an age: 5d, 12h).
     forward_disable_after: str = "5d"

@@ -17,7 +17,12 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from app.rules.forwarding import RESPONSE_EXCERPT_BYTES, UrlNotAllowed, address_refused
+from app.rules.forwarding import (
+    ALLOW_PRIVATE_HINT,
+    RESPONSE_EXCERPT_BYTES,
+    UrlNotAllowed,
+    address_refused,
+)
 
 
 class RefusedAddress(OSError):
@@ -36,7 +41,8 @@ class GuardedResolver(AbstractResolver):
         found = await self._inner.resolve(host, port, family)
         refused = [item["host"] for item in found if address_refused(item["host"])]
         if refused:
-            raise RefusedAddress(f"{host} resolves to a non-public address ({refused[0]})")
+            # Never which address: a user's URL check must not tell them where names point.
+            raise RefusedAddress(f"{host} resolves to a non-public address; {ALLOW_PRIVATE_HINT}")
         return found
 
     async def close(self) -> None:
@@ -51,7 +57,7 @@ def literal_address_refused(url: str) -> str | None:
         refused = address_refused(host)
     except ValueError:
         return None  # a name: the resolver judges it
-    return f"{host} is not a public address" if refused else None
+    return f"{host} is not a public address; {ALLOW_PRIVATE_HINT}" if refused else None
 
 
 async def check_resolves_public(host: str) -> None:
@@ -63,15 +69,15 @@ async def check_resolves_public(host: str) -> None:
         refused = None  # a name: resolved below
     if refused is not None:
         if refused:
-            raise UrlNotAllowed(f"{host} is not a public address")
+            raise UrlNotAllowed(f"{host} is not a public address; {ALLOW_PRIVATE_HINT}")
         return
     resolver = GuardedResolver()
     try:
         await resolver.resolve(host, 0, socket.AF_UNSPEC)
     except RefusedAddress as error:
         raise UrlNotAllowed(str(error)) from None
-    except OSError as error:
-        raise UrlNotAllowed(f"{host} does not resolve: {error}") from None
+    except OSError:
+        raise UrlNotAllowed(f"{host} does not resolve") from None
     finally:
         await resolver.close()
 

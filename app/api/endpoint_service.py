@@ -2,7 +2,9 @@
 endpoint, which URLs are allowed, and the answers' shapes.
 
 ``authority`` is what the caller may manage: every endpoint (an admin, the CLI's operator) or
-one sub-account's. An endpoint outside it is ``ForeignEndpoint`` (403) and never shown.
+one sub-account's. An endpoint outside it is ``EndpointNotFound``, as one that does not exist:
+its id tells the caller nothing. Ownership is checked before anything else (a URL's check
+resolves names, and must not answer for an endpoint the caller cannot touch).
 """
 
 from __future__ import annotations
@@ -47,10 +49,8 @@ async def _managed(
     conn: AsyncConnection, authority: Scope, endpoint_id: int
 ) -> queries.EndpointInfo:
     info = await queries.get_endpoint(conn, endpoint_id)
-    if info is None:
+    if info is None or not can_see(authority, info.sub_account):
         raise EndpointNotFound
-    if not can_see(authority, info.sub_account):
-        raise ForeignEndpoint
     return info
 
 
@@ -84,10 +84,12 @@ async def change_endpoint(
     endpoint_id: int,
     patch: EndpointPatch,
 ) -> dict[str, Any]:
+    async with engine.connect() as conn:
+        await _managed(conn, authority, endpoint_id)
     url = await allowed_url(patch.url, settings) if patch.url is not None else None
     change = queries.EndpointChange(url=url, events=patch.events, disabled=patch.disabled)
     async with engine.begin() as conn:
-        await _managed(conn, authority, endpoint_id)
+        await _managed(conn, authority, endpoint_id)  # again: it may have gone meanwhile
         await queries.change_endpoint(conn, endpoint_id, change)
         return endpoint_out(await _managed(conn, authority, endpoint_id))
 

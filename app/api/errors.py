@@ -240,7 +240,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(404, "not_found", "no such endpoint")
 
     async def on_foreign_endpoint(_: Request, exc: Exception) -> Response:
-        return error_response(403, "forbidden", "that endpoint or sub-account is not yours")
+        return error_response(403, "forbidden", "that sub-account is not yours")
 
     async def on_endpoint_url_refused(_: Request, exc: Exception) -> Response:
         return error_response(422, "invalid_url", str(exc))

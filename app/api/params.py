@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AfterValidator, BeforeValidator
+from pydantic import AfterValidator, BeforeValidator, Field
 
 from app.payloads import REPLACEMENT_CHARACTER, as_utc
 
@@ -23,14 +23,34 @@ _NUMBER = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*")
 
 
 def _iso_8601_only(value: Any) -> Any:
-    """pydantic would read "0.5" as a Unix time; the API promises ISO-8601 and its schema says
-    so, so a bare number is refused rather than guessed at."""
-    if isinstance(value, str) and _NUMBER.fullmatch(value):
+    """pydantic would read "0.5" or a JSON 0 as a Unix time; the API promises ISO-8601 and its
+    schema says so, so a number is refused rather than guessed at."""
+    if not isinstance(value, str | datetime) or (
+        isinstance(value, str) and _NUMBER.fullmatch(value)
+    ):
         raise ValueError("expected an ISO-8601 date-time such as 2026-01-31T12:00:00Z")
     return value
 
 
+# Control characters but tab and line breaks, and unpaired surrogates: no person types them,
+# PostgreSQL stores neither NUL nor a surrogate, and a log line or a CSV cell would carry
+# the rest into whatever reads it.
+_UNPRINTABLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def _printable(value: str) -> str:
+    if _UNPRINTABLE.search(value):
+        raise ValueError("must not hold control characters (NUL included)")
+    return value
+
+
 SearchText = Annotated[str, AfterValidator(_nul_as_stored)]
+# Text a caller writes into the service's own records (a reason, a keyword); the pattern is
+# the rule as the API documents it (unpaired surrogates cannot reach it: app.api.routing).
+PRINTABLE_PATTERN = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]*$"
+PlainText = Annotated[
+    str, AfterValidator(_printable), Field(json_schema_extra={"pattern": PRINTABLE_PATTERN})
+]
 # In UTC once validated, like the payloads' dates: the routes compare and echo one form, and
 # a time that UTC takes past year 9999 is a 422, not a value the driver cannot send.
 IsoTime = Annotated[datetime, BeforeValidator(_iso_8601_only), AfterValidator(as_utc)]

@@ -8,10 +8,11 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field, StrictBool
 
-from app.api.params import IsoTime, SearchText
+from app.api.params import IsoTime, PlainText, SearchText
 from app.db.endpoints import EndpointInfo
+from app.payloads import MAX_KEY_CHARS
 from app.rules.forwarding import EVENT_TYPES, EventType
 from app.rules.optouts import KeywordAction, KeywordSetBy, OptoutSource
 
@@ -183,8 +184,12 @@ class StatusDetail(StatusOut):
 class StatusSearch(BaseModel):
     """Either list, or both (clients of Wavy send ``ids`` alone)."""
 
-    ids: list[SearchText] = Field(default_factory=list, max_length=1000)
-    correlationIds: list[SearchText] = Field(default_factory=list, max_length=1000)
+    ids: list[Annotated[SearchText, Field(max_length=MAX_KEY_CHARS)]] = Field(
+        default_factory=list, max_length=1000
+    )
+    correlationIds: list[Annotated[SearchText, Field(max_length=MAX_KEY_CHARS)]] = Field(
+        default_factory=list, max_length=1000
+    )
 
     model_config = {
         "json_schema_extra": {"examples": [{"ids": ["8f5af680-973e"], "correlationIds": ["myId"]}]}
@@ -281,10 +286,25 @@ def _each_once(names: list[EventType]) -> list[EventType]:
 EventTypes = Annotated[list[EventType], AfterValidator(_each_once)]
 
 
+# The rules app.rules.forwarding.check_url_shape applies, as the API documents them.
+URL_RULES = (
+    "http:// or https://, at most 2048 characters, no space or control character (percent-"
+    "encode them), no credentials, a port from 1 to 65535, a host of labels of 1 to 63 "
+    "characters; its addresses must be public unless WAVY_FORWARD_ALLOW_PRIVATE is set "
+    "(422 invalid_url)"
+)
+URL_PATTERN = r"^[hH][tT][tT][pP][sS]?://[^\x00-\x20\x7f-\x9f]+$"
+
+
 class EndpointIn(BaseModel):
     """A downstream endpoint to push replies and status changes to."""
 
-    url: str = Field(max_length=2048, examples=["https://crm.example.com/hooks/wavy"])
+    url: str = Field(
+        max_length=2048,
+        description=URL_RULES,
+        json_schema_extra={"pattern": URL_PATTERN},
+        examples=["https://crm.example.com/hooks/wavy"],
+    )
     subAccount: SearchText | None = Field(
         default=None,
         max_length=255,
@@ -298,9 +318,14 @@ class EndpointIn(BaseModel):
 
 
 class EndpointPatch(BaseModel):
-    url: str | None = Field(default=None, max_length=2048)
+    url: str | None = Field(
+        default=None,
+        max_length=2048,
+        description=URL_RULES,
+        json_schema_extra={"pattern": URL_PATTERN},
+    )
     events: EventTypes | None = Field(default=None, min_length=1)
-    disabled: bool | None = None
+    disabled: StrictBool | None = None
 
     model_config = {"extra": "forbid"}
 
@@ -464,7 +489,7 @@ class OptoutDetail(BaseModel):
 
 
 class OptoutChangeIn(BaseModel):
-    reason: str | None = Field(default=None, max_length=500)
+    reason: PlainText | None = Field(default=None, max_length=500)
 
     model_config = {"extra": "forbid"}
 

@@ -194,6 +194,9 @@ def create_engine(
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_pre_ping=True,
+        # An error's text never quotes the statement's values: they include signing secrets
+        # and users' data, and errors reach the log.
+        hide_parameters=True,
         connect_args=_connect_args(settings, APPLICATION_NAME, for_requests=for_requests),
     )
 
@@ -213,6 +216,7 @@ def create_forwarder_engine(settings: Settings, url: str | None = None) -> Async
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_pre_ping=True,
+        hide_parameters=True,  # as create_engine's
         connect_args=connect_args,
     )
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import ipaddress
+import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +22,11 @@ DisabledReason = Literal["manual", "failing"]
 
 # Svix's schedule: at once, then 5 s, 5 min, 30 min, 2 h, 5 h, 10 h and 10 h later.
 DEFAULT_RETRY_SCHEDULE_S: tuple[float, ...] = (0, 5, 300, 1800, 7200, 18000, 36000, 36000)
+# The bounds of the schedule and of an attempt's wait: a value past them is a typo, and a
+# delay of years would overflow the dates computed from it.
+MAX_RETRY_DELAY_S = 7 * 24 * 3600
+MAX_RETRY_ATTEMPTS = 100
+MAX_FORWARD_TIMEOUT_S = 300
 
 # Batches each sender of an endpoint claims and sends at once, so that one batch's database
 # round trips overlap another's requests.
@@ -78,10 +84,36 @@ class UrlNotAllowed(ValueError):
     """A URL no delivery may go to; the message says why."""
 
 
+# What an operator sets to let deliveries reach private addresses (a refusal names it).
+ALLOW_PRIVATE_HINT = "set WAVY_FORWARD_ALLOW_PRIVATE=true on the service to allow it"
+# A host name's limits (RFC 1035): 253 characters, labels of 1 to 63.
+MAX_HOST_CHARS = 253
+# Whitespace and control characters: a URL holds them percent-encoded, never raw (a raw CR or
+# LF would reach the request line, a space would be read two ways).
+_RAW_IN_URL = re.compile(r"[\x00-\x20\x7f-\x9f]")
+
+
+def _check_host(host: str) -> None:
+    try:
+        ipaddress.ip_address(host)
+        return
+    except ValueError:
+        pass
+    try:
+        encoded = host.encode("idna")
+    except UnicodeError:
+        raise UrlNotAllowed("the host is not a valid name (labels of 1 to 63 characters)") from None
+    if len(encoded) > MAX_HOST_CHARS:
+        raise UrlNotAllowed(f"the host is longer than {MAX_HOST_CHARS} characters")
+
+
 def check_url_shape(url: str) -> str:
-    """An absolute http(s) URL with a host and no credentials in it; returns its host."""
+    """An absolute http(s) URL with a valid host and port and no credentials in it; returns
+    its host."""
     if len(url) > MAX_URL_CHARS:
         raise UrlNotAllowed(f"the URL is longer than {MAX_URL_CHARS} characters")
+    if _RAW_IN_URL.search(url):
+        raise UrlNotAllowed("the URL holds a space or a control character (percent-encode it)")
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -91,17 +123,45 @@ def check_url_shape(url: str) -> str:
         raise UrlNotAllowed("the URL must start with http:// or https://")
     if not parts.hostname:
         raise UrlNotAllowed("the URL has no host")
+    if port == 0:
+        raise UrlNotAllowed("the URL's port must be 1 to 65535")
     if parts.username or parts.password:
         raise UrlNotAllowed("the URL must not carry credentials (the signature authenticates)")
-    del port  # parsed only to refuse a bad one
+    _check_host(parts.hostname)
     return parts.hostname
+
+
+# NAT64 prefixes (RFC 6052's well-known one and RFC 8215's local-use one): the IPv4 address
+# is the last 32 bits with the well-known prefix; the local-use one is never public.
+_NAT64_WELL_KNOWN = ipaddress.IPv6Network("64:ff9b::/96")
+_NAT64_LOCAL_USE = ipaddress.IPv6Network("64:ff9b:1::/48")
+_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address leads to: mapped, IPv4-compatible, NAT64, 6to4 and
+    Teredo (its server and its client)."""
+    found: list[ipaddress.IPv4Address] = []
+    if ip.ipv4_mapped is not None:
+        found.append(ip.ipv4_mapped)
+    if ip in _NAT64_WELL_KNOWN or ip in _IPV4_COMPATIBLE:
+        found.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    if ip.sixtofour is not None:
+        found.append(ip.sixtofour)
+    if ip.teredo is not None:
+        found.extend(ip.teredo)
+    return found
 
 
 def address_refused(address: str) -> bool:
     """Loopback, private, link-local (the clouds' metadata address is one), shared, multicast,
-    reserved or unspecified: anything but the public internet. An IPv4 address written as
-    IPv6 is judged as IPv4."""
+    reserved or unspecified: anything but the public internet. An IPv6 address that carries
+    an IPv4 one (mapped, compatible, NAT64, 6to4, Teredo) is refused when that one is."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return not ip.is_global or ip.is_multicast
+    if not ip.is_global or ip.is_multicast:
+        return True
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip in _NAT64_LOCAL_USE:
+            return True
+        return any(not v4.is_global or v4.is_multicast for v4 in _embedded_ipv4(ip))
+    return False

@@ -7,6 +7,9 @@ from datetime import timedelta
 
 _AGE = re.compile(r"\s*(\d+)\s*([smhdw])\s*")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+# The longest age: past it a date computed from now leaves the calendar, and no operator
+# means to keep anything longer (unset keeps it for ever).
+MAX_AGE = timedelta(days=3650)
 
 
 class BadAge(ValueError):
@@ -18,7 +21,12 @@ def parse_age(text: str) -> timedelta:
     match = _AGE.fullmatch(text.lower())
     if match is None:
         raise BadAge(f"{text!r} is not an age like 90d, 12h, 2w, 30m or 45s")
-    age = timedelta(**{_UNITS[match[2]]: int(match[1])})
+    amount = int(match[1])
+    if amount > MAX_AGE.total_seconds():
+        raise BadAge(f"{text!r} is longer than {MAX_AGE.days}d")
+    age = timedelta(**{_UNITS[match[2]]: amount})
     if age <= timedelta(0):
         raise BadAge("the age must be more than zero")
+    if age > MAX_AGE:
+        raise BadAge(f"{text!r} is longer than {MAX_AGE.days}d")
     return age
