@@ -252,6 +252,7 @@ async def test_a_sub_account_endpoint_never_receives_another_sub_accounts_data(
 
 
 async def test_a_user_manages_only_their_own_sub_accounts_endpoints(people: People) -> None:
+    """Another's endpoint answers 404, as one that does not exist: ids cannot be enumerated."""
     url = "http://127.0.0.1:9/hooks"
     ours = await people.add_endpoint("ana", url)
     theirs = await people.add_endpoint("gil", url)
@@ -269,7 +270,9 @@ async def test_a_user_manages_only_their_own_sub_accounts_endpoints(people: Peop
         ):
             suffix = extra.pop("suffix", "")
             answer = await people.call("ana", method, f"/v1/endpoints/{path}{suffix}", **extra)
-            assert answer.status_code == 403, (method, suffix, answer.text)
+            missing = await people.call("ana", method, f"/v1/endpoints/99999{suffix}", **extra)
+            assert answer.status_code == missing.status_code == 404, (method, suffix, answer.text)
+            assert answer.json() == missing.json()
 
     elsewhere = await people.call(
         "ana", "POST", "/v1/endpoints", json={"url": url, "subAccount": "globex"}
@@ -401,6 +404,12 @@ async def another_replica(settings: Settings, **overrides: Any) -> AsyncIterator
         "http://[::1]/x",
         "http://[::ffff:127.0.0.1]/x",
         "http://0.0.0.0/x",
+        # IPv6 forms that carry an inward IPv4 address: NAT64, 6to4, IPv4-compatible, Teredo.
+        "http://[64:ff9b::a9fe:a9fe]/latest/meta-data/",
+        "http://[64:ff9b::7f00:1]/x",
+        "http://[2002:7f00:1::]/x",
+        "http://[::127.0.0.1]/x",
+        "http://[2001:0:4136:e378:8000:63bf:80ff:fffe]/x",
     ],
 )
 async def test_a_url_that_reaches_a_private_address_is_refused_when_added(
@@ -412,6 +421,35 @@ async def test_a_url_that_reaches_a_private_address_is_refused_when_added(
         )
     assert answer.status_code == 422, answer.text
     assert answer.json()["error"]["code"] == "invalid_url"
+    assert "WAVY_FORWARD_ALLOW_PRIVATE" in answer.json()["error"]["message"]
+
+
+async def test_a_refused_name_does_not_tell_where_it_resolves(
+    people: People, settings: Settings
+) -> None:
+    """The check answers whether a name may be used, never which address it points to; and
+    an endpoint the caller cannot touch is not found before any URL is looked at."""
+    async with another_replica(settings, forward_allow_private=False) as strict:
+        refused = await people.client.post(
+            f"{strict}/v1/endpoints",
+            headers=people.headers["ana"],
+            json={"url": "http://localhost/x"},
+        )
+        theirs = await people.add_endpoint("gil", "https://93.184.216.34/hooks")
+        patched = [
+            await people.client.patch(
+                f"{strict}/v1/endpoints/{endpoint_id}",
+                headers=people.headers["ana"],
+                json={"url": "http://localhost/x"},
+            )
+            for endpoint_id in (theirs["id"], 999999)
+        ]
+    assert refused.status_code == 422
+    message = refused.json()["error"]["message"]
+    assert "localhost" in message
+    assert "127.0.0.1" not in message
+    assert "::1" not in message
+    assert [answer.status_code for answer in patched] == [404, 404]
 
 
 async def test_a_public_address_is_allowed(settings: Settings) -> None:
@@ -432,7 +470,20 @@ async def test_a_private_address_is_refused_at_delivery_too(host: str) -> None:
     assert answer.status_code is None
     assert answer.error is not None
     assert "refused" in answer.error
+    assert "WAVY_FORWARD_ALLOW_PRIVATE" in answer.error
     assert receiver.received == []
+
+
+@pytest.mark.parametrize("host", ["[64:ff9b::7f00:1]", "[::127.0.0.1]", "[2002:7f00:1::]"])
+async def test_an_ipv6_form_of_an_inward_address_is_refused_at_delivery(host: str) -> None:
+    client = DeliveryClient(timeout_s=2, allow_private=False)
+    try:
+        answer = await client.post(f"http://{host}:9/x", b"{}", {})
+    finally:
+        await client.close()
+    assert answer.status_code is None
+    assert answer.error is not None
+    assert answer.error.startswith("refused:")
 
 
 async def test_two_replicas_deliver_each_event_once(people: People, settings: Settings) -> None:
