@@ -157,7 +157,29 @@ async def test_an_opt_out_belongs_to_its_sub_account(team: Team) -> None:
     assert await team.opted_out("gil") is False  # globex may still send to them
     assert await team.opted_out("boss", subAccount="acme") is True
     assert await team.opted_out("boss", subAccount="globex") is False
-    assert await team.opted_out("boss") is False  # the account-wide list alone
+
+
+async def test_an_admins_check_without_a_sub_account_names_every_list_that_holds_it(
+    team: Team,
+) -> None:
+    """The dashboard's first user is the admin: a check that consulted the account-wide list
+    alone answered "not opted out" for people who replied SAIR to a sub-account."""
+    await team.reply("SAIR", sub="acme")
+    await team.reply("STOP", sub="globex")
+    await team.reply("SAIR", source=BIA, sub="globex")
+    answer = await team.call("boss", "POST", "/v1/optouts/check", json={"numbers": [ANA, BIA]})
+    assert answer.json()["listsChecked"] == ["(every list)"]
+    ana, bia = answer.json()["results"]
+    assert (ana["optedOut"], ana["optedOutOf"]) == (True, ["acme", "globex"])
+    assert (bia["optedOut"], bia["optedOutOf"]) == (True, ["globex"])
+    narrowed = await team.call(
+        "boss", "POST", "/v1/optouts/check", json={"numbers": [BIA]}, params={"subAccount": "acme"}
+    )
+    assert narrowed.json()["listsChecked"] == ["acme", "(account-wide)"]
+    assert narrowed.json()["results"][0]["optedOut"] is False
+    mine = await team.call("ana", "POST", "/v1/optouts/check", json={"numbers": [ANA, BIA]})
+    assert mine.json()["listsChecked"] == ["acme", "(account-wide)"]
+    assert [r["optedOutOf"] for r in mine.json()["results"]] == [["acme"], []]
 
 
 async def test_voltar_opts_back_in(team: Team) -> None:
@@ -231,7 +253,8 @@ async def test_a_sub_accounts_key_cannot_blacklist_a_number_for_the_others(team:
     await team.hook("callback", callback, key="globex")
     assert await team.opted_out("gil", BIA) is True
     assert await team.opted_out("ana", BIA) is False
-    assert await team.opted_out("boss", BIA) is False  # the account-wide list is untouched
+    # The account-wide list is untouched: globex's own list alone holds it.
+    assert (await team.check("boss", BIA))[0]["optedOutOf"] == ["globex"]
 
 
 async def test_other_status_codes_put_nobody_on_a_list(team: Team) -> None:
@@ -507,8 +530,13 @@ async def test_the_optouts_commands_end_to_end(
         database_url, "optouts", "check", ANA, "5531900001111", "--sub-account", "acme"
     )
     assert code == 0, out
+    assert "lists checked: acme, (account-wide)" in out
     assert "+5511987654321\topted out since" in out
     assert "+5531900001111\tnot opted out" in out
+    code, out = await cli(database_url, "optouts", "check", ANA)
+    assert code == 0, out
+    assert "lists checked: (every list)" in out
+    assert "on acme)" in out
 
     code, out = await cli(
         database_url, "optouts", "remove", ANA, "--sub-account", "acme", "--reason", "asked back"

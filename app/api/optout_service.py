@@ -24,6 +24,7 @@ from app.rules.optouts import (
     ACCOUNT_WIDE,
     DEFAULT_OPT_IN,
     DEFAULT_OPT_OUT,
+    EVERY_LIST_NAME,
     BadKeyword,
     KeywordAction,
     NotAPhoneNumber,
@@ -31,6 +32,7 @@ from app.rules.optouts import (
     e164_or_none,
     every_day,
     keyword_of,
+    list_name,
     to_e164,
 )
 from app.rules.scope import Scope
@@ -45,9 +47,16 @@ def read_lists(scope: Scope) -> list[str] | None:
     return None if scope.everything else queries.lists_of(scope.sub_account)
 
 
-def check_lists(scope: Scope) -> list[str]:
-    """The lists a number is checked against before sending as the caller."""
-    return queries.lists_of(scope.sub_account)
+def check_lists(scope: Scope) -> list[str] | None:
+    """The lists a number is checked against: a sender's sub-account's and the account-wide
+    one. An admin who names no sub-account is checked against every list, each list that
+    holds the number named: "not opted out" must never hide a sub-account's list."""
+    return None if scope.everything else queries.lists_of(scope.sub_account)
+
+
+def checked_list_names(scope: Scope) -> list[str]:
+    lists = check_lists(scope)
+    return [EVERY_LIST_NAME] if lists is None else [list_name(name or None) for name in lists]
 
 
 def written_list(scope: Scope) -> str:
@@ -63,21 +72,23 @@ def e164_of(number: str, region: str) -> str:
 
 async def check(
     engine: AsyncEngine, region: str, scope: Scope, numbers: Sequence[str]
-) -> list[dict[str, Any]]:
-    """Each number as given, read and looked up, in the order given."""
+) -> dict[str, Any]:
+    """Each number as given, read and looked up, in the order given, with the lists that were
+    consulted."""
     read = [e164_or_none(number, region) for number in numbers]
     wanted = sorted({e164 for e164 in read if e164 is not None})
     async with engine.connect() as conn:
         found = await queries.opted_out_entries(conn, check_lists(scope), wanted)
     results: list[dict[str, Any]] = []
     for number, e164 in zip(numbers, read, strict=True):
-        entry = found.get(e164) if e164 is not None else None
-        if entry is None:
+        entries = found.get(e164, []) if e164 is not None else []
+        if not entries:
             results.append(
                 {
                     "number": number,
                     "e164": e164,
                     "optedOut": None if e164 is None else False,
+                    "optedOutOf": [],
                     "since": None,
                     "keyword": None,
                     "source": None,
@@ -86,19 +97,21 @@ async def check(
                 }
             )
             continue
+        first = entries[0]
         results.append(
             {
                 "number": number,
                 "e164": e164,
                 "optedOut": True,
-                "since": iso(entry["since"]),
-                "keyword": entry["keyword"],
-                "source": entry["source"],
-                "subAccount": entry["sub_account"] or None,
+                "optedOutOf": [list_name(entry["sub_account"] or None) for entry in entries],
+                "since": iso(first["since"]),
+                "keyword": first["keyword"],
+                "source": first["source"],
+                "subAccount": first["sub_account"] or None,
                 "error": None,
             }
         )
-    return results
+    return {"listsChecked": checked_list_names(scope), "results": results}
 
 
 async def detail(engine: AsyncEngine, region: str, scope: Scope, number: str) -> dict[str, Any]:

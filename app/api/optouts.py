@@ -62,8 +62,10 @@ def _region(request: Request) -> str:
     description=(
         "Numbers are read as E.164 (WAVY_DEFAULT_REGION for those without a country code). "
         "A number is opted out when the caller's sub-account's list or the account-wide list "
-        "holds it; an admin checks as `subAccount`, or against the account-wide list alone. "
-        "A number that cannot be read answers `optedOut: null` with an error, never false."
+        "holds it; an admin checks as `subAccount`, or, naming none, against every list "
+        "(`optedOutOf` names each list that holds the number). `listsChecked` names the lists "
+        "consulted. A number that cannot be read answers `optedOut: null` with an error, "
+        "never false."
     ),
     response_model=OptoutCheckAnswer,
     responses=RESPONSES,
@@ -72,8 +74,7 @@ def _region(request: Request) -> str:
 async def check_numbers(
     wanted: OptoutCheckIn, request: Request, scope: ScopeDep, engine: EngineDep
 ) -> OrjsonResponse:
-    results = await service.check(engine, _region(request), scope, wanted.numbers)
-    return OrjsonResponse({"results": results})
+    return OrjsonResponse(await service.check(engine, _region(request), scope, wanted.numbers))
 
 
 def _list_cursor(row: Row) -> str:

@@ -14,7 +14,13 @@ from app.api.params import IsoTime, PlainText, SearchText
 from app.db.endpoints import EndpointInfo
 from app.payloads import MAX_KEY_CHARS
 from app.rules.forwarding import EVENT_TYPES, EventType
-from app.rules.optouts import KeywordAction, KeywordSetBy, OptoutSource
+from app.rules.optouts import (
+    ACCOUNT_WIDE_NAME,
+    EVERY_LIST_NAME,
+    KeywordAction,
+    KeywordSetBy,
+    OptoutSource,
+)
 
 Row = dict[str, Any]
 
@@ -437,6 +443,10 @@ class OptoutCheckResult(BaseModel):
     optedOut: bool | None = Field(
         description="null when the number could not be read (see error): never a silent false"
     )
+    optedOutOf: list[str] = Field(
+        description="every list consulted that holds it opted out: a sub-account, or "
+        f"{ACCOUNT_WIDE_NAME}"
+    )
     since: str | None
     keyword: str | None
     source: OptoutSource | None
@@ -445,6 +455,10 @@ class OptoutCheckResult(BaseModel):
 
 
 class OptoutCheckAnswer(BaseModel):
+    listsChecked: list[str] = Field(
+        description=f"the lists consulted: the sender's sub-account and {ACCOUNT_WIDE_NAME}, "
+        f"or {EVERY_LIST_NAME} for an admin who named no sub-account"
+    )
     results: list[OptoutCheckResult] = Field(description="in the order given")
 
 

@@ -15,7 +15,7 @@ from app.api import optout_service as service
 from app.cli.common import resolve_database_url, run_with_engine
 from app.cli.root import optouts_cli
 from app.errors import NoSuchKeyword, UnreadableNumber, UnusableKeyword
-from app.rules.optouts import KEYWORD_ACTIONS, KeywordAction
+from app.rules.optouts import KEYWORD_ACTIONS, KeywordAction, list_name
 from app.rules.scope import Scope
 from app.settings import Settings
 
@@ -48,20 +48,18 @@ def _run(work: Any) -> Any:
         raise typer.Exit(1) from None
 
 
-def _list_name(sub_account: str | None) -> str:
-    return sub_account or "(account-wide)"
-
-
 @optouts_cli.command("check")
 def optouts_check(numbers: Numbers, sub_account: SubAccount = None) -> None:
-    """Whether each number is opted out for a sender of the sub-account (or the account)."""
+    """Whether each number is opted out for a sender of the sub-account; without
+    --sub-account, whether any list holds it, and which."""
 
-    async def check(engine: AsyncEngine, settings: Settings) -> list[dict[str, Any]]:
+    async def check(engine: AsyncEngine, settings: Settings) -> dict[str, Any]:
         return await service.check(engine, settings.default_region, _scope(sub_account), numbers)
 
-    results = _run(check)
+    answer = _run(check)
+    typer.echo(f"lists checked: {', '.join(answer['listsChecked'])}")
     unreadable = False
-    for result in results:
+    for result in answer["results"]:
         if result["optedOut"] is None:
             unreadable = True
             typer.echo(f"{result['number']}\tnot a phone number")
@@ -69,7 +67,7 @@ def optouts_check(numbers: Numbers, sub_account: SubAccount = None) -> None:
             typer.echo(
                 f"{result['e164']}\topted out since {result['since']} "
                 f"({result['source']}: {result['keyword'] or '-'}; "
-                f"list {_list_name(result['subAccount'])})"
+                f"on {', '.join(result['optedOutOf'])})"
             )
         else:
             typer.echo(f"{result['e164']}\tnot opted out")
@@ -96,7 +94,7 @@ def _change(
 
     for answer in _run(change):
         state = "opted out" if answer["optedOut"] else "not opted out"
-        typer.echo(f"{answer['number']}\t{state} (list {_list_name(sub_account)} changed)")
+        typer.echo(f"{answer['number']}\t{state} (list {list_name(sub_account)} changed)")
 
 
 @optouts_cli.command("add")
@@ -126,7 +124,7 @@ def optouts_list(
 
     for row in _run(listing):
         typer.echo(
-            f"{row['e164']}\t{_list_name(row['sub_account'] or None)}\t"
+            f"{row['e164']}\t{list_name(row['sub_account'] or None)}\t"
             f"{row['since']:%Y-%m-%dT%H:%M:%SZ}\t{row['source']}\t{row['keyword'] or '-'}"
         )
 
@@ -167,7 +165,7 @@ def optouts_import(
     for line, text in imported.unreadable:
         typer.echo(f"line {line}: not a phone number: {text!r}", err=True)
     typer.echo(
-        f"{imported.recorded} number(s) recorded on list {_list_name(sub_account)}; "
+        f"{imported.recorded} number(s) recorded on list {list_name(sub_account)}; "
         f"{len(imported.unreadable)} line(s) not a phone number"
     )
     if imported.unreadable:

@@ -200,28 +200,31 @@ def lists_of(sub_account: str | None) -> list[str]:
 
 # The numbers travel as one JSON text: asyncpg's encoding of a 1000-element array checks every
 # element against collections.abc, which cost more than the lookup itself.
-_OPTED_OUT = text(
+_OPTED_OUT = (
     "SELECT sub_account, e164, since, keyword, source FROM optouts "
     "WHERE e164 = ANY(ARRAY(SELECT json_array_elements_text(CAST(:numbers AS json)))) "
-    "AND sub_account = ANY(:lists) AND opted_out "
-    "ORDER BY sub_account = '' "
+    "AND opted_out {lists}"
+    "ORDER BY sub_account = '', sub_account"
 )
+_OPTED_OUT_OF_LISTS = text(_OPTED_OUT.format(lists="AND sub_account = ANY(:lists) "))
+_OPTED_OUT_OF_ANY_LIST = text(_OPTED_OUT.format(lists=""))
 
 
 async def opted_out_entries(
-    conn: AsyncConnection, lists: Sequence[str], numbers: Sequence[str]
-) -> dict[str, Row]:
-    """Each number (E.164) that some of ``lists`` holds opted out, with the entry that says so
-    (a sub-account's own before the account-wide one)."""
+    conn: AsyncConnection, lists: Sequence[str] | None, numbers: Sequence[str]
+) -> dict[str, list[Row]]:
+    """Each number (E.164) that some of ``lists`` (None: any list) holds opted out, with every
+    entry that says so: sub-accounts' lists first, the account-wide one last."""
     if not numbers:
         return {}
-    rows = await conn.execute(
-        _OPTED_OUT,
-        {"numbers": orjson.dumps(list(numbers)).decode(), "lists": list(lists)},
-    )
-    found: dict[str, Row] = {}
+    encoded = orjson.dumps(list(numbers)).decode()
+    if lists is None:
+        rows = await conn.execute(_OPTED_OUT_OF_ANY_LIST, {"numbers": encoded})
+    else:
+        rows = await conn.execute(_OPTED_OUT_OF_LISTS, {"numbers": encoded, "lists": list(lists)})
+    found: dict[str, list[Row]] = {}
     for row in rows:
-        found.setdefault(row.e164, dict(row._mapping))
+        found.setdefault(row.e164, []).append(dict(row._mapping))
     return found
 
 

@@ -31,6 +31,15 @@ KeywordSetBy = Literal["default", "account", "subAccount"]
 # The account-wide list's key in the database (lists are keyed by sub-account, and a key
 # column cannot be NULL); the API shows it as no sub-account.
 ACCOUNT_WIDE = ""
+# How answers, the CLI and the dashboard name the account-wide list, and every list at once
+# (what an admin's check without a sub-account consults).
+ACCOUNT_WIDE_NAME = "(account-wide)"
+EVERY_LIST_NAME = "(every list)"
+
+
+def list_name(sub_account: str | None) -> str:
+    """A list as people read it: its sub-account, or ``(account-wide)``."""
+    return sub_account or ACCOUNT_WIDE_NAME
 
 # The defaults, by where each comes from (docs/optouts.md repeats this table for users).
 DEFAULT_OPT_OUT: Mapping[str, str] = {
