@@ -34,8 +34,12 @@ class Settings(BaseSettings):
 
     # Numbers are bounded: a zero batch size or writer count would stall every write, so a
     # wrong value stops the start with the variable's name rather than hanging later.
-    # Infinity and NaN are no number of seconds anyone meant.
-    model_config = SettingsConfigDict(env_prefix="WAVY_", extra="ignore", allow_inf_nan=False)
+    # Infinity and NaN are no number of seconds anyone meant. A .env file in the working
+    # directory is read too (the environment wins): serve and every CLI command run from the
+    # same directory then share one setting, changed once.
+    model_config = SettingsConfigDict(
+        env_prefix="WAVY_", extra="ignore", allow_inf_nan=False, env_file=".env"
+    )
 
     database_url: str | None = Field(
         default=None,

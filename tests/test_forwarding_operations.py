@@ -23,8 +23,10 @@ FAST_RETRIES = {
 }
 
 
-async def cli(database_url: str, *args: str, **env: str) -> tuple[int, str]:
-    done = await asyncio.to_thread(run_cli, *args, database_url=database_url, **env)
+async def cli(
+    database_url: str, *args: str, cwd: Path | None = None, **env: str
+) -> tuple[int, str]:
+    done = await asyncio.to_thread(run_cli, *args, database_url=database_url, cwd=cwd, **env)
     return done.returncode, done.stdout + done.stderr
 
 
@@ -85,6 +87,19 @@ async def test_the_endpoints_commands_manage_an_endpoint_end_to_end(
     assert code == 2
     assert "refused" in out
     assert "not a public address" in out
+    assert "WAVY_FORWARD_ALLOW_PRIVATE=true in .env" in out
+
+
+@pytest.mark.slow
+async def test_one_line_in_env_allows_private_addresses_for_the_cli_as_for_serve(
+    database_url: str, tmp_path: Path
+) -> None:
+    """The refusal names the setting; written once in .env, the CLI run from that directory
+    reads it as serve does."""
+    (tmp_path / ".env").write_text("WAVY_FORWARD_ALLOW_PRIVATE=true\n", encoding="utf-8")
+    code, out = await cli(database_url, "endpoints", "add", "http://127.0.0.1:9/x", cwd=tmp_path)
+    assert code == 0, out
+    assert "whsec_" in out
 
 
 @pytest.mark.slow

@@ -225,10 +225,12 @@ async def test_replicas_first_starting_together_create_one_key_and_one_admin(
     assert (keys, admins) == (1, ["admin"])
 
 
-def run_cli(*args: str, database_url: str, **env_vars: str) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, database_url: str, cwd: Path | None = None, **env_vars: str
+) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "DATABASE_URL": database_url, **env_vars}
     return subprocess.run(
-        [*CLI, *args], env=env, capture_output=True, text=True, timeout=120, check=False
+        [*CLI, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=120, check=False
     )
 
 
@@ -587,10 +589,15 @@ def test_serve_without_database_url_uses_embedded_postgres_and_keeps_data(
     second = Service(env, port, tmp_path)
     try:
         output = second.wait_ready()
-        assert "key=" not in output  # the key survived: no new one was made
+        assert key not in output  # the key survived: no new one was made, none is shown
         assert "AuthenticationToken" not in output  # and so did the admin
+        # Every start says where the webhooks and the dashboard are, with no secret.
+        assert f"http://127.0.0.1:{port}/v1/webhooks/dlr?key=YOUR_KEY" in output
+        assert f"http://127.0.0.1:{port}/dashboard" in output
         again = httpx.post(f"http://127.0.0.1:{port}/v1/webhooks/dlr?key={key}", json=dlr)
         assert again.json() == {"received": 1, "duplicates": 1}  # the first DLR is still there
+        home = httpx.get(f"http://127.0.0.1:{port}/")
+        assert (home.status_code, home.headers["location"]) == (307, "/dashboard")
     finally:
         second.stop(signal.SIGTERM)  # what docker stop and systemd send
     pgdata = tmp_path / "data" / "pgdata"

@@ -1,5 +1,6 @@
-"""The delivery dashboard (one static page and its assets, shipped inside the package) and
-GET /v1/me, which the page asks to know whether to offer the sub-account choice."""
+"""The delivery dashboard (one static page and its assets, shipped inside the package, and
+where ``/`` leads) and GET /v1/me, which the page asks to know whether to offer the
+sub-account choice."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 from fastapi import APIRouter
 from pydantic import BaseModel
-from starlette.responses import FileResponse
+from starlette.responses import FileResponse, RedirectResponse
 
 from app.api.deps import ReaderDep
 from app.api.errors import OrjsonResponse, responses
@@ -34,6 +35,12 @@ async def dashboard() -> FileResponse:
     return FileResponse(
         STATIC_DIR / "dashboard.html", media_type="text/html", headers=PAGE_SECURITY_HEADERS
     )
+
+
+@router.get("/", include_in_schema=False)
+async def home() -> RedirectResponse:
+    """The address a person types first: the dashboard."""
+    return RedirectResponse("/dashboard", status_code=307)
 
 
 @router.get("/favicon.ico", include_in_schema=False)

@@ -91,6 +91,10 @@ def run_with_engine(
     return asyncio.run(main())
 
 
+# What stands for a key in the URLs a later start prints (keys are shown only when made).
+KEY_PLACEHOLDER = "YOUR_KEY"
+
+
 def webhook_urls(settings: Settings, key: str) -> list[str]:
     base = settings.webhook_base_url()
     return [f"{base}/v1/webhooks/{kind}?key={key}" for kind in ("callback", "dlr", "mo")]
@@ -102,6 +106,17 @@ def print_webhook_urls(settings: Settings, key: str, sub_account: str | None) ->
     for label, url in zip(labels, webhook_urls(settings, key), strict=True):
         typer.echo(f"  {label}  {url}")
     typer.echo("The key is shown only now; it is stored hashed.")
+
+
+def print_webhook_url_shapes(settings: Settings) -> None:
+    """Every later start: where the webhooks are, with no key (keys are stored hashed)."""
+    typer.echo(
+        f"Webhook URLs (each sub-account's key in place of {KEY_PLACEHOLDER}: "
+        "`wavy-webhooks keys list`; a new one: `keys add --sub-account NAME`):"
+    )
+    labels = ("Callback URL", "DLR URL     ", "MO URL      ")
+    for label, url in zip(labels, webhook_urls(settings, KEY_PLACEHOLDER), strict=True):
+        typer.echo(f"  {label}  {url}")
 
 
 def review_server(settings: Settings, database_url: str) -> list[Finding]:

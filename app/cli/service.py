@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.api.forwarder import run_apart
 from app.api.paging import MAX_FEED_WAIT_S
 from app.cli.common import (
+    print_webhook_url_shapes,
     print_webhook_urls,
     resolve_database_url,
     review_server,
@@ -135,11 +136,13 @@ def serve(
     if created.webhook_key:
         typer.echo("No webhook key existed, so one was created.")
         print_webhook_urls(settings, created.webhook_key, None)
+    elif not settings.open_ingest:
+        print_webhook_url_shapes(settings)
     if created.admin_token:
         typer.echo("No read-API user existed, so an admin was created (token shown only now):")
         typer.echo("  UserName             admin")
         typer.echo(f"  AuthenticationToken  {created.admin_token}")
-        typer.echo(f"  Dashboard            {settings.webhook_base_url()}/dashboard")
+    typer.echo(f"Dashboard  {settings.webhook_base_url()}/dashboard")
 
     for finding in review_server(settings, database_url):
         if finding.level >= Level.WARNING:

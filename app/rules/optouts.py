@@ -41,6 +41,7 @@ def list_name(sub_account: str | None) -> str:
     """A list as people read it: its sub-account, or ``(account-wide)``."""
     return sub_account or ACCOUNT_WIDE_NAME
 
+
 # The defaults, by where each comes from (docs/optouts.md repeats this table for users).
 DEFAULT_OPT_OUT: Mapping[str, str] = {
     # Portuguese: what Brazilian senders print ("responda SAIR") and people answer.
