@@ -24,7 +24,6 @@ from app.api import dashboard, endpoints, health, optouts, receive, stats, statu
 from app.api.deps import READER_CREDENTIAL_HEADERS
 from app.api.errors import install_error_handlers
 from app.api.fast_path import WebhookFastPath
-from app.api.forwarder import Forwarder
 from app.api.middleware import ObserveRequests
 from app.db.engine import (
     KEYS_LISTENER_APPLICATION_NAME,
@@ -46,6 +45,7 @@ from app.db.reader_cache import ReaderCache
 from app.db.retention import purge_periodically, retention_ages
 from app.db.stats import fold_stats_periodically
 from app.db.writer import BatchWriter
+from app.outbound.forwarder import Forwarder
 from app.payloads import Callback, Dlr, Mo
 from app.settings import Settings
 

@@ -17,11 +17,11 @@ from pydantic import ValidationError
 from sqlalchemy import text
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from app.api import endpoint_service
-from app.api.delivery_client import DeliveryClient
 from app.db import users
 from app.db.retention import purge_tables, retention_ages
+from app.outbound.delivery_client import DeliveryClient
 from app.rules.scope import Role
+from app.services import endpoints as endpoint_service
 from app.settings import Settings
 from tests.conftest import add_key, fetch_all, free_port, serving
 from tests.receivers import Received, always, receiving
@@ -410,6 +410,13 @@ async def another_replica(settings: Settings, **overrides: Any) -> AsyncIterator
         "http://[2002:7f00:1::]/x",
         "http://[::127.0.0.1]/x",
         "http://[2001:0:4136:e378:8000:63bf:80ff:fffe]/x",
+        # Found by an intruder's probe: IPv4-translated forms, and blocks outside public
+        # unicast that this Python's ipaddress does not know.
+        "http://[::ffff:0:7f00:1]/x",
+        "http://[::ffff:0:a9fe:a9fe]/x",
+        "http://[fec0::1]/x",
+        "http://[5f00::1]/x",
+        "http://[3fff::1]/x",
     ],
 )
 async def test_a_url_that_reaches_a_private_address_is_refused_when_added(
@@ -430,11 +437,12 @@ async def test_a_refused_name_does_not_tell_where_it_resolves(
     """The check answers whether a name may be used, never which address it points to; and
     an endpoint the caller cannot touch is not found before any URL is looked at."""
     async with another_replica(settings, forward_allow_private=False) as strict:
-        refused = await people.client.post(
-            f"{strict}/v1/endpoints",
-            headers=people.headers["ana"],
-            json={"url": "http://localhost/x"},
-        )
+        refused, unknown = [
+            await people.client.post(
+                f"{strict}/v1/endpoints", headers=people.headers["ana"], json={"url": url}
+            )
+            for url in ("http://localhost/x", "http://no-such-host.invalid/x")
+        ]
         theirs = await people.add_endpoint("gil", "https://93.184.216.34/hooks")
         patched = [
             await people.client.patch(
@@ -444,8 +452,13 @@ async def test_a_refused_name_does_not_tell_where_it_resolves(
             )
             for endpoint_id in (theirs["id"], 999999)
         ]
-    assert refused.status_code == 422
+    assert refused.status_code == unknown.status_code == 422
     message = refused.json()["error"]["message"]
+    # A name that does not resolve gets the same answer: which internal names exist is no
+    # more told than where they point.
+    assert unknown.json()["error"]["message"] == message.replace(
+        "localhost", "no-such-host.invalid"
+    )
     assert "localhost" in message
     assert "127.0.0.1" not in message
     assert "::1" not in message

@@ -15,7 +15,7 @@ from fastapi import FastAPI
 
 from tests.conftest import add_key, free_port
 from tests.receivers import receiving
-from tests.test_migrations_and_cli import Service, run_cli
+from tests.test_migrations_and_cli import Service, run_cli, run_cli_in
 
 FAST_RETRIES = {
     "WAVY_FORWARD_ALLOW_PRIVATE": "true",
@@ -23,10 +23,13 @@ FAST_RETRIES = {
 }
 
 
-async def cli(
-    database_url: str, *args: str, cwd: Path | None = None, **env: str
-) -> tuple[int, str]:
-    done = await asyncio.to_thread(run_cli, *args, database_url=database_url, cwd=cwd, **env)
+async def cli(database_url: str, *args: str, **env: str) -> tuple[int, str]:
+    done = await asyncio.to_thread(run_cli, *args, database_url=database_url, **env)
+    return done.returncode, done.stdout + done.stderr
+
+
+async def cli_in(directory: Path, database_url: str, *args: str) -> tuple[int, str]:
+    done = await asyncio.to_thread(run_cli_in, directory, *args, database_url=database_url)
     return done.returncode, done.stdout + done.stderr
 
 
@@ -97,7 +100,7 @@ async def test_one_line_in_env_allows_private_addresses_for_the_cli_as_for_serve
     """The refusal names the setting; written once in .env, the CLI run from that directory
     reads it as serve does."""
     (tmp_path / ".env").write_text("WAVY_FORWARD_ALLOW_PRIVATE=true\n", encoding="utf-8")
-    code, out = await cli(database_url, "endpoints", "add", "http://127.0.0.1:9/x", cwd=tmp_path)
+    code, out = await cli_in(tmp_path, database_url, "endpoints", "add", "http://127.0.0.1:9/x")
     assert code == 0, out
     assert "whsec_" in out
 

@@ -225,12 +225,23 @@ async def test_replicas_first_starting_together_create_one_key_and_one_admin(
     assert (keys, admins) == (1, ["admin"])
 
 
-def run_cli(
-    *args: str, database_url: str, cwd: Path | None = None, **env_vars: str
+def run_cli(*args: str, database_url: str, **env_vars: str) -> subprocess.CompletedProcess[str]:
+    return run_cli_in(None, *args, database_url=database_url, **env_vars)
+
+
+def run_cli_in(
+    directory: Path | None, *args: str, database_url: str, **env_vars: str
 ) -> subprocess.CompletedProcess[str]:
+    """The command run from ``directory`` (its .env read), else from this one."""
     env = {**os.environ, "DATABASE_URL": database_url, **env_vars}
     return subprocess.run(
-        [*CLI, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=120, check=False
+        [*CLI, *args],
+        env=env,
+        cwd=directory,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 

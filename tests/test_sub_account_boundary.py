@@ -4,6 +4,7 @@ sub-account's key sends changes it, shows in its history, or is acknowledged and
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
@@ -273,3 +274,36 @@ async def test_a_callback_retried_with_more_fields_fills_them_in(
         "5511900000001",
         "owner-ref",
     )
+
+
+@pytest.mark.parametrize("first", ["message", "replies"])
+async def test_replies_naming_another_sub_accounts_message_do_not_count_on_it(
+    app: FastAPI, client: httpx.AsyncClient, engine: AsyncEngine, first: str
+) -> None:
+    """Found by an intruder's probe: acme's key, given globex's message id, inflated globex's
+    reply figures (and could have put an opt-out on its campaign). Whichever arrives first,
+    the message or the intruder's replies, they stay the intruder's own."""
+    owner, intruder = await party(app, client, OWNER), await party(app, client, "apple")
+    replies = [
+        {"id": "x-1", "source": "5511955554444", "messageText": "hello", "mt": {"id": "m-1"}},
+        {"id": "x-2", "source": "5511955554444", "messageText": "SAIR", "mt": {"id": "m-1"}},
+    ]
+    if first == "message":
+        assert (await owner.post("callback", CALLBACK)).status_code == 200
+    for reply in replies:
+        assert (await intruder.post("mo", reply)).status_code == 200
+    if first == "replies":
+        assert (await owner.post("callback", CALLBACK)).status_code == 200
+    own = {"id": "own-1", "messageText": "ok", "mt": {"id": "m-1"}}
+    assert (await owner.post("mo", own)).status_code == 200
+
+    for _ in range(100):  # the queued recounts run in the background
+        if not await fetch_all(engine, "SELECT id FROM reply_recounts"):
+            break
+        await asyncio.sleep(0.1)
+    [row] = await fetch_all(engine, "SELECT reply_count FROM messages WHERE id = 'm-1'")
+    assert row["reply_count"] == 1
+    stats = (await owner.read("/v1/stats", **{"from": "2023-11-01T00:00:00Z"})).json()
+    assert (stats["totals"]["replies"], stats["totals"]["optOuts"]) == (1, 0)
+    detail = (await owner.read("/v1/sms/status/m-1")).json()
+    assert [reply["id"] for reply in detail["replies"]] == ["own-1"]

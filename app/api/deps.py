@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Header, Query, Request
@@ -17,9 +16,9 @@ from app import metrics
 from app.api.errors import ApiError
 from app.api.params import SearchText
 from app.db.reader_cache import ReaderCache
-from app.db.writer import BatchWriter
 from app.errors import LoginsThrottled
 from app.rules.scope import OutsideScope, Reader, Scope, resolve_scope
+from app.services.ingest import WebhookCaller, WebhookContext
 from app.settings import Settings
 
 # Every dependency here is ``async def`` on purpose: FastAPI runs plain ``def`` dependencies in
@@ -33,13 +32,6 @@ async def get_engine(request: Request) -> AsyncEngine:
 
 
 EngineDep = Annotated[AsyncEngine, Depends(get_engine)]
-
-
-@dataclass(frozen=True, slots=True)
-class WebhookCaller:
-    """Whoever presented a valid webhook key; callbacks and DLRs take its sub-account."""
-
-    sub_account: str | None
 
 
 def _basic_auth_password(authorization: str | None) -> str | None:
@@ -63,19 +55,6 @@ def webhook_unauthorized() -> ApiError:
         "a valid webhook key is required (?key=, X-Webhook-Key header, or basic-auth password)",
         headers={"WWW-Authenticate": 'Basic realm="wavy-webhooks"'},
     )
-
-
-# Not frozen: one is built per webhook, and a frozen dataclass's __init__ costs several times
-# more (py-spy showed it).
-@dataclass(slots=True)
-class WebhookContext:
-    """Everything a webhook route needs, resolved as ONE dependency: FastAPI's per-request
-    cost grows with the number of dependencies, and this is the hottest path we have."""
-
-    caller: WebhookCaller
-    settings: Settings
-    engine: AsyncEngine
-    writer: BatchWriter
 
 
 def _presented_key(scope: StarletteScope) -> str | None:

@@ -1,5 +1,5 @@
 """Forwarding endpoints over HTTP, with the read API's credentials: a user manages their own
-sub-account's endpoints, an admin any (the work is app.api.endpoint_service's)."""
+sub-account's endpoints, an admin any (the work is app.services.endpoints's)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query, Request
 from starlette.responses import Response
 
-from app.api import endpoint_service as service
 from app.api.deps import EngineDep, ReaderDep, ScopeDep
 from app.api.errors import OrjsonResponse, responses
 from app.api.paging import Limit
@@ -24,6 +23,7 @@ from app.api.schemas import (
     SecretRotated,
 )
 from app.rules.scope import Scope, resolve_scope
+from app.services import endpoints as service
 from app.settings import Settings
 
 router = APIRouter(prefix="/v1/endpoints", tags=["forwarding"], route_class=CheckedRoute)
@@ -64,7 +64,7 @@ async def create_endpoint(
     engine: EngineDep,
 ) -> OrjsonResponse:
     created = await service.create_endpoint(
-        engine, _settings(request), allowed, reader.username, wanted
+        engine, _settings(request), allowed, reader.username, wanted.as_new()
     )
     return OrjsonResponse(created, status_code=201)
 
@@ -100,7 +100,9 @@ async def change_endpoint(
     allowed: AuthorityDep,
     engine: EngineDep,
 ) -> OrjsonResponse:
-    changed = await service.change_endpoint(engine, _settings(request), allowed, endpoint_id, patch)
+    changed = await service.change_endpoint(
+        engine, _settings(request), allowed, endpoint_id, patch.as_changes()
+    )
     return OrjsonResponse(changed)
 
 

@@ -28,7 +28,6 @@ from app.errors import (
     ForeignEndpoint,
     LoginsThrottled,
     NoSuchKeyword,
-    RefusalReason,
     Refused,
     Unavailable,
     UnavailableReason,
@@ -36,6 +35,7 @@ from app.errors import (
     UnreadableNumber,
     UnusableKeyword,
 )
+from app.rules.webhook_body import REFUSAL_STATUS
 
 log = logging.getLogger(__name__)
 
@@ -132,21 +132,6 @@ def _allowed_methods(request: Request) -> list[str]:
             return sorted(method.upper() for method in operations)
     return []
 
-
-# Each refusal's answer. 403 for another sub-account's data, 4xx for whatever no retry mends:
-# senders retry 5xx and 429, not other 4xx (docs/payloads.md).
-REFUSAL_STATUS: dict[RefusalReason, int] = {
-    "empty_body": 400,
-    "malformed_json": 400,
-    "too_deeply_nested": 400,
-    "foreign_message": 403,
-    "foreign_sub_account": 403,
-    "body_timeout": 408,
-    "body_too_large": 413,
-    "too_many_items": 413,
-    "validation_failed": 422,
-    "database_refused": 422,
-}
 
 # What a 503 says: never the driver's text, which may quote data.
 UNAVAILABLE_MESSAGES: dict[UnavailableReason, str] = {

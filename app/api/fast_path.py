@@ -18,7 +18,8 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.api.deps import WebhookContext, webhook_context
+from app.api.deps import webhook_context
+from app.services.ingest import WebhookContext
 
 Endpoint = Callable[[Request, WebhookContext], Awaitable[Response]]
 ExceptionHandler = Callable[[Request, Exception], Awaitable[Response]]

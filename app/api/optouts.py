@@ -1,5 +1,5 @@
 """The opt-out lists over HTTP, with the read API's credentials and scoping (the work is
-app.api.optout_service's): check numbers before sending, list, export and follow the list,
+app.services.optouts's): check numbers before sending, list, export and follow the list,
 change it by hand, and set its keywords."""
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from fastapi import APIRouter, Body, Path, Query, Request
 from starlette.responses import StreamingResponse
 
 from app.api import downloads
-from app.api import optout_service as service
 from app.api.deps import EngineDep, ReaderDep, ScopeDep
 from app.api.downloads import csv_download, csv_responses
 from app.api.errors import ApiError, OrjsonResponse, responses
@@ -29,12 +28,13 @@ from app.api.schemas import (
     OptoutDetail,
     OptoutEntry,
     OptoutPage,
-    optout_entry,
 )
 from app.api.stats import FIRST_HOUR_ANYWHERE
 from app.db.optouts import ListCursor, Row
+from app.rules.answers import optout_entry
 from app.rules.cursors import BadCursor, read_time_cursor_str, time_cursor
 from app.rules.delivery_stats import within_the_calendar
+from app.services import optouts as service
 from app.settings import Settings
 
 router = APIRouter(prefix="/v1/optouts", tags=["opt-outs"], route_class=CheckedRoute)

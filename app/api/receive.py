@@ -16,9 +16,10 @@ from app.api.errors import ApiError, OrjsonResponse, responses
 from app.api.paging import FeedQueryDep, Limit, bad_cursor, default_start, feed_response
 from app.api.params import IsoTime, SearchText
 from app.api.routing import CheckedRoute
-from app.api.schemas import MoChanges, MoEnvelope, MoOut, MtOut, iso, mo_out
+from app.api.schemas import MoChanges, MoEnvelope, MoOut, MtOut
 from app.db import reads
 from app.payloads import MAX_KEY_CHARS
+from app.rules.answers import iso, mo_out
 from app.rules.cursors import BadCursor, read_time_cursor_int, time_cursor
 
 router = APIRouter(prefix="/v1/sms/receive", tags=["replies (MOs)"], route_class=CheckedRoute)

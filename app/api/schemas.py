@@ -5,13 +5,11 @@ orjson, which is what keeps a 1000-item answer cheap."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, Field, StrictBool
 
 from app.api.params import IsoTime, PlainText, SearchText
-from app.db.endpoints import EndpointInfo
 from app.payloads import MAX_KEY_CHARS
 from app.rules.forwarding import EVENT_TYPES, EventType
 from app.rules.optouts import (
@@ -21,24 +19,7 @@ from app.rules.optouts import (
     KeywordSetBy,
     OptoutSource,
 )
-
-Row = dict[str, Any]
-
-
-def iso(moment: datetime | None) -> str | None:
-    if moment is None:
-        return None
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_ONE_MS = timedelta(milliseconds=1)
-
-
-def epoch_ms(moment: datetime | None) -> int | None:
-    """Whole milliseconds since 1970, exactly: a float's timestamp() * 1000 is a millisecond
-    short for some times past year 2242, which Wavy's epoch fields allow."""
-    return None if moment is None else (moment - _EPOCH) // _ONE_MS
+from app.services.endpoints import EndpointChanges, NewEndpoint
 
 
 class StatusOut(BaseModel):
@@ -70,33 +51,6 @@ class StatusOut(BaseModel):
     firstSeenAt: str = Field(description="ours: when the service first heard of the message")
 
 
-def status_out(row: Row) -> dict[str, Any]:
-    sent_date, sent_at = iso(row["sent_at"]), epoch_ms(row["sent_at"])
-    return {
-        "id": row["id"],
-        "correlationId": row["correlation_id"],
-        "carrierId": row["carrier_id"],
-        "carrierName": row["carrier_name"],
-        "destination": row["destination"],
-        "sentStatusCode": row["sent_status_code"],
-        "sentStatus": row["sent_status"],
-        "sentDate": sent_date,
-        "sentAt": sent_at,
-        "sentStatusDate": sent_date,
-        "sentStatusAt": sent_at,
-        "deliveredStatusCode": row["delivered_status_code"],
-        "deliveredStatus": row["delivered_status"],
-        "deliveredDate": iso(row["delivered_at"]),
-        "deliveredAt": epoch_ms(row["delivered_at"]),
-        "updatedDate": iso(row["updated_at"]),
-        "updatedAt": epoch_ms(row["updated_at"]),
-        "campaignId": row["campaign_id"],
-        "extraInfo": row["extra_info"],
-        "subAccount": row["sub_account"],
-        "firstSeenAt": iso(row["first_seen_at"]),
-    }
-
-
 class StatusEnvelope(BaseModel):
     """Wavy's answer to a status search or list."""
 
@@ -104,15 +58,6 @@ class StatusEnvelope(BaseModel):
     start: str = Field(description="the window the answer covers (docs/compatibility.md)")
     end: str
     smsStatuses: list[StatusOut]
-
-
-def status_envelope(rows: list[Row], start: datetime, end: datetime) -> dict[str, Any]:
-    return {
-        "total": len(rows),
-        "start": iso(start),
-        "end": iso(end),
-        "smsStatuses": [status_out(row) for row in rows],
-    }
 
 
 class MtOut(BaseModel):
@@ -138,48 +83,12 @@ class MoOut(BaseModel):
     mt: MtOut | None
 
 
-def mo_out(row: Row) -> dict[str, Any]:
-    has_mt = any(
-        row[name] is not None for name in ("mt_id", "mt_correlation_id", "mt_username", "mt_email")
-    )
-    return {
-        "id": row["id"],
-        "subAccount": row["sub_account"],
-        "campaignAlias": row["campaign_alias"],
-        "carrierId": row["carrier_id"],
-        "carrierName": row["carrier_name"],
-        "source": row["source"],
-        "shortCode": row["short_code"],
-        "messageText": row["message_text"],
-        "receivedAt": epoch_ms(row["received_at"]),
-        "receivedDate": iso(row["received_at"]),
-        "mt": {
-            "id": row["mt_id"],
-            "correlationId": row["mt_correlation_id"],
-            "username": row["mt_username"],
-            "email": row["mt_email"],
-        }
-        if has_mt
-        else None,
-    }
-
-
 class EventOut(BaseModel):
     kind: str = Field(examples=["dlr"])
     sentStatusCode: int | None
     deliveredStatusCode: int | None
     receivedAt: str = Field(description="when we received it")
     payload: dict[str, Any] = Field(description="the raw JSON as Wavy sent it")
-
-
-def event_out(row: Row) -> dict[str, Any]:
-    return {
-        "kind": row["kind"],
-        "sentStatusCode": row["sent_status_code"],
-        "deliveredStatusCode": row["delivered_status_code"],
-        "receivedAt": iso(row["received_at"]),
-        "payload": row["payload"],
-    }
 
 
 class StatusDetail(StatusOut):
@@ -311,7 +220,7 @@ class EndpointIn(BaseModel):
         json_schema_extra={"pattern": URL_PATTERN},
         examples=["https://crm.example.com/hooks/wavy"],
     )
-    subAccount: SearchText | None = Field(
+    subAccount: PlainText | None = Field(
         default=None,
         max_length=255,
         description="whose data it receives; the caller's own by default (admins: none = all)",
@@ -321,6 +230,9 @@ class EndpointIn(BaseModel):
     )
 
     model_config = {"extra": "forbid"}
+
+    def as_new(self) -> NewEndpoint:
+        return NewEndpoint(url=self.url, sub_account=self.subAccount, events=self.events)
 
 
 class EndpointPatch(BaseModel):
@@ -334,6 +246,9 @@ class EndpointPatch(BaseModel):
     disabled: StrictBool | None = None
 
     model_config = {"extra": "forbid"}
+
+    def as_changes(self) -> EndpointChanges:
+        return EndpointChanges(url=self.url, events=self.events, disabled=self.disabled)
 
 
 class EndpointOut(BaseModel):
@@ -388,41 +303,6 @@ class AttemptPage(BaseModel):
     items: list[AttemptOut]
     next: str | None = Field(description="cursor for the next (older) page, if any")
 
-
-def endpoint_out(info: EndpointInfo) -> dict[str, Any]:
-    return {
-        "id": info.id,
-        "url": info.url,
-        "subAccount": info.sub_account,
-        "events": info.events,
-        "disabled": info.disabled_at is not None,
-        "disabledAt": iso(info.disabled_at),
-        "disabledReason": info.disabled_reason,
-        "createdAt": iso(info.created_at),
-        "createdBy": info.created_by,
-        "lastAttemptAt": iso(info.last_attempt_at),
-        "lastSuccessAt": iso(info.last_success_at),
-        "failingSince": iso(info.failing_since),
-        "backlog": info.backlog,
-        "failed": info.failed,
-        "replaying": info.replaying,
-    }
-
-
-def attempt_out(row: Row) -> dict[str, Any]:
-    return {
-        "id": row["id"],
-        "webhookId": row["webhook_id"],
-        "eventType": row["event_type"],
-        "attemptedAt": iso(row["attempted_at"]),
-        "statusCode": row["status_code"],
-        "error": row["error"],
-        "latencyMs": row["latency_ms"],
-        "response": row["response"],
-    }
-
-
-# ---------------------------------------------------------------------------- opt-outs
 
 MAX_CHECKED_NUMBERS = 1000
 
@@ -530,30 +410,3 @@ class OptoutDay(BaseModel):
 
 class OptoutDays(BaseModel):
     days: list[OptoutDay]
-
-
-def optout_entry(row: Row) -> dict[str, Any]:
-    return {
-        "number": row["e164"],
-        "subAccount": row["sub_account"] or None,
-        "optedOut": row.get("opted_out", True),
-        "since": iso(row["since"]),
-        "source": row["source"],
-        "keyword": row["keyword"],
-        "reason": row["reason"],
-    }
-
-
-def optout_history_item(row: Row) -> dict[str, Any]:
-    return {
-        "subAccount": row["sub_account"] or None,
-        "optedOut": row["opted_out"],
-        "at": iso(row["at"]),
-        "source": row["source"],
-        "keyword": row["keyword"],
-        "moId": row["mo_id"],
-        "messageId": row["message_id"],
-        "actor": row["actor"],
-        "reason": row["reason"],
-        "recordedAt": iso(row["recorded_at"]),
-    }

@@ -12,8 +12,9 @@ from app.api.deps import EngineDep, ScopeDep
 from app.api.errors import ApiError, OrjsonResponse, responses
 from app.api.params import IsoTime, SearchText, TimeZoneName
 from app.api.routing import CheckedRoute
-from app.api.schemas import StatsAnswer, iso
+from app.api.schemas import StatsAnswer
 from app.db.stats import StatsWindow, optout_counts, rollup_counts
+from app.rules.answers import iso
 from app.rules.delivery_stats import (
     GroupBy,
     GroupCounts,

@@ -23,12 +23,9 @@ from app.api.schemas import (
     StatusOut,
     StatusPage,
     StatusSearch,
-    event_out,
-    mo_out,
-    status_envelope,
-    status_out,
 )
 from app.db import reads
+from app.rules.answers import event_out, mo_out, status_envelope, status_out
 from app.rules.cursors import BadCursor, read_time_cursor_str, time_cursor
 
 router = APIRouter(prefix="/v1/sms/status", tags=["statuses"], route_class=CheckedRoute)
@@ -219,7 +216,7 @@ async def get_status(message_id: SearchText, scope: ScopeDep, engine: EngineDep)
         if row is None:
             raise ApiError(404, "not_found", "no such message (in your scope)")
         history = await reads.status_history(conn, message_id, row["sub_account"])
-        replies = await reads.replies_to(conn, scope, message_id)
+        replies = await reads.replies_to(conn, scope, message_id, row["sub_account"])
     return OrjsonResponse(
         {
             **status_out(row),

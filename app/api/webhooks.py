@@ -1,5 +1,5 @@
 """The URLs pasted into Wavy's portal: callbacks, DLRs and MOs (POST, and GET for MOs). Each
-route authenticates (its one dependency), calls app.api.ingest and answers."""
+route authenticates (its one dependency), calls app.services.ingest and answers."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from pydantic import BaseModel, Field
 
 from app.api.deps import WebhookContextDep
 from app.api.errors import OrjsonResponse, responses
-from app.api.ingest import Ingested, ingest_body, ingest_query
 from app.api.openapi import KEY_PARAMETERS, body_schema, mo_query_parameters
+from app.http_protocol import URL_CUT_OFF
 from app.payloads import Callback, Dlr, Mo
+from app.services.ingest import Ingested, ingest_body, ingest_query
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
 
@@ -84,4 +85,5 @@ async def receive_mo(request: Request, context: WebhookContextDep) -> Response:
     responses=INGEST_RESPONSES,
 )
 async def receive_mo_by_get(request: Request, context: WebhookContextDep) -> Response:
-    return _answer(await ingest_query(request, context))
+    cut_off = URL_CUT_OFF in request.scope.get("extensions", {})
+    return _answer(await ingest_query(request, context, cut_off=cut_off))

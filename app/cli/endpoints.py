@@ -10,7 +10,6 @@ import typer
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.api import endpoint_service as service
 from app.api.schemas import EndpointIn, EndpointPatch
 from app.cli.common import resolve_database_url, run_with_engine
 from app.cli.root import endpoints_cli
@@ -18,6 +17,7 @@ from app.errors import EndpointNotFound, EndpointUrlRefused
 from app.payloads import as_utc
 from app.rules.forwarding import EVENT_TYPES
 from app.rules.scope import Scope
+from app.services import endpoints as service
 from app.settings import Settings
 
 OPERATOR = Scope(sub_account=None)
@@ -65,7 +65,9 @@ def endpoints_add(
         raise typer.Exit(2) from None
 
     async def add(engine: AsyncEngine, settings: Settings) -> dict[str, Any]:
-        return await service.create_endpoint(engine, settings, OPERATOR, CREATED_BY, wanted)
+        return await service.create_endpoint(
+            engine, settings, OPERATOR, CREATED_BY, wanted.as_new()
+        )
 
     created = _run(add)
     typer.echo(f"endpoint #{created['id']} created: {created['url']}")
@@ -101,7 +103,9 @@ def _short(moment: str | None) -> str:
 
 def _change(endpoint_id: int, patch: EndpointPatch) -> dict[str, Any]:
     async def change(engine: AsyncEngine, settings: Settings) -> dict[str, Any]:
-        return await service.change_endpoint(engine, settings, OPERATOR, endpoint_id, patch)
+        return await service.change_endpoint(
+            engine, settings, OPERATOR, endpoint_id, patch.as_changes()
+        )
 
     changed: dict[str, Any] = _run(change)
     return changed

@@ -11,12 +11,12 @@ from typing import Annotated, Any, cast
 import typer
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.api import optout_service as service
 from app.cli.common import resolve_database_url, run_with_engine
 from app.cli.root import optouts_cli
 from app.errors import NoSuchKeyword, UnreadableNumber, UnusableKeyword
 from app.rules.optouts import KEYWORD_ACTIONS, KeywordAction, list_name
 from app.rules.scope import Scope
+from app.services import optouts as service
 from app.settings import Settings
 
 SubAccount = Annotated[

@@ -18,7 +18,6 @@ from typing import Annotated, Any
 import typer
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.api.forwarder import run_apart
 from app.api.paging import MAX_FEED_WAIT_S
 from app.cli.common import (
     print_webhook_url_shapes,
@@ -37,6 +36,7 @@ from app.db.migrate import upgrade_to_head
 from app.http_protocol import raise_open_files_limit, server_options
 from app.logs import logging_config
 from app.metrics import MULTIPROC_ENV, prepare_multiprocess_dir
+from app.outbound.forwarder import run_apart
 from app.rules.postgres_settings import Level
 from app.rules.retention import BadAge, parse_age
 from app.settings import Settings

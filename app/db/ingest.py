@@ -19,7 +19,7 @@ import orjson
 
 from app.db.json_batches import json_columns, rows_from, select_list, typed
 from app.db.optouts import apply_changes_in_batch
-from app.db.tables import events, messages, mos, table_columns
+from app.db.tables import events, messages, mos, reply_answers, table_columns
 from app.rules.optouts import WAVY_LIST_CODES, OptoutMatcher
 from app.rules.records import EventRecord, MoRecord
 from app.rules.status_merge import (
@@ -110,7 +110,7 @@ def _fill_reply() -> str:
 INSERT_MOS = (
     f"INSERT INTO mos ({', '.join(_MO_COLUMNS)}) "  # noqa: S608 - constant column names only
     f"SELECT {select_list(_MO_COLUMNS, 'u')} FROM {rows_from(_MO_COLUMNS, 'u')} "
-    f"{_fill_reply()} RETURNING id, mt_id"
+    f"{_fill_reply()} RETURNING id, mt_id, sub_account"
 )
 
 # The statuses' columns, less what PostgreSQL keeps (the feed's order, the reply count).
@@ -176,17 +176,20 @@ def _merge_on_conflict() -> str:
     )
 
 
-def _replies_so_far(row: str) -> str:
+def _replies_so_far(message_id: str, sub_account: str) -> str:
     """A message row starts with the replies already stored for it (a reply can arrive before
     anything about its message); COUNT_REPLIES counts the later ones on the existing row."""
-    return f"(SELECT count(*)::int FROM mos WHERE mos.mt_id = {row}.id)"  # noqa: S608
+    return (
+        f"(SELECT count(*)::int FROM mos WHERE mos.mt_id = {message_id} "  # noqa: S608
+        f"AND {reply_answers('mos.sub_account', sub_account)})"
+    )
 
 
 # Only our own constant column names go into these texts; values are bound parameters.
 _STATUS_COLUMN_LIST = ", ".join(_STATUS_COLUMNS)
 UPSERT_MESSAGES = (
     f"INSERT INTO messages AS m ({_STATUS_COLUMN_LIST}, reply_count) "  # noqa: S608
-    f"SELECT {select_list(_STATUS_COLUMNS, 'u')}, {_replies_so_far('u')} "
+    f"SELECT {select_list(_STATUS_COLUMNS, 'u')}, {_replies_so_far('u.id', 'u.sub_account')} "
     f"FROM {rows_from(_STATUS_COLUMNS, 'u')} {_merge_on_conflict()}"
 )
 
@@ -219,7 +222,7 @@ def _build_write_events_and_statuses() -> str:
     return (
         f"WITH {_BATCH}, {_NEW_EVENTS}, "  # noqa: S608
         f"statuses AS (INSERT INTO messages AS m ({_STATUS_COLUMN_LIST}, reply_count) "
-        f"SELECT {values}, {_replies_so_far('s')} "
+        f"SELECT {values}, {_replies_so_far('s.id', 'e.sub_account')} "
         f"FROM {rows_from(_STATUS_OWN_COLUMNS, 's', first)}, batch AS e "
         # One event per message here; an MO's id may equal a message id, so kind is checked.
         "WHERE e.message_id = s.id AND e.kind <> 'mo' AND NOT e.refused "
@@ -249,26 +252,30 @@ def _build_write_events_and_statuses() -> str:
 # print(WRITE_EVENTS_AND_STATUSES) shows it whole.
 WRITE_EVENTS_AND_STATUSES = _build_write_events_and_statuses()
 
-# New replies counted on the message they answer (the delivery stats' reply rate), and their
-# messages queued for a recount (below). An MO stored before its message is counted when the
+# New replies counted on the message they answer (the delivery stats' reply rate) when they
+# answer it (tables.reply_answers: one sub-account's), and their messages queued for a
+# recount (below). An MO stored before its message is counted when the
 # message row is created (_replies_so_far).
 #
 # A message another writer's open transaction holds (its DLR, say) is skipped, not waited for:
 # that writer may be waiting for a message this batch holds, in the opposite order, until
 # PostgreSQL breaks the deadlock by failing one batch. The queued recount counts it instead,
 # once that transaction has ended.
-COUNT_REPLIES = """
-    WITH replies AS (
-        SELECT mt_id, count(*)::int AS n FROM json_array_elements_text($1::json) AS u(mt_id)
-        GROUP BY mt_id),
-    queued AS (INSERT INTO reply_recounts (message_id) SELECT mt_id FROM replies),
+COUNT_REPLIES = f"""
+    WITH new AS (
+        SELECT mt_id, sub_account
+        FROM json_to_recordset($1::json) AS u(mt_id text, sub_account text)),
+    queued AS (INSERT INTO reply_recounts (message_id) SELECT DISTINCT mt_id FROM new),
     free AS (
-        SELECT m.id FROM messages AS m WHERE m.id IN (SELECT mt_id FROM replies)
-        ORDER BY m.id FOR UPDATE SKIP LOCKED)
+        SELECT m.id FROM messages AS m WHERE m.id IN (SELECT mt_id FROM new)
+        ORDER BY m.id FOR UPDATE SKIP LOCKED),
+    replies AS (
+        SELECT r.mt_id, count(*)::int AS n FROM new AS r JOIN messages AS m ON m.id = r.mt_id
+        WHERE {reply_answers("r.sub_account", "m.sub_account")} GROUP BY r.mt_id)
     UPDATE messages AS m SET reply_count = m.reply_count + r.n
     FROM replies AS r JOIN free AS f ON f.id = r.mt_id
     WHERE m.id = r.mt_id
-"""
+"""  # noqa: S608 - our own constant SQL only
 
 
 QUEUE_RECOUNTS = "INSERT INTO reply_recounts (message_id) SELECT json_array_elements_text($1::json)"
@@ -430,7 +437,11 @@ async def _write_replies(
         return False
     mos = [by_id[mo_id] for mo_id in sorted(by_id)]
     written = await conn.fetch(INSERT_MOS, *json_columns(mos, _MO_COLUMNS))
-    answered = sorted(row["mt_id"] for row in written if row["mt_id"] and row["id"] in new_ids)
+    answered = sorted(
+        ({"mt_id": row["mt_id"], "sub_account": row["sub_account"]} for row in written
+         if row["mt_id"] and row["id"] in new_ids),
+        key=lambda reply: reply["mt_id"],
+    )  # fmt: skip
     filled = sorted(row["mt_id"] for row in written if row["mt_id"] and row["id"] not in new_ids)
     if answered:
         await conn.execute(COUNT_REPLIES, orjson.dumps(answered).decode())

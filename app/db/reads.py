@@ -90,10 +90,15 @@ async def status_history(conn: AsyncConnection, message_id: str, owner: str | No
     return await _rows(conn, statement)
 
 
-async def replies_to(conn: AsyncConnection, scope: Scope, message_id: str) -> list[Row]:
+async def replies_to(
+    conn: AsyncConnection, scope: Scope, message_id: str, owner: str | None
+) -> list[Row]:
+    """The replies that answer the message (its owner's, or of no sub-account: as counted in
+    its reply count), as the caller may see them."""
+    owned = [] if owner is None else [mos.c.sub_account.is_(None) | (mos.c.sub_account == owner)]
     statement = (
         select(mos)
-        .where(mos.c.mt_id == message_id, *_in_scope(mos, scope))
+        .where(mos.c.mt_id == message_id, *owned, *_in_scope(mos, scope))
         .order_by(mos.c.received_at, mos.c.seq)
     )
     return await _rows(conn, statement)

@@ -16,6 +16,7 @@ import asyncpg
 import orjson
 
 from app import metrics
+from app.db.tables import reply_answers
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ OLDER_TRANSACTIONS_RUNNING = """
 # Claims the queued rows read (those another worker's sweep holds are skipped) and deletes
 # them in the statement that recounts their messages: a recount cut short leaves them queued.
 # Message rows are locked in id order, as the writer's batches lock them.
-RECOUNT_REPLIES = """
+RECOUNT_REPLIES = f"""
     WITH claimed AS (
         DELETE FROM reply_recounts WHERE id IN (
             SELECT id FROM reply_recounts
@@ -54,10 +55,11 @@ RECOUNT_REPLIES = """
         WHERE m.id IN (SELECT message_id FROM claimed)
         ORDER BY m.id FOR UPDATE)
     UPDATE messages AS m SET reply_count = r.n
-    FROM (SELECT mt_id, count(*)::int AS n FROM mos
-          WHERE mt_id IN (SELECT id FROM answered) GROUP BY mt_id) AS r
+    FROM (SELECT a.id AS mt_id, count(mos.id)::int AS n FROM messages AS a
+          LEFT JOIN mos ON mos.mt_id = a.id AND {reply_answers("mos.sub_account", "a.sub_account")}
+          WHERE a.id IN (SELECT id FROM answered) GROUP BY a.id) AS r
     WHERE m.id = r.mt_id AND m.reply_count <> r.n
-"""
+"""  # noqa: S608 - our own constant SQL only
 RECOUNT_POLL_S = 0.2
 # A transaction open this long is no writer's batch (they time out far sooner): a session
 # that wrote and then idles must not hold recounts back for ever.

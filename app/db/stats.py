@@ -23,7 +23,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app import metrics
 from app.db.engine import refused_data, sqlstate
-from app.db.tables import messages, mos, optout_changes, stats_deltas, stats_rollup
+from app.db.tables import (
+    messages,
+    mos,
+    optout_changes,
+    reply_answers,
+    stats_deltas,
+    stats_rollup,
+)
 from app.errors import UnknownTimeZone
 from app.logs import FailureLog
 from app.rules.delivery_stats import OPTOUTS, GroupBy
@@ -144,7 +151,13 @@ async def optout_counts(
     if group_by == "carrier" or by_campaign:
         joined = joined.outerjoin(mos, reply.id == change.mo_id)
     if by_campaign:
-        joined = joined.outerjoin(messages, message.id == reply.mt_id)
+        joined = joined.outerjoin(
+            messages,
+            and_(
+                message.id == reply.mt_id,
+                text(reply_answers("mos.sub_account", "messages.sub_account")),
+            ),
+        )
     conditions = [change.source == "mo", change.opted_out, change.at >= window.first_hour]
     with contextlib.suppress(OverflowError):  # the window's last hour is 9999's last: no end
         conditions.append(change.at < window.last_hour + timedelta(hours=1))

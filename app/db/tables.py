@@ -312,7 +312,8 @@ read_cursors = Table(
 )
 
 
-# Downstream endpoints that every stored reply and status change is pushed to (app.api.forwarder).
+# Downstream endpoints that every stored reply and status change is pushed to
+# (app.outbound.forwarder).
 endpoints = Table(
     "endpoints",
     metadata,
@@ -523,6 +524,14 @@ _SQL_TYPES: dict[type[Any], str] = {
     Boolean: "boolean",
     JSON: "json",
 }
+
+
+def reply_answers(reply_sub_account: str, message_sub_account: str) -> str:
+    """SQL: a reply answers the message it names when both are of one sub-account, or either
+    of none (given the two sub-account columns). Another sub-account's key cannot add replies
+    to a message's history, its reply count or its campaign's opt-outs by naming its id."""
+    reply, owner = reply_sub_account, message_sub_account
+    return f"({reply} IS NULL OR {owner} IS NULL OR {reply} = {owner})"
 
 
 def table_columns(table: Table, *, leaving_out: tuple[str, ...] = ()) -> dict[str, str]:

@@ -139,6 +139,12 @@ def check_url_shape(url: str) -> str:
 _NAT64_WELL_KNOWN = ipaddress.IPv6Network("64:ff9b::/96")
 _NAT64_LOCAL_USE = ipaddress.IPv6Network("64:ff9b:1::/48")
 _IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+# Public IPv6 unicast is this block (RFC 4291); anything outside it is refused, NAT64 of a
+# public address aside: the IPv4-translated ::ffff:0:a.b.c.d, the retired site-local fec0::,
+# blocks reserved after this Python's ipaddress was written.
+_GLOBAL_UNICAST = ipaddress.IPv6Network("2000::/3")
+# Inside it, yet never public: documentation (RFC 9637), unknown to older Pythons.
+_NOT_PUBLIC_UNICAST = (ipaddress.IPv6Network("3fff::/20"),)
 
 
 def _embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
@@ -164,7 +170,9 @@ def address_refused(address: str) -> bool:
     if not ip.is_global or ip.is_multicast:
         return True
     if isinstance(ip, ipaddress.IPv6Address):
-        if ip in _NAT64_LOCAL_USE:
+        if ip not in _GLOBAL_UNICAST and ip not in _NAT64_WELL_KNOWN:
+            return True
+        if any(ip in block for block in _NOT_PUBLIC_UNICAST):
             return True
         return any(not v4.is_global or v4.is_multicast for v4 in _embedded_ipv4(ip))
     return False

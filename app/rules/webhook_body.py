@@ -1,8 +1,10 @@
-"""What makes a webhook body acceptable, and why one is refused (no HTTP, no I/O here).
+"""What makes a webhook body acceptable, and why one is refused (no I/O here).
 
 A body is one JSON object or an array of at most ``max_items`` objects; an array is
 all-or-nothing. Each refusal (app.errors.Refused) carries a stable reason (also kept with the
-rejected body) and a message that tells the sender what to fix.
+rejected body) and a message that tells the sender what to fix. The one HTTP fact here is the
+status each refusal is answered with: it decides whether Wavy retries, and it is kept with the
+rejected body.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from urllib.parse import parse_qsl
 import orjson
 from pydantic import ValidationError
 
-from app.errors import Refused
+from app.errors import RefusalReason, Refused
 from app.payloads import (
     EventKind,
     describe_validation_errors,
@@ -23,6 +25,21 @@ from app.payloads import (
     replace_nul_characters,
     validate_items,
 )
+
+# Each refusal's answer. 403 for another sub-account's data, 4xx for whatever no retry mends:
+# senders retry 5xx and 429, not other 4xx (docs/payloads.md).
+REFUSAL_STATUS: dict[RefusalReason, int] = {
+    "empty_body": 400,
+    "malformed_json": 400,
+    "too_deeply_nested": 400,
+    "foreign_message": 403,
+    "foreign_sub_account": 403,
+    "body_timeout": 408,
+    "body_too_large": 413,
+    "too_many_items": 413,
+    "validation_failed": 422,
+    "database_refused": 422,
+}
 
 
 @dataclass(frozen=True, slots=True)

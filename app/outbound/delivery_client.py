@@ -24,6 +24,10 @@ from app.rules.forwarding import (
     address_refused,
 )
 
+# One answer for a name that resolves to a private address and for one that does not resolve:
+# otherwise the check tells a user which internal names exist.
+NOT_PUBLIC = "does not resolve to public addresses only"
+
 
 class RefusedAddress(OSError):
     """The endpoint's name resolves to an address deliveries may not reach."""
@@ -42,7 +46,7 @@ class GuardedResolver(AbstractResolver):
         refused = [item["host"] for item in found if address_refused(item["host"])]
         if refused:
             # Never which address: a user's URL check must not tell them where names point.
-            raise RefusedAddress(f"{host} resolves to a non-public address; {ALLOW_PRIVATE_HINT}")
+            raise RefusedAddress(f"{host} {NOT_PUBLIC}; {ALLOW_PRIVATE_HINT}")
         return found
 
     async def close(self) -> None:
@@ -77,7 +81,7 @@ async def check_resolves_public(host: str) -> None:
     except RefusedAddress as error:
         raise UrlNotAllowed(str(error)) from None
     except OSError:
-        raise UrlNotAllowed(f"{host} does not resolve") from None
+        raise UrlNotAllowed(f"{host} {NOT_PUBLIC}; {ALLOW_PRIVATE_HINT}") from None
     finally:
         await resolver.close()
 
@@ -101,7 +105,7 @@ class DeliveryClient:
         self._allow_private = allow_private
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         connector = aiohttp.TCPConnector(
-            limit=0,  # each endpoint's own concurrency bounds it (app.api.forwarder)
+            limit=0,  # each endpoint's own concurrency bounds it (app.outbound.forwarder)
             resolver=None if allow_private else GuardedResolver(),
             ttl_dns_cache=10,
         )

@@ -23,8 +23,6 @@ import orjson
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import metrics
-from app.api.delivery_client import Answer, DeliveryClient
-from app.api.schemas import iso, mo_out, optout_entry, status_out
 from app.db import forwarding
 from app.db.engine import (
     FORWARDER_APPLICATION_NAME,
@@ -36,6 +34,8 @@ from app.db.forwarding import Claimed, EndpointConfig, LeaseOffer, NewDelivery, 
 from app.db.notifications import FEEDS_CHANGED_CHANNEL, follow_changes
 from app.db.reads import FeedKind, Row
 from app.logs import FailureLog
+from app.outbound.delivery_client import Answer, DeliveryClient
+from app.rules.answers import iso, mo_out, optout_entry, status_out
 from app.rules.forwarding import (
     PIPELINES,
     EventType,

@@ -16,10 +16,10 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.api.schemas import iso, optout_entry, optout_history_item
 from app.db import optouts as queries
 from app.db.optouts import Row
 from app.errors import NoSuchKeyword, UnreadableNumber, UnusableKeyword
+from app.rules.answers import iso, optout_entry, optout_history_item
 from app.rules.optouts import (
     ACCOUNT_WIDE,
     DEFAULT_OPT_IN,

@@ -9,19 +9,37 @@ resolves names, and must not answer for an endpoint the caller cannot touch).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app.api.delivery_client import check_resolves_public
-from app.api.schemas import EndpointIn, EndpointPatch, attempt_out, endpoint_out, iso
 from app.db import endpoints as queries
+from app.db.endpoints import EndpointInfo
 from app.errors import EndpointNotFound, EndpointUrlRefused, ForeignEndpoint
-from app.rules.forwarding import UrlNotAllowed, check_url_shape
+from app.outbound.delivery_client import check_resolves_public
+from app.rules.answers import Row, iso
+from app.rules.forwarding import EventType, UrlNotAllowed, check_url_shape
 from app.rules.retention import parse_age
 from app.rules.scope import Scope, can_see
 from app.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class NewEndpoint:
+    url: str
+    sub_account: str | None  # an admin's: None for every sub-account's data
+    events: list[EventType]
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointChanges:
+    """What to change; None leaves it as it is."""
+
+    url: str | None = None
+    events: list[EventType] | None = None
+    disabled: bool | None = None
 
 
 async def allowed_url(url: str, settings: Settings) -> str:
@@ -55,9 +73,9 @@ async def _managed(
 
 
 async def create_endpoint(
-    engine: AsyncEngine, settings: Settings, authority: Scope, created_by: str, wanted: EndpointIn
+    engine: AsyncEngine, settings: Settings, authority: Scope, created_by: str, wanted: NewEndpoint
 ) -> dict[str, Any]:
-    owner = _owner(authority, wanted.subAccount)
+    owner = _owner(authority, wanted.sub_account)
     url = await allowed_url(wanted.url, settings)
     async with engine.begin() as conn:
         endpoint_id, secret = await queries.add_endpoint(
@@ -82,7 +100,7 @@ async def change_endpoint(
     settings: Settings,
     authority: Scope,
     endpoint_id: int,
-    patch: EndpointPatch,
+    patch: EndpointChanges,
 ) -> dict[str, Any]:
     async with engine.connect() as conn:
         await _managed(conn, authority, endpoint_id)
@@ -132,3 +150,39 @@ async def replay(
         await _managed(conn, authority, endpoint_id)
         queued = await queries.start_replay(conn, endpoint_id, since)
     return {"queued": queued}
+
+
+def endpoint_out(info: EndpointInfo) -> dict[str, Any]:
+    return {
+        "id": info.id,
+        "url": info.url,
+        "subAccount": info.sub_account,
+        "events": info.events,
+        "disabled": info.disabled_at is not None,
+        "disabledAt": iso(info.disabled_at),
+        "disabledReason": info.disabled_reason,
+        "createdAt": iso(info.created_at),
+        "createdBy": info.created_by,
+        "lastAttemptAt": iso(info.last_attempt_at),
+        "lastSuccessAt": iso(info.last_success_at),
+        "failingSince": iso(info.failing_since),
+        "backlog": info.backlog,
+        "failed": info.failed,
+        "replaying": info.replaying,
+    }
+
+
+def attempt_out(row: Row) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "webhookId": row["webhook_id"],
+        "eventType": row["event_type"],
+        "attemptedAt": iso(row["attempted_at"]),
+        "statusCode": row["status_code"],
+        "error": row["error"],
+        "latencyMs": row["latency_ms"],
+        "response": row["response"],
+    }
+
+
+# ---------------------------------------------------------------------------- opt-outs
