@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from sqlalchemy import text
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from app.db import users
+from app.db import forwarding, users
 from app.db.retention import purge_tables, retention_ages
 from app.outbound.delivery_client import DeliveryClient
 from app.rules.scope import Role
@@ -185,7 +185,9 @@ async def test_after_the_last_retry_a_delivery_is_failed_and_a_replay_sends_it_a
         received = await receiver.wait_for(4)
 
     assert received[3].json == received[0].json
-    assert received[3].webhook_id != received[0].webhook_id  # a new delivery
+    # The same event under the same webhook-id: a consumer that drops ids it has processed
+    # processes it once, whether or not the first copy reached it.
+    assert received[3].webhook_id == received[0].webhook_id
 
 
 async def test_one_messages_changes_arrive_in_order_and_other_messages_do_not_wait(
@@ -585,3 +587,46 @@ async def test_an_event_type_named_twice_is_received_once(people: People) -> Non
         await receiver.wait_for(1)
         await asyncio.sleep(0.5)
     assert len(receiver.received) == 1
+
+
+async def test_an_endpoint_stays_failing_while_a_failed_delivery_waits_and_says_when_it_retries(
+    people: People, app: FastAPI
+) -> None:
+    """One success among the retries no longer hides the failures still queued. (The
+    attempts' outcomes are recorded as the forwarder records them, on a disabled endpoint that
+    no forwarder dispatches: the schedule's timing is not this test's.)"""
+    endpoint = await people.add_endpoint("boss", "http://127.0.0.1:9/x")
+    path = f"/v1/endpoints/{endpoint['id']}"
+    await people.call("boss", "PATCH", path, json={"disabled": True})
+    async with app.state.engine.begin() as conn:
+        ids = [
+            await conn.scalar(
+                text(
+                    "INSERT INTO deliveries (endpoint_id, webhook_id, event_type, body) "
+                    "VALUES (:e, :w, 'status.updated', '\\x7b7d') RETURNING id"
+                ),
+                {"e": endpoint["id"], "w": webhook_id},
+            )
+            for webhook_id in ("msg_stuck", "msg_fine")
+        ]
+
+    async def attempt(delivery_id: int, status: int, retry_in_s: float | None) -> None:
+        outcome = forwarding.Outcome(
+            delivery_id, "msg_x", datetime.now(UTC), status == 200, status, None, 5, None,
+            retry_in_s,
+        )  # fmt: skip
+        async with app.state.engine.begin() as conn:
+            await forwarding.record(conn, endpoint["id"], [outcome])
+
+    await attempt(ids[0], 500, 30.0)  # fails, to be retried in 30 s
+    await attempt(ids[1], 200, None)  # another succeeds meanwhile
+    waiting = (await people.call("boss", "GET", path)).json()
+    await attempt(ids[0], 200, None)  # the retry succeeds
+    mended = (await people.call("boss", "GET", path)).json()
+
+    assert waiting["lastSuccessAt"] is not None
+    assert waiting["failingSince"] is not None  # still failing: one failed delivery waits
+    assert (waiting["backlog"], waiting["retrying"]) == (1, 1)
+    next_retry = datetime.fromisoformat(waiting["nextAttemptAt"])
+    assert timedelta(seconds=25) < next_retry - datetime.now(UTC) <= timedelta(seconds=30)
+    assert (mended["failingSince"], mended["retrying"], mended["nextAttemptAt"]) == (None, 0, None)

@@ -140,7 +140,7 @@ async def list_attempts(
 @router.post(
     "/{endpoint_id}/replay",
     status_code=202,
-    summary="Send again every delivery made since a time (as new deliveries, new webhook ids)",
+    summary="Send again every delivery made since a time (under their original webhook ids)",
     response_model=ReplayQueued,
     responses=RESPONSES,
     openapi_extra=body_cap(REPLAY_BODY_BYTES),

@@ -263,8 +263,13 @@ class EndpointOut(BaseModel):
     createdBy: str
     lastAttemptAt: str | None
     lastSuccessAt: str | None
-    failingSince: str | None = Field(description="first failed attempt since the last success")
+    failingSince: str | None = Field(
+        description="its first failed attempt; cleared by a success that leaves no failed "
+        "delivery waiting for a retry"
+    )
     backlog: int = Field(description="deliveries still to be sent")
+    retrying: int = Field(description="of the backlog, deliveries that failed and wait to retry")
+    nextAttemptAt: str | None = Field(description="when the next of those is retried")
     failed: int = Field(description="deliveries given up on after the last retry (replayable)")
     replaying: bool
 

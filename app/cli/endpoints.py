@@ -85,15 +85,16 @@ def endpoints_list() -> None:
         return await service.list_endpoints(engine, OPERATOR)
 
     typer.echo(
-        f"{'id':>4}  {'state':9}  {'backlog':>7}  {'failed':>6}  {'sub-account':14}  "
-        f"{'last success':20}  {'failing since':20}  url"
+        f"{'id':>4}  {'state':9}  {'backlog':>7}  {'retrying':>8}  {'failed':>6}  "
+        f"{'sub-account':14}  {'last success':20}  {'failing since':20}  {'next retry':20}  url"
     )
     for item in _run(listing):
         state = f"disabled ({item['disabledReason']})" if item["disabled"] else "enabled"
         typer.echo(
-            f"{item['id']:>4}  {state:9}  {item['backlog']:>7}  {item['failed']:>6}  "
-            f"{item['subAccount'] or '(all)':14}  {_short(item['lastSuccessAt']):20}  "
-            f"{_short(item['failingSince']):20}  {item['url']}"
+            f"{item['id']:>4}  {state:9}  {item['backlog']:>7}  {item['retrying']:>8}  "
+            f"{item['failed']:>6}  {item['subAccount'] or '(all)':14}  "
+            f"{_short(item['lastSuccessAt']):20}  {_short(item['failingSince']):20}  "
+            f"{_short(item['nextAttemptAt']):20}  {item['url']}"
         )
 
 

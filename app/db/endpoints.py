@@ -33,6 +33,8 @@ class EndpointInfo:
     last_success_at: datetime | None
     failing_since: datetime | None
     backlog: int  # deliveries still to be sent
+    retrying: int  # of those, the ones that failed and wait for a retry
+    next_attempt_at: datetime | None  # when the next of those is due
     failed: int  # deliveries given up on (replayable)
     replaying: bool
 
@@ -42,6 +44,13 @@ _BACKLOG = (
     .where(deliveries.c.endpoint_id == endpoints.c.id, deliveries.c.state == "pending")
     .scalar_subquery()
 )
+_WAITING_RETRY = and_(
+    deliveries.c.endpoint_id == endpoints.c.id,
+    deliveries.c.state == "pending",
+    deliveries.c.last_failed_at.is_not(None),
+)
+_RETRYING = select(func.count()).where(_WAITING_RETRY).scalar_subquery()
+_NEXT_RETRY = select(func.min(deliveries.c.next_attempt_at)).where(_WAITING_RETRY).scalar_subquery()
 _FAILED = (
     select(func.count())
     .where(deliveries.c.endpoint_id == endpoints.c.id, deliveries.c.state == "failed")
@@ -63,6 +72,8 @@ def _info_query() -> Select[Any]:
         endpoints.c.last_success_at,
         endpoints.c.failing_since,
         _BACKLOG.label("backlog"),
+        _RETRYING.label("retrying"),
+        _NEXT_RETRY.label("next_attempt_at"),
         _FAILED.label("failed"),
         endpoints.c.replay_next_id.is_not(None).label("replaying"),
     )

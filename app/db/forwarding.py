@@ -215,17 +215,17 @@ def _rows_of(
     }
 
 
-# A replay's page: the original deliveries, copied as new ones (new webhook ids: a consumer
-# that dropped duplicates would otherwise drop what it asked to receive again).
+# A replay's page: the original deliveries, copied as new ones under the same webhook ids, as
+# Svix replays: a consumer that drops the ids it has processed (what the README advises) then
+# processes each event once, whether it missed it or not.
 _REPLAY_PAGE = text(
     "WITH page AS ("
-    "  SELECT id, event_type, message_id, body FROM deliveries"
+    "  SELECT id, webhook_id, event_type, message_id, body FROM deliveries"
     "  WHERE endpoint_id = :id AND id >= :first AND id <= :last AND replay_of IS NULL"
     "  ORDER BY id LIMIT :rows"
     "), copied AS ("
     "  INSERT INTO deliveries (endpoint_id, webhook_id, event_type, message_id, body, replay_of)"
-    "  SELECT :id, 'msg_' || replace(gen_random_uuid()::text, '-', ''), event_type,"
-    "         message_id, body, id FROM page ORDER BY id"
+    "  SELECT :id, webhook_id, event_type, message_id, body, id FROM page ORDER BY id"
     "  RETURNING replay_of"
     ") SELECT max(replay_of) AS last_copied, count(*) AS copied FROM copied"
 )
@@ -347,8 +347,8 @@ _GIVEN_UP = text(
     "WHERE id = ANY(:ids) AND state = 'pending'"
 )
 _RETRY_LATER = text(
-    "UPDATE deliveries SET next_attempt_at = now() + make_interval(secs => :delay) "
-    "WHERE id = ANY(:ids) AND state = 'pending'"
+    "UPDATE deliveries SET next_attempt_at = now() + make_interval(secs => :delay), "
+    "last_failed_at = now() WHERE id = ANY(:ids) AND state = 'pending'"
 )
 _INSERT_ATTEMPTS = text(
     "INSERT INTO delivery_attempts (endpoint_id, delivery_id, webhook_id, attempted_at, "
@@ -358,11 +358,16 @@ _INSERT_ATTEMPTS = text(
     "CAST(:errors AS text[]), CAST(:latencies AS int[]), CAST(:responses AS text[])) "
     "AS t(d, w, a, s, e, l, r)"
 )
+# Failing from the first failure until a success leaves no failed delivery waiting for a
+# retry (those of this round are excluded: their new state is written after this row).
 _ENDPOINT_HEALTH = text(
     "UPDATE endpoints SET last_attempt_at = now(), "
     "last_success_at = CASE WHEN :any_ok THEN now() ELSE last_success_at END, "
-    "failing_since = CASE WHEN :last_ok THEN NULL "
-    "                     ELSE coalesce(failing_since, :first_failure) END "
+    "failing_since = CASE WHEN :last_ok AND NOT :retrying AND NOT EXISTS ("
+    "    SELECT 1 FROM deliveries AS d WHERE d.endpoint_id = :endpoint_id "
+    "    AND d.state = 'pending' AND d.last_failed_at IS NOT NULL "
+    "    AND d.id <> ALL(CAST(:ids AS bigint[]))) THEN NULL "
+    "  ELSE coalesce(failing_since, :first_failure) END "
     "WHERE id = :endpoint_id RETURNING id"
 )
 
@@ -380,6 +385,8 @@ async def record(conn: AsyncConnection, endpoint_id: int, outcomes: Sequence[Out
         "endpoint_id": endpoint_id,
         "any_ok": any(item.succeeded for item in outcomes),
         "last_ok": last.succeeded,
+        "retrying": any(not item.succeeded and item.retry_in_s is not None for item in outcomes),
+        "ids": [item.delivery_id for item in outcomes],
         "first_failure": min(failures) if failures else None,
     }
     if await conn.scalar(_ENDPOINT_HEALTH, health) is None:
@@ -419,6 +426,9 @@ async def disable_dead_endpoints(conn: AsyncConnection, after: timedelta) -> lis
         text(
             "UPDATE endpoints SET disabled_at = now(), disabled_reason = 'failing' "
             "WHERE disabled_at IS NULL AND failing_since < now() - CAST(:after AS interval) "
+            # Failing may outlast a success while failed deliveries wait: disabled is for
+            # those without a single success since.
+            "AND (last_success_at IS NULL OR last_success_at < failing_since) "
             "RETURNING id"
         ),
         {"after": after},

@@ -372,6 +372,8 @@ deliveries = Table(
     Column("finished_at", TS, nullable=True),
     # The delivery a replay sends again.
     Column("replay_of", BigInteger, nullable=True),
+    # When it last failed, while it waits for a retry (the endpoint is failing meanwhile).
+    Column("last_failed_at", TS, nullable=True),
     CheckConstraint("state IN ('pending', 'delivered', 'failed')", name="state"),
     Index(None, "endpoint_id", "next_attempt_at", postgresql_where=PENDING),
     Index(None, "endpoint_id", "message_id", "id", postgresql_where=PENDING),

@@ -167,6 +167,8 @@ def endpoint_out(info: EndpointInfo) -> dict[str, Any]:
         "lastSuccessAt": iso(info.last_success_at),
         "failingSince": iso(info.failing_since),
         "backlog": info.backlog,
+        "retrying": info.retrying,
+        "nextAttemptAt": iso(info.next_attempt_at),
         "failed": info.failed,
         "replaying": info.replaying,
     }
