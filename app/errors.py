@@ -28,6 +28,11 @@ class DomainError(Exception):
     """The base of the family."""
 
 
+class CannotConnect(Exception):
+    """PostgreSQL could not be worked with: away past the time given at start, away during an
+    operator's command, or refusing the connection (a wrong password, no such database)."""
+
+
 class Refused(DomainError):
     """Input that can never be stored as sent: the sender must change it. ``details`` name the
     fields (and items) at fault."""

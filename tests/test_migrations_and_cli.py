@@ -597,6 +597,14 @@ def test_serve_without_database_url_uses_embedded_postgres_and_keeps_data(
     finally:
         first.stop()
 
+    # A command in a script or a pipe: its output alone, no notice about the database mixed in.
+    listed = subprocess.run(
+        [*CLI, "keys", "list"], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stderr == ""
+    assert "(none)" in listed.stdout or "-" in listed.stdout
+
     second = Service(env, port, tmp_path)
     try:
         output = second.wait_ready()
@@ -689,3 +697,52 @@ def test_version_and_serve_help_show_defaults_and_environment_variables() -> Non
     assert "WAVY_PORT" in serve_help.stdout
     assert "default: 8000" in serve_help.stdout
     assert "WAVY_WORKERS" in serve_help.stdout
+
+
+def test_a_bare_command_group_prints_its_help_and_exits_0() -> None:
+    for group in ([], ["keys"], ["optouts"], ["endpoints"]):
+        done = subprocess.run(
+            [*CLI, *group], capture_output=True, text=True, timeout=60, check=False
+        )
+        assert done.returncode == 0, (group, done.stderr)
+        assert "Usage:" in done.stdout
+
+
+def test_help_reads_as_sentences_however_the_docstrings_break() -> None:
+    """A docstring's line breaks cut sentences in two in the list of commands."""
+    done = subprocess.run(
+        [*CLI, "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "COLUMNS": "400"},
+    )
+    assert "alone (serve starts this by itself with WAVY_FORWARDER=process)" in done.stdout
+    assert "Exits 1 if one breaks the promise" in done.stdout
+
+
+def test_a_command_loads_only_its_own_module() -> None:
+    """What made every call take over a second: each loaded the web framework, the HTTP
+    client and the migrations, whatever it was (figures in docs/operations.md)."""
+    probe = (
+        "import sys; from app.cli import register_commands; register_commands(['keys', 'list']);"
+        "print(sorted(m for m in ('fastapi', 'aiohttp', 'alembic', 'uvicorn') if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "[]"
+
+
+def test_every_command_is_registered_by_the_module_main_names() -> None:
+    from app.cli import COMMAND_MODULES, register_commands
+    from app.cli.root import cli
+
+    register_commands([])
+    names = {
+        command.name or getattr(command.callback, "__name__", "")
+        for command in cli.registered_commands
+    }
+    names |= {group.name for group in cli.registered_groups}
+    assert names == set(COMMAND_MODULES)

@@ -4,6 +4,7 @@ running work against it with one-line errors, printing webhook URLs, the setting
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -12,7 +13,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.db import queries
 from app.db.engine import (
-    CannotConnect,
     connections_per_worker,
     create_engine,
     database_unavailable,
@@ -22,6 +22,7 @@ from app.db.engine import (
     wait_for_database,
     where,
 )
+from app.errors import CannotConnect
 from app.rules.postgres_settings import (
     ADMIN_CONNECTIONS,
     Finding,
@@ -34,13 +35,20 @@ T = TypeVar("T")
 
 
 def resolve_database_url(settings: Settings) -> str:
-    """DATABASE_URL when set; otherwise the embedded PostgreSQL under WAVY_DATA_DIR."""
+    """DATABASE_URL when set; otherwise the embedded PostgreSQL under WAVY_DATA_DIR (said once,
+    to a person at a terminal: in a pipe or a script it would land among the output)."""
     if settings.database_url:
         return sync_url(settings.database_url)
-    typer.echo(
-        f"DATABASE_URL is not set: using the embedded PostgreSQL in {settings.data_dir}", err=True
-    )
+    if sys.stderr.isatty() and not _EMBEDDED_NOTICE_GIVEN:
+        _EMBEDDED_NOTICE_GIVEN.append(True)
+        typer.echo(
+            f"DATABASE_URL is not set: using the embedded PostgreSQL in {settings.data_dir}",
+            err=True,
+        )
     return start_embedded_postgres(settings.data_dir)
+
+
+_EMBEDDED_NOTICE_GIVEN: list[bool] = []
 
 
 def wait_at_start(settings: Settings, database_url: str) -> None:

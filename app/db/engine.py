@@ -20,6 +20,7 @@ from sqlalchemy import make_url
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from app.errors import CannotConnect
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -90,11 +91,6 @@ def refused_data(error: BaseException) -> bool:
     """True when PostgreSQL refused the data itself (see _REFUSED_DATA_SQLSTATE_CLASSES)."""
     code = sqlstate(error)
     return code is not None and code[:2] in _REFUSED_DATA_SQLSTATE_CLASSES
-
-
-class CannotConnect(Exception):
-    """PostgreSQL could not be worked with: away past the time given at start, away during an
-    operator's command, or refusing the connection (a wrong password, no such database)."""
 
 
 def where(url: str) -> str:
