@@ -348,6 +348,7 @@ async def test_export_is_a_csv_of_the_list(team: Team) -> None:
     rows = list(csv.DictReader(io.StringIO(answer.text.lstrip("\ufeff"))))
     assert {row["number"] for row in rows} == {"+5511987654321", "+5521998765432"}
     assert {row["reason"] for row in rows} == {"", "'=cmd"}  # no formula runs
+    assert {row["optedOut"] for row in rows} == {"true"}  # as the JSON says it, not True
 
 
 async def test_the_changes_feed_serves_each_state_change(team: Team) -> None:
@@ -515,13 +516,17 @@ async def test_the_optouts_commands_end_to_end(
 ) -> None:
     existing = tmp_path / "customer-list.csv"
     existing.write_text(
-        "phone,reason\n5511987654321,old list\n(21) 99876-5432,\nnot a number,\n",
+        "phone,reason\n5511987654321,old list\n(21) 99876-5432,\nnot a number,\n"
+        "+55 11 98765-4321,the same number again\n",
         encoding="utf-8",
     )
     code, out = await cli(database_url, "optouts", "import", str(existing), "--sub-account", "acme")
     assert code == 2, out  # the unreadable line is reported, the rest imported
     assert "line 4: not a phone number: 'not a number'" in out
-    assert "2 number(s) recorded on list acme" in out
+    # The repeated number is counted once, as a repeat, not as a second number recorded.
+    assert "2 number(s) put on list acme; 0 already on it; 1 line(s) repeating a number" in out
+    code, out = await cli(database_url, "optouts", "import", str(existing), "--sub-account", "acme")
+    assert "0 number(s) put on list acme; 2 already on it" in out
     assert await team.opted_out("ana", ANA) is True
     assert await team.opted_out("ana", "+5521998765432") is True
     assert await team.opted_out("gil", ANA) is False
@@ -549,6 +554,8 @@ async def test_the_optouts_commands_end_to_end(
 
     code, out = await cli(database_url, "optouts", "list")
     assert code == 0, out
+    assert out.splitlines()[0] == "number\tlist\tsince (UTC)\tsource\tkeyword\treason"
+    assert "blacklisted by hand" in out
     assert "+5521998765432\t(account-wide)" in out
     assert "+5521998765432\tacme" in out
 
@@ -627,6 +634,24 @@ async def test_stats_count_opt_outs_for_the_campaign_of_the_message_they_answer(
     ]
     only_news = await team.call("ana", "GET", "/v1/stats", params={"campaignId": "news"})
     assert only_news.json()["totals"]["optOuts"] == 0
+
+
+async def test_an_opt_out_that_answers_no_known_message_is_no_share_of_any_campaign(
+    team: Team,
+) -> None:
+    """Counted under "" (no campaign), replies with no message made that group's opt-out rate
+    300 %: they get a group of their own (key null), of no messages, so no rate."""
+    at = int(datetime.now(UTC).timestamp() * 1000)
+    await team.hook("callback", {"id": "mt-n", "sentStatusCode": 2, "sentAt": at})
+    for n, number in enumerate((ANA, BIA, "5531911112222")):
+        await team.reply("SAIR", source=number, at=at + n)
+
+    answer = await team.call("ana", "GET", "/v1/stats", params={"groupBy": "campaign"})
+    groups = {g["key"]: g for g in answer.json()["groups"]}
+    assert (groups[""]["messages"], groups[""]["optOuts"], groups[""]["optOutRate"]) == (1, 0, 0.0)
+    unanswered = groups[None]
+    assert (unanswered["messages"], unanswered["optOuts"], unanswered["optOutRate"]) == (0, 3, None)
+    assert answer.json()["totals"]["optOuts"] == 3
 
 
 def test_digits_of_other_scripts_are_read_as_the_library_reads_them() -> None:

@@ -178,7 +178,11 @@ class StatsFigures(BaseModel):
 
 
 class StatsGroup(StatsFigures):
-    key: str = Field(description="the hour (ISO), day (YYYY-MM-DD), carrier name or campaign id")
+    key: str | None = Field(
+        description="the hour (ISO), day (YYYY-MM-DD), carrier name, campaign id or sub-account; "
+        '"" where the data names none (a reply without carrierName, a message of no campaign); '
+        "null, by campaign only: opt-outs replied to no known message"
+    )
     carrierSendsDlr: bool | None = Field(
         default=None, description="groupBy=carrier only: false for carriers that never send DLRs"
     )

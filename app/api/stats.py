@@ -20,6 +20,7 @@ from app.rules.delivery_stats import (
     GroupCounts,
     carrier_sends_dlr,
     group_figures,
+    shown_key,
     sum_groups,
     within_the_calendar,
 )
@@ -36,7 +37,7 @@ def _hour_floor(moment: datetime) -> datetime:
 
 
 def _group(group_by: GroupBy, key: str, counts: GroupCounts) -> dict[str, object]:
-    group: dict[str, object] = {"key": key, **group_figures(counts)}
+    group: dict[str, object] = {"key": shown_key(key), **group_figures(counts)}
     if group_by == "carrier":
         # A 0% delivery rate on Oi means "no DLRs", not "nothing delivered": say which it is.
         group["carrierSendsDlr"] = carrier_sends_dlr(key)

@@ -122,10 +122,12 @@ def optouts_list(
     async def listing(engine: AsyncEngine, _: Settings) -> list[dict[str, Any]]:
         return await service.listing(engine, _scope(sub_account), None, limit)
 
+    typer.echo("number\tlist\tsince (UTC)\tsource\tkeyword\treason")
     for row in _run(listing):
         typer.echo(
             f"{row['e164']}\t{list_name(row['sub_account'] or None)}\t"
-            f"{row['since']:%Y-%m-%dT%H:%M:%SZ}\t{row['source']}\t{row['keyword'] or '-'}"
+            f"{row['since']:%Y-%m-%dT%H:%M:%SZ}\t{row['source']}\t{row['keyword'] or '-'}\t"
+            f"{row['reason'] or '-'}"
         )
 
 
@@ -165,7 +167,8 @@ def optouts_import(
     for line, text in imported.unreadable:
         typer.echo(f"line {line}: not a phone number: {text!r}", err=True)
     typer.echo(
-        f"{imported.recorded} number(s) recorded on list {list_name(sub_account)}; "
+        f"{imported.added} number(s) put on list {list_name(sub_account)}; "
+        f"{imported.already} already on it; {imported.repeated} line(s) repeating a number; "
         f"{len(imported.unreadable)} line(s) not a phone number"
     )
     if imported.unreadable:

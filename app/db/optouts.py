@@ -87,7 +87,9 @@ def _apply_sql(placeholder: Placeholder) -> str:
         "SELECT sub_account, since, CASE WHEN opted_out THEN 1 ELSE -1 END FROM decided "
         "WHERE opted_out IS DISTINCT FROM COALESCE(was_opted_out, false)) "
         "SELECT (SELECT count(*) FROM recorded) AS recorded, "
-        "(SELECT count(*) FROM decided) AS decided"
+        "(SELECT count(*) FROM decided) AS decided, "
+        "(SELECT count(*) FROM decided "
+        " WHERE opted_out IS DISTINCT FROM COALESCE(was_opted_out, false)) AS changed"
     )
 
 
@@ -99,6 +101,7 @@ _APPLY_CHANGES_BOUND = text(_apply_sql(lambda n: f":c{n}"))
 class Applied:
     recorded: int  # new entries in the history (a retry is not one)
     decided: int  # numbers whose place in a list they decided
+    changed: int  # of those, the numbers whose state they changed (put on, or taken off)
 
 
 async def apply_changes_in_batch(
@@ -107,7 +110,7 @@ async def apply_changes_in_batch(
     """The writer's way, on its own connection and in its batch's transaction."""
     row = await conn.fetchrow(APPLY_CHANGES, *json_columns(changes, _CHANGE_COLUMNS))
     assert row is not None
-    return Applied(row["recorded"], row["decided"])
+    return Applied(row["recorded"], row["decided"], row["changed"])
 
 
 async def apply_changes(conn: AsyncConnection, changes: Sequence[OptoutChange]) -> Applied:
@@ -117,7 +120,7 @@ async def apply_changes(conn: AsyncConnection, changes: Sequence[OptoutChange]) 
             _APPLY_CHANGES_BOUND, {f"c{n}": value for n, value in enumerate(arrays, 1)}
         )
     ).one()
-    return Applied(row.recorded, row.decided)
+    return Applied(row.recorded, row.decided, row.changed)
 
 
 # ---------------------------------------------------------------------------- keywords

@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import ColumnElement, and_, func, insert, select, text, union_all
+from sqlalchemy import ColumnElement, and_, case, func, insert, select, text, union_all
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -33,7 +33,7 @@ from app.db.tables import (
 )
 from app.errors import UnknownTimeZone
 from app.logs import FailureLog
-from app.rules.delivery_stats import OPTOUTS, GroupBy
+from app.rules.delivery_stats import NO_MESSAGE_KEY, OPTOUTS, GroupBy
 from app.rules.scope import Scope
 
 log = logging.getLogger(__name__)
@@ -143,7 +143,9 @@ async def optout_counts(
         "hour": func.date_trunc("hour", change.at, "UTC"),
         "day": func.date_trunc("day", func.timezone(window.time_zone, change.at)),
         "carrier": func.coalesce(reply.carrier_name, ""),
-        "campaign": func.coalesce(message.campaign_id, ""),
+        "campaign": case(
+            (message.id.is_(None), NO_MESSAGE_KEY), else_=func.coalesce(message.campaign_id, "")
+        ),
         "subAccount": change.sub_account,
     }
     key = keys[group_by].label("key")

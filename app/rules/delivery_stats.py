@@ -119,6 +119,16 @@ def code_counts(counts: Mapping[int, int]) -> dict[str, int]:
     }
 
 
+# The campaign group of opt-outs replied to no known message (the API's key null): counted
+# under "" (no campaign) they were a share of messages they never answered, a rate of 300 %.
+# Internal only, after every campaign id in sort order; the API shows it as null.
+NO_MESSAGE_KEY = "\U0010ffff"
+
+
+def shown_key(key: str) -> str | None:
+    return None if key == NO_MESSAGE_KEY else key
+
+
 def group_figures(counts: GroupCounts, *, histogram: bool = False) -> dict[str, object]:
     """One group of the stats API's answer; the time-to-deliver histogram only when asked
     (the totals carry it: per group it would multiply the answer's size for a chart nobody

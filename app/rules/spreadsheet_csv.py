@@ -21,6 +21,8 @@ def spreadsheet_safe(value: object) -> object:
     """A text that would run as a formula gets a leading apostrophe: the spreadsheet shows the
     text instead of evaluating it (a correlationId or extraInfo comes from whoever sent the
     SMS, and a formula in it could reach other cells or the network)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"  # as the JSON answers say it, not Python's True
     if (
         isinstance(value, str)
         and value.startswith(FORMULA_STARTS)

@@ -158,7 +158,9 @@ async def change(
 
 @dataclass(frozen=True, slots=True)
 class Imported:
-    recorded: int
+    added: int  # numbers put on the list
+    already: int  # numbers the list held opted out already
+    repeated: int  # lines whose number an earlier line gave
     unreadable: list[tuple[int, str]]  # (line, text) of what is no phone number
 
 
@@ -174,14 +176,15 @@ async def import_numbers(
     in batches; what is no phone number is reported, not guessed at."""
     now = datetime.now(UTC)
     unreadable: list[tuple[int, str]] = []
-    recorded = 0
+    seen: set[str] = set()
+    repeated = added = 0
     batch: list[OptoutChange] = []
 
     async def flush() -> None:
-        nonlocal recorded
+        nonlocal added
         if batch:
             async with engine.begin() as conn:
-                recorded += (await queries.apply_changes(conn, batch)).recorded
+                added += (await queries.apply_changes(conn, batch)).changed
             batch.clear()
 
     for line, number, reason in lines:
@@ -190,6 +193,10 @@ async def import_numbers(
         except NotAPhoneNumber:
             unreadable.append((line, number))
             continue
+        if e164 in seen:
+            repeated += 1
+            continue
+        seen.add(e164)
         batch.append(
             OptoutChange(
                 sub_account=written_list(scope),
@@ -204,7 +211,7 @@ async def import_numbers(
         if len(batch) >= IMPORT_BATCH_ROWS:
             await flush()
     await flush()
-    return Imported(recorded, unreadable)
+    return Imported(added, len(seen) - added, repeated, unreadable)
 
 
 async def listing(
