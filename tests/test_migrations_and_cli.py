@@ -603,6 +603,10 @@ def test_serve_without_database_url_uses_embedded_postgres_and_keeps_data(
     )
     assert listed.returncode == 0, listed.stderr
     assert listed.stderr == ""
+    doctor = subprocess.run(
+        [*CLI, "doctor"], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert "This is the embedded PostgreSQL" in doctor.stdout  # its advice says where it applies
     assert "(none)" in listed.stdout or "-" in listed.stdout
 
     second = Service(env, port, tmp_path)

@@ -242,5 +242,17 @@ def doctor() -> None:
     for finding in findings:
         verdict = f"{finding.level.name.lower():8}  {finding.name} = {finding.shown}"
         typer.echo(f"{verdict}: {finding.why}" if finding.why else verdict)
+    if settings.database_url is None:
+        typer.echo(EMBEDDED_ADVICE)
     if any(finding.level is Level.CRITICAL for finding in findings):
         raise typer.Exit(1)
+
+
+# What doctor adds on the embedded PostgreSQL, where its advice reads as if it were a server.
+EMBEDDED_ADVICE = (
+    "\nThis is the embedded PostgreSQL (no DATABASE_URL): made for trying the service and for "
+    "tests. A critical line matters here too; warning and advice lines are about a server "
+    "under a campaign's load, and matter only if you run production on it. To follow them, "
+    "set DATABASE_URL to your own PostgreSQL (or change the embedded one with ALTER SYSTEM "
+    "and a restart of serve)."
+)
