@@ -9,9 +9,11 @@ import io
 import os
 import shutil
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -267,7 +269,7 @@ async def test_an_admin_compares_sub_accounts_and_a_click_shows_one_and_users_se
 
     api = await stats.get("boss", **loaded_with, groupBy="subAccount")
     acme = next(group for group in api["groups"] if group["key"] == "acme")
-    assert acme_row == expected_campaign_row(acme)
+    assert acme_row == [*expected_campaign_row(acme), f"{acme['mosReceived']:,}"]
     assert acme_row[:2] == ["acme", "6"]
     assert narrowed == "6"
     assert hidden_for_user
@@ -387,3 +389,144 @@ async def test_a_brazilian_browser_counts_its_own_days_and_gets_csv_split_by_sem
     text = downloaded["pt-BR"].decode("utf-8-sig")
     rows = list(csv.DictReader(io.StringIO(text), delimiter=";"))
     assert sorted(row["id"] for row in rows) == ["m1", "m2", "m3", "m4", "m5", "m6"]
+
+
+# The README's own first steps: a DLR and a SAIR reply, sent with the key the first start makes
+# (of no sub-account), the reply naming its sub-account.
+README_DLR = {
+    "id": "try-1",
+    "correlationId": "order-1",
+    "carrierId": 5,
+    "carrierName": "TIM",
+    "destination": "5519900001111",
+    "sentStatusCode": 2,
+    "sentStatus": "SENT_SUCCESS",
+    "deliveredStatusCode": 4,
+    "deliveredStatus": "DELIVERED_SUCCESS",
+    "deliveredAt": 1700000000000,
+}
+README_MO = {
+    "id": "try-reply-1",
+    "subAccount": "iFoodMarketing",
+    "source": "5519900001111",
+    "messageText": "SAIR",
+    "mt": {"id": "try-1"},
+}
+
+
+async def table_rows(page: Any, table: str) -> list[dict[str, str]]:
+    """A table's rows as {column: text}, whatever the layout (cards or columns)."""
+    names = await page.locator(f"{table} thead th").all_text_contents()
+    rows = []
+    for row in await page.locator(f"{table} tbody tr").all():
+        cells = await row.locator("td").all_text_contents()
+        rows.append(dict(zip(names, cells, strict=False)))
+    return rows
+
+
+def count(text: str) -> int:
+    return int(text.replace(",", "") or 0)
+
+
+@pytest.mark.slow
+async def test_the_readmes_examples_give_figures_that_agree_on_a_desktop_and_a_phone(
+    app: Any, browser: Any, base_url: str, client: httpx.AsyncClient
+) -> None:
+    """What a newcomer sees after the README's first steps, as the admin the first start makes:
+    every figure agrees with the others on the page and with /v1/stats, no rate passes 100 %,
+    one time zone is named and used, and on a phone the columns that matter are on screen."""
+    from app.db import users
+    from app.rules.scope import Role
+    from tests.conftest import add_key
+
+    key = await add_key(app, None)
+    async with app.state.engine.begin() as conn:
+        token = await users.add_user(
+            conn, username="admin", role=Role.ADMIN, sub_account=None, email=None, token=None
+        )
+    headers = {"UserName": "admin", "AuthenticationToken": token}
+    for kind, body in (("dlr", README_DLR), ("mo", README_MO)):
+        answer = await client.post(f"/v1/webhooks/{kind}", params={"key": key}, json=body)
+        assert answer.json() == {"received": 1, "duplicates": 0}
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, tiny
+
+    seen: dict[str, dict[str, Any]] = {}
+    for name, width in (("desktop", 1280), ("phone", 390)):
+        page = await browser.new_page(
+            viewport={"width": width, "height": 900},
+            locale="en-US",
+            timezone_id="America/Sao_Paulo",
+        )
+        await log_in(page, base_url, "admin", token)
+        await page.wait_for_selector("[data-testid=reply]")
+        reply_text = page.locator("[data-testid=reply] td.text").first
+        box = await reply_text.bounding_box()
+        seen[name] = {
+            "tiles": {
+                tile: await page.get_attribute(f"[data-testid=kpi-{tile}] .value", "data-value")
+                for tile in (*TILES, "optouts", "optout-rate")
+            },
+            "loaded": dict(parse_qsl(await page.get_attribute("body", "data-loaded") or "")),
+            "campaigns": await table_rows(page, "#campaign-table"),
+            "sub_accounts": await table_rows(page, "#sub-account-table"),
+            "replies": await table_rows(page, "#replies"),
+            "size": await page.text_content("[data-testid=optout-size]"),
+            "status": await page.text_content("[data-testid=status]"),
+            "overflow": await page.evaluate(
+                "document.documentElement.scrollWidth - window.innerWidth"
+            ),
+            "reply_text_right": None if box is None else box["x"] + box["width"],
+        }
+        await page.screenshot(path=str(ARTIFACTS / f"readme-{name}.png"), full_page=True)
+        if name == "desktop":
+            await page.select_option("[data-testid=zone]", "UTC")
+            await page.wait_for_selector("body[data-loaded*='tz=UTC']")
+            seen["utc"] = {
+                "replies": await table_rows(page, "#replies"),
+                "status": await page.text_content("[data-testid=status]"),
+            }
+
+    loaded = seen["desktop"]["loaded"]
+    api = await client.get("/v1/stats", params={**loaded, "groupBy": "day"}, headers=headers)
+    totals = api.json()["totals"]
+    received = (
+        await client.get(
+            "/v1/sms/receive/search", params={"start": loaded["from"]}, headers=headers
+        )
+    ).json()["messages"][0]["receivedDate"]
+    for name in ("desktop", "phone"):
+        shown = seen[name]
+        tiles = shown["tiles"]
+        # The page's figures are the API's.
+        expected = expected_tiles(totals)
+        assert {tile: tiles[tile] for tile in TILES} == expected, name
+        assert (tiles["optouts"], totals["optOuts"]) == ("1", 1)
+        # The tables add up to the tiles above them: no sub-account, campaign or opt-out hidden.
+        campaigns, sub_accounts = shown["campaigns"], shown["sub_accounts"]
+        assert sum(count(row["messages"]) for row in campaigns) == int(tiles["messages"])
+        assert sum(count(row["messages"]) for row in sub_accounts) == int(tiles["messages"])
+        assert sum(count(row["opt-outs"]) for row in campaigns) == int(tiles["optouts"])
+        assert sum(count(row["opt-outs"]) for row in sub_accounts) == int(tiles["optouts"])
+        assert sum(count(row["replies"]) for row in campaigns) == int(tiles["replies"])
+        by_name = {row["sub-account"]: row for row in sub_accounts}
+        assert (by_name["iFoodMarketing"]["opt-outs"], by_name["(none)"]["messages"]) == ("1", "1")
+        # No rate can pass what it is a share of.
+        rates = [row[column] for row in campaigns + sub_accounts for column in row
+                 if column.endswith("rate") and row[column] != "\u2013"]  # fmt: skip
+        assert rates
+        assert all(float(rate.rstrip("%")) <= 100 for rate in rates), rates
+        # The list's size says what it counts, apart from the window's opt-out replies.
+        assert shown["size"] == "1 number on the lists now (all time)"
+        # One zone, named, and the reply's time written in it (São Paulo is UTC-3).
+        assert "times, days and hours in America/Sao_Paulo" in shown["status"]
+        local = datetime.fromisoformat(received).astimezone(ZoneInfo("America/Sao_Paulo"))
+        assert shown["replies"][0]["received"] == f"{local:%Y-%m-%d %H:%M:%S}"
+        assert shown["replies"][0]["text"] == "SAIR"
+        assert shown["overflow"] <= 0, name
+    # On the phone, the reply's text is on screen, not in a column scrolled off to the right.
+    assert seen["phone"]["reply_text_right"] is not None
+    assert seen["phone"]["reply_text_right"] <= 390
+    # Switched to UTC, every time on the page moves with the zone it names.
+    utc = datetime.fromisoformat(received).astimezone(UTC)
+    assert "times, days and hours in UTC" in seen["utc"]["status"]
+    assert seen["utc"]["replies"][0]["received"] == f"{utc:%Y-%m-%d %H:%M:%S}"

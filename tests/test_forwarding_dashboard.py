@@ -37,7 +37,7 @@ async def test_the_endpoints_section_shows_health_attempts_and_replays(
         cells = await page.locator(f"{row} td").all_text_contents()
         await page.click(row)
         await page.wait_for_selector("#attempt-table tbody tr")
-        results = await page.locator("#attempt-table tbody tr td:nth-child(4)").all_text_contents()
+        results = await page.locator("#attempt-table tbody tr td:nth-child(2)").all_text_contents()
 
         answers["status"] = 200
         await page.fill("#replay-form input[name=since]", "2020-01-01T00:00:00")
@@ -48,10 +48,10 @@ async def test_the_endpoints_section_shows_health_attempts_and_replays(
 
     assert rows == 1  # ana sees her own endpoint only, not globex's
     assert cells[1] == receiver.url
-    assert cells[2] == "acme"
-    assert cells[3] == "enabled"
-    assert cells[5].startswith("20")  # failing since a date, not a dash
-    assert cells[6:] == ["0", "1"]  # backlog, failed
+    assert cells[2] == "failing"  # every attempt failed; none waits to retry
+    assert cells[3:5] == ["0", "\u2013"]  # backlog, next retry: none
+    assert cells[6].startswith("20")  # failing since a date, not a dash
+    assert cells[7:] == ["1", "acme"]  # failed, sub-account
     assert results == ["500", "500", "500"]
     assert replayed == "1 deliveries queued again"
     assert receiver.received[3].json["data"]["id"] == "m-1"

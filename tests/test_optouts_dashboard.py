@@ -39,6 +39,6 @@ async def test_the_dashboard_shows_opt_outs_beside_replies_and_the_list(
 
     assert optouts == "1"  # the reply; the manual entry is no reply
     assert rate == "0.5"
-    assert size == "2 numbers opted out now"
+    assert size == "2 numbers on the lists now (all time)"
     assert numbers == ["+5531988887777", "+5511987654321"]  # newest first, acme's only
     assert promo[-2:] == ["1", "50.0%"]

@@ -21,6 +21,48 @@ function element(tag, text, attributes = {}) {
   return node;
 }
 
+// --- time ------------------------------------------------------------------------------------
+
+// One zone for the whole page, named on it: the reader's own, or UTC (chosen in the controls,
+// kept for this browser). Tables, charts, the status line and the replay field all use it.
+const BROWSER_TIME_ZONE = Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC";
+const ZONE_CHOICE = "wavy-dashboard-zone";
+
+function zone() {
+  const chosen = $("#controls select[name=zone]");
+  return chosen && chosen.value === "UTC" ? "UTC" : BROWSER_TIME_ZONE;
+}
+
+function zoneParts(moment) {
+  const parts = new Intl.DateTimeFormat("en-US", {
+    timeZone: zone(), year: "numeric", month: "2-digit", day: "2-digit",
+    hour: "2-digit", minute: "2-digit", second: "2-digit", hourCycle: "h23",
+  }).formatToParts(moment);
+  return Object.fromEntries(parts.map((part) => [part.type, part.value]));
+}
+
+// "2026-12-06 17:11:02" in the page's zone; "–" for none.
+function when(iso) {
+  if (!iso) return "–";
+  const p = zoneParts(new Date(iso));
+  return `${p.year}-${p.month}-${p.day} ${p.hour}:${p.minute}:${p.second}`;
+}
+
+function hourLabel(moment) {
+  const p = zoneParts(moment);
+  return `${p.month}-${p.day} ${p.hour}h`;
+}
+
+function dayLabel(moment) {
+  const p = zoneParts(moment);
+  return `${p.year}-${p.month}-${p.day}`;
+}
+
+// A datetime-local field's value, read in the page's zone.
+function fromZoneField(local) {
+  return zone() === "UTC" ? new Date(`${local}Z`) : new Date(local);
+}
+
 function credentials() {
   const saved = sessionStorage.getItem(CREDENTIALS);
   return saved ? JSON.parse(saved) : null;
@@ -89,11 +131,11 @@ function renderKpis(totals) {
     ["waiting-no-dlr", "No DLR expected (Oi, Sercomtel)", totals.waitingForDlr.carrierWithoutDlr, number],
     ["p50", "Time to deliver, median", latency.p50, seconds],
     ["p90", "Time to deliver, p90", latency.p90, seconds],
-    ["replies", "Replies", totals.replies, number],
-    ["reply-rate", "Reply rate", totals.replyRate, percent],
-    ["optouts", "Opt-outs", totals.optOuts, number],
-    ["optout-rate", "Opt-out rate", totals.optOutRate, percent],
-    ["mos", "MOs received", totals.mosReceived, number],
+    ["replies", "Replies to these messages", totals.replies, number],
+    ["reply-rate", "Reply rate (messages replied to)", totals.replyRate, percent],
+    ["optouts", "Opt-out replies in the window", totals.optOuts, number],
+    ["optout-rate", "Opt-out rate (per message)", totals.optOutRate, percent],
+    ["mos", "MOs received in the window", totals.mosReceived, number],
   ];
   const box = $("#kpis");
   box.replaceChildren();
@@ -106,12 +148,32 @@ function renderKpis(totals) {
   }
 }
 
+// Counts have whole-number axes from zero: an empty window showed 0.1, 0.2... and no labels.
+const COUNT_AXIS = { beginAtZero: true, ticks: { precision: 0 } };
+
 function drawChart(id, config) {
   if (charts[id]) charts[id].destroy();
   charts[id] = new Chart(document.getElementById(id), {
     ...config,
-    options: { responsive: true, maintainAspectRatio: false, animation: false, ...config.options },
+    options: {
+      responsive: true, maintainAspectRatio: false, animation: false,
+      scales: { y: COUNT_AXIS },
+      ...config.options,
+    },
   });
+}
+
+// Every hour (or day) of the window, in the page's zone, whether or not it had traffic: a 24 h
+// chart showed only the hours that had some.
+function windowSlots(stats) {
+  const label = stats.groupBy === "hour" ? hourLabel : dayLabel;
+  const slots = [];
+  for (let t = Date.parse(stats.from); t <= Date.parse(stats.to); t += 3600e3) {
+    const slot = label(new Date(t));
+    if (slots[slots.length - 1] !== slot) slots.push(slot);
+  }
+  const byLabel = new Map(stats.groups.map((g) => [stats.groupBy === "hour" ? hourLabel(new Date(g.key)) : g.key, g]));
+  return { labels: slots, groups: slots.map((slot) => byLabel.get(slot)) };
 }
 
 function color(name) {
@@ -119,17 +181,17 @@ function color(name) {
 }
 
 function renderFunnel(stats) {
-  const groups = stats.groups;
-  const label = (key) => (stats.groupBy === "hour" ? key.slice(5, 13).replace("T", " ") + "h" : key);
+  const { labels, groups } = windowSlots(stats);
+  const each = (count) => groups.map((g) => (g ? count(g) : 0));
   drawChart("funnel-chart", {
     type: "bar",
     data: {
-      labels: groups.map((g) => label(g.key)),
+      labels,
       datasets: [
-        { label: "sent", data: groups.map((g) => g.messages), backgroundColor: color("sent") },
-        { label: "carrier-accepted", data: groups.map((g) => g.sentStatusCodes["2"] || 0), backgroundColor: color("accepted") },
-        { label: "delivered", data: groups.map((g) => g.deliveredStatusCodes["4"] || 0), backgroundColor: color("delivered") },
-        { label: "failed", data: groups.map(failedCount), backgroundColor: color("failed") },
+        { label: "sent", data: each((g) => g.messages), backgroundColor: color("sent") },
+        { label: "carrier-accepted", data: each((g) => g.sentStatusCodes["2"] || 0), backgroundColor: color("accepted") },
+        { label: "delivered", data: each((g) => g.deliveredStatusCodes["4"] || 0), backgroundColor: color("delivered") },
+        { label: "failed", data: each(failedCount), backgroundColor: color("failed") },
       ],
     },
   });
@@ -176,13 +238,21 @@ const GROUP_TABLES = {
 
 function renderGroupTable(stats, kind) {
   const { table, note, field, noun } = GROUP_TABLES[kind];
-  const groups = stats.groups.filter((g) => g.messages > 0).sort((a, b) => b.messages - a.messages);
+  // Every group with something to count: a sub-account with replies and opt-outs but no
+  // message in the window was hidden, and the KPIs above then outnumbered the table. (MOs
+  // received count for a sub-account only: the stats keep them under no campaign.)
+  const active = (g) => g.messages > 0 || g.replies > 0 || g.optOuts > 0
+    || (kind === "subAccount" && g.mosReceived > 0);
+  const groups = stats.groups.filter(active).sort((a, b) => b.messages - a.messages || b.optOuts - a.optOuts);
   const body = $(`${table} tbody`);
   body.replaceChildren();
   for (const g of groups.slice(0, GROUPS_SHOWN)) {
-    const row = element("tr", undefined, { "data-testid": `${noun}-${g.key || "none"}` });
+    const testId = g.key === null ? "unanswered" : g.key || "none";
+    const row = element("tr", undefined, { "data-testid": `${noun}-${testId}` });
     const name = element("td");
-    if (g.key) {
+    if (g.key === null) {
+      name.textContent = "(replies to no known message)";
+    } else if (g.key) {
       const narrow = element("button", g.key, { type: "button", class: "link", title: `Show this ${noun} only` });
       narrow.addEventListener("click", () => {
         $(`#controls input[name=${field}]`).value = g.key;
@@ -197,15 +267,16 @@ function renderGroupTable(stats, kind) {
     for (const value of [number(g.messages), number(g.sentStatusCodes["2"] || 0),
       number(g.deliveredStatusCodes["4"] || 0), percent(g.deliveryRate), number(failedCount(g)),
       number(waiting), number(g.replies), percent(g.replyRate), number(g.optOuts),
-      percent(g.optOutRate)]) {
+      percent(g.optOutRate), ...(kind === "subAccount" ? [number(g.mosReceived)] : [])]) {
       row.append(element("td", value));
     }
     body.append(row);
   }
   const hidden = groups.length - GROUPS_SHOWN;
   $(note).textContent = !groups.length
-    ? "No messages in this window."
+    ? "Nothing in this window."
     : hidden > 0 ? `and ${number(hidden)} more ${noun}${hidden === 1 ? "" : "s"}, smaller` : "";
+  labelCells();
 }
 
 function renderLatency(totals) {
@@ -219,6 +290,8 @@ function renderLatency(totals) {
   drawChart("latency-chart", {
     type: "bar",
     data: { labels, datasets: [{ label: "messages delivered", data: latency.histogram.map((b) => b.count), backgroundColor: color("delivered") }] },
+    // Every bucket named, on a phone too (skipped labels once hid the tallest bar's).
+    options: { scales: { y: COUNT_AXIS, x: { ticks: { autoSkip: false, maxRotation: 90 } } } },
   });
   // Only deliveries whose sent and delivered times are both known can be timed: say so, or the
   // count reads as a second, different number of deliveries.
@@ -251,9 +324,9 @@ function renderReplies({ recent, byId }) {
   body.replaceChildren();
   for (const mo of recent) {
     const row = element("tr", undefined, { "data-testid": "reply" });
-    row.append(element("td", mo.receivedDate ? mo.receivedDate.replace("T", " ").slice(0, 19) : "–"));
-    row.append(element("td", mo.source || "–"));
+    row.append(element("td", when(mo.receivedDate)));
     row.append(element("td", mo.messageText || "", { class: "text" }));
+    row.append(element("td", mo.source || "–"));
     const target = mo.mt && mo.mt.id;
     const status = target && byId[target];
     const answers = element("td", target
@@ -271,6 +344,20 @@ function renderReplies({ recent, byId }) {
     row.append(element("td", "No replies in the last 30 days.", { colspan: "4" }));
     body.append(row);
   }
+  labelCells();
+}
+
+// Each cell carries its column's name: on a phone a table's rows become cards, each value
+// under its name, so the columns that matter are never off-screen.
+function labelCells() {
+  for (const table of document.querySelectorAll("table.cards")) {
+    const names = [...table.querySelectorAll("thead th")].map((th) => th.textContent);
+    for (const row of table.querySelectorAll("tbody tr")) {
+      [...row.children].forEach((cell, index) => {
+        if (names[index] && !cell.hasAttribute("colspan")) cell.dataset.label = names[index];
+      });
+    }
+  }
 }
 
 async function showHistory(id) {
@@ -286,13 +373,13 @@ async function showHistory(id) {
   const facts = [
     ["correlationId", detail.correlationId], ["destination", detail.destination],
     ["carrier", detail.carrierName], ["campaign", detail.campaignId],
-    ["sent", `${detail.sentStatusCode ?? "–"} ${detail.sentStatus ?? ""} ${detail.sentDate ?? ""}`],
-    ["delivered", `${detail.deliveredStatusCode ?? "–"} ${detail.deliveredStatus ?? ""} ${detail.deliveredDate ?? ""}`],
+    ["sent", `${detail.sentStatusCode ?? "–"} ${detail.sentStatus ?? ""} ${detail.sentDate ? when(detail.sentDate) : ""}`],
+    ["delivered", `${detail.deliveredStatusCode ?? "–"} ${detail.deliveredStatus ?? ""} ${detail.deliveredDate ? when(detail.deliveredDate) : ""}`],
   ];
   const list = element("p", undefined, { class: "muted" });
   list.textContent = facts.map(([k, v]) => `${k}: ${v ?? "–"}`).join(" · ");
   box.append(list);
-  const table = element("table", undefined, { "data-testid": "history-events" });
+  const table = element("table", undefined, { "data-testid": "history-events", class: "cards" });
   const head = element("tr");
   for (const title of ["received", "kind", "sent code", "delivered code"]) head.append(element("th", title));
   const thead = element("thead");
@@ -301,7 +388,7 @@ async function showHistory(id) {
   table.append(thead, tbody);
   for (const event of detail.events) {
     const row = element("tr");
-    for (const value of [event.receivedDate || event.receivedAt, event.kind, event.sentStatusCode ?? "–", event.deliveredStatusCode ?? "–"]) {
+    for (const value of [when(event.receivedDate || event.receivedAt), event.kind, event.sentStatusCode ?? "–", event.deliveredStatusCode ?? "–"]) {
       row.append(element("td", value));
     }
     tbody.append(row);
@@ -309,21 +396,28 @@ async function showHistory(id) {
   const wrap = element("div", undefined, { class: "scroll" });
   wrap.append(table);
   box.append(wrap);
+  labelCells();
   if (detail.replies.length) {
     box.append(element("p", `Replies: ${detail.replies.map((r) => r.messageText).join(" · ")}`));
   }
 }
 
+// A phone number as people write it: digits with +, spaces, dashes, dots or brackets.
+const PHONE = /^\+?[\d\s().-]{8,}$/;
+
 async function search(q) {
   const box = $("#search-results");
   box.replaceChildren();
   $("#history").replaceChildren();
-  const direct = await api(`/v1/sms/status/${encodeURIComponent(q)}`);
-  if (direct) return showHistory(q);
+  // By the search API, which answers an unknown id with an empty list: a lookup by GET
+  // answered 404 for every phone number or correlationId typed, and the console showed it.
+  const found = await api("/v1/sms/status/search", { method: "POST", body: JSON.stringify({ ids: [q] }) });
+  if (found.smsStatuses.length) return showHistory(q);
+  const destination = PHONE.test(q) ? q.replace(/\D/g, "") : q;
   const matches = [];
-  for (const field of ["correlationId", "destination"]) {
-    const page = await api(`/v1/sms/status?${new URLSearchParams({ [field]: q, limit: "20" })}`);
-    matches.push(...page.items);
+  for (const [field, value] of [["correlationId", q], ["destination", destination]]) {
+    const page = await api(`/v1/sms/status?${new URLSearchParams({ [field]: value, limit: "20" })}`);
+    matches.push(...page.items.filter((item) => !matches.some((m) => m.id === item.id)));
   }
   if (!matches.length) {
     box.append(element("p", `Nothing found for “${q}”.`, { class: "muted" }));
@@ -393,16 +487,24 @@ async function loadOptouts(params) {
   if (params.get("subAccount")) listed.set("subAccount", params.get("subAccount"));
   const recent = await api(`/v1/optouts?${listed}`);
   const size = days.length ? days[days.length - 1].size : 0;
-  $("#optout-size").textContent = `${number(size)} number${size === 1 ? "" : "s"} opted out now`;
+  $("#optout-size").textContent = `${number(size)} number${size === 1 ? "" : "s"} on the lists now (all time)`;
+  // The list's size as a line on its own axis, each day's changes as bars on theirs: drawn as
+  // three lines on one axis, a day's opt-outs hid under the list's size.
   drawChart("optout-chart", {
-    type: "line",
+    type: "bar",
     data: {
       labels: days.map((d) => d.day),
       datasets: [
-        { label: "numbers opted out", data: days.map((d) => d.size), borderColor: color("failed"), yAxisID: "y" },
-        { label: "opted out that day", data: days.map((d) => d.optedOut), borderColor: color("waiting"), yAxisID: "y" },
-        { label: "opted back in", data: days.map((d) => d.optedIn), borderColor: color("delivered"), yAxisID: "y" },
+        { type: "line", label: "numbers on the lists", data: days.map((d) => d.size), borderColor: color("failed"), backgroundColor: color("failed"), yAxisID: "y", order: 0 },
+        { label: "opted out that day", data: days.map((d) => d.optedOut), backgroundColor: color("waiting"), yAxisID: "y1", order: 1 },
+        { label: "opted back in that day", data: days.map((d) => d.optedIn), backgroundColor: color("delivered"), yAxisID: "y1", order: 1 },
       ],
+    },
+    options: {
+      scales: {
+        y: { ...COUNT_AXIS, position: "left", title: { display: true, text: "numbers on the lists" } },
+        y1: { ...COUNT_AXIS, position: "right", grid: { drawOnChartArea: false }, title: { display: true, text: "changes that day" } },
+      },
     },
   });
   const rows = recent.items.map((entry) => {
@@ -418,6 +520,7 @@ async function loadOptouts(params) {
     return row;
   });
   $("#optout-table tbody").replaceChildren(...rows);
+  labelCells();
   $("#optout-note").textContent = recent.items.length
     ? (recent.next ? `the ${RECENT_OPTOUTS} latest; download the list for the rest` : "")
     : "Nobody opted out.";
@@ -426,22 +529,27 @@ async function loadOptouts(params) {
 // --- endpoints ---------------------------------------------------------------------------------
 
 let shownEndpoint = null;
-const when = (iso) => (iso ? iso.slice(0, 19).replace("T", " ") : "–");
 
 async function loadEndpoints() {
   const endpoints = await api("/v1/endpoints");
   const rows = endpoints.map((endpoint) => {
     const row = element("tr", undefined, { class: "clickable", "data-endpoint": endpoint.id });
-    const state = endpoint.disabled ? `disabled (${endpoint.disabledReason})` : "enabled";
+    // Failing while any failed delivery waits for its retry, not only until one success.
+    const failing = Boolean(endpoint.failingSince) || endpoint.retrying > 0;
+    const state = endpoint.disabled
+      ? `disabled (${endpoint.disabledReason})`
+      : failing && endpoint.retrying > 0 ? `failing (${number(endpoint.retrying)} to retry)`
+      : failing ? "failing" : "enabled";
     row.append(
       element("td", endpoint.id),
       element("td", endpoint.url, { class: "url" }),
-      element("td", endpoint.subAccount || "(all)"),
-      element("td", state, { class: endpoint.disabled ? "state-disabled" : "" }),
+      element("td", state, { class: endpoint.disabled || failing ? "state-disabled" : "", "data-testid": "state" }),
+      element("td", number(endpoint.backlog), { "data-testid": "backlog" }),
+      element("td", when(endpoint.nextAttemptAt), { "data-testid": "next-retry" }),
       element("td", when(endpoint.lastSuccessAt)),
       element("td", when(endpoint.failingSince), { class: endpoint.failingSince ? "failing" : "" }),
-      element("td", number(endpoint.backlog), { "data-testid": "backlog" }),
       element("td", number(endpoint.failed), { "data-testid": "failed" }),
+      element("td", endpoint.subAccount || "(all)"),
     );
     if (endpoint.id === shownEndpoint) row.classList.add("selected");
     row.addEventListener("click", () => showAttempts(endpoint).catch((error) => {
@@ -451,6 +559,7 @@ async function loadEndpoints() {
   });
   $("#endpoint-table tbody").replaceChildren(...rows);
   $("#endpoint-note").textContent = endpoints.length ? "" : "No endpoint yet.";
+  labelCells();
 }
 
 async function showAttempts(endpoint) {
@@ -462,18 +571,19 @@ async function showAttempts(endpoint) {
     const result = attempt.statusCode === null ? "no answer" : String(attempt.statusCode);
     row.append(
       element("td", when(attempt.attemptedAt)),
-      element("td", attempt.webhookId),
-      element("td", attempt.eventType || ""),
       element("td", result, { class: attempt.statusCode >= 200 && attempt.statusCode < 300 ? "" : "failing" }),
-      element("td", attempt.latencyMs),
       element("td", attempt.error || attempt.response || "", { class: "text" }),
+      element("td", attempt.eventType || ""),
+      element("td", attempt.latencyMs),
+      element("td", attempt.webhookId),
     );
     return row;
   });
   $("#attempt-table tbody").replaceChildren(...rows);
-  const since = new Date(Date.now() - 3600e3 - new Date().getTimezoneOffset() * 60e3);
+  labelCells();
   if (!$("#replay-form input[name=since]").value) {
-    $("#replay-form input[name=since]").value = since.toISOString().slice(0, 19);
+    // An hour ago, written in the page's zone (the field has no zone of its own).
+    $("#replay-form input[name=since]").value = when(new Date(Date.now() - 3600e3).toISOString()).replace(" ", "T");
   }
   $("#replay-status").textContent = "";
   $("#endpoint-detail").hidden = false;
@@ -487,12 +597,10 @@ async function replay(event) {
   const local = new FormData(event.target).get("since");
   const response = await api(`/v1/endpoints/${shownEndpoint}/replay`, {
     method: "POST",
-    body: JSON.stringify({ since: new Date(local).toISOString() }),
+    body: JSON.stringify({ since: fromZoneField(local).toISOString() }),
   });
   $("#replay-status").textContent = `${number(response.queued)} deliveries queued again`;
 }
-
-const BROWSER_TIME_ZONE = Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC";
 
 function windowParams() {
   const form = new FormData($("#controls"));
@@ -504,8 +612,8 @@ function windowParams() {
     const value = (form.get(name) || "").trim();
     if (value) params.set(name, value);
   }
-  // Days and hours as the reader lives them (a day in São Paulo starts at 03:00 UTC).
-  params.set("tz", BROWSER_TIME_ZONE);
+  // Days and hours in the page's zone (a day in São Paulo starts at 03:00 UTC).
+  params.set("tz", zone());
   return { params, groupBy: hours <= 48 ? "hour" : "day" };
 }
 
@@ -530,9 +638,9 @@ async function refresh({ quiet = false } = {}) {
     renderReplies(replies);
     await loadOptouts(params);
     await loadEndpoints();
-    const loadedAt = new Date().toISOString().slice(11, 19);
-    const days = overTime.tz === "UTC" ? "" : `, days and hours in ${overTime.tz}`;
-    $("#status").textContent = `${overTime.from.slice(0, 16).replace("T", " ")} to ${overTime.to.slice(0, 16).replace("T", " ")} UTC${days}, loaded at ${loadedAt}`;
+    const loadedAt = when(new Date().toISOString()).slice(11);
+    $("#status").textContent = `${when(overTime.from).slice(0, 16)} to ${when(overTime.to).slice(0, 16)}: times, days and hours in ${overTime.tz}; loaded at ${loadedAt}`;
+    for (const named of document.querySelectorAll("[data-zone-name]")) named.textContent = overTime.tz;
     document.body.dataset.loaded = params.toString();
     document.body.dataset.loads = String(load);
   } catch (error) {
@@ -614,6 +722,14 @@ document.addEventListener("DOMContentLoaded", () => {
     search(new FormData(event.target).get("q").trim()).catch((error) => {
       $("#search-results").replaceChildren(element("p", error.message, { class: "error" }));
     });
+  });
+  const zoneChoice = $("#controls select[name=zone]");
+  zoneChoice.options[0].textContent = `your zone (${BROWSER_TIME_ZONE})`;
+  zoneChoice.value = localStorage.getItem(ZONE_CHOICE) === "UTC" ? "UTC" : "local";
+  zoneChoice.addEventListener("change", () => {
+    localStorage.setItem(ZONE_CHOICE, zoneChoice.value);
+    $("#replay-form input[name=since]").value = "";
+    refresh();
   });
   $("#live-period").textContent = `${LIVE_PERIOD_S} s`;
   refreshWhileLive();
