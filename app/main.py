@@ -20,7 +20,17 @@ from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import metrics
-from app.api import dashboard, endpoints, health, optouts, receive, stats, status, webhooks
+from app.api import (
+    dashboard,
+    endpoints,
+    health,
+    optouts,
+    receive,
+    sending,
+    stats,
+    status,
+    webhooks,
+)
 from app.api.deps import READER_CREDENTIAL_HEADERS
 from app.api.errors import install_error_handlers
 from app.api.fast_path import WebhookFastPath
@@ -46,6 +56,7 @@ from app.db.retention import purge_periodically, retention_ages
 from app.db.stats import fold_stats_periodically
 from app.db.writer import BatchWriter
 from app.outbound.forwarder import Forwarder
+from app.outbound.wavy import WavyClient
 from app.payloads import Callback, Dlr, Mo
 from app.settings import Settings
 
@@ -114,6 +125,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await forwarder.start()
     app.state.engine, app.state.writer, app.state.key_registry = engine, writer, registry
     app.state.readers, app.state.forwarder = readers, forwarder
+    app.state.wavy = WavyClient(settings.wavy_api_url, timeout_s=settings.wavy_send_timeout_s)
     changes = {
         KEYS_CHANGED_CHANNEL: registry.forget,
         USERS_CHANGED_CHANNEL: readers.forget,
@@ -151,6 +163,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if forwarder is not None:
             await forwarder.stop()
         await writer.stop()
+        await app.state.wavy.close()
         for task in background:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -231,6 +244,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(stats.router)
     app.include_router(endpoints.router)
     app.include_router(optouts.router)
+    app.include_router(sending.router)
     app.include_router(dashboard.router)
     app.mount("/static", StaticFiles(directory=dashboard.STATIC_DIR), name="static")
     app.openapi = lambda: _openapi_with_payload_schemas(app)  # type: ignore[method-assign]

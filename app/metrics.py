@@ -45,6 +45,15 @@ WEBHOOK_AUTH_FAILURES = Counter(
     "Webhook requests refused for a missing or unknown key",
     ["reason"],
 )
+SENDS = Counter(
+    "wavy_sends_total",
+    "MT sends through the service: refused here for an opt-out (code 204/203), answered by "
+    "Wavy (code: its HTTP status), Wavy unreachable, or no answer in time",
+    ["outcome", "code"],
+)
+SEND_SECONDS = Histogram(
+    "wavy_send_wavy_seconds", "Time Wavy's send API took to answer a send passed to it"
+)
 READER_AUTH_FAILURES = Counter(
     "wavy_reader_auth_failures_total", "Read-API requests refused for bad credentials"
 )

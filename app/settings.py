@@ -146,6 +146,13 @@ class Settings(BaseSettings):
     # Sent and failed deliveries, and every attempt, are kept this long (unset: for ever).
     forward_retention: str | None = "30d"
 
+    # Sending through the service (docs/sending.md): where Wavy's send API is, how long a send
+    # may wait for its answer (past it the MT is kept as unknown, never sent again: Wavy may
+    # have sent it), and whether the MTs' texts are kept (purged with the rest by retention).
+    wavy_api_url: str = "https://api-messaging.wavy.global"
+    wavy_send_timeout_s: float = Field(default=10.0, gt=0, le=120)
+    wavy_send_store_text: bool = True
+
     # The region (ISO 3166 code) whose way of writing numbers without a country code the
     # opt-out lists read them in: "(11) 98765-4321" is +5511987654321 with BR.
     default_region: str = "BR"

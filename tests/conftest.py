@@ -41,6 +41,7 @@ from app.payloads import EventKind, validate_items
 from app.rules.records import EventRecord, build_event_records
 from app.rules.webhook_body import items_as_json
 from app.settings import Settings
+from tests.wavy_stand_in import StandIn, wavy_stand_in
 
 # Every table of the schema (alembic_version is not in the metadata): emptied before each test.
 TABLES = tuple(metadata.tables)
@@ -100,7 +101,14 @@ def empty_database(server_url: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def settings(database_url: str) -> Settings:
+async def wavy() -> AsyncIterator[StandIn]:
+    """A stand-in of Wavy's send API, which the app under test sends to."""
+    async with wavy_stand_in() as stand_in:
+        yield stand_in
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str, wavy: StandIn) -> Settings:
     return Settings(
         database_url=database_url,
         port=free_port(),
@@ -114,6 +122,9 @@ def settings(database_url: str) -> Settings:
         forward_allow_private=True,
         forward_retry_schedule=[0, 0.3, 0.3],
         forward_timeout_s=2.0,
+        # Sends go to the stand-in, and wait for it 1 s at most.
+        wavy_api_url=wavy.url,
+        wavy_send_timeout_s=1.0,
     )
 
 

@@ -60,7 +60,9 @@ async def test_the_endpoints_commands_manage_an_endpoint_end_to_end(
 
         code, out = await cli(database_url, "endpoints", "list")
         assert code == 0
-        assert re.search(rf"^\s+{endpoint_id}\s+enabled\s+0\s+0\s+acme\s", out, re.MULTILINE), out
+        # id, state, backlog, retrying, failed, sub-account
+        row = rf"^\s+{endpoint_id}\s+enabled\s+0\s+0\s+0\s+acme\s"
+        assert re.search(row, out, re.MULTILINE), out
         code, out = await cli(database_url, "endpoints", "attempts", endpoint_id)
         assert code == 0
         assert " 200 " in out

@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import AfterValidator, BeforeValidator, Field
 
 from app.payloads import REPLACEMENT_CHARACTER, as_utc
+from app.rules.plain_text import PRINTABLE_PATTERN, is_printable
 
 
 def _nul_as_stored(value: str) -> str:
@@ -32,22 +33,15 @@ def _iso_8601_only(value: Any) -> Any:
     return value
 
 
-# Control characters but tab and line breaks, and unpaired surrogates: no person types them,
-# PostgreSQL stores neither NUL nor a surrogate, and a log line or a CSV cell would carry
-# the rest into whatever reads it.
-_UNPRINTABLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
-
-
 def _printable(value: str) -> str:
-    if _UNPRINTABLE.search(value):
+    if not is_printable(value):
         raise ValueError("must not hold control characters (NUL included)")
     return value
 
 
 SearchText = Annotated[str, AfterValidator(_nul_as_stored)]
-# Text a caller writes into the service's own records (a reason, a keyword); the pattern is
-# the rule as the API documents it (unpaired surrogates cannot reach it: app.api.routing).
-PRINTABLE_PATTERN = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]*$"
+# Text a caller writes into the service's own records (a reason, a keyword): app.rules.plain_text
+# (unpaired surrogates cannot reach it: app.api.routing refuses them in the JSON).
 PlainText = Annotated[
     str, AfterValidator(_printable), Field(json_schema_extra={"pattern": PRINTABLE_PATTERN})
 ]

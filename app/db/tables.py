@@ -32,6 +32,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, JSON, JSONB
 
 from app.rules.optouts import KEYWORD_ACTIONS, OPTOUT_SOURCES
+from app.rules.sending import MT_OUTCOMES
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -52,6 +53,12 @@ TS = DateTime(timezone=True)
 KEY = Text(collation="C")
 # xid8 as a plain bigint: comparable with pg_snapshot_xmin() the same way, simpler to bind.
 CURRENT_TX_ID = text("(pg_current_xact_id()::text::bigint)")
+
+
+def one_of(column: str, names: tuple[str, ...]) -> str:
+    """A check that the column holds one of the rules' names (their Literal, one source)."""
+    return f"{column} IN ({', '.join(repr(name) for name in names)})"
+
 
 webhook_keys = Table(
     "webhook_keys",
@@ -149,6 +156,29 @@ events = Table(
     # separate id key and received_at index cost a right-edge insert each per event. It is
     # also the key a range partitioning by received_at would need.
     PrimaryKeyConstraint("received_at", "id"),
+)
+
+# Every MT sent through the service's send API (app.services.sending), as its sender asked:
+# sent to Wavy (message_id: Wavy's id), refused for an opt-out (message_id: ours, with the
+# 204 or 203 status Wavy would have given it), or unknown (Wavy did not answer in time: it may
+# have sent it; no id yet, found again by correlation id).
+mts = Table(
+    "mts",
+    metadata,
+    Column("id", KEY, primary_key=True),  # ours, one per MT
+    Column("message_id", KEY, nullable=True),
+    Column("sub_account", KEY, nullable=True),
+    Column("username", Text, nullable=False),
+    Column("destination", KEY, nullable=False),  # E.164 digits, no +
+    Column("correlation_id", KEY, nullable=True),
+    Column("message_text", Text, nullable=True),  # None with WAVY_SEND_STORE_TEXT=false
+    Column("outcome", KEY, nullable=False),
+    Column("wavy_status", SmallInteger, nullable=True),  # the HTTP status Wavy answered
+    Column("submitted_at", TS, nullable=False),
+    CheckConstraint(one_of("outcome", MT_OUTCOMES), name="outcome"),
+    Index(None, "message_id"),
+    Index(None, "correlation_id"),
+    Index(None, "submitted_at", postgresql_using="brin"),
 )
 
 # MOs keyed by their own id; mt_id finds the replies to a message.
@@ -410,11 +440,6 @@ delivery_attempts = Table(
 
 # ---------------------------------------------------------------------------- opt-outs
 # (rules in app.rules.optouts). Lists are keyed by sub-account, '' being the account-wide list.
-
-
-def one_of(column: str, names: tuple[str, ...]) -> str:
-    """A check that the column holds one of the rules' names (their Literal, one source)."""
-    return f"{column} IN ({', '.join(repr(name) for name in names)})"
 
 
 # Keywords set for a list, over the defaults in app.rules.optouts (action 'none' masks one).

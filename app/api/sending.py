@@ -1,0 +1,169 @@
+"""Wavy's send API, on Wavy's paths, for clients that send through the service by changing only
+the host: ``POST /v1/send-sms``, its ``GET`` form, and ``POST /v1/send-bulk-sms``. Each route
+authenticates (before reading a byte of the body), reads the body within its cap, calls
+app.services.sending and answers.
+
+Errors are in Wavy's shape, ``{"errorCode", "errorMessage"}``, since its clients read that, not
+the rest of the API's. That is why these routes are not app.api.routing's: they apply the same
+rules (credentials first, a capped body, strict JSON) and answer them Wavy's way."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from app.api.deps import TOKEN_HEADER, USERNAME_HEADER, authenticate
+from app.api.errors import ApiError
+from app.api.routing import body_cap, read_capped_body
+from app.errors import LoginsThrottled, Unavailable
+from app.rules.scope import Reader
+from app.rules.sending import BadSend
+from app.services import sending as service
+from app.services.sending import SendAnswer, SendContext, wavy_error
+from app.settings import Settings
+
+router = APIRouter(tags=["sending"])
+
+# A message of up to 1280 characters and its options; a bulk's 1000 of them.
+SINGLE_BODY_BYTES = 64 * 1024
+BULK_BODY_BYTES = 4 * 1024 * 1024
+
+Send = Callable[[SendContext, Reader, Mapping[str, str], Any], Awaitable[SendAnswer]]
+
+_ERROR_BODY = {
+    "type": "object",
+    "properties": {"errorCode": {"type": "integer"}, "errorMessage": {"type": "string"}},
+}
+
+
+def _answers(cap: int) -> dict[int | str, dict[str, Any]]:
+    """The error answers of a send route whose body may take ``cap`` bytes."""
+    return {
+        code: {"description": text, "content": {"application/json": {"schema": _ERROR_BODY}}}
+        for code, text in {
+            400: "A send Wavy would refuse: no destination, no text, too long, over 1000 messages",
+            401: "Wrong UserName or AuthenticationToken: nothing reaches Wavy",
+            403: "Wavy refused the credentials (its body passed on)",
+            408: "The body did not arrive in time",
+            413: f"The body passes {cap} bytes (declared or sent)",
+            429: "Wavy's rate limit (its Retry-After passed on), or too many failed logins",
+            502: "Wavy answered 5xx (its body passed on), or could not be reached (nothing sent)",
+            503: "The service could not record the send; nothing was sent",
+            504: "Wavy did not answer in time: the MT is kept as unknown, never sent again",
+        }.items()
+    }
+
+
+_HEADERS = [
+    {"name": USERNAME_HEADER, "in": "header", "required": True, "schema": {"type": "string"}},
+    {"name": TOKEN_HEADER, "in": "header", "required": True, "schema": {"type": "string"}},
+]
+
+
+def _documented(cap: int, body: dict[str, Any]) -> dict[str, Any]:
+    return {
+        **body_cap(cap),
+        "parameters": _HEADERS,
+        "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
+    }
+
+
+_SINGLE_SCHEMA = {
+    "type": "object",
+    "required": ["destination"],
+    "properties": {
+        "destination": {"type": "string", "examples": ["5519900001111"]},
+        "messageText": {"type": "string", "maxLength": 1280},
+        "correlationId": {"type": "string", "maxLength": 64},
+        "subAccount": {"type": "string", "description": "admins: whose message it is"},
+    },
+    "additionalProperties": True,
+}
+_BULK_SCHEMA = {
+    "type": "object",
+    "required": ["messages"],
+    "properties": {
+        "messages": {"type": "array", "maxItems": 1000, "items": _SINGLE_SCHEMA},
+        "defaultValues": {"type": "object", "properties": {"messageText": {"type": "string"}}},
+    },
+    "additionalProperties": True,
+}
+
+
+def _context(request: Request) -> SendContext:
+    state = request.app.state
+    settings: Settings = state.settings
+    return SendContext(
+        state.engine,
+        state.writer,
+        state.wavy,
+        settings.default_region,
+        settings.wavy_send_store_text,
+    )
+
+
+async def _answer(request: Request, body: Any | None, cap: int, send: Send) -> Response:
+    """Credentials, then the body (``body`` when it came in the query string), then the
+    service; every refusal in Wavy's shape."""
+    settings: Settings = request.app.state.settings
+    try:
+        reader = await authenticate(request)
+        if body is None:
+            raw = await read_capped_body(request, cap, settings.body_timeout_s)
+            try:
+                body = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                raise BadSend("the body is not JSON") from None
+        answer = await send(_context(request), reader, request.headers, body)
+    except BadSend as error:
+        answer = wavy_error(400, str(error))
+    except ApiError as error:
+        message = error.message
+        if error.status_code == 401:
+            message = f"Authentication Error: {message}"
+        answer = wavy_error(error.status_code, message, **(error.headers or {}))
+    except LoginsThrottled as error:
+        answer = wavy_error(429, str(error), **{"Retry-After": str(math.ceil(error.wait_s))})
+    except Unavailable as error:
+        answer = wavy_error(503, f"nothing was sent: {error}", **{"Retry-After": "5"})
+    return Response(
+        answer.body,
+        status_code=answer.status,
+        media_type="application/json",
+        headers=answer.headers,
+    )
+
+
+@router.post(
+    "/v1/send-sms",
+    summary="Send one SMS through Wavy (recorded; refused here when opted out, as Wavy does)",
+    responses=_answers(SINGLE_BODY_BYTES),
+    openapi_extra=_documented(SINGLE_BODY_BYTES, _SINGLE_SCHEMA),
+)
+async def send_sms(request: Request) -> Response:
+    return await _answer(request, None, SINGLE_BODY_BYTES, service.send_one)
+
+
+@router.get(
+    "/v1/send-sms",
+    summary="Send one SMS, its fields in the query string (destination, messageText, ...)",
+    responses=_answers(0),
+    openapi_extra={"parameters": _HEADERS},
+)
+async def send_sms_by_get(request: Request) -> Response:
+    return await _answer(request, dict(request.query_params), 0, service.send_one)
+
+
+@router.post(
+    "/v1/send-bulk-sms",
+    summary="Send up to 1000 SMS in one request, answered in the client's order",
+    responses=_answers(BULK_BODY_BYTES),
+    openapi_extra=_documented(BULK_BODY_BYTES, _BULK_SCHEMA),
+)
+async def send_bulk_sms(request: Request) -> Response:
+    return await _answer(request, None, BULK_BODY_BYTES, service.send_bulk)

@@ -1,0 +1,311 @@
+"""Sending through the service, as a drop-in for Wavy's send API: each MT checked as Wavy
+checks it, refused here when its destination is on an opt-out list that applies (with the 204
+or 203 status Wavy itself would give it), passed to Wavy with the client's own credentials
+otherwise, and recorded before the client is answered.
+
+The answers are Wavy's: its body for a send it took or refused, ours in its shape for the rest
+(``SendAnswer``). Nothing here knows HTTP routing; app.api.sending only calls these."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app import metrics
+from app.db import optouts as optout_queries
+from app.db import sending as queries
+from app.db.sending import MtRow
+from app.db.writer import BatchWriter
+from app.errors import Unavailable, WriteRefused
+from app.outbound.wavy import WavyClient, WavyTimedOut, WavyUnreachable
+from app.payloads import replace_nul_characters, validate_items
+from app.rules.optouts import ACCOUNT_WIDE
+from app.rules.records import build_event_records
+from app.rules.scope import Reader, Role
+from app.rules.sending import (
+    BadSend,
+    Mt,
+    MtOutcome,
+    lists_for,
+    named_sub_account,
+    read_bulk,
+    read_mt,
+    refusal_for,
+)
+from app.rules.webhook_body import items_as_json
+
+log = logging.getLogger(__name__)
+
+SINGLE_PATH = "/v1/send-sms"
+BULK_PATH = "/v1/send-bulk-sms"
+
+
+@dataclass(frozen=True, slots=True)
+class SendAnswer:
+    """What the client gets: a status, a body (bytes as Wavy wrote them, or ours), headers."""
+
+    status: int
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def wavy_error(status: int, message: str, **headers: str) -> SendAnswer:
+    """An answer in Wavy's error shape, ``{"errorCode", "errorMessage"}``."""
+    body = orjson.dumps({"errorCode": status, "errorMessage": message})
+    return SendAnswer(status, body, headers)
+
+
+@dataclass(frozen=True, slots=True)
+class SendContext:
+    engine: AsyncEngine
+    writer: BatchWriter
+    wavy: WavyClient
+    region: str
+    store_text: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Sender:
+    """Who sends, and for which sub-account: a user for their own, an admin for the one the
+    body names (``subAccount``, as at Wavy), or for none."""
+
+    reader: Reader
+    sub_account: str | None
+
+
+def sender_of(reader: Reader, body: Mapping[str, Any]) -> Sender:
+    named = named_sub_account(body.get("subAccount"))
+    if reader.role is Role.ADMIN:
+        return Sender(reader, named)
+    if named not in (None, reader.sub_account):
+        raise BadSend("subAccount may be named by an admin only")
+    return Sender(reader, reader.sub_account)
+
+
+async def _refusals(
+    context: SendContext, sender: Sender, mts: Sequence[Mt]
+) -> list[tuple[int, str] | None]:
+    """For each MT, the status that refuses it (its destination on a list that applies)."""
+    lists = lists_for(sender.sub_account)
+    wanted = sorted({"+" + mt.destination for mt in mts})
+    async with context.engine.connect() as conn:
+        found = await optout_queries.opted_out_entries(conn, lists, wanted)
+    refusals = []
+    for mt in mts:
+        on = {entry["sub_account"] for entry in found.get("+" + mt.destination, [])}
+        refusals.append(refusal_for(bool(on - {ACCOUNT_WIDE}), ACCOUNT_WIDE in on))
+    return refusals
+
+
+def _row(
+    context: SendContext,
+    sender: Sender,
+    mt: Mt,
+    outcome: MtOutcome,
+    message_id: str | None,
+    wavy_status: int | None,
+    at: datetime,
+) -> MtRow:
+    return MtRow(
+        id=uuid.uuid4().hex,
+        message_id=message_id,
+        sub_account=sender.sub_account,
+        username=sender.reader.username,
+        destination=mt.destination,
+        # Wavy takes what PostgreSQL cannot store (U+0000): kept as U+FFFD, as ingestion does.
+        correlation_id=stored_text(mt.correlation_id),
+        message_text=stored_text(mt.text) if context.store_text else None,
+        outcome=outcome,
+        wavy_status=wavy_status,
+        submitted_at=at,
+    )
+
+
+async def _record(context: SendContext, rows: Sequence[MtRow]) -> None:
+    async with context.engine.begin() as conn:
+        await queries.record_mts(conn, rows)
+        await queries.start_statuses(conn, rows)
+
+
+async def _refuse(
+    context: SendContext,
+    sender: Sender,
+    refused: Sequence[tuple[Mt, tuple[int, str]]],
+    at: datetime,
+) -> list[str]:
+    """Each refused MT gets an id of ours and the status Wavy would have called back with,
+    stored as that callback: visible in the reads, pushed to endpoints, counted."""
+    ids = [str(uuid.uuid4()) for _ in refused]
+    callbacks = [
+        {
+            "id": message_id,
+            "destination": mt.destination,
+            "sentStatusCode": code,
+            "sentStatus": name,
+            "sentAt": int(at.timestamp() * 1000),
+            **({"correlationId": mt.correlation_id} if mt.correlation_id else {}),
+        }
+        for message_id, (mt, (code, name)) in zip(ids, refused, strict=True)
+    ]
+    outcome: dict[int, MtOutcome] = {204: "refused_optout", 203: "refused_blacklisted"}
+    rows = [
+        _row(context, sender, mt, outcome[code], message_id, None, at)
+        for message_id, (mt, (code, _)) in zip(ids, refused, strict=True)
+    ]
+    async with context.engine.begin() as conn:
+        await queries.record_mts(conn, rows)
+    records = build_event_records(
+        "callback",
+        validate_items("callback", callbacks),
+        items_as_json(callbacks),
+        sub_account=sender.sub_account,
+        received_at=at,
+    )
+    try:
+        await context.writer.write(records)
+    except WriteRefused as error:  # our own callback: a fault of ours, not the client's
+        raise Unavailable(f"the refusal's status was not stored ({error.sqlstate})") from None
+    for _, (code, _) in refused:
+        metrics.SENDS.labels("refused", str(code)).inc()
+    return ids
+
+
+def stored_text(value: str | None) -> str | None:
+    return None if value is None else str(replace_nul_characters(value))
+
+
+def _forwarded_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """The client's credentials as it wrote them, for Wavy to check again."""
+    kept = {"content-type": "application/json", "accept": "application/json"}
+    for name, value in headers.items():
+        if name.lower() in ("username", "authenticationtoken"):
+            kept[name] = value
+    return kept
+
+
+def _json_object(body: bytes) -> dict[str, Any] | None:
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    return parsed if isinstance(parsed, dict) else None
+
+
+async def _call_wavy(
+    context: SendContext, path: str, headers: Mapping[str, str], body: Any
+) -> SendAnswer | dict[str, Any]:
+    """Wavy's parsed answer to a send it took, or the answer the client gets otherwise."""
+    try:
+        with metrics.SEND_SECONDS.time():
+            answer = await context.wavy.post(path, _forwarded_headers(headers), orjson.dumps(body))
+    except WavyUnreachable:
+        metrics.SENDS.labels("unreachable", "").inc()
+        return wavy_error(502, "Wavy could not be reached; nothing was sent, retry")
+    metrics.SENDS.labels("wavy", str(answer.status)).inc()
+    if 200 <= answer.status < 300:
+        parsed = _json_object(answer.body)
+        if parsed is not None:
+            return parsed
+        return wavy_error(502, "Wavy's answer was not the JSON object its API documents")
+    if answer.status >= 500:
+        return SendAnswer(502, answer.body)
+    extra = {"Retry-After": answer.retry_after} if answer.retry_after else {}
+    return SendAnswer(answer.status, answer.body, extra)
+
+
+async def send_one(
+    context: SendContext, reader: Reader, headers: Mapping[str, str], body: Any
+) -> SendAnswer:
+    """A single send (POST /v1/send-sms, or its GET form's fields)."""
+    if not isinstance(body, dict):
+        raise BadSend("a send is a JSON object")
+    sender = sender_of(reader, body)
+    mt = read_mt(body, context.region)
+    at = datetime.now(UTC)
+    [refusal] = await _refusals(context, sender, [mt])
+    if refusal is not None:
+        [message_id] = await _refuse(context, sender, [(mt, refusal)], at)
+        return _ok({"id": message_id, "correlationId": mt.correlation_id})
+    try:
+        answer = await _call_wavy(context, SINGLE_PATH, headers, body)
+    except WavyTimedOut:
+        await _record(context, [_row(context, sender, mt, "unknown", None, None, at)])
+        return _timed_out()
+    if isinstance(answer, SendAnswer):
+        return answer
+    wavy_id = answer.get("id")
+    row = _row(context, sender, mt, "sent", str(wavy_id) if wavy_id else None, 200, at)
+    await _record(context, [row])
+    return _ok(answer)
+
+
+async def send_bulk(
+    context: SendContext, reader: Reader, headers: Mapping[str, str], body: Any
+) -> SendAnswer:
+    """A bulk send: the allowed messages go to Wavy in one request, in their order; the answer
+    lists every message, in the client's order."""
+    if not isinstance(body, dict):
+        raise BadSend("a bulk send is a JSON object")
+    sender = sender_of(reader, body)
+    mts = read_bulk(body, context.region)
+    at = datetime.now(UTC)
+    refusals = await _refusals(context, sender, mts)
+    refused = [(mt, refusal) for mt, refusal in zip(mts, refusals, strict=True) if refusal]
+    allowed = [mt for mt, refusal in zip(mts, refusals, strict=True) if refusal is None]
+    refused_ids = iter(await _refuse(context, sender, refused, at) if refused else [])
+    batch_id: Any = uuid.uuid4().hex
+    sent_ids: list[Any] = []
+    if allowed:
+        try:
+            answer = await _call_wavy(
+                context, BULK_PATH, headers, {**body, "messages": [mt.fields for mt in allowed]}
+            )
+        except WavyTimedOut:
+            rows = [_row(context, sender, mt, "unknown", None, None, at) for mt in allowed]
+            await _record(context, rows)
+            return _timed_out()
+        if isinstance(answer, SendAnswer):
+            return answer
+        batch_id = answer.get("id", batch_id)
+        items = answer.get("messages")
+        sent_ids = [
+            item.get("id") if isinstance(item, dict) else None
+            for item in (items if isinstance(items, list) else [])
+        ]
+        sent_ids += [None] * (len(allowed) - len(sent_ids))
+        await _record(
+            context,
+            [
+                _row(context, sender, mt, "sent", str(sent) if sent else None, 200, at)
+                for mt, sent in zip(allowed, sent_ids, strict=False)
+            ],
+        )
+    sent = iter(sent_ids)
+    messages = [
+        {
+            "id": next(refused_ids) if refusal else next(sent),
+            "correlationId": mt.correlation_id,
+        }
+        for mt, refusal in zip(mts, refusals, strict=True)
+    ]
+    return _ok({"id": batch_id, "messages": messages})
+
+
+def _ok(answer: Mapping[str, Any]) -> SendAnswer:
+    return SendAnswer(200, orjson.dumps(answer))
+
+
+def _timed_out() -> SendAnswer:
+    metrics.SENDS.labels("timeout", "").inc()
+    return wavy_error(
+        504,
+        "Wavy did not answer in time: the message may have been sent; it is kept as unknown, "
+        "look it up by correlationId before sending it again",
+    )

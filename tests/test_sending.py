@@ -1,0 +1,326 @@
+"""Sending through the service as a drop-in for Wavy's send API, against a stand-in of Wavy over
+real HTTP: credentials as Wavy's clients write them, every MT recorded and shown at once,
+opted-out destinations refused as Wavy answers them (and never sent), bulk order, Wavy's
+answers passed on, and a timeout never sent twice."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from app.db import users
+from app.rules.scope import Role
+from app.settings import Settings
+from tests.conftest import add_key, fetch_all, free_port, serving
+from tests.wavy_stand_in import StandIn
+
+OPTED_OUT = "5519900001111"  # on acme's list
+BLACKLISTED = "5519900002222"  # on the account-wide list
+THEIRS = "5519900003333"  # on globex's list only
+FREE = "5519900004444"
+
+
+@pytest.fixture
+def proxy(base_url: str) -> str:
+    return base_url
+
+
+@pytest.fixture
+async def senders(app: FastAPI, wavy: StandIn) -> dict[str, dict[str, str]]:
+    """Credentials as Wavy's clients write them (lower case, courier's way), and the lists."""
+    wavy.reset()
+    found = {}
+    async with app.state.engine.begin() as conn:
+        for name, role, sub in (
+            ("boss", Role.ADMIN, None),
+            ("ana@acme.example", Role.USER, "acme"),
+            ("Gil da Globex", Role.USER, "globex"),
+        ):
+            token = await users.add_user(
+                conn, username=name, role=role, sub_account=sub, email=None, token=None
+            )
+            found[name] = {"username": name, "authenticationtoken": token}
+    return found
+
+
+async def opt_out(client: httpx.AsyncClient, base: str, who: dict[str, str], number: str) -> None:
+    headers = {"UserName": who["username"], "AuthenticationToken": who["authenticationtoken"]}
+    answer = await client.put(f"{base}/v1/optouts/{number}", headers=headers)
+    assert answer.status_code == 200, answer.text
+
+
+@pytest.fixture
+async def lists(client: httpx.AsyncClient, proxy: str, senders: dict[str, dict[str, str]]) -> None:
+    # Written as people write numbers: the lists' own normalisation makes them one number.
+    await opt_out(client, proxy, senders["ana@acme.example"], "+55 (19) 90000-1111")
+    await opt_out(client, proxy, senders["boss"], BLACKLISTED)
+    await opt_out(client, proxy, senders["Gil da Globex"], THEIRS)
+
+
+def admin_headers(senders: dict[str, dict[str, str]]) -> dict[str, str]:
+    boss = senders["boss"]
+    return {"UserName": boss["username"], "AuthenticationToken": boss["authenticationtoken"]}
+
+
+async def status_of(client: httpx.AsyncClient, base: str, senders: Any, ids: list[str]) -> Any:
+    answer = await client.post(
+        f"{base}/v1/sms/status/search", json={"ids": ids}, headers=admin_headers(senders)
+    )
+    return {item["id"]: item for item in answer.json()["smsStatuses"]}
+
+
+async def test_a_send_reaches_wavy_with_the_clients_own_credentials_and_shows_at_once(
+    client: httpx.AsyncClient, proxy: str, wavy: StandIn, senders: Any, app: FastAPI
+) -> None:
+    ana = senders["ana@acme.example"]
+    answer = await client.post(
+        f"{proxy}/v1/send-sms",
+        json={"destination": "+" + FREE, "messageText": "Oi!", "correlationId": "order-1",
+              "flashSMS": "true", "unknownField": {"kept": 1}},
+        headers=ana,
+    )  # fmt: skip
+
+    assert answer.status_code == 200, answer.text
+    sent = answer.json()
+    assert set(sent) == {"id", "correlationId"}
+    assert sent["correlationId"] == "order-1"
+    [asked] = wavy.asked
+    assert (asked.headers["username"], asked.headers["authenticationtoken"]) == (
+        ana["username"],
+        ana["authenticationtoken"],
+    )
+    assert asked.json["unknownField"] == {"kept": 1}  # every field passed on unchanged
+    assert asked.json["flashSMS"] == "true"
+    shown = (await status_of(client, proxy, senders, [sent["id"]]))[sent["id"]]
+    assert (shown["destination"], shown["correlationId"], shown["subAccount"]) == (
+        FREE,
+        "order-1",
+        "acme",
+    )
+    assert shown["sentStatusCode"] is None  # no status yet
+    [mt] = await fetch_all(app.state.engine, "SELECT * FROM mts")
+    assert (mt["outcome"], mt["message_id"], mt["message_text"]) == ("sent", sent["id"], "Oi!")
+
+    # Wavy's callback merges into it, with the key of acme.
+    key = await add_key(app, "acme")
+    callback = {"id": sent["id"], "sentStatusCode": 2, "sentStatus": "SENT_SUCCESS",
+                "carrierName": "VIVO"}  # fmt: skip
+    stored = await client.post(f"{proxy}/v1/webhooks/callback", params={"key": key}, json=callback)
+    assert stored.status_code == 200
+    merged = (await status_of(client, proxy, senders, [sent["id"]]))[sent["id"]]
+    assert (merged["sentStatusCode"], merged["destination"], merged["correlationId"]) == (
+        2,
+        FREE,
+        "order-1",
+    )
+
+
+@pytest.mark.usefixtures("lists")
+async def test_an_opted_out_destination_is_answered_as_wavy_does_and_never_sent(
+    client: httpx.AsyncClient, proxy: str, wavy: StandIn, senders: Any
+) -> None:
+    ana = senders["ana@acme.example"]
+    answers = {
+        number: await client.post(
+            f"{proxy}/v1/send-sms",
+            json={"destination": number, "messageText": "promo", "correlationId": number[-4:]},
+            headers=ana,
+        )
+        for number in (OPTED_OUT, BLACKLISTED, THEIRS)
+    }
+
+    assert {number: answer.status_code for number, answer in answers.items()} == dict.fromkeys(
+        answers, 200
+    )
+    # Only globex's opt-out, which is no list of acme's, reached Wavy.
+    assert [asked.json["destination"] for asked in wavy.asked] == [THEIRS]
+    ids = {number: answer.json()["id"] for number, answer in answers.items()}
+    shown = await status_of(client, proxy, senders, list(ids.values()))
+    assert (shown[ids[OPTED_OUT]]["sentStatusCode"], shown[ids[OPTED_OUT]]["sentStatus"]) == (
+        204,
+        "DESTINATION_BLOCKED_BY_OPTOUT",
+    )
+    assert (shown[ids[BLACKLISTED]]["sentStatusCode"], shown[ids[BLACKLISTED]]["sentStatus"]) == (
+        203,
+        "BLACKLISTED",
+    )
+    assert shown[ids[OPTED_OUT]]["correlationId"] == OPTED_OUT[-4:]
+
+
+@pytest.mark.usefixtures("lists")
+async def test_a_bulk_sends_the_allowed_in_one_request_and_answers_in_the_clients_order(
+    client: httpx.AsyncClient, proxy: str, wavy: StandIn, senders: Any
+) -> None:
+    order = [OPTED_OUT, FREE, BLACKLISTED, THEIRS]
+    body = {
+        "messages": [
+            {"destination": number, "correlationId": f"c{n}"} for n, number in enumerate(order)
+        ],
+        "defaultValues": {"messageText": "hello"},
+        "timeZone": "America/Sao_Paulo",
+    }
+    answer = await client.post(
+        f"{proxy}/v1/send-bulk-sms", json=body, headers=senders["ana@acme.example"]
+    )
+
+    assert answer.status_code == 200, answer.text
+    [asked] = wavy.asked
+    assert [item["destination"] for item in asked.json["messages"]] == [FREE, THEIRS]
+    assert asked.json["timeZone"] == "America/Sao_Paulo"  # the root's fields passed on
+    items = answer.json()["messages"]
+    assert [item["correlationId"] for item in items] == ["c0", "c1", "c2", "c3"]
+    assert [items[1]["id"], items[3]["id"]] == ["wavy-c1", "wavy-c3"]  # Wavy's, where they go
+    shown = await status_of(client, proxy, senders, [item["id"] for item in items])
+    codes = [shown[item["id"]]["sentStatusCode"] for item in items]
+    assert codes == [204, None, 203, None]
+
+
+async def test_wrong_credentials_get_401_and_nothing_reaches_wavy(
+    client: httpx.AsyncClient, proxy: str, wavy: StandIn, senders: Any
+) -> None:
+    wrong = {"username": "ana@acme.example", "authenticationtoken": "not-her-token-at-all"}
+    answers = [
+        await client.post(f"{proxy}/v1/send-sms", json={"destination": FREE}, headers=wrong),
+        await client.post(f"{proxy}/v1/send-bulk-sms", content=b"{not json", headers={}),
+    ]
+    assert [answer.status_code for answer in answers] == [401, 401]
+    assert answers[0].json()["errorCode"] == 401
+    assert answers[0].json()["errorMessage"].startswith("Authentication Error")
+    assert wavy.asked == []
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "says"),
+    [
+        ("/v1/send-sms", {"messageText": "x"}, "destination is required"),
+        ("/v1/send-sms", {"destination": "banana", "messageText": "x"}, "not a phone number"),
+        ("/v1/send-sms", {"destination": FREE, "messageText": "  "}, "messageText is required"),
+        ("/v1/send-sms", {"destination": FREE, "messageText": "x" * 1281}, "longer than 1280"),
+        (
+            "/v1/send-sms",
+            {"destination": FREE, "messageText": "x", "correlationId": "c" * 65},
+            "longer than 64",
+        ),
+        (
+            "/v1/send-bulk-sms",
+            {"messages": [{"destination": FREE}], "defaultValues": {"messageText": None}},
+            "messageText is required",
+        ),
+        (
+            "/v1/send-bulk-sms",
+            {"messages": [{"destination": FREE, "messageText": "x"}] * 1001},
+            "more than 1000",
+        ),
+    ],
+)
+async def test_a_send_wavy_would_refuse_gets_its_400_and_nothing_is_sent_or_stored(
+    client: httpx.AsyncClient,
+    proxy: str,
+    wavy: StandIn,
+    senders: Any,
+    app: FastAPI,
+    path: str,
+    body: Any,
+    says: str,
+) -> None:
+    answer = await client.post(f"{proxy}{path}", json=body, headers=senders["ana@acme.example"])
+    assert answer.status_code == 400
+    assert answer.json()["errorCode"] == 400
+    assert says in answer.json()["errorMessage"]
+    assert wavy.asked == []
+    assert await fetch_all(app.state.engine, "SELECT id FROM mts") == []
+
+
+@pytest.mark.parametrize(
+    ("wavy_status", "wavy_headers", "ours"),
+    [(429, {"Retry-After": "7"}, 429), (403, {}, 403), (500, {}, 502), (503, {}, 502)],
+)
+async def test_wavys_refusals_reach_the_client_with_wavys_body(
+    client: httpx.AsyncClient,
+    proxy: str,
+    wavy: StandIn,
+    senders: Any,
+    app: FastAPI,
+    wavy_status: int,
+    wavy_headers: dict[str, str],
+    ours: int,
+) -> None:
+    said = {"errorCode": wavy_status, "errorMessage": "from Wavy"}
+    wavy.answer = (wavy_status, said, wavy_headers)
+    answer = await client.post(
+        f"{proxy}/v1/send-sms",
+        json={"destination": FREE, "messageText": "x"},
+        headers=senders["ana@acme.example"],
+    )
+    assert answer.status_code == ours
+    assert answer.json() == said
+    if wavy_status == 429:
+        assert answer.headers["retry-after"] == "7"
+    assert await fetch_all(app.state.engine, "SELECT id FROM mts") == []  # nothing was sent
+
+
+async def test_a_send_wavy_did_not_answer_in_time_is_504_kept_as_unknown_and_never_resent(
+    client: httpx.AsyncClient, proxy: str, wavy: StandIn, senders: Any, app: FastAPI
+) -> None:
+    wavy.delay_s = 2.0  # past the proxy's 1 s
+    answer = await client.post(
+        f"{proxy}/v1/send-sms",
+        json={"destination": FREE, "messageText": "x", "correlationId": "late-1"},
+        headers=senders["ana@acme.example"],
+    )
+    assert answer.status_code == 504
+    assert "correlationId" in answer.json()["errorMessage"]
+    assert len(wavy.asked) == 1  # one request: a send is never repeated after a timeout
+    [mt] = await fetch_all(app.state.engine, "SELECT outcome, correlation_id, message_id FROM mts")
+    assert mt == {"outcome": "unknown", "correlation_id": "late-1", "message_id": None}
+
+
+async def test_when_wavy_cannot_be_reached_nothing_is_sent_or_stored(
+    client: httpx.AsyncClient, settings: Settings, senders: Any, app: FastAPI
+) -> None:
+    port = free_port()
+    nowhere = {"port": port, "wavy_api_url": f"http://127.0.0.1:{free_port()}"}
+    async with serving(settings.model_copy(update=nowhere)):
+        answer = await client.post(
+            f"http://127.0.0.1:{port}/v1/send-sms",
+            json={"destination": FREE, "messageText": "x"},
+            headers=senders["ana@acme.example"],
+        )
+    assert answer.status_code == 502
+    assert "nothing was sent" in answer.json()["errorMessage"]
+    assert await fetch_all(app.state.engine, "SELECT id FROM mts") == []
+
+
+async def test_a_user_sends_for_their_own_sub_account_an_admin_for_the_one_it_names(
+    client: httpx.AsyncClient, proxy: str, wavy: StandIn, senders: Any
+) -> None:
+    named = await client.post(
+        f"{proxy}/v1/send-sms",
+        json={"destination": FREE, "messageText": "x", "subAccount": "globex"},
+        headers=senders["ana@acme.example"],
+    )
+    assert named.status_code == 400  # a user names no other sub-account
+    by_admin = await client.post(
+        f"{proxy}/v1/send-sms",
+        json={"destination": FREE, "messageText": "x", "subAccount": "globex"},
+        headers=senders["boss"],
+    )
+    assert by_admin.status_code == 200
+    shown = await status_of(client, proxy, senders, [by_admin.json()["id"]])
+    assert shown[by_admin.json()["id"]]["subAccount"] == "globex"
+    assert [asked.json.get("subAccount") for asked in wavy.asked] == ["globex"]
+
+
+async def test_the_get_form_sends_too(
+    client: httpx.AsyncClient, proxy: str, wavy: StandIn, senders: Any
+) -> None:
+    answer = await client.get(
+        f"{proxy}/v1/send-sms",
+        params={"destination": FREE, "messageText": "by GET"},
+        headers=senders["ana@acme.example"],
+    )
+    assert answer.status_code == 200, answer.text
+    assert [asked.json["messageText"] for asked in wavy.asked] == ["by GET"]

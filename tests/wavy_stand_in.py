@@ -1,0 +1,73 @@
+"""A stand-in of Wavy's send API over real HTTP, for the send proxy's tests: it records every
+request and answers as it is told (by default as Wavy does: an id per message)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+
+@dataclass
+class Asked:
+    path: str
+    headers: dict[str, str]
+    json: Any
+
+
+@dataclass
+class StandIn:
+    url: str = ""
+    asked: list[Asked] = field(default_factory=list)
+    # Told answer: (status, body, headers), or None for Wavy's own; a delay before answering.
+    answer: tuple[int, Any, dict[str, str]] | None = None
+    delay_s: float = 0.0
+
+    def reset(self) -> None:
+        self.asked.clear()
+        self.answer, self.delay_s = None, 0.0
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.asked.append(Asked(request.path, dict(request.headers), body))
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        if self.answer is not None:
+            status, answer, headers = self.answer
+            return web.json_response(answer, status=status, headers=headers)
+        if request.path == "/v1/send-bulk-sms":
+            # Ids that name the message they answer for: a test can tell which is which.
+            messages = [
+                {
+                    "id": f"wavy-{item.get('correlationId', n)}",
+                    "correlationId": item.get("correlationId"),
+                }
+                for n, item in enumerate(body["messages"])
+            ]
+            return web.json_response({"id": str(uuid.uuid4()), "messages": messages})
+        return web.json_response(
+            {"id": str(uuid.uuid4()), "correlationId": body.get("correlationId")}
+        )
+
+
+@asynccontextmanager
+async def wavy_stand_in() -> AsyncIterator[StandIn]:
+    stand_in = StandIn()
+    application = web.Application()
+    application.router.add_post("/v1/send-sms", stand_in.handle)
+    application.router.add_post("/v1/send-bulk-sms", stand_in.handle)
+    runner = web.AppRunner(application)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    stand_in.url = f"http://127.0.0.1:{port}"
+    try:
+        yield stand_in
+    finally:
+        await runner.cleanup()
