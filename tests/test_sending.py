@@ -5,6 +5,8 @@ answers passed on, and a timeout never sent twice."""
 
 from __future__ import annotations
 
+import asyncio
+from collections import Counter
 from typing import Any
 
 import httpx
@@ -324,3 +326,81 @@ async def test_the_get_form_sends_too(
     )
     assert answer.status_code == 200, answer.text
     assert [asked.json["messageText"] for asked in wavy.asked] == ["by GET"]
+
+
+async def test_a_retry_with_the_same_idempotency_key_gets_the_first_answer_and_sends_nothing(
+    client: httpx.AsyncClient, proxy: str, wavy: StandIn, senders: Any, app: FastAPI
+) -> None:
+    headers = {**senders["ana@acme.example"], "Idempotency-Key": "order-77-attempt"}
+    body = {"destination": FREE, "messageText": "once", "correlationId": "order-77"}
+    first = await client.post(f"{proxy}/v1/send-sms", json=body, headers=headers)
+    again = await client.post(f"{proxy}/v1/send-sms", json=body, headers=headers)
+    other = await client.post(
+        f"{proxy}/v1/send-sms", json={**body, "messageText": "twice?"}, headers=headers
+    )
+    elsewhere = await client.post(
+        f"{proxy}/v1/send-sms",
+        json=body,
+        headers={**senders["boss"], "Idempotency-Key": "order-77-attempt"},
+    )
+
+    assert (first.status_code, again.status_code) == (200, 200)
+    assert again.json() == first.json()
+    assert again.headers["idempotent-replayed"] == "true"
+    assert other.status_code == 409
+    assert other.json()["errorCode"] == 409
+    assert elsewhere.status_code == 200  # a key is its user's: another's is another key
+    assert len(wavy.asked) == 2  # ana's once, the admin's once
+    rows = await fetch_all(app.state.engine, "SELECT username FROM mts ORDER BY username")
+    assert [row["username"] for row in rows] == ["ana@acme.example", "boss"]
+
+
+async def test_the_send_rate_holds_for_every_replica_together(
+    client: httpx.AsyncClient, settings: Settings, wavy: StandIn, senders: Any
+) -> None:
+    """Two replicas, a limit of 3 a second and no wait: however the burst is split between
+    them, Wavy gets at most 3 sends in any second; the rest get 429 with Retry-After."""
+    limited = {"wavy_send_max_rps": 3, "wavy_send_max_wait_s": 0.0}
+    ports = [free_port(), free_port()]
+    async with (
+        serving(settings.model_copy(update={"port": ports[0], **limited})),
+        serving(settings.model_copy(update={"port": ports[1], **limited})),
+    ):
+        answers = await asyncio.gather(
+            *(
+                client.post(
+                    f"http://127.0.0.1:{ports[n % 2]}/v1/send-sms",
+                    json={"destination": FREE, "messageText": f"burst {n}"},
+                    headers=senders["ana@acme.example"],
+                )
+                for n in range(12)
+            )
+        )
+    per_second = Counter(int(asked.at) for asked in wavy.asked)
+    refused = [answer for answer in answers if answer.status_code == 429]
+    assert len(wavy.asked) + len(refused) == 12
+    assert max(per_second.values()) <= 3, per_second
+    assert refused
+    assert all(answer.headers["retry-after"] == "1" for answer in refused)
+
+
+async def test_a_send_past_the_rate_waits_its_turn_within_the_bound(
+    client: httpx.AsyncClient, settings: Settings, wavy: StandIn, senders: Any
+) -> None:
+    port = free_port()
+    limited = {"port": port, "wavy_send_max_rps": 2, "wavy_send_max_wait_s": 5.0}
+    async with serving(settings.model_copy(update=limited)):
+        answers = await asyncio.gather(
+            *(
+                client.post(
+                    f"http://127.0.0.1:{port}/v1/send-sms",
+                    json={"destination": FREE, "messageText": f"queued {n}"},
+                    headers=senders["ana@acme.example"],
+                )
+                for n in range(5)
+            )
+        )
+    assert [answer.status_code for answer in answers] == [200] * 5
+    per_second = Counter(int(asked.at) for asked in wavy.asked)
+    assert max(per_second.values()) <= 2
+    assert len(per_second) >= 3  # five sends at two a second span three seconds

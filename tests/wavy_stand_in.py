@@ -4,6 +4,7 @@ request and answers as it is told (by default as Wavy does: an id per message)."
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,6 +19,7 @@ class Asked:
     path: str
     headers: dict[str, str]
     json: Any
+    at: float  # when it arrived (Unix time)
 
 
 @dataclass
@@ -34,7 +36,7 @@ class StandIn:
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.json()
-        self.asked.append(Asked(request.path, dict(request.headers), body))
+        self.asked.append(Asked(request.path, dict(request.headers), body, time.time()))
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         if self.answer is not None:

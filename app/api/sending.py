@@ -51,7 +51,8 @@ def _answers(cap: int) -> dict[int | str, dict[str, Any]]:
             403: "Wavy refused the credentials (its body passed on)",
             408: "The body did not arrive in time",
             413: f"The body passes {cap} bytes (declared or sent)",
-            429: "Wavy's rate limit (its Retry-After passed on), or too many failed logins",
+            409: "The Idempotency-Key was used with another body, or its send still runs",
+            429: "Past WAVY_SEND_MAX_RPS, or Wavy's rate limit (Retry-After), or failed logins",
             502: "Wavy answered 5xx (its body passed on), or could not be reached (nothing sent)",
             503: "The service could not record the send; nothing was sent",
             504: "Wavy did not answer in time: the MT is kept as unknown, never sent again",
@@ -59,9 +60,18 @@ def _answers(cap: int) -> dict[int | str, dict[str, Any]]:
     }
 
 
+IDEMPOTENCY_HEADER = "Idempotency-Key"
 _HEADERS = [
     {"name": USERNAME_HEADER, "in": "header", "required": True, "schema": {"type": "string"}},
     {"name": TOKEN_HEADER, "in": "header", "required": True, "schema": {"type": "string"}},
+    {
+        "name": IDEMPOTENCY_HEADER,
+        "in": "header",
+        "required": False,
+        "schema": {"type": "string", "maxLength": 255},
+        "description": "a retry with the same key and body within 24 h gets the first answer "
+        "and sends nothing; the same key with another body gets 409",
+    },
 ]
 
 
@@ -99,11 +109,13 @@ def _context(request: Request) -> SendContext:
     state = request.app.state
     settings: Settings = state.settings
     return SendContext(
-        state.engine,
-        state.writer,
-        state.wavy,
-        settings.default_region,
-        settings.wavy_send_store_text,
+        engine=state.engine,
+        writer=state.writer,
+        wavy=state.wavy,
+        region=settings.default_region,
+        store_text=settings.wavy_send_store_text,
+        max_rps=settings.wavy_send_max_rps,
+        max_wait_s=settings.wavy_send_max_wait_s,
     )
 
 
@@ -119,7 +131,16 @@ async def _answer(request: Request, body: Any | None, cap: int, send: Send) -> R
                 body = orjson.loads(raw)
             except orjson.JSONDecodeError:
                 raise BadSend("the body is not JSON") from None
-        answer = await send(_context(request), reader, request.headers, body)
+        else:
+            raw = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+        context, parsed = _context(request), body
+        answer = await service.send_idempotently(
+            context,
+            reader,
+            request.headers.get(IDEMPOTENCY_HEADER),
+            raw,
+            lambda: send(context, reader, request.headers, parsed),
+        )
     except BadSend as error:
         answer = wavy_error(400, str(error))
     except ApiError as error:

@@ -31,6 +31,7 @@ _OLD_ROWS = {
     "messages": "first_seen_at < :cutoff AND updated_at < :cutoff",
     "mos": "received_at < :cutoff",
     "mts": "submitted_at < :cutoff",
+    "send_keys": "created_at < :cutoff",
     "rejected_bodies": "received_at < :cutoff",
     # Forwarding's history; a delivery still to be sent is never old.
     "deliveries": "created_at < :cutoff AND state <> 'pending'",

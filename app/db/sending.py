@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Literal
 
-from sqlalchemy import func, insert
+from sqlalchemy import delete, func, insert, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.db.tables import CURRENT_TX_ID, messages, messages_change_seq, mts
+from app.db.tables import CURRENT_TX_ID, messages, messages_change_seq, mts, send_keys
 from app.rules.sending import MtOutcome
 
 
@@ -68,3 +69,85 @@ async def start_statuses(conn: AsyncConnection, rows: Sequence[MtRow]) -> None:
             },
         )
     )
+
+
+# ---------------------------------------------------------------------------- idempotency
+
+
+@dataclass(frozen=True, slots=True)
+class KeyClaim:
+    """What a send's Idempotency-Key found: the key is this send's now (``new``), a first
+    answer to give again (``replay``), another body under the key (``conflict``), or the first
+    send still running (``running``)."""
+
+    state: Literal["new", "replay", "conflict", "running"]
+    status: int | None = None
+    answer: bytes | None = None
+
+
+# Taken when new, or when the key's last use is older than the window (then it is reused).
+_CLAIM_KEY = text(
+    "INSERT INTO send_keys AS k (username, key, body_sha256) VALUES (:username, :key, :body) "
+    "ON CONFLICT (username, key) DO UPDATE SET body_sha256 = EXCLUDED.body_sha256, "
+    "status = NULL, answer = NULL, created_at = now() "
+    "WHERE k.created_at < now() - CAST(:window AS interval) RETURNING 1"
+)
+_KEY_USE = text(
+    "SELECT body_sha256, status, answer FROM send_keys WHERE username = :username AND key = :key"
+)
+
+
+async def claim_key(
+    conn: AsyncConnection, username: str, key: str, body_sha256: str, window: timedelta
+) -> KeyClaim:
+    taken = await conn.scalar(
+        _CLAIM_KEY, {"username": username, "key": key, "body": body_sha256, "window": window}
+    )
+    if taken is not None:
+        return KeyClaim("new")
+    found = (await conn.execute(_KEY_USE, {"username": username, "key": key})).one()
+    if found.body_sha256 != body_sha256:
+        return KeyClaim("conflict")
+    if found.status is None:
+        return KeyClaim("running")
+    return KeyClaim("replay", found.status, found.answer)
+
+
+async def keep_answer(
+    conn: AsyncConnection, username: str, key: str, status: int, answer: bytes
+) -> None:
+    await conn.execute(
+        update(send_keys)
+        .where(send_keys.c.username == username, send_keys.c.key == key)
+        .values(status=status, answer=answer)
+    )
+
+
+async def release_key(conn: AsyncConnection, username: str, key: str) -> None:
+    """The send did nothing a retry could repeat: the key is free for it."""
+    await conn.execute(
+        delete(send_keys).where(
+            send_keys.c.username == username, send_keys.c.key == key, send_keys.c.status.is_(None)
+        )
+    )
+
+
+# ---------------------------------------------------------------------------- the rate
+
+# A minute's ring of one-second slots: a slot is taken over when its second is past, and
+# counts up to the limit within its second. One row per second, whatever the traffic.
+_TAKE_SEND = text(
+    "INSERT INTO send_rate AS r (slot, second, count) VALUES (:slot, :second, 1) "
+    "ON CONFLICT (slot) DO UPDATE SET second = EXCLUDED.second, "
+    "count = CASE WHEN r.second = EXCLUDED.second THEN r.count + 1 ELSE 1 END "
+    "WHERE r.second <> EXCLUDED.second OR r.count < :limit RETURNING count"
+)
+RING_SECONDS = 60
+
+
+async def take_send(conn: AsyncConnection, second: int, limit: int) -> bool:
+    """One send in ``second`` (Unix time), if fewer than ``limit`` were taken in it."""
+    taken = await conn.scalar(
+        _TAKE_SEND, {"slot": second % RING_SECONDS, "second": second, "limit": limit}
+    )
+    return taken is not None

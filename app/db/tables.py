@@ -181,6 +181,31 @@ mts = Table(
     Index(None, "submitted_at", postgresql_using="brin"),
 )
 
+# Sends made with an Idempotency-Key (as Stripe's): the first answer, given again to a retry
+# of the same body within a day; the answer is empty while the first is being sent.
+send_keys = Table(
+    "send_keys",
+    metadata,
+    Column("username", Text, nullable=False),
+    Column("key", Text, nullable=False),
+    Column("body_sha256", Text, nullable=False),
+    Column("status", SmallInteger, nullable=True),
+    Column("answer", LargeBinary, nullable=True),
+    Column("created_at", TS, nullable=False, server_default=text("now()")),
+    PrimaryKeyConstraint("username", "key"),
+    Index(None, "created_at", postgresql_using="brin"),
+)
+
+# The sends passed to Wavy in each second, by every worker and replica: WAVY_SEND_MAX_RPS holds
+# for them together. One row per slot of a minute's ring, reused each minute.
+send_rate = Table(
+    "send_rate",
+    metadata,
+    Column("slot", SmallInteger, primary_key=True),
+    Column("second", BigInteger, nullable=False),
+    Column("count", Integer, nullable=False),
+)
+
 # MOs keyed by their own id; mt_id finds the replies to a message.
 mos = Table(
     "mos",

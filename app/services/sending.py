@@ -8,11 +8,15 @@ The answers are Wavy's: its body for a send it took or refused, ours in its shap
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import logging
+import math
+import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -27,6 +31,7 @@ from app.errors import Unavailable, WriteRefused
 from app.outbound.wavy import WavyClient, WavyTimedOut, WavyUnreachable
 from app.payloads import replace_nul_characters, validate_items
 from app.rules.optouts import ACCOUNT_WIDE
+from app.rules.plain_text import is_printable
 from app.rules.records import build_event_records
 from app.rules.scope import Reader, Role
 from app.rules.sending import (
@@ -69,6 +74,8 @@ class SendContext:
     wavy: WavyClient
     region: str
     store_text: bool
+    max_rps: int  # sends passed to Wavy per second, every worker and replica together
+    max_wait_s: float  # how long a send past the rate waits before its 429
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,10 +205,31 @@ def _json_object(body: bytes) -> dict[str, Any] | None:
     return parsed if isinstance(parsed, dict) else None
 
 
+async def _within_rate(context: SendContext) -> bool:
+    """A place among the second's sends (waiting for the next seconds, up to the bound)."""
+    deadline = time.monotonic() + context.max_wait_s
+    while True:
+        now = time.time()
+        async with context.engine.begin() as conn:
+            if await queries.take_send(conn, int(now), context.max_rps):
+                return True
+        wait = math.ceil(now) - now + 0.001
+        if time.monotonic() + wait > deadline:
+            return False
+        await asyncio.sleep(wait)
+
+
 async def _call_wavy(
     context: SendContext, path: str, headers: Mapping[str, str], body: Any
 ) -> SendAnswer | dict[str, Any]:
     """Wavy's parsed answer to a send it took, or the answer the client gets otherwise."""
+    if not await _within_rate(context):
+        metrics.SENDS.labels("rate_limited", "429").inc()
+        return wavy_error(
+            429,
+            f"more than WAVY_SEND_MAX_RPS ({context.max_rps}) sends a second; nothing was sent",
+            **{"Retry-After": "1"},
+        )
     try:
         with metrics.SEND_SECONDS.time():
             answer = await context.wavy.post(path, _forwarded_headers(headers), orjson.dumps(body))
@@ -309,3 +337,52 @@ def _timed_out() -> SendAnswer:
         "Wavy did not answer in time: the message may have been sent; it is kept as unknown, "
         "look it up by correlationId before sending it again",
     )
+
+
+# ---------------------------------------------------------------------------- idempotency
+
+# As Stripe's: a retry with the same key and body within a day gets the first answer, and
+# nothing is sent again. Answers after which nothing was sent are not kept: a retry sends.
+IDEMPOTENCY_WINDOW = timedelta(hours=24)
+MAX_IDEMPOTENCY_KEY_CHARS = 255
+_NOT_KEPT = frozenset({400, 401, 408, 413, 429, 502, 503})
+
+
+async def send_idempotently(
+    context: SendContext,
+    reader: Reader,
+    key: str | None,
+    raw_body: bytes,
+    send: Callable[[], Awaitable[SendAnswer]],
+) -> SendAnswer:
+    """``send()``, or the first answer to the same body under the same Idempotency-Key."""
+    if key is None:
+        return await send()
+    if not key or len(key) > MAX_IDEMPOTENCY_KEY_CHARS or not is_printable(key):
+        raise BadSend(f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} characters")
+    digest = hashlib.sha256(raw_body).hexdigest()
+    username = reader.username
+    async with context.engine.begin() as conn:
+        claim = await queries.claim_key(conn, username, key, digest, IDEMPOTENCY_WINDOW)
+    if claim.state == "conflict":
+        return wavy_error(409, "this Idempotency-Key was used with another body")
+    if claim.state == "running":
+        return wavy_error(
+            409, "a send with this Idempotency-Key is still running", **{"Retry-After": "1"}
+        )
+    if claim.state == "replay":
+        assert claim.status is not None
+        assert claim.answer is not None
+        return SendAnswer(claim.status, claim.answer, {"Idempotent-Replayed": "true"})
+    try:
+        answer = await send()
+    except BaseException:
+        async with context.engine.begin() as conn:
+            await queries.release_key(conn, username, key)
+        raise
+    async with context.engine.begin() as conn:
+        if answer.status in _NOT_KEPT:
+            await queries.release_key(conn, username, key)
+        else:
+            await queries.keep_answer(conn, username, key, answer.status, answer.body)
+    return answer
