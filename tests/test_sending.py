@@ -17,6 +17,7 @@ from app.db import users
 from app.rules.scope import Role
 from app.settings import Settings
 from tests.conftest import add_key, fetch_all, free_port, serving
+from tests.test_migrations_and_cli import run_cli
 from tests.wavy_stand_in import StandIn
 
 OPTED_OUT = "5519900001111"  # on acme's list
@@ -404,3 +405,26 @@ async def test_a_send_past_the_rate_waits_its_turn_within_the_bound(
     per_second = Counter(int(asked.at) for asked in wavy.asked)
     assert max(per_second.values()) <= 2
     assert len(per_second) >= 3  # five sends at two a second span three seconds
+
+
+@pytest.mark.slow
+async def test_the_send_command_sends_through_the_running_service(
+    base_url: str, wavy: StandIn, senders: Any, database_url: str
+) -> None:
+    ana = senders["ana@acme.example"]
+    done = await asyncio.to_thread(
+        run_cli,
+        "send",
+        FREE,
+        "from the command line",
+        "--correlation-id",
+        "cli-1",
+        "--url",
+        base_url,
+        database_url=database_url,
+        WAVY_SEND_USER=ana["username"],
+        WAVY_SEND_TOKEN=ana["authenticationtoken"],
+    )
+    assert done.returncode == 0, done.stderr
+    assert '"correlationId":"cli-1"' in done.stdout
+    assert [asked.json["messageText"] for asked in wavy.asked] == ["from the command line"]
