@@ -125,7 +125,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await forwarder.start()
     app.state.engine, app.state.writer, app.state.key_registry = engine, writer, registry
     app.state.readers, app.state.forwarder = readers, forwarder
-    app.state.wavy = WavyClient(settings.wavy_api_url, timeout_s=settings.wavy_send_timeout_s)
+    app.state.wavy = WavyClient(settings.api_url, timeout_s=settings.send_timeout_s)
     changes = {
         KEYS_CHANGED_CHANNEL: registry.forget,
         USERS_CHANGED_CHANNEL: readers.forget,

@@ -149,13 +149,13 @@ class Settings(BaseSettings):
     # Sending through the service (docs/sending.md): where Wavy's send API is, how long a send
     # may wait for its answer (past it the MT is kept as unknown, never sent again: Wavy may
     # have sent it), and whether the MTs' texts are kept (purged with the rest by retention).
-    wavy_api_url: str = "https://api-messaging.wavy.global"
-    wavy_send_timeout_s: float = Field(default=10.0, gt=0, le=120)
-    wavy_send_store_text: bool = True
+    api_url: str = "https://api-messaging.wavy.global"
+    send_timeout_s: float = Field(default=10.0, gt=0, le=120)
+    send_store_text: bool = True
     # Sends passed to Wavy per second, by every worker and replica together (Wavy's per-IP
     # limit); one past it waits up to WAVY_SEND_MAX_WAIT_S, then gets 429 with Retry-After.
-    wavy_send_max_rps: int = Field(default=700, ge=1, le=100_000)
-    wavy_send_max_wait_s: float = Field(default=2.0, ge=0, le=60)
+    send_max_rps: int = Field(default=700, ge=1, le=100_000)
+    send_max_wait_s: float = Field(default=2.0, ge=0, le=60)
 
     # The region (ISO 3166 code) whose way of writing numbers without a country code the
     # opt-out lists read them in: "(11) 98765-4321" is +5511987654321 with BR.

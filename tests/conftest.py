@@ -123,8 +123,8 @@ def settings(database_url: str, wavy: StandIn) -> Settings:
         forward_retry_schedule=[0, 0.3, 0.3],
         forward_timeout_s=2.0,
         # Sends go to the stand-in, and wait for it 1 s at most.
-        wavy_api_url=wavy.url,
-        wavy_send_timeout_s=1.0,
+        api_url=wavy.url,
+        send_timeout_s=1.0,
     )
 
 

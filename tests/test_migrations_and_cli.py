@@ -392,12 +392,12 @@ def test_every_command_has_help() -> None:
 class Service:
     """``wavy-webhooks serve`` in a subprocess, as a user would start it."""
 
-    def __init__(self, env: dict[str, str], port: int, log_dir: Path) -> None:
+    def __init__(self, env: dict[str, str], port: int, log_dir: Path, *options: str) -> None:
         self.port = port
         self.log = log_dir / f"serve-{time.monotonic_ns()}.log"
         self.out = self.log.open("w")
         self.process = subprocess.Popen(
-            [*CLI, "serve", "--port", str(port)],
+            [*CLI, "serve", "--port", str(port), *options],
             env=env,
             stdout=self.out,
             stderr=subprocess.STDOUT,

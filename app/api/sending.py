@@ -113,9 +113,9 @@ def _context(request: Request) -> SendContext:
         writer=state.writer,
         wavy=state.wavy,
         region=settings.default_region,
-        store_text=settings.wavy_send_store_text,
-        max_rps=settings.wavy_send_max_rps,
-        max_wait_s=settings.wavy_send_max_wait_s,
+        store_text=settings.send_store_text,
+        max_rps=settings.send_max_rps,
+        max_wait_s=settings.send_max_wait_s,
     )
 
 

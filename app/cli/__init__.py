@@ -1,5 +1,5 @@
 """The ``wavy-webhooks`` command, one module per group of commands: ``service`` (serve,
-forward, migrate, purge, doctor), ``sending`` (send), ``keys``, ``endpoints``, ``optouts``,
+forward, migrate, purge, doctor), ``sending`` (send, sandbox), ``keys``, ``endpoints``, ``optouts``,
 ``users``, ``rejected``, ``stats``; ``common`` is what they share.
 
 A command's module is imported only when that command runs: ``keys list`` does not load the
@@ -26,6 +26,7 @@ COMMAND_MODULES = {
     "purge": "service",
     "doctor": "service",
     "send": "sending",
+    "sandbox": "sending",
     "keys": "keys",
     "optouts": "optouts",
     "endpoints": "endpoints",

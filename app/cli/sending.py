@@ -1,9 +1,11 @@
-"""wavy-webhooks send: one message through a running service's send API, as a Wavy client
-would send it (recorded, and refused there when opted out)."""
+"""wavy-webhooks send and sandbox: one message through a running service's send API, as a
+Wavy client would send it; and a stand-in of Wavy on this machine (app.outbound.sandbox)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import signal
 import urllib.error
 import urllib.request
 from typing import Annotated
@@ -59,3 +61,50 @@ def send(
     except urllib.error.URLError as error:
         typer.echo(f"cannot reach the service at {base}: {error.reason}", err=True)
         raise typer.Exit(1) from None
+
+
+@cli.command()
+def sandbox(
+    port: Annotated[int, typer.Option(help="Port of the stand-in of Wavy's API")] = 8099,
+    host: Annotated[str, typer.Option(help="Interface to bind")] = "127.0.0.1",
+    webhook_url: Annotated[
+        str | None,
+        typer.Option(help="The service's base URL it calls back (default: as serve prints)"),
+    ] = None,
+) -> None:
+    """Run Wavy on this machine: a stand-in of its send and status API that calls back through
+    the service's webhooks, with no Wavy account. Point the service at it with
+    WAVY_API_URL (serve --sandbox does both)."""
+    from app.cli.common import resolve_database_url
+
+    settings = Settings()
+    database_url = resolve_database_url(settings)
+    base = (webhook_url or settings.webhook_base_url()).rstrip("/")
+    asyncio.run(_run_sandbox(settings, database_url, base, host, port))
+
+
+async def _run_sandbox(
+    settings: Settings, database_url: str, webhook_base: str, host: str, port: int
+) -> None:
+    from app.db.engine import create_engine
+    from app.outbound.sandbox import Sandbox
+
+    engine = create_engine(settings, database_url, for_requests=False)
+    stand_in = Sandbox(engine, webhook_base)
+    bound = await stand_in.start(host, port)
+    typer.echo(f"Sandbox: Wavy's send and status API at http://{host}:{bound}")
+    typer.echo(f"  it calls back through {webhook_base}/v1/webhooks/... as Wavy would")
+    typer.echo(
+        f"  try: curl -s -X POST {webhook_base}/v1/send-sms -H 'UserName: admin' "
+        "-H 'AuthenticationToken: TOKEN' -H 'Content-Type: application/json' "
+        """-d '{"destination": "5519900001111", "messageText": "Oi!"}'"""
+    )
+    stopped = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stopped.set)
+    try:
+        await stopped.wait()
+    finally:
+        await stand_in.stop()
+        await engine.dispose()

@@ -9,7 +9,11 @@ import logging.config
 import os
 import shutil
 import signal
+import socket
+import subprocess
+import sys
 import tempfile
+import time
 from functools import partial
 from pathlib import Path
 from types import FrameType
@@ -91,6 +95,14 @@ def serve(
             help="text, or json (one object per line)", envvar="WAVY_LOG_FORMAT", show_envvar=True
         ),
     ] = LogFormatChoice(_default("log_format")),
+    with_sandbox: Annotated[
+        bool,
+        typer.Option(
+            "--sandbox",
+            help="Also run Wavy on this machine (wavy-webhooks sandbox) and send to it: the "
+            "whole flow with no Wavy account",
+        ),
+    ] = False,
 ) -> None:
     """Run the HTTP service (migrating first, and creating a webhook key if there is none).
     Every other setting is an environment variable (README, Configuration)."""
@@ -154,6 +166,7 @@ def serve(
             )
 
     raise_open_files_limit(settings.max_connections)
+    stand_in = _start_sandbox(settings) if with_sandbox else None
     forwarder = ForwarderProcess(settings) if separate_forwarder else None
     if forwarder is not None:
         forwarder.start()
@@ -162,6 +175,37 @@ def serve(
     finally:
         if forwarder is not None:
             forwarder.stop()
+        if stand_in is not None:
+            stand_in.terminate()
+            stand_in.wait(timeout=10)
+
+
+def _start_sandbox(settings: Settings) -> subprocess.Popen[bytes]:
+    """``wavy-webhooks sandbox`` beside the service, and the service's sends pointed at it
+    (the workers read WAVY_API_URL from the environment)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    os.environ["WAVY_API_URL"] = f"http://127.0.0.1:{port}"
+    base = f"http://127.0.0.1:{settings.port}" if settings.host in ("0.0.0.0", "::") else None
+    command = [sys.executable, "-m", "app.cli", "sandbox", "--port", str(port)]
+    if base is not None:
+        command += ["--webhook-url", base]
+    process = subprocess.Popen(command)  # noqa: S603 - our own command
+    # The service takes sends once it listens: the sandbox must be there by then.
+    deadline = time.monotonic() + SANDBOX_START_S
+    while process.poll() is None and time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return process
+        except OSError:
+            time.sleep(0.1)
+    process.terminate()
+    typer.echo(f"the sandbox did not start on port {port}", err=True)
+    raise typer.Exit(1)
+
+
+SANDBOX_START_S = 60.0
 
 
 def _serve(uvicorn: Any, settings: Settings, log_config: dict[str, Any]) -> None:
