@@ -53,11 +53,13 @@ from app.db.notifications import (
 from app.db.optouts import KeywordCache
 from app.db.reader_cache import ReaderCache
 from app.db.retention import purge_periodically, retention_ages
+from app.db.sending import mt_recorder, optout_lookups
 from app.db.stats import fold_stats_periodically
 from app.db.writer import BatchWriter
 from app.outbound.forwarder import Forwarder
 from app.outbound.wavy import WavyClient
 from app.payloads import Callback, Dlr, Mo
+from app.services.sending import SendRate
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -126,6 +128,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.engine, app.state.writer, app.state.key_registry = engine, writer, registry
     app.state.readers, app.state.forwarder = readers, forwarder
     app.state.wavy = WavyClient(settings.api_url, timeout_s=settings.send_timeout_s)
+    app.state.send_rate = SendRate(engine, settings.send_max_rps)
+    app.state.mt_recorder = mt_recorder(engine)
+    app.state.optout_lookups = optout_lookups(engine)
     changes = {
         KEYS_CHANGED_CHANNEL: registry.forget,
         USERS_CHANGED_CHANNEL: readers.forget,
@@ -163,6 +168,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if forwarder is not None:
             await forwarder.stop()
         await writer.stop()
+        await app.state.mt_recorder.stop()
+        await app.state.optout_lookups.stop()
         await app.state.wavy.close()
         for task in background:
             task.cancel()

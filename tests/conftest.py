@@ -101,14 +101,14 @@ def empty_database(server_url: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-async def wavy() -> AsyncIterator[StandIn]:
+async def wavy_api() -> AsyncIterator[StandIn]:
     """A stand-in of Wavy's send API, which the app under test sends to."""
     async with wavy_stand_in() as stand_in:
         yield stand_in
 
 
 @pytest.fixture(scope="session")
-def settings(database_url: str, wavy: StandIn) -> Settings:
+def settings(database_url: str, wavy_api: StandIn) -> Settings:
     return Settings(
         database_url=database_url,
         port=free_port(),
@@ -123,7 +123,7 @@ def settings(database_url: str, wavy: StandIn) -> Settings:
         forward_retry_schedule=[0, 0.3, 0.3],
         forward_timeout_s=2.0,
         # Sends go to the stand-in, and wait for it 1 s at most.
-        api_url=wavy.url,
+        api_url=wavy_api.url,
         send_timeout_s=1.0,
     )
 

@@ -38,6 +38,13 @@ def proxy(base_url: str) -> str:
 
 
 @pytest.fixture
+def wavy(wavy_api: StandIn) -> StandIn:
+    """The stand-in the app sends to, with nothing asked yet and its own answers."""
+    wavy_api.reset()
+    return wavy_api
+
+
+@pytest.fixture
 async def senders(app: FastAPI, wavy: StandIn) -> dict[str, dict[str, str]]:
     """Credentials as Wavy's clients write them (lower case, courier's way), and the lists."""
     wavy.reset()

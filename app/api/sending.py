@@ -114,7 +114,9 @@ def _context(request: Request) -> SendContext:
         wavy=state.wavy,
         region=settings.default_region,
         store_text=settings.send_store_text,
-        max_rps=settings.send_max_rps,
+        recorder=state.mt_recorder,
+        lookups=state.optout_lookups,
+        rate=state.send_rate,
         max_wait_s=settings.send_max_wait_s,
     )
 

@@ -1,18 +1,22 @@
 """The send API's rows: each MT as its sender asked (``mts``), and the status row an MT that
-went to Wavy starts (``messages``), so that it shows in every read before Wavy calls back."""
+went to Wavy starts (``messages``), so that it shows in every read before Wavy calls back;
+idempotency keys; the send rate shared by every worker."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Generic, Literal, TypeVar
 
-from sqlalchemy import delete, func, insert, text, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import delete, text, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app.db.tables import CURRENT_TX_ID, messages, messages_change_seq, mts, send_keys
+from app.db.json_batches import json_columns, rows_from, select_list
+from app.db.optouts import Row, opted_out_entries
+from app.db.tables import mts, send_keys, table_columns
 from app.rules.sending import MtOutcome
 
 
@@ -30,45 +34,45 @@ class MtRow:
     submitted_at: datetime
 
 
+_MT_COLUMNS = table_columns(mts)
+# The MTs, and the status row each one Wavy took starts, in one statement: a callback or DLR
+# that came first (Wavy may call back before this commits) keeps what it wrote, the MT fills
+# in what it lacks, and its sending time counts as first seen. (Text in, as json_batches
+# sends every batch: one parameter per column.)
+_RECORD = text(
+    f"WITH batch AS (SELECT {select_list(_MT_COLUMNS, 'u')} "  # noqa: S608 - our own names
+    f"FROM {rows_from(_MT_COLUMNS, 'u', 1, lambda n: f':c{n}')}), "
+    f"recorded AS (INSERT INTO mts ({', '.join(_MT_COLUMNS)}) "
+    f"SELECT {', '.join(_MT_COLUMNS)} FROM batch) "
+    "INSERT INTO messages AS m (id, sub_account, correlation_id, destination, first_seen_at, "
+    "updated_at) "
+    "SELECT message_id, sub_account, correlation_id, destination, submitted_at, submitted_at "
+    "FROM batch WHERE message_id IS NOT NULL AND outcome = 'sent' ORDER BY message_id "
+    "ON CONFLICT (id) DO UPDATE SET "
+    "sub_account = coalesce(m.sub_account, EXCLUDED.sub_account), "
+    "correlation_id = coalesce(m.correlation_id, EXCLUDED.correlation_id), "
+    "destination = coalesce(m.destination, EXCLUDED.destination), "
+    "first_seen_at = least(m.first_seen_at, EXCLUDED.first_seen_at), "
+    "change_seq = nextval('messages_change_seq'), tx_id = pg_current_xact_id()::text::bigint"
+)
+
+
 async def record_mts(conn: AsyncConnection, rows: Sequence[MtRow]) -> None:
+    """The MTs as sent, and the status rows of those Wavy took (shown at once, no status)."""
     if rows:
-        await conn.execute(insert(mts), [asdict(row) for row in rows])
+        arrays = json_columns([_Jsonable(row) for row in rows], _MT_COLUMNS)
+        await conn.execute(_RECORD, {f"c{n}": value for n, value in enumerate(arrays, 1)})
 
 
-async def start_statuses(conn: AsyncConnection, rows: Sequence[MtRow]) -> None:
-    """The status row of each MT Wavy took, with no status yet. A callback or DLR that came
-    first (Wavy may call back before this commits) keeps what it wrote; the MT fills in what
-    it lacks, and its sending time counts as first seen."""
-    sent = [row for row in rows if row.message_id is not None]
-    if not sent:
-        return
-    statement = pg_insert(messages).values(
-        [
-            {
-                "id": row.message_id,
-                "sub_account": row.sub_account,
-                "correlation_id": row.correlation_id,
-                "destination": row.destination,
-                "first_seen_at": row.submitted_at,
-                "updated_at": row.submitted_at,
-            }
-            for row in sent
-        ]
-    )
-    existing, new = messages.c, statement.excluded
-    await conn.execute(
-        statement.on_conflict_do_update(
-            index_elements=[messages.c.id],
-            set_={
-                "sub_account": func.coalesce(existing.sub_account, new.sub_account),
-                "correlation_id": func.coalesce(existing.correlation_id, new.correlation_id),
-                "destination": func.coalesce(existing.destination, new.destination),
-                "first_seen_at": func.least(existing.first_seen_at, new.first_seen_at),
-                "change_seq": messages_change_seq.next_value(),
-                "tx_id": CURRENT_TX_ID,
-            },
-        )
-    )
+@dataclass(frozen=True, slots=True)
+class _Jsonable:
+    """A row as orjson writes it into a column array (times as ISO text)."""
+
+    row: MtRow
+
+    def __getattr__(self, name: str) -> object:
+        value = getattr(self.row, name)
+        return value.isoformat() if isinstance(value, datetime) else value
 
 
 # ---------------------------------------------------------------------------- idempotency
@@ -136,18 +140,126 @@ async def release_key(conn: AsyncConnection, username: str, key: str) -> None:
 
 # A minute's ring of one-second slots: a slot is taken over when its second is past, and
 # counts up to the limit within its second. One row per second, whatever the traffic.
-_TAKE_SEND = text(
-    "INSERT INTO send_rate AS r (slot, second, count) VALUES (:slot, :second, 1) "
+_TAKE_SENDS = text(
+    "INSERT INTO send_rate AS r (slot, second, count) VALUES (:slot, :second, :wanted) "
     "ON CONFLICT (slot) DO UPDATE SET second = EXCLUDED.second, "
-    "count = CASE WHEN r.second = EXCLUDED.second THEN r.count + 1 ELSE 1 END "
-    "WHERE r.second <> EXCLUDED.second OR r.count < :limit RETURNING count"
+    "count = CASE WHEN r.second = EXCLUDED.second THEN r.count + EXCLUDED.count "
+    "ELSE EXCLUDED.count END "
+    "WHERE r.second <> EXCLUDED.second OR r.count + EXCLUDED.count <= :limit RETURNING count"
 )
+# The count needs no durability (a second later it is history): its commit does not wait for
+# the disk, so the one row every sender updates is held for microseconds, not a flush.
+_NOT_DURABLE = text("SET LOCAL synchronous_commit = off")
 RING_SECONDS = 60
 
 
-async def take_send(conn: AsyncConnection, second: int, limit: int) -> bool:
-    """One send in ``second`` (Unix time), if fewer than ``limit`` were taken in it."""
+async def take_sends(conn: AsyncConnection, second: int, wanted: int, limit: int) -> bool:
+    """``wanted`` sends in ``second`` (Unix time), if that keeps its count within ``limit``
+    (in the caller's transaction, made not durable)."""
+    await conn.execute(_NOT_DURABLE)
     taken = await conn.scalar(
-        _TAKE_SEND, {"slot": second % RING_SECONDS, "second": second, "limit": limit}
+        _TAKE_SENDS,
+        {"slot": second % RING_SECONDS, "second": second, "wanted": wanted, "limit": limit},
     )
     return taken is not None
+
+
+# ---------------------------------------------------------------------------- batches
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class Batched(Generic[T, R]):
+    """Work that concurrent sends share: what is handed in while a batch runs goes in the next
+    one, so that a burst costs a statement (and a commit, a flush to disk) per batch, not per
+    send, and the pool is not churned by a connection per send. A batch that fails is run again
+    item by item, so one send's fault is not its neighbours'."""
+
+    def __init__(
+        self, work: Callable[[list[T]], Awaitable[list[R]]], *, max_items: int, name: str
+    ) -> None:
+        self._work = work
+        self._max_items = max_items
+        self._name = name
+        self._pending: list[tuple[T, asyncio.Future[R]]] = []
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def __call__(self, item: T) -> R:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=self._name)
+        done: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._pending.append((item, done))
+        self._idle.clear()
+        self._wake.set()
+        return await done
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            if self._pending:
+                await self._idle.wait()  # what sends handed in is done first
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                batch = self._pending[: self._max_items]
+                del self._pending[: self._max_items]
+                await self._settle(batch)
+            self._idle.set()
+
+    async def _settle(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
+        try:
+            results = await self._work([item for item, _ in batch])
+        except Exception as error:
+            if len(batch) > 1:
+                for one in batch:
+                    await self._settle([one])
+            elif not batch[0][1].done():
+                batch[0][1].set_exception(error)
+            return
+        for (_, done), result in zip(batch, results, strict=True):
+            if not done.done():
+                done.set_result(result)
+
+
+def mt_recorder(engine: AsyncEngine) -> Batched[Sequence[MtRow], None]:
+    """MTs recorded in batches; each send is answered once its batch is committed."""
+
+    async def record(sends: list[Sequence[MtRow]]) -> list[None]:
+        async with engine.begin() as conn:
+            await record_mts(conn, [row for rows in sends for row in rows])
+        return [None] * len(sends)
+
+    return Batched(record, max_items=200, name="mt-recorder")
+
+
+# A send's opt-out check: the lists that apply to it, and its destinations in E.164.
+Lookup = tuple[tuple[str, ...], tuple[str, ...]]
+Found = dict[str, list[Row]]
+
+
+def optout_lookups(engine: AsyncEngine) -> Batched[Lookup, Found]:
+    """Opt-out checks in batches: one query for every destination of the sends waiting, each
+    send then given the entries of its own lists."""
+
+    async def look_up(lookups: list[Lookup]) -> list[Found]:
+        numbers = sorted({number for _, wanted in lookups for number in wanted})
+        lists = sorted({name for names, _ in lookups for name in names})
+        async with engine.connect() as conn:
+            found = await opted_out_entries(conn, lists, numbers)
+        return [
+            {
+                number: [entry for entry in found.get(number, []) if entry["sub_account"] in names]
+                for number in wanted
+            }
+            for names, wanted in lookups
+        ]
+
+    return Batched(look_up, max_items=200, name="optout-lookups")
