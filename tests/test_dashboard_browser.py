@@ -479,6 +479,21 @@ async def test_the_readmes_examples_give_figures_that_agree_on_a_desktop_and_a_p
         }
         await page.screenshot(path=str(ARTIFACTS / f"readme-{name}.png"), full_page=True)
         if name == "desktop":
+            # A phone number typed as people write it finds its message, and nothing 404s.
+            not_found: list[str] = []
+
+            def note_404(response: Any, found: list[str] = not_found) -> None:
+                if response.status == 404:
+                    found.append(response.url)
+
+            page.on("response", note_404)
+            await page.fill("#search-form input[name=q]", "+55 (19) 90000-1111")
+            await page.click("#search-form button")
+            await page.wait_for_selector("[data-testid=history-title]")
+            seen["search"] = {
+                "title": await page.text_content("[data-testid=history-title]"),
+                "not_found": list(not_found),
+            }
             await page.select_option("[data-testid=zone]", "UTC")
             await page.wait_for_selector("body[data-loaded*='tz=UTC']")
             seen["utc"] = {
@@ -526,6 +541,7 @@ async def test_the_readmes_examples_give_figures_that_agree_on_a_desktop_and_a_p
     # On the phone, the reply's text is on screen, not in a column scrolled off to the right.
     assert seen["phone"]["reply_text_right"] is not None
     assert seen["phone"]["reply_text_right"] <= 390
+    assert seen["search"] == {"title": "Message try-1", "not_found": []}
     # Switched to UTC, every time on the page moves with the zone it names.
     utc = datetime.fromisoformat(received).astimezone(UTC)
     assert "times, days and hours in UTC" in seen["utc"]["status"]

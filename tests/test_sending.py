@@ -252,7 +252,7 @@ async def test_a_send_wavy_would_refuse_gets_its_400_and_nothing_is_sent_or_stor
 
 @pytest.mark.parametrize(
     ("wavy_status", "wavy_headers", "ours"),
-    [(429, {"Retry-After": "7"}, 429), (403, {}, 403), (500, {}, 502), (503, {}, 502)],
+    [(429, {"Retry-After": "1"}, 429), (403, {}, 403), (500, {}, 502), (503, {}, 502)],
 )
 async def test_wavys_refusals_reach_the_client_with_wavys_body(
     client: httpx.AsyncClient,
@@ -274,7 +274,7 @@ async def test_wavys_refusals_reach_the_client_with_wavys_body(
     assert answer.status_code == ours
     assert answer.json() == said
     if wavy_status == 429:
-        assert answer.headers["retry-after"] == "7"
+        assert answer.headers["retry-after"] == "1"
     assert await fetch_all(app.state.engine, "SELECT id FROM mts") == []  # nothing was sent
 
 
@@ -565,3 +565,45 @@ def test_the_send_settings_are_read_from_the_variables_the_docs_name(
         False,
     )
     assert (read.send_max_rps, read.send_max_wait_s) == (5, 0.5)
+
+
+async def test_a_callback_that_came_before_its_mt_was_recorded_still_merges_into_it(
+    client: httpx.AsyncClient, proxy: str, wavy: StandIn, senders: Any, app: FastAPI
+) -> None:
+    """Wavy may call back before the send's own answer is committed here: the MT then fills
+    in what the callback lacked, and the callback's status stays."""
+    key = await add_key(app, "acme")
+    early = {"id": "early-1", "sentStatusCode": 2, "carrierName": "TIM"}
+    assert (
+        await client.post(f"{proxy}/v1/webhooks/callback", params={"key": key}, json=early)
+    ).status_code == 200
+    wavy.answer = (200, {"id": "early-1", "correlationId": "c-early"}, {})
+    sent = await client.post(
+        f"{proxy}/v1/send-sms",
+        json={"destination": FREE, "messageText": "x", "correlationId": "c-early"},
+        headers=senders["ana@acme.example"],
+    )
+    assert sent.json()["id"] == "early-1"
+    shown = (await status_of(client, proxy, senders, ["early-1"]))["early-1"]
+    assert (shown["sentStatusCode"], shown["carrierName"]) == (2, "TIM")
+    assert (shown["destination"], shown["correlationId"], shown["subAccount"]) == (
+        FREE,
+        "c-early",
+        "acme",
+    )
+
+
+async def test_after_wavys_429_the_service_holds_its_sends_back_for_its_retry_after(
+    client: httpx.AsyncClient, proxy: str, wavy: StandIn, senders: Any
+) -> None:
+    ana = senders["ana@acme.example"]
+    body = {"destination": FREE, "messageText": "x"}
+    wavy.answer = (429, {"errorCode": 429, "errorMessage": "slow down"}, {"Retry-After": "1"})
+    refused = await client.post(f"{proxy}/v1/send-sms", json=body, headers=ana)
+    wavy.answer = None
+    later = await client.post(f"{proxy}/v1/send-sms", json=body, headers=ana)
+
+    assert (refused.status_code, refused.headers["retry-after"]) == (429, "1")
+    assert later.status_code == 200
+    first, second = wavy.asked
+    assert second.at - first.at >= 0.9  # it waited out Wavy's Retry-After before sending

@@ -194,6 +194,19 @@ def _forwarded_headers(headers: Mapping[str, str]) -> dict[str, str]:
     return kept
 
 
+# How long to hold back after a 429 whose Retry-After is missing or not a number of seconds.
+DEFAULT_BACK_OFF_S = 1.0
+MAX_BACK_OFF_S = 60.0
+
+
+def _seconds(retry_after: str | None) -> float:
+    try:
+        seconds = float(retry_after) if retry_after else DEFAULT_BACK_OFF_S
+    except ValueError:
+        seconds = DEFAULT_BACK_OFF_S
+    return min(max(seconds, 0.0), MAX_BACK_OFF_S) if math.isfinite(seconds) else MAX_BACK_OFF_S
+
+
 def _json_object(body: bytes) -> dict[str, Any] | None:
     try:
         parsed = orjson.loads(body)
@@ -214,15 +227,24 @@ class SendRate:
         self._second = -1
         self._left = 0
         self._lock = asyncio.Lock()
+        # Until when Wavy asked for no sends (its 429's Retry-After): this worker holds back.
+        self._paused_until = 0.0
+
+    def pause(self, seconds: float) -> None:
+        """Wavy answered 429: no send from this worker for ``seconds``."""
+        self._paused_until = max(self._paused_until, time.time() + seconds)
 
     async def take(self, max_wait_s: float) -> bool:
         """A place among the second's sends, waiting for later seconds up to ``max_wait_s``."""
         deadline = time.monotonic() + max_wait_s
         while True:
             now = time.time()
-            if await self._take_in(int(now)):
+            if now < self._paused_until:
+                wait = self._paused_until - now
+            elif await self._take_in(int(now)):
                 return True
-            wait = math.ceil(now) - now + 0.001
+            else:
+                wait = math.ceil(now) - now + 0.001
             if time.monotonic() + wait > deadline:
                 return False
             await asyncio.sleep(wait)
@@ -268,6 +290,8 @@ async def _call_wavy(
         return wavy_error(502, "Wavy's answer was not the JSON object its API documents")
     if answer.status >= 500:
         return SendAnswer(502, answer.body)
+    if answer.status == 429:
+        context.rate.pause(_seconds(answer.retry_after))
     extra = {"Retry-After": answer.retry_after} if answer.retry_after else {}
     return SendAnswer(answer.status, answer.body, extra)
 
