@@ -87,7 +87,7 @@ class UrlNotAllowed(ValueError):
 # What an operator sets to let deliveries reach private addresses (a refusal names it).
 ALLOW_PRIVATE_HINT = (
     "to allow private addresses, set WAVY_FORWARD_ALLOW_PRIVATE=true in .env (read by serve "
-    "and the CLI alike) or in the environment of both"
+    "and the CLI alike) or in the environment of both, and restart serve"
 )
 # A host name's limits (RFC 1035): 253 characters, labels of 1 to 63.
 MAX_HOST_CHARS = 253
