@@ -607,3 +607,70 @@ async def test_after_wavys_429_the_service_holds_its_sends_back_for_its_retry_af
     assert later.status_code == 200
     first, second = wavy.asked
     assert second.at - first.at >= 0.9  # it waited out Wavy's Retry-After before sending
+
+
+async def test_an_intruders_tricks_on_the_send_api_are_refused(
+    client: httpx.AsyncClient, proxy: str, wavy: StandIn, senders: Any, app: FastAPI
+) -> None:
+    """Found by an intruder's probe: another sub-account named inside a bulk, a second pair of
+    credentials (checked the first, forwarded the last), JSON too deep to write again, a
+    NUL in the correlationId of a refused send, a PUT on a send path."""
+    ana, gil = senders["ana@acme.example"], senders["Gil da Globex"]
+    inner = await client.post(
+        f"{proxy}/v1/send-bulk-sms",
+        json={"messages": [{"destination": FREE, "messageText": "x", "subAccount": "globex"}]},
+        headers=ana,
+    )
+    in_defaults = await client.post(
+        f"{proxy}/v1/send-bulk-sms",
+        json={"messages": [{"destination": FREE}],
+              "defaultValues": {"messageText": "x", "subAccount": "globex"}},
+        headers=ana,
+    )  # fmt: skip
+    two_pairs = await client.post(
+        f"{proxy}/v1/send-sms",
+        json={"destination": FREE, "messageText": "x"},
+        headers=[*ana.items(), *gil.items()],
+    )
+    deep: Any = "x"
+    for _ in range(300):
+        deep = [deep]
+    too_deep = await client.post(
+        f"{proxy}/v1/send-sms",
+        json={"destination": FREE, "messageText": "x", "params": deep},
+        headers=ana,
+    )
+    put = await client.put(f"{proxy}/v1/send-sms", json={}, headers=ana)
+    assert [a.status_code for a in (inner, in_defaults, two_pairs, too_deep, put)] == [
+        400, 400, 400, 400, 405,
+    ]  # fmt: skip
+    assert all("errorCode" in a.json() for a in (inner, in_defaults, two_pairs, too_deep, put))
+    assert wavy.asked == []
+
+
+@pytest.mark.usefixtures("lists")
+async def test_what_goes_to_wavy_is_the_number_that_was_checked(
+    client: httpx.AsyncClient, proxy: str, wavy: StandIn, senders: Any, app: FastAPI
+) -> None:
+    """However a destination is written, Wavy gets the E.164 digits checked against the
+    lists (a prefix read one way here and another way there cannot skip an opt-out), and a
+    correlationId as text."""
+    ana = senders["ana@acme.example"]
+    for written in ("+55 (19) 90000-4444", "005519900004444", "(19) 90000-4444"):
+        answer = await client.post(
+            f"{proxy}/v1/send-sms",
+            json={"destination": written, "messageText": "x", "correlationId": 7},
+            headers=ana,
+        )
+        assert answer.status_code in (200, 400), answer.text
+    rows = await fetch_all(app.state.engine, "SELECT destination FROM mts WHERE outcome = 'sent'")
+    assert [asked.json["destination"] for asked in wavy.asked] == [r["destination"] for r in rows]
+    assert all(asked.json["correlationId"] == "7" for asked in wavy.asked)
+    nul = await client.post(
+        f"{proxy}/v1/send-sms",
+        json={"destination": OPTED_OUT, "messageText": "x", "correlationId": "a\u0000b"},
+        headers=ana,
+    )
+    assert nul.status_code == 200, nul.text
+    shown = await status_of(client, proxy, senders, [nul.json()["id"]])
+    assert shown[nul.json()["id"]]["sentStatusCode"] == 204

@@ -36,7 +36,8 @@ class StandIn:
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.json()
-        self.asked.append(Asked(request.path, dict(request.headers), body, time.time()))
+        headers = {name.lower(): value for name, value in request.headers.items()}
+        self.asked.append(Asked(request.path, headers, body, time.time()))
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         if self.answer is not None:

@@ -133,6 +133,10 @@ def _allowed_methods(request: Request) -> list[str]:
     return []
 
 
+# Wavy's send API, served here: its clients read Wavy's error shape, {"errorCode",
+# "errorMessage"}, on these paths (app.api.sending), a 405 included.
+WAVY_SHAPED_PATHS = "/v1/send-"
+
 # What a 503 says: never the driver's text, which may quote data.
 UNAVAILABLE_MESSAGES: dict[UnavailableReason, str] = {
     "database": "the database is unavailable; nothing was stored, retry later",
@@ -163,6 +167,9 @@ def install_error_handlers(app: FastAPI) -> None:
         headers = getattr(exc, "headers", None)
         if exc.status_code == 405:
             headers = {**(headers or {}), "Allow": ", ".join(_allowed_methods(request))}
+        if request.url.path.startswith(WAVY_SHAPED_PATHS):
+            body = {"errorCode": exc.status_code, "errorMessage": str(exc.detail)}
+            return OrjsonResponse(body, status_code=exc.status_code, headers=headers)
         return error_response(exc.status_code, code, str(exc.detail), headers=headers)
 
     async def on_request_validation(_: Request, exc: Exception) -> Response:

@@ -61,6 +61,7 @@ def _answers(cap: int) -> dict[int | str, dict[str, Any]]:
 
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+CREDENTIAL_HEADERS = (USERNAME_HEADER, TOKEN_HEADER)
 _HEADERS = [
     {"name": USERNAME_HEADER, "in": "header", "required": True, "schema": {"type": "string"}},
     {"name": TOKEN_HEADER, "in": "header", "required": True, "schema": {"type": "string"}},
@@ -126,7 +127,12 @@ async def _answer(request: Request, body: Any | None, cap: int, send: Send) -> R
     service; every refusal in Wavy's shape."""
     settings: Settings = request.app.state.settings
     try:
+        if any(len(request.headers.getlist(name)) > 1 for name in CREDENTIAL_HEADERS):
+            # Wavy would check another pair than the one checked here.
+            raise BadSend("send one UserName and one AuthenticationToken header")
         reader = await authenticate(request)
+        # Exactly the credentials that were checked go on to Wavy.
+        credentials = {name: request.headers[name] for name in CREDENTIAL_HEADERS}
         if body is None:
             raw = await read_capped_body(request, cap, settings.body_timeout_s)
             try:
@@ -141,7 +147,7 @@ async def _answer(request: Request, body: Any | None, cap: int, send: Send) -> R
             reader,
             request.headers.get(IDEMPOTENCY_HEADER),
             raw,
-            lambda: send(context, reader, request.headers, parsed),
+            lambda: send(context, reader, credentials, parsed),
         )
     except BadSend as error:
         answer = wavy_error(400, str(error))

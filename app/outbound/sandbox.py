@@ -131,7 +131,8 @@ class Sandbox:
         sender = await self._sender(request, body)
         if isinstance(sender, web.Response):
             return sender
-        default_text = (body.get("defaultValues") or {}).get("messageText")
+        defaults = body.get("defaultValues")
+        default_text = defaults.get("messageText") if isinstance(defaults, dict) else None
         items = [
             {
                 "id": self._accept({"messageText": default_text, **message}, sender),

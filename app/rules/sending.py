@@ -83,11 +83,50 @@ def read_bulk(body: Any, region: str) -> list[Mt]:
         raise BadSend("messages is empty")
     if len(messages) > MAX_BULK_MESSAGES:
         raise BadSend(f"more than {MAX_BULK_MESSAGES} messages")
-    defaults = body.get("defaultValues") or {}
-    default_text = defaults.get("messageText") if isinstance(defaults, dict) else None
+    defaults = body.get("defaultValues")
+    if defaults is None:
+        defaults = {}
+    if not isinstance(defaults, dict):
+        raise BadSend("defaultValues must be an object")
     return [
-        read_mt(fields, region, default_text, str(index)) for index, fields in enumerate(messages)
+        read_mt(fields, region, defaults.get("messageText"), str(index))
+        for index, fields in enumerate(messages)
     ]
+
+
+def owners_named(body: dict[str, Any]) -> list[object]:
+    """Every sub-account a bulk names below its root (in a message, or its defaultValues):
+    each must be the sender's, or a user could send for another sub-account's under their
+    own lists."""
+    messages = body.get("messages")
+    inner = [*(messages if isinstance(messages, list) else []), body.get("defaultValues") or {}]
+    return [part["subAccount"] for part in inner if isinstance(part, dict) and "subAccount" in part]
+
+
+# How deep a send's JSON may nest: Wavy's bodies are a few levels (``params`` is a map), and
+# what is passed on must be written again as JSON.
+MAX_DEPTH = 32
+
+
+def check_depth(value: Any, depth: int = 0) -> None:
+    if depth > MAX_DEPTH:
+        raise BadSend(f"the body nests deeper than {MAX_DEPTH} levels")
+    if isinstance(value, dict):
+        for item in value.values():
+            check_depth(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            check_depth(item, depth + 1)
+
+
+def as_sent(mt: Mt) -> dict[str, Any]:
+    """The message as it goes to Wavy: the client's fields, with the destination that was
+    checked against the opt-out lists (E.164 digits: what is sent is what was checked) and the
+    correlationId as text (as Wavy's callbacks carry it)."""
+    sent = {**mt.fields, "destination": mt.destination}
+    if mt.correlation_id is not None:
+        sent["correlationId"] = mt.correlation_id
+    return sent
 
 
 MAX_SUB_ACCOUNT_CHARS = 255

@@ -37,8 +37,11 @@ from app.rules.sending import (
     BadSend,
     Mt,
     MtOutcome,
+    as_sent,
+    check_depth,
     lists_for,
     named_sub_account,
+    owners_named,
     read_bulk,
     read_mt,
     refusal_for,
@@ -89,12 +92,17 @@ class Sender:
 
 
 def sender_of(reader: Reader, body: Mapping[str, Any]) -> Sender:
+    check_depth(body)
     named = named_sub_account(body.get("subAccount"))
     if reader.role is Role.ADMIN:
-        return Sender(reader, named)
-    if named not in (None, reader.sub_account):
+        sender = Sender(reader, named)
+    elif named not in (None, reader.sub_account):
         raise BadSend("subAccount may be named by an admin only")
-    return Sender(reader, reader.sub_account)
+    else:
+        sender = Sender(reader, reader.sub_account)
+    if any(named_sub_account(inner) != sender.sub_account for inner in owners_named(dict(body))):
+        raise BadSend("a message's subAccount must be the send's (name it at the root)")
+    return sender
 
 
 async def _refusals(
@@ -155,7 +163,7 @@ async def _refuse(
             "sentStatusCode": code,
             "sentStatus": name,
             "sentAt": int(at.timestamp() * 1000),
-            **({"correlationId": mt.correlation_id} if mt.correlation_id else {}),
+            **({"correlationId": stored_text(mt.correlation_id)} if mt.correlation_id else {}),
         }
         for message_id, (mt, (code, name)) in zip(ids, refused, strict=True)
     ]
@@ -164,7 +172,6 @@ async def _refuse(
         _row(context, sender, mt, outcome[code], message_id, None, at)
         for message_id, (mt, (code, _)) in zip(ids, refused, strict=True)
     ]
-    await context.recorder(rows)
     records = build_event_records(
         "callback",
         validate_items("callback", callbacks),
@@ -172,10 +179,12 @@ async def _refuse(
         sub_account=sender.sub_account,
         received_at=at,
     )
+    # The status first: an MT recorded without its status would be a refusal nobody sees.
     try:
         await context.writer.write(records)
     except WriteRefused as error:  # our own callback: a fault of ours, not the client's
         raise Unavailable(f"the refusal's status was not stored ({error.sqlstate})") from None
+    await context.recorder(rows)
     for _, (code, _) in refused:
         metrics.SENDS.labels("refused", str(code)).inc()
     return ids
@@ -186,7 +195,7 @@ def stored_text(value: str | None) -> str | None:
 
 
 def _forwarded_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    """The client's credentials as it wrote them, for Wavy to check again."""
+    """The client's credentials, the very ones checked here, for Wavy to check again."""
     kept = {"content-type": "application/json", "accept": "application/json"}
     for name, value in headers.items():
         if name.lower() in ("username", "authenticationtoken"):
@@ -310,7 +319,7 @@ async def send_one(
         [message_id] = await _refuse(context, sender, [(mt, refusal)], at)
         return _ok({"id": message_id, "correlationId": mt.correlation_id})
     try:
-        answer = await _call_wavy(context, SINGLE_PATH, headers, body)
+        answer = await _call_wavy(context, SINGLE_PATH, headers, as_sent(mt))
     except WavyTimedOut:
         await _record(context, [_row(context, sender, mt, "unknown", None, None, at)])
         return _timed_out()
@@ -341,7 +350,7 @@ async def send_bulk(
     if allowed:
         try:
             answer = await _call_wavy(
-                context, BULK_PATH, headers, {**body, "messages": [mt.fields for mt in allowed]}
+                context, BULK_PATH, headers, {**body, "messages": [as_sent(mt) for mt in allowed]}
             )
         except WavyTimedOut:
             rows = [_row(context, sender, mt, "unknown", None, None, at) for mt in allowed]
