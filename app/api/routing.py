@@ -12,7 +12,6 @@ OpenAPI document shows it (``x-max-body-bytes``) with the 413 it leads to."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -26,6 +25,7 @@ from starlette.types import Message
 
 from app.api.deps import AUTHENTICATED_READER, authenticate, current_reader
 from app.api.errors import ApiError, ErrorBody
+from app.services.ingest import BodyCutOff, read_limited_body
 from app.settings import Settings
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
@@ -52,22 +52,17 @@ def _declared_length(request: Request) -> int | None:
 
 async def read_capped_body(request: Request, cap: int, timeout_s: float) -> bytes:
     """The body, refused as soon as its declared length or the bytes that arrived pass
-    ``cap`` (nothing past the cap is ever held), or when it takes longer than ``timeout_s``."""
+    ``cap`` (nothing past the cap is ever held), or when it takes longer than ``timeout_s``
+    (read as the webhooks read theirs)."""
     declared = _declared_length(request)
     if declared is not None and declared > cap:
         raise _too_large(cap)
-    chunks: list[bytes] = []
-    size = 0
     try:
-        async with asyncio.timeout(timeout_s):
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > cap:
-                    raise _too_large(cap)
-                chunks.append(chunk)
-    except TimeoutError:
-        raise ApiError(408, "request_timeout", f"the body took over {timeout_s:g} s") from None
-    return b"".join(chunks)
+        return await read_limited_body(request, cap, timeout_s)
+    except BodyCutOff as cut:
+        if cut.refusal.reason == "body_timeout":
+            raise ApiError(408, "request_timeout", cut.refusal.message) from None
+        raise _too_large(cap) from None
 
 
 def _is_json(request: Request) -> bool:

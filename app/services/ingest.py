@@ -62,7 +62,7 @@ class Ingested:
     duplicates: int
 
 
-class _CutOff(Exception):
+class BodyCutOff(Exception):
     """The body stopped at a bound; ``received`` is what had arrived."""
 
     def __init__(self, received: bytes, refusal: Refused) -> None:
@@ -71,7 +71,7 @@ class _CutOff(Exception):
         self.refusal = refusal
 
 
-async def _read_limited_body(request: Request, limit: int, timeout_s: float) -> bytes:
+async def read_limited_body(request: Request, limit: int, timeout_s: float) -> bytes:
     """The body, refused once it passes ``limit`` bytes (reading stops there, so an endless or
     huge body costs at most ``limit`` bytes of memory) or ``timeout_s`` seconds (a slow sender
     cannot hold the connection)."""
@@ -83,10 +83,10 @@ async def _read_limited_body(request: Request, limit: int, timeout_s: float) -> 
                 size += len(chunk)
                 if size > limit:
                     chunks.append(chunk[: len(chunk) - (size - limit)])
-                    raise _CutOff(b"".join(chunks), too_large(limit))
+                    raise BodyCutOff(b"".join(chunks), too_large(limit))
                 chunks.append(chunk)
     except TimeoutError:
-        raise _CutOff(b"".join(chunks), too_slow(timeout_s)) from None
+        raise BodyCutOff(b"".join(chunks), too_slow(timeout_s)) from None
     return b"".join(chunks)
 
 
@@ -172,8 +172,8 @@ async def ingest_body(kind: EventKind, request: Request, context: WebhookContext
     received_at = datetime.now(UTC)
     settings = context.settings
     try:
-        body = await _read_limited_body(request, settings.max_body_bytes, settings.body_timeout_s)
-    except _CutOff as cut:
+        body = await read_limited_body(request, settings.max_body_bytes, settings.body_timeout_s)
+    except BodyCutOff as cut:
         refusal = _Refusal(kind, request, cut.received, truncated=True)
         raise await _keep_and_refuse(context, refusal, cut.refusal) from None
     if context.writer.is_full():  # refused before parsing: a burst stays cheap
