@@ -40,6 +40,24 @@ async def test_purge_removes_only_what_is_older_than_the_age(
     await hook("mo", [{"id": "old-mo", "messageText": "hi"}, {"id": "new-mo", "messageText": "x"}])
     for old in ("old-1", "old-2", "old-mo"):
         await backdate(engine, old, days=100)
+    # Sends' records, an old and a recent one of each: MTs (with their texts) and idempotency keys.
+    async with engine.begin() as conn:
+        for name, days in (("old", 100), ("recent", 1)):
+            await conn.execute(
+                text(
+                    "INSERT INTO mts (id, username, destination, message_text, outcome, "
+                    "submitted_at) VALUES (:id, 'ana', '5521988887777', 'Oi', 'sent', "
+                    "now() - make_interval(days => :days))"
+                ),
+                {"id": f"mt-{name}", "days": days},
+            )
+            await conn.execute(
+                text(
+                    "INSERT INTO send_keys (username, key, body_sha256, created_at) "
+                    "VALUES ('ana', :key, 'x', now() - make_interval(days => :days))"
+                ),
+                {"key": f"key-{name}", "days": days},
+            )
 
     result = await asyncio.to_thread(
         run_cli, "purge", "--older-than", "90d", "--batch-rows", "1", database_url=database_url
@@ -51,6 +69,9 @@ async def test_purge_removes_only_what_is_older_than_the_age(
     assert {r["id"] for r in await fetch_all(engine, "SELECT id FROM mos")} == {"new-mo"}
     events = await fetch_all(engine, "SELECT DISTINCT message_id FROM events")
     assert {r["message_id"] for r in events} == {"recent", "new-mo"}
+    assert [r["id"] for r in await fetch_all(engine, "SELECT id FROM mts")] == ["mt-recent"]
+    keys = await fetch_all(engine, "SELECT key FROM send_keys")
+    assert [r["key"] for r in keys] == ["key-recent"]
 
 
 async def test_a_message_updated_recently_survives_the_purge(

@@ -42,7 +42,7 @@ _FORWARDING = ("deliveries", "delivery_attempts")
 
 
 # How a row is found again: its primary key (the events' leads with received_at).
-_ROW_KEY = {"events": "received_at, id"}
+_ROW_KEY = {"events": "received_at, id", "send_keys": "username, key"}
 
 
 def _purge_batch_statement(table: str, old: str) -> str:
