@@ -197,7 +197,11 @@ def running_service(
                 "warning",
             ]
         command = [sys.executable, *command, "--port", str(port), "--workers", str(workers)]
-        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+        # In a session of its own, as a deployed server runs: no signal meant for the
+        # benchmark's terminal reaches it, and its CPU is its own process tree's.
+        process = subprocess.Popen(
+            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
         base = f"http://127.0.0.1:{port}"
         try:
             deadline = time.monotonic() + 60
@@ -232,12 +236,17 @@ def wait_until_answering(
 
 
 def stop(process: subprocess.Popen[bytes], timeout_s: float = 30) -> None:
-    """Ctrl-C, as a user stops a server; killed if it has not stopped in time."""
+    """Ctrl-C, as a user stops a server; if it has not stopped in time, its whole session is
+    killed (a server started in a session of its own leads it: its workers go too)."""
     process.send_signal(signal.SIGINT)
     try:
         process.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        process.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # no such group: it led no session
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        process.wait()
 
 
 def wrk_output(path: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:

@@ -59,7 +59,8 @@ def receiver(mode: str = "ok") -> Iterator[str]:
     """bench.receiver in its own process; yields its URL."""
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "bench.receiver", "--port", str(port), "--mode", mode]
+        [sys.executable, "-m", "bench.receiver", "--port", str(port), "--mode", mode],
+        start_new_session=True,  # as a deployed endpoint runs
     )
     url = f"http://127.0.0.1:{port}"
     try:

@@ -83,7 +83,9 @@ def running_lean(workers: int) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
         "--log-level",
         "warning",
     ]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         wait_until_answering(f"{base}/", process, "the lean reference app")

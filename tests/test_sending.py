@@ -19,6 +19,7 @@ import pytest
 from fastapi import FastAPI
 
 from app.db import users
+from app.db.sending import Batched
 from app.outbound.sandbox import Sandbox, SandboxMix
 from app.rules.scope import Role
 from app.settings import Settings
@@ -674,3 +675,46 @@ async def test_what_goes_to_wavy_is_the_number_that_was_checked(
     assert nul.status_code == 200, nul.text
     shown = await status_of(client, proxy, senders, [nul.json()["id"]])
     assert shown[nul.json()["id"]]["sentStatusCode"] == 204
+
+
+async def test_a_send_wavy_took_but_that_could_not_be_recorded_is_never_called_unsent(
+    client: httpx.AsyncClient, proxy: str, wavy: StandIn, senders: Any, app: FastAPI
+) -> None:
+    """Wavy has the message: the answer must not say "nothing was sent", and a retry with the
+    same Idempotency-Key must get that answer again rather than send a second SMS."""
+
+    async def fails(_: list[Any]) -> list[None]:
+        raise RuntimeError("the disk is full")
+
+    real = app.state.mt_recorder
+    app.state.mt_recorder = Batched(fails, max_items=10, name="failing-recorder")
+    headers = {**senders["ana@acme.example"], "Idempotency-Key": "not-recorded-1"}
+    body = {"destination": FREE, "messageText": "x"}
+    try:
+        first = await client.post(f"{proxy}/v1/send-sms", json=body, headers=headers)
+        again = await client.post(f"{proxy}/v1/send-sms", json=body, headers=headers)
+    finally:
+        await app.state.mt_recorder.stop()
+        app.state.mt_recorder = real
+
+    assert first.status_code == 503
+    assert "do not send it again" in first.json()["errorMessage"]
+    assert "nothing was sent" not in first.json()["errorMessage"]
+    assert (again.status_code, again.headers["idempotent-replayed"]) == (503, "true")
+    assert len(wavy.asked) == 1  # the retry sent nothing
+
+
+@pytest.mark.usefixtures("lists")
+async def test_a_bulk_wavy_refused_stores_nothing_not_even_its_refusals(
+    client: httpx.AsyncClient, proxy: str, wavy: StandIn, senders: Any, app: FastAPI
+) -> None:
+    wavy.answer = (500, {"errorCode": 500, "errorMessage": "down"}, {})
+    answer = await client.post(
+        f"{proxy}/v1/send-bulk-sms",
+        json={"messages": [{"destination": OPTED_OUT}, {"destination": FREE}],
+              "defaultValues": {"messageText": "x"}},
+        headers=senders["ana@acme.example"],
+    )  # fmt: skip
+    assert answer.status_code == 502
+    assert await fetch_all(app.state.engine, "SELECT id FROM mts") == []
+    assert await fetch_all(app.state.engine, "SELECT id FROM messages") == []

@@ -14,9 +14,11 @@ from typing import Generic, Literal, TypeVar
 from sqlalchemy import delete, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from app.db.engine import database_unavailable
 from app.db.json_batches import json_columns, rows_from, select_list
 from app.db.optouts import Row, opted_out_entries
 from app.db.tables import mts, send_keys, table_columns
+from app.errors import Unavailable
 from app.rules.sending import MtOutcome
 
 
@@ -60,19 +62,8 @@ _RECORD = text(
 async def record_mts(conn: AsyncConnection, rows: Sequence[MtRow]) -> None:
     """The MTs as sent, and the status rows of those Wavy took (shown at once, no status)."""
     if rows:
-        arrays = json_columns([_Jsonable(row) for row in rows], _MT_COLUMNS)
+        arrays = json_columns(rows, _MT_COLUMNS)  # orjson writes the times as ISO-8601
         await conn.execute(_RECORD, {f"c{n}": value for n, value in enumerate(arrays, 1)})
-
-
-@dataclass(frozen=True, slots=True)
-class _Jsonable:
-    """A row as orjson writes it into a column array (times as ISO text)."""
-
-    row: MtRow
-
-    def __getattr__(self, name: str) -> object:
-        value = getattr(self.row, name)
-        return value.isoformat() if isinstance(value, datetime) else value
 
 
 # ---------------------------------------------------------------------------- idempotency
@@ -174,7 +165,8 @@ class Batched(Generic[T, R]):
     """Work that concurrent sends share: what is handed in while a batch runs goes in the next
     one, so that a burst costs a statement (and a commit, a flush to disk) per batch, not per
     send, and the pool is not churned by a connection per send. A batch that fails is run again
-    item by item, so one send's fault is not its neighbours'."""
+    item by item, so one send's fault is not its neighbours'; when the database is away, every
+    item of it fails at once as Unavailable (a send per item would only wait out timeouts)."""
 
     def __init__(
         self, work: Callable[[list[T]], Awaitable[list[R]]], *, max_items: int, name: str
@@ -218,6 +210,12 @@ class Batched(Generic[T, R]):
         try:
             results = await self._work([item for item, _ in batch])
         except Exception as error:
+            if database_unavailable(error):
+                away = Unavailable("the database is unavailable")
+                for _, done in batch:
+                    if not done.done():
+                        done.set_exception(away)
+                return
             if len(batch) > 1:
                 for one in batch:
                     await self._settle([one])

@@ -4,6 +4,7 @@ destination with which of Wavy's own status codes."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
@@ -94,7 +95,7 @@ def read_bulk(body: Any, region: str) -> list[Mt]:
     ]
 
 
-def owners_named(body: dict[str, Any]) -> list[object]:
+def owners_named(body: Mapping[str, Any]) -> list[object]:
     """Every sub-account a bulk names below its root (in a message, or its defaultValues):
     each must be the sender's, or a user could send for another sub-account's under their
     own lists."""

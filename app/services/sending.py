@@ -14,8 +14,8 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -61,6 +61,9 @@ class SendAnswer:
     status: int
     body: bytes
     headers: dict[str, str] = field(default_factory=dict)
+    # Wavy took the message, or may have: an Idempotency-Key keeps this answer whatever it is,
+    # so that a retry never sends it again.
+    sent: bool = False
 
 
 def wavy_error(status: int, message: str, **headers: str) -> SendAnswer:
@@ -100,7 +103,7 @@ def sender_of(reader: Reader, body: Mapping[str, Any]) -> Sender:
         raise BadSend("subAccount may be named by an admin only")
     else:
         sender = Sender(reader, reader.sub_account)
-    if any(named_sub_account(inner) != sender.sub_account for inner in owners_named(dict(body))):
+    if any(named_sub_account(inner) != sender.sub_account for inner in owners_named(body)):
         raise BadSend("a message's subAccount must be the send's (name it at the root)")
     return sender
 
@@ -143,8 +146,16 @@ def _row(
     )
 
 
-async def _record(context: SendContext, rows: Sequence[MtRow]) -> None:
-    await context.recorder(rows)
+def _not_recorded(rows: Sequence[MtRow]) -> SendAnswer:
+    """What Wavy took (or may have) could not be recorded: never "nothing was sent"."""
+    log.exception("MTs Wavy took were not recorded: %s", [row.message_id for row in rows])
+    metrics.SENDS.labels("not_recorded", "").inc()
+    answer = wavy_error(
+        503,
+        "Wavy took the message, but it could not be recorded here: do not send it again (its "
+        "statuses still come back through the webhooks)",
+    )
+    return replace(answer, sent=True)
 
 
 async def _refuse(
@@ -321,21 +332,26 @@ async def send_one(
     try:
         answer = await _call_wavy(context, SINGLE_PATH, headers, as_sent(mt))
     except WavyTimedOut:
-        await _record(context, [_row(context, sender, mt, "unknown", None, None, at)])
-        return _timed_out()
-    if isinstance(answer, SendAnswer):
-        return answer
-    wavy_id = answer.get("id")
-    row = _row(context, sender, mt, "sent", str(wavy_id) if wavy_id else None, 200, at)
-    await _record(context, [row])
-    return _ok(answer)
+        answer, rows = _timed_out(), [_row(context, sender, mt, "unknown", None, None, at)]
+    else:
+        if isinstance(answer, SendAnswer):
+            return answer
+        wavy_id = answer.get("id")
+        rows = [_row(context, sender, mt, "sent", str(wavy_id) if wavy_id else None, 200, at)]
+        answer = _ok(answer)
+    try:
+        await context.recorder(rows)
+    except Exception:
+        return _not_recorded(rows)
+    return answer
 
 
 async def send_bulk(
     context: SendContext, reader: Reader, headers: Mapping[str, str], body: Any
 ) -> SendAnswer:
     """A bulk send: the allowed messages go to Wavy in one request, in their order; the answer
-    lists every message, in the client's order."""
+    lists every message, in the client's order. Nothing is stored when Wavy refuses the bulk,
+    so that a retry stores nothing twice."""
     if not isinstance(body, dict):
         raise BadSend("a bulk send is a JSON object")
     sender = sender_of(reader, body)
@@ -344,43 +360,54 @@ async def send_bulk(
     refusals = await _refusals(context, sender, mts)
     refused = [(mt, refusal) for mt, refusal in zip(mts, refusals, strict=True) if refusal]
     allowed = [mt for mt, refusal in zip(mts, refusals, strict=True) if refusal is None]
-    refused_ids = iter(await _refuse(context, sender, refused, at) if refused else [])
-    batch_id: Any = uuid.uuid4().hex
-    sent_ids: list[Any] = []
-    if allowed:
-        try:
-            answer = await _call_wavy(
-                context, BULK_PATH, headers, {**body, "messages": [as_sent(mt) for mt in allowed]}
-            )
-        except WavyTimedOut:
-            rows = [_row(context, sender, mt, "unknown", None, None, at) for mt in allowed]
-            await _record(context, rows)
-            return _timed_out()
-        if isinstance(answer, SendAnswer):
-            return answer
-        batch_id = answer.get("id", batch_id)
-        items = answer.get("messages")
-        sent_ids = [
-            item.get("id") if isinstance(item, dict) else None
-            for item in (items if isinstance(items, list) else [])
-        ]
-        sent_ids += [None] * (len(allowed) - len(sent_ids))
-        await _record(
-            context,
-            [
-                _row(context, sender, mt, "sent", str(sent) if sent else None, 200, at)
-                for mt, sent in zip(allowed, sent_ids, strict=False)
-            ],
+    if not allowed:  # nothing goes to Wavy: a failure here sent nothing
+        refused_ids = iter(await _refuse(context, sender, refused, at))
+        return _ok(_bulk_answer(uuid.uuid4().hex, mts, refusals, refused_ids, iter([])))
+    try:
+        answer = await _call_wavy(
+            context, BULK_PATH, headers, {**body, "messages": [as_sent(mt) for mt in allowed]}
         )
-    sent = iter(sent_ids)
+    except WavyTimedOut:
+        unknown = [_row(context, sender, mt, "unknown", None, None, at) for mt in allowed]
+        try:
+            await context.recorder(unknown)
+        except Exception:
+            return _not_recorded(unknown)
+        return _timed_out()
+    if isinstance(answer, SendAnswer):
+        return answer
+    items = answer.get("messages")
+    sent_ids = [
+        item.get("id") if isinstance(item, dict) else None
+        for item in (items if isinstance(items, list) else [])
+    ]
+    sent_ids += [None] * (len(allowed) - len(sent_ids))
+    rows = [
+        _row(context, sender, mt, "sent", str(sent) if sent else None, 200, at)
+        for mt, sent in zip(allowed, sent_ids, strict=False)
+    ]
+    try:
+        refused_ids = iter(await _refuse(context, sender, refused, at) if refused else [])
+        await context.recorder(rows)
+    except Exception:
+        return _not_recorded(rows)
+    batch_id = answer.get("id", uuid.uuid4().hex)
+    return _ok(_bulk_answer(batch_id, mts, refusals, refused_ids, iter(sent_ids)))
+
+
+def _bulk_answer(
+    batch_id: Any,
+    mts: Sequence[Mt],
+    refusals: Sequence[tuple[int, str] | None],
+    refused_ids: Iterator[str],
+    sent_ids: Iterator[Any],
+) -> dict[str, Any]:
+    """Every message, in the client's order: ours for the refused, Wavy's for the rest."""
     messages = [
-        {
-            "id": next(refused_ids) if refusal else next(sent),
-            "correlationId": mt.correlation_id,
-        }
+        {"id": next(refused_ids) if refusal else next(sent_ids), "correlationId": mt.correlation_id}
         for mt, refusal in zip(mts, refusals, strict=True)
     ]
-    return _ok({"id": batch_id, "messages": messages})
+    return {"id": batch_id, "messages": messages}
 
 
 def _ok(answer: Mapping[str, Any]) -> SendAnswer:
@@ -389,11 +416,12 @@ def _ok(answer: Mapping[str, Any]) -> SendAnswer:
 
 def _timed_out() -> SendAnswer:
     metrics.SENDS.labels("timeout", "").inc()
-    return wavy_error(
+    answer = wavy_error(
         504,
         "Wavy did not answer in time: the message may have been sent; it is kept as unknown, "
         "look it up by correlationId before sending it again",
     )
+    return replace(answer, sent=True)
 
 
 # ---------------------------------------------------------------------------- idempotency
@@ -438,7 +466,7 @@ async def send_idempotently(
             await queries.release_key(conn, username, key)
         raise
     async with context.engine.begin() as conn:
-        if answer.status in _NOT_KEPT:
+        if answer.status in _NOT_KEPT and not answer.sent:
             await queries.release_key(conn, username, key)
         else:
             await queries.keep_answer(conn, username, key, answer.status, answer.body)
