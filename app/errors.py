@@ -119,5 +119,9 @@ class UnusableKeyword(DomainError):
     """An opt-out keyword no reply could ever match (the message says why)."""
 
 
+class BadSend(DomainError):
+    """A send Wavy would refuse with a 400; the message says why (Wavy's errorMessage)."""
+
+
 class NoSuchKeyword(DomainError):
     """The list sets no such keyword (a default cannot be removed, only set to none)."""

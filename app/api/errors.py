@@ -9,6 +9,7 @@ import logging
 import math
 import re
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -23,6 +24,7 @@ from starlette.responses import Response
 from app import metrics
 from app.db.engine import database_unavailable
 from app.errors import (
+    BadSend,
     EndpointNotFound,
     EndpointUrlRefused,
     ForeignEndpoint,
@@ -167,9 +169,6 @@ def install_error_handlers(app: FastAPI) -> None:
         headers = getattr(exc, "headers", None)
         if exc.status_code == 405:
             headers = {**(headers or {}), "Allow": ", ".join(_allowed_methods(request))}
-        if request.url.path.startswith(WAVY_SHAPED_PATHS):
-            body = {"errorCode": exc.status_code, "errorMessage": str(exc.detail)}
-            return OrjsonResponse(body, status_code=exc.status_code, headers=headers)
         return error_response(exc.status_code, code, str(exc.detail), headers=headers)
 
     async def on_request_validation(_: Request, exc: Exception) -> Response:
@@ -250,21 +249,50 @@ def install_error_handlers(app: FastAPI) -> None:
         log.exception("unhandled error", exc_info=exc)
         return error_response(500, "internal_error", "internal error")
 
-    app.add_exception_handler(ApiError, on_api_error)
-    app.add_exception_handler(Refused, on_refused)
-    app.add_exception_handler(Unavailable, on_unavailable)
-    app.add_exception_handler(LoginsThrottled, on_logins_throttled)
-    app.add_exception_handler(UnknownTimeZone, on_unknown_time_zone)
-    app.add_exception_handler(EndpointNotFound, on_endpoint_not_found)
-    app.add_exception_handler(ForeignEndpoint, on_foreign_endpoint)
-    app.add_exception_handler(EndpointUrlRefused, on_endpoint_url_refused)
-    app.add_exception_handler(UnreadableNumber, on_unreadable_number)
-    app.add_exception_handler(UnusableKeyword, on_unusable_keyword)
-    app.add_exception_handler(NoSuchKeyword, on_no_such_keyword)
-    app.add_exception_handler(StarletteHTTPException, on_http_error)
-    app.add_exception_handler(RequestValidationError, on_request_validation)
-    # Handled here rather than as any Exception: Starlette re-raises what reaches its last
-    # handler, and uvicorn would log a traceback per request of an outage.
-    for kind in (OSError, sa_exc.SQLAlchemyError, asyncpg.PostgresError, asyncpg.InterfaceError):
-        app.add_exception_handler(kind, on_database_error)
-    app.add_exception_handler(Exception, on_unexpected)
+    async def on_bad_send(_: Request, exc: Exception) -> Response:
+        return error_response(400, "bad_request", str(exc))
+
+    handlers: list[tuple[type[Exception], ExceptionHandler]] = [
+        (ApiError, on_api_error),
+        (Refused, on_refused),
+        (Unavailable, on_unavailable),
+        (LoginsThrottled, on_logins_throttled),
+        (UnknownTimeZone, on_unknown_time_zone),
+        (EndpointNotFound, on_endpoint_not_found),
+        (ForeignEndpoint, on_foreign_endpoint),
+        (EndpointUrlRefused, on_endpoint_url_refused),
+        (UnreadableNumber, on_unreadable_number),
+        (UnusableKeyword, on_unusable_keyword),
+        (NoSuchKeyword, on_no_such_keyword),
+        (BadSend, on_bad_send),
+        (StarletteHTTPException, on_http_error),
+        (RequestValidationError, on_request_validation),
+        # Handled here rather than as any Exception: Starlette re-raises what reaches its last
+        # handler, and uvicorn would log a traceback per request of an outage.
+        *((kind, on_database_error) for kind in DATABASE_ERRORS),
+        (Exception, on_unexpected),
+    ]
+    for kind, handler in handlers:
+        app.add_exception_handler(kind, in_wavys_shape_on_its_paths(handler))
+
+
+ExceptionHandler = Callable[[Request, Exception], Awaitable[Response]]
+DATABASE_ERRORS = (OSError, sa_exc.SQLAlchemyError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+def in_wavys_shape_on_its_paths(handler: ExceptionHandler) -> ExceptionHandler:
+    """The handler's answer, rewritten in Wavy's error shape on Wavy's send paths (its clients
+    read {"errorCode", "errorMessage"}; a 401 says "Authentication Error" as Wavy's does)."""
+
+    async def answer(request: Request, exc: Exception) -> Response:
+        response = await handler(request, exc)
+        if not request.url.path.startswith(WAVY_SHAPED_PATHS):
+            return response
+        message = orjson.loads(response.body)["error"]["message"]
+        if response.status_code == 401:
+            message = f"Authentication Error: {message}"
+        body = orjson.dumps({"errorCode": response.status_code, "errorMessage": message})
+        kept = {k: v for k, v in response.headers.items() if k != "content-length"}
+        return Response(body, response.status_code, kept, media_type="application/json")
+
+    return answer

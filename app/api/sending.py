@@ -4,12 +4,12 @@ authenticates (before reading a byte of the body), reads the body within its cap
 app.services.sending and answers.
 
 Errors are in Wavy's shape, ``{"errorCode", "errorMessage"}``, since its clients read that, not
-the rest of the API's. That is why these routes are not app.api.routing's: they apply the same
-rules (credentials first, a capped body, strict JSON) and answer them Wavy's way."""
+the rest of the API's (app.api.errors rewrites them on these paths). These routes read their
+own bodies rather than through app.api.routing: the body is Wavy's free-form JSON, passed on,
+and no model parses it; they apply the same rules (credentials first, a capped body)."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -18,13 +18,11 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from app.api.deps import TOKEN_HEADER, USERNAME_HEADER, authenticate
-from app.api.errors import ApiError
 from app.api.routing import body_cap, read_capped_body
-from app.errors import LoginsThrottled, Unavailable
+from app.errors import BadSend
 from app.rules.scope import Reader
-from app.rules.sending import BadSend
 from app.services import sending as service
-from app.services.sending import SendAnswer, SendContext, wavy_error
+from app.services.sending import SendAnswer, SendContext
 from app.settings import Settings
 
 router = APIRouter(tags=["sending"])
@@ -124,42 +122,30 @@ def _context(request: Request) -> SendContext:
 
 async def _answer(request: Request, body: Any | None, cap: int, send: Send) -> Response:
     """Credentials, then the body (``body`` when it came in the query string), then the
-    service; every refusal in Wavy's shape."""
+    service. Refusals are raised: app.api.errors answers them in Wavy's shape on these paths."""
     settings: Settings = request.app.state.settings
-    try:
-        if any(len(request.headers.getlist(name)) > 1 for name in CREDENTIAL_HEADERS):
-            # Wavy would check another pair than the one checked here.
-            raise BadSend("send one UserName and one AuthenticationToken header")
-        reader = await authenticate(request)
-        # Exactly the credentials that were checked go on to Wavy.
-        credentials = {name: request.headers[name] for name in CREDENTIAL_HEADERS}
-        if body is None:
-            raw = await read_capped_body(request, cap, settings.body_timeout_s)
-            try:
-                body = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                raise BadSend("the body is not JSON") from None
-        else:
-            raw = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
-        context, parsed = _context(request), body
-        answer = await service.send_idempotently(
-            context,
-            reader,
-            request.headers.get(IDEMPOTENCY_HEADER),
-            raw,
-            lambda: send(context, reader, credentials, parsed),
-        )
-    except BadSend as error:
-        answer = wavy_error(400, str(error))
-    except ApiError as error:
-        message = error.message
-        if error.status_code == 401:
-            message = f"Authentication Error: {message}"
-        answer = wavy_error(error.status_code, message, **(error.headers or {}))
-    except LoginsThrottled as error:
-        answer = wavy_error(429, str(error), **{"Retry-After": str(math.ceil(error.wait_s))})
-    except Unavailable as error:
-        answer = wavy_error(503, f"nothing was sent: {error}", **{"Retry-After": "5"})
+    if any(len(request.headers.getlist(name)) > 1 for name in CREDENTIAL_HEADERS):
+        # Wavy would check another pair than the one checked here.
+        raise BadSend("send one UserName and one AuthenticationToken header")
+    reader = await authenticate(request)
+    # Exactly the credentials that were checked go on to Wavy.
+    credentials = {name: request.headers[name] for name in CREDENTIAL_HEADERS}
+    if body is None:
+        raw = await read_capped_body(request, cap, settings.body_timeout_s)
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise BadSend("the body is not JSON") from None
+    else:
+        raw = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+    context, parsed = _context(request), body
+    answer = await service.send_idempotently(
+        context,
+        reader,
+        request.headers.get(IDEMPOTENCY_HEADER),
+        raw,
+        lambda: send(context, reader, credentials, parsed),
+    )
     return Response(
         answer.body,
         status_code=answer.status,

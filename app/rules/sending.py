@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
+from app.errors import BadSend
 from app.rules.optouts import ACCOUNT_WIDE, NotAPhoneNumber, to_e164
 from app.rules.plain_text import is_printable
 
@@ -25,10 +26,6 @@ MT_OUTCOMES: tuple[MtOutcome, ...] = get_args(MtOutcome)
 # Wavy's own codes and names for a destination refused at sending (docs/sending.md).
 OPTOUT_STATUS = (204, "DESTINATION_BLOCKED_BY_OPTOUT")
 BLACKLISTED_STATUS = (203, "BLACKLISTED")
-
-
-class BadSend(ValueError):
-    """A send Wavy would refuse with a 400; the message says why (Wavy's errorMessage)."""
 
 
 @dataclass(frozen=True, slots=True)

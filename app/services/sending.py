@@ -26,7 +26,7 @@ from app import metrics
 from app.db import sending as queries
 from app.db.sending import Batched, Found, Lookup, MtRow
 from app.db.writer import BatchWriter
-from app.errors import Unavailable, WriteRefused
+from app.errors import BadSend, Unavailable, WriteRefused
 from app.outbound.wavy import WavyClient, WavyTimedOut, WavyUnreachable
 from app.payloads import replace_nul_characters, validate_items
 from app.rules.optouts import ACCOUNT_WIDE
@@ -34,7 +34,6 @@ from app.rules.plain_text import is_printable
 from app.rules.records import build_event_records
 from app.rules.scope import Reader, Role
 from app.rules.sending import (
-    BadSend,
     Mt,
     MtOutcome,
     as_sent,
