@@ -161,27 +161,50 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
+Work = Callable[[AsyncConnection, list[T]], Awaitable[list[R]]]
+
+
 class Batched(Generic[T, R]):
     """Work that concurrent sends share: what is handed in while a batch runs goes in the next
     one, so that a burst costs a statement (and a commit, a flush to disk) per batch, not per
-    send, and the pool is not churned by a connection per send. A batch that fails is run again
-    item by item, so one send's fault is not its neighbours'; when the database is away, every
-    item of it fails at once as Unavailable (a send per item would only wait out timeouts)."""
+    send.
+
+    Like the ingest writer (app.db.writer), each of a few lanes runs its batches on a
+    connection of its own, kept, in autocommit: a batch is one statement and one round trip,
+    with no pool checkout, liveness ping, BEGIN or COMMIT around it (each a loop turn on a busy
+    worker), and a send never waits for a whole batch ahead of its own. So ``work`` must be one
+    statement, or statements each complete on its own.
+
+    A batch that fails is run again item by item, so one send's fault is not its neighbours';
+    when the database is away, every item of it fails at once as Unavailable (a send per item
+    would only wait out timeouts). A connection that saw an error is dropped."""
 
     def __init__(
-        self, work: Callable[[list[T]], Awaitable[list[R]]], *, max_items: int, name: str
+        self,
+        engine: AsyncEngine,
+        work: Work[T, R],
+        *,
+        max_items: int,
+        name: str,
+        lanes: int = 2,
     ) -> None:
+        self._engine = engine
         self._work = work
         self._max_items = max_items
         self._name = name
+        self._lanes = lanes
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
+        self._running = 0  # batches being worked on
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     async def __call__(self, item: T) -> R:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name=self._name)
+        if not self._tasks:
+            self._tasks = [
+                asyncio.create_task(self._lane(), name=f"{self._name}-{n}")
+                for n in range(self._lanes)
+            ]
         done: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._pending.append((item, done))
         self._idle.clear()
@@ -189,53 +212,84 @@ class Batched(Generic[T, R]):
         return await done
 
     async def stop(self) -> None:
-        if self._task is not None:
-            if self._pending:
-                await self._idle.wait()  # what sends handed in is done first
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        """Finish what sends handed in, then end the lanes and close their connections."""
+        while self._pending or self._running:
+            self._idle.clear()
+            await self._idle.wait()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
 
-    async def _run(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._pending:
+    async def _lane(self) -> None:
+        conn: AsyncConnection | None = None
+        try:
+            while True:
+                while not self._pending:
+                    self._wake.clear()
+                    await self._wake.wait()
                 batch = self._pending[: self._max_items]
                 del self._pending[: self._max_items]
-                await self._settle(batch)
-            self._idle.set()
+                self._running += 1
+                try:
+                    conn = await self._settle(conn, batch)
+                finally:
+                    self._running -= 1
+                    if not self._pending and not self._running:
+                        self._idle.set()
+        finally:
+            if conn is not None:
+                await _drop(conn)
 
-    async def _settle(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
+    async def _settle(
+        self, conn: AsyncConnection | None, batch: list[tuple[T, asyncio.Future[R]]]
+    ) -> AsyncConnection | None:
+        """Runs the batch; returns the connection to keep (None once it is dropped)."""
         try:
-            results = await self._work([item for item, _ in batch])
+            if conn is None:
+                conn = await self._engine.connect()
+                await conn.execution_options(isolation_level="AUTOCOMMIT")
+            results = await self._work(conn, [item for item, _ in batch])
         except Exception as error:
+            if conn is not None:
+                await _drop(conn)
             if database_unavailable(error):
                 away = Unavailable("the database is unavailable")
                 for _, done in batch:
                     if not done.done():
                         done.set_exception(away)
-                return
-            if len(batch) > 1:
-                for one in batch:
-                    await self._settle([one])
-            elif not batch[0][1].done():
-                batch[0][1].set_exception(error)
-            return
+                return None
+            if len(batch) == 1:
+                if not batch[0][1].done():
+                    batch[0][1].set_exception(error)
+                return None
+            kept = None
+            for one in batch:
+                kept = await self._settle(kept, [one])
+            return kept
         for (_, done), result in zip(batch, results, strict=True):
             if not done.done():
                 done.set_result(result)
+        return conn
+
+
+async def _drop(conn: AsyncConnection) -> None:
+    """Away with a connection that may be broken (or is no longer wanted)."""
+    with contextlib.suppress(Exception):
+        await conn.invalidate()
+    with contextlib.suppress(Exception):
+        await conn.close()
 
 
 def mt_recorder(engine: AsyncEngine) -> Batched[Sequence[MtRow], None]:
-    """MTs recorded in batches; each send is answered once its batch is committed."""
+    """MTs recorded in batches; each send is answered once its batch is committed (the one
+    statement of record_mts commits by itself)."""
 
-    async def record(sends: list[Sequence[MtRow]]) -> list[None]:
-        async with engine.begin() as conn:
-            await record_mts(conn, [row for rows in sends for row in rows])
+    async def record(conn: AsyncConnection, sends: list[Sequence[MtRow]]) -> list[None]:
+        await record_mts(conn, [row for rows in sends for row in rows])
         return [None] * len(sends)
 
-    return Batched(record, max_items=200, name="mt-recorder")
+    return Batched(engine, record, max_items=200, name="mt-recorder")
 
 
 # A send's opt-out check: the lists that apply to it, and its destinations in E.164.
@@ -247,11 +301,10 @@ def optout_lookups(engine: AsyncEngine) -> Batched[Lookup, Found]:
     """Opt-out checks in batches: one query for every destination of the sends waiting, each
     send then given the entries of its own lists."""
 
-    async def look_up(lookups: list[Lookup]) -> list[Found]:
+    async def look_up(conn: AsyncConnection, lookups: list[Lookup]) -> list[Found]:
         numbers = sorted({number for _, wanted in lookups for number in wanted})
         lists = sorted({name for names, _ in lookups for name in names})
-        async with engine.connect() as conn:
-            found = await opted_out_entries(conn, lists, numbers)
+        found = await opted_out_entries(conn, lists, numbers)
         return [
             {
                 number: [entry for entry in found.get(number, []) if entry["sub_account"] in names]
@@ -260,4 +313,4 @@ def optout_lookups(engine: AsyncEngine) -> Batched[Lookup, Found]:
             for names, wanted in lookups
         ]
 
-    return Batched(look_up, max_items=200, name="optout-lookups")
+    return Batched(engine, look_up, max_items=200, name="optout-lookups")
