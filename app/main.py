@@ -26,6 +26,7 @@ from app.api import (
     health,
     optouts,
     receive,
+    reconciliation,
     sending,
     stats,
     status,
@@ -57,6 +58,7 @@ from app.db.sending import mt_recorder, optout_lookups
 from app.db.stats import fold_stats_periodically
 from app.db.writer import BatchWriter
 from app.outbound.forwarder import Forwarder
+from app.outbound.reconciler import Reconciler
 from app.outbound.wavy import WavyClient
 from app.payloads import Callback, Dlr, Mo
 from app.services.sending import SendRate
@@ -131,6 +133,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.send_rate = SendRate(engine, settings.send_max_rps)
     app.state.mt_recorder = mt_recorder(engine)
     app.state.optout_lookups = optout_lookups(engine)
+    # In every worker: they share the work and Wavy's pace through PostgreSQL.
+    reconciler = app.state.reconciler = Reconciler(engine, writer, settings)
+    reconciler.start()
     changes = {
         KEYS_CHANGED_CHANNEL: registry.forget,
         USERS_CHANGED_CHANNEL: readers.forget,
@@ -167,6 +172,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # the connections go away.
         if forwarder is not None:
             await forwarder.stop()
+        await reconciler.stop()
         await writer.stop()
         await app.state.mt_recorder.stop()
         await app.state.optout_lookups.stop()
@@ -249,6 +255,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(status.router)
     app.include_router(receive.router)
     app.include_router(stats.router)
+    app.include_router(reconciliation.router)
     app.include_router(endpoints.router)
     app.include_router(optouts.router)
     app.include_router(sending.router)

@@ -54,6 +54,33 @@ SENDS = Counter(
 SEND_SECONDS = Histogram(
     "wavy_send_wavy_seconds", "Time Wavy's send API took to answer a send passed to it"
 )
+RECONCILE_CHECKS = Counter(
+    "wavy_reconcile_checks_total",
+    "Overdue messages asked of Wavy's status search (kind: the status awaited)",
+    ["kind"],
+)
+RECONCILE_RECOVERED = Counter(
+    "wavy_reconcile_recovered_total",
+    "Statuses learnt from Wavy's status search after their webhook never came",
+    ["kind"],
+)
+RECONCILE_GIVEN_UP = Counter(
+    "wavy_reconcile_given_up_total",
+    "Overdue messages asked no more: older than WAVY_RECONCILE_WINDOW, Wavy no longer knows",
+    ["kind"],
+)
+RECONCILE_ANSWERS = Counter(
+    "wavy_reconcile_wavy_answers_total",
+    "Wavy's status search answers to reconciliation, by HTTP status (unreachable, timeout)",
+    ["code"],
+)
+RECONCILE_OVERDUE = Gauge(
+    "wavy_reconcile_overdue",
+    "Messages overdue now and still asked about, by the status awaited (sampled each pass)",
+    ["kind"],
+    # Every worker sees the same count in the database: the most recent one is the answer.
+    multiprocess_mode="mostrecent",
+)
 READER_AUTH_FAILURES = Counter(
     "wavy_reader_auth_failures_total", "Read-API requests refused for bad credentials"
 )

@@ -14,10 +14,12 @@ from pydantic import (
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
+    SecretStr,
     field_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.rules.delivery_stats import CARRIERS_WITHOUT_DLR
 from app.rules.forwarding import (
     DEFAULT_RETRY_SCHEDULE_S,
     MAX_FORWARD_TIMEOUT_S,
@@ -157,6 +159,22 @@ class Settings(BaseSettings):
     send_max_rps: int = Field(default=700, ge=1, le=100_000)
     send_max_wait_s: float = Field(default=2.0, ge=0, le=60)
 
+    # Reconciliation (docs/reconciliation.md): the account's admin at Wavy, who sees every
+    # sub-account's statuses. Without both, nothing is asked of Wavy (what is overdue is still
+    # listed). An MT is overdue with no callback after WAVY_RECONCILE_CALLBACK_AFTER seconds,
+    # and a successful callback with no DLR after WAVY_RECONCILE_DLR_AFTER, except from the
+    # carriers that never send one; past WAVY_RECONCILE_WINDOW (Wavy's own retention) it is
+    # given up. WAVY_RECONCILE_MAX_RPS holds for every worker and replica together.
+    api_username: str | None = None
+    api_token: SecretStr | None = None
+    reconcile_callback_after: float = Field(default=900.0, gt=0, le=3 * 86_400)
+    reconcile_dlr_after: float = Field(default=14_400.0, gt=0, le=3 * 86_400)
+    reconcile_no_dlr_carriers: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: sorted(CARRIERS_WITHOUT_DLR)
+    )
+    reconcile_window: str = "3d"
+    reconcile_max_rps: float = Field(default=1.0, gt=0, le=100)
+
     # The region (ISO 3166 code) whose way of writing numbers without a country code the
     # opt-out lists read them in: "(11) 98765-4321" is +5511987654321 with BR.
     default_region: str = "BR"
@@ -186,7 +204,7 @@ class Settings(BaseSettings):
     # Empty: same-origin only, as the built-in dashboard is.
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "reconcile_no_dlr_carriers", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         if isinstance(value, str):
@@ -214,6 +232,7 @@ class Settings(BaseSettings):
         "forward_retention",
         "forward_disable_after",
         "forward_secret_overlap",
+        "reconcile_window",
     )
     @classmethod
     def _retention_is_an_age(cls, value: str | None) -> str | None:
@@ -229,6 +248,14 @@ class Settings(BaseSettings):
 
     def forward_retention_age(self) -> timedelta | None:
         return parse_age(self.forward_retention) if self.forward_retention else None
+
+    def reconcile_window_age(self) -> timedelta:
+        return parse_age(self.reconcile_window)
+
+    @property
+    def reconciles(self) -> bool:
+        """Whether Wavy is asked for what never came back (its admin's credentials are set)."""
+        return bool(self.api_username) and self.api_token is not None
 
     def webhook_base_url(self) -> str:
         return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")

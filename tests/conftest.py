@@ -23,7 +23,7 @@ from sqlalchemy import make_url, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from app.db import queries
+from app.db import queries, users
 from app.db.engine import (
     create_engine,
     normalize_database_url,
@@ -39,6 +39,7 @@ from app.http_protocol import server_options
 from app.main import create_app
 from app.payloads import EventKind, validate_items
 from app.rules.records import EventRecord, build_event_records
+from app.rules.scope import Role
 from app.rules.webhook_body import items_as_json
 from app.settings import Settings
 from tests.wavy_stand_in import StandIn, wavy_stand_in
@@ -297,3 +298,30 @@ async def silent_database(
     """Writes go to a database that never answers (1 s connect timeout)."""
     async with silent_database_url() as url, writes_going_to(app, settings, url):
         yield
+
+
+@pytest.fixture
+def wavy(wavy_api: StandIn) -> Iterator[StandIn]:
+    """The stand-in the app sends to, with nothing asked yet and its own answers (and left so
+    for the tests after: it is the session's)."""
+    wavy_api.reset()
+    yield wavy_api
+    wavy_api.reset()
+
+
+@pytest.fixture
+async def senders(app: FastAPI, wavy: StandIn) -> dict[str, dict[str, str]]:
+    """Credentials as Wavy's clients write them (lower case, courier's way), and the lists."""
+    wavy.reset()
+    found = {}
+    async with app.state.engine.begin() as conn:
+        for name, role, sub in (
+            ("boss", Role.ADMIN, None),
+            ("ana@acme.example", Role.USER, "acme"),
+            ("Gil da Globex", Role.USER, "globex"),
+        ):
+            token = await users.add_user(
+                conn, username=name, role=role, sub_account=sub, email=None, token=None
+            )
+            found[name] = {"username": name, "authenticationtoken": token}
+    return found

@@ -10,7 +10,6 @@ import os
 import re
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +17,8 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from app.db import users
 from app.db.sending import Batched
 from app.outbound.sandbox import Sandbox, SandboxMix
-from app.rules.scope import Role
 from app.settings import Settings
 from tests.conftest import add_key, fetch_all, free_port, serving
 from tests.test_migrations_and_cli import Service, run_cli
@@ -36,33 +33,6 @@ FREE = "5519900004444"
 @pytest.fixture
 def proxy(base_url: str) -> str:
     return base_url
-
-
-@pytest.fixture
-def wavy(wavy_api: StandIn) -> Iterator[StandIn]:
-    """The stand-in the app sends to, with nothing asked yet and its own answers (and left so
-    for the tests after: it is the session's)."""
-    wavy_api.reset()
-    yield wavy_api
-    wavy_api.reset()
-
-
-@pytest.fixture
-async def senders(app: FastAPI, wavy: StandIn) -> dict[str, dict[str, str]]:
-    """Credentials as Wavy's clients write them (lower case, courier's way), and the lists."""
-    wavy.reset()
-    found = {}
-    async with app.state.engine.begin() as conn:
-        for name, role, sub in (
-            ("boss", Role.ADMIN, None),
-            ("ana@acme.example", Role.USER, "acme"),
-            ("Gil da Globex", Role.USER, "globex"),
-        ):
-            token = await users.add_user(
-                conn, username=name, role=role, sub_account=sub, email=None, token=None
-            )
-            found[name] = {"username": name, "authenticationtoken": token}
-    return found
 
 
 async def opt_out(client: httpx.AsyncClient, base: str, who: dict[str, str], number: str) -> None:
@@ -498,6 +468,11 @@ async def test_the_sandbox_plays_wavy_through_the_whole_flow(
             searched = await client.post(
                 f"http://127.0.0.1:{sandbox_port}/v1/sms/status/search",
                 json={"ids": [message_id]},
+                headers=ana,
+            )
+            anonymous = await client.post(
+                f"http://127.0.0.1:{sandbox_port}/v1/sms/status/search",
+                json={"ids": [message_id]},
             )
     finally:
         await stand_in.stop()
@@ -511,6 +486,7 @@ async def test_the_sandbox_plays_wavy_through_the_whole_flow(
     refused = await status_of(client, base_url, senders, [second.json()["id"]])
     assert refused[second.json()["id"]]["sentStatusCode"] == 204  # they opted out
     assert searched.json()["smsStatuses"][0]["deliveredStatusCode"] == 4
+    assert anonymous.status_code == 401  # the sandbox's status search takes the service's users
 
 
 @pytest.mark.slow
@@ -689,11 +665,11 @@ async def test_a_send_wavy_took_but_that_could_not_be_recorded_is_never_called_u
     """Wavy has the message: the answer must not say "nothing was sent", and a retry with the
     same Idempotency-Key must get that answer again rather than send a second SMS."""
 
-    async def fails(_: list[Any]) -> list[None]:
+    async def fails(*_: Any) -> list[None]:
         raise RuntimeError("the disk is full")
 
     real = app.state.mt_recorder
-    app.state.mt_recorder = Batched(fails, max_items=10, name="failing-recorder")
+    app.state.mt_recorder = Batched(app.state.engine, fails, max_items=10, name="failing-recorder")
     headers = {**senders["ana@acme.example"], "Idempotency-Key": "not-recorded-1"}
     body = {"destination": FREE, "messageText": "x"}
     try:

@@ -1,5 +1,6 @@
-"""A stand-in of Wavy's send API over real HTTP, for the send proxy's tests: it records every
-request and answers as it is told (by default as Wavy does: an id per message)."""
+"""A stand-in of Wavy's send API and status search over real HTTP, for the send proxy's and
+reconciliation's tests: it records every request and answers as it is told (by default as Wavy
+does: an id per message; the statuses it was given)."""
 
 from __future__ import annotations
 
@@ -29,10 +30,16 @@ class StandIn:
     # Told answer: (status, body, headers), or None for Wavy's own; a delay before answering.
     answer: tuple[int, Any, dict[str, str]] | None = None
     delay_s: float = 0.0
+    # What its status search knows, by message id.
+    statuses: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def reset(self) -> None:
         self.asked.clear()
+        self.statuses.clear()
         self.answer, self.delay_s = None, 0.0
+
+    def searches(self) -> list[Asked]:
+        return [asked for asked in self.asked if asked.path == "/v1/sms/status/search"]
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -43,6 +50,16 @@ class StandIn:
         if self.answer is not None:
             status, answer, headers = self.answer
             return web.json_response(answer, status=status, headers=headers)
+        if request.path == "/v1/sms/status/search":
+            ids, correlation_ids = set(body.get("ids", [])), set(body.get("correlationIds", []))
+            found = [
+                status
+                for status in self.statuses.values()
+                if status["id"] in ids or status.get("correlationId") in correlation_ids
+            ]
+            return web.json_response(
+                {"total": len(found), "start": "", "end": "", "smsStatuses": found}
+            )
         if request.path == "/v1/send-bulk-sms":
             # Ids that name the message they answer for: a test can tell which is which.
             messages = [
@@ -64,6 +81,7 @@ async def wavy_stand_in() -> AsyncIterator[StandIn]:
     application = web.Application()
     application.router.add_post("/v1/send-sms", stand_in.handle)
     application.router.add_post("/v1/send-bulk-sms", stand_in.handle)
+    application.router.add_post("/v1/sms/status/search", stand_in.handle)
     runner = web.AppRunner(application)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

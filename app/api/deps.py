@@ -34,6 +34,14 @@ async def get_engine(request: Request) -> AsyncEngine:
 EngineDep = Annotated[AsyncEngine, Depends(get_engine)]
 
 
+async def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
 def _basic_auth_password(authorization: str | None) -> str | None:
     if not authorization or authorization[:6].lower() != "basic ":
         return None

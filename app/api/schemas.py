@@ -5,7 +5,7 @@ orjson, which is what keeps a 1000-item answer cheap."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, Field, StrictBool
 
@@ -88,7 +88,13 @@ class EventOut(BaseModel):
     sentStatusCode: int | None
     deliveredStatusCode: int | None
     receivedAt: str = Field(description="when we received it")
-    payload: dict[str, Any] = Field(description="the raw JSON as Wavy sent it")
+    reconciled: bool = Field(
+        description="asked of Wavy's status search because its webhook never came "
+        "(docs/reconciliation.md), not posted by Wavy"
+    )
+    payload: dict[str, Any] = Field(
+        description="the raw JSON as Wavy sent it (reconciled: the status search's item)"
+    )
 
 
 class StatusDetail(StatusOut):
@@ -134,6 +140,51 @@ class MoChanges(BaseModel):
 class StatusPage(BaseModel):
     items: list[StatusOut]
     next: str | None = Field(description="cursor for the next (older) page, if any")
+
+
+class OverdueOut(BaseModel):
+    id: str | None = Field(description="Wavy's id; null for a send that timed out, not yet found")
+    correlationId: str | None
+    destination: str = Field(examples=["5519900001111"])
+    subAccount: str | None
+    sentAt: str = Field(description="when it was sent through the service")
+    kind: Literal["callback", "dlr"] = Field(description="the status that has not come")
+    waitingSince: str = Field(description="since when that status is awaited")
+    checks: int = Field(description="times Wavy's status search was asked and did not know")
+    lastCheckedAt: str | None
+    givenUp: bool = Field(description="older than WAVY_RECONCILE_WINDOW: Wavy is asked no more")
+
+
+class OverduePage(BaseModel):
+    total: int = Field(description="every overdue message of this kind in the scope")
+    kind: Literal["callback", "dlr"]
+    subAccount: str | None = Field(description="the scope used: null = every sub-account")
+    items: list[OverdueOut]
+    next: str | None = Field(description="cursor for the next page, if any")
+
+
+class ReconciliationByKind(BaseModel):
+    callback: int
+    dlr: int
+
+
+class ReconciliationSummary(BaseModel):
+    enabled: bool = Field(description="Wavy is asked (WAVY_API_USERNAME and WAVY_API_TOKEN set)")
+    subAccount: str | None = Field(description="the scope used: null = every sub-account")
+    timeZone: str = Field(description="the zone of 'today' in recoveredToday")
+    overdue: ReconciliationByKind = Field(description="overdue now, still asked about")
+    givenUp: ReconciliationByKind = Field(description="overdue past the window, asked no more")
+    recoveredToday: int = Field(description="statuses learnt from Wavy since midnight")
+    callbackAfterSeconds: float
+    dlrAfterSeconds: float
+    window: str
+    noDlrCarriers: list[str]
+    maxRequestsPerSecond: float
+    nextAskAt: str | None = Field(default=None, description="admins: the shared pace")
+    backoffSeconds: float | None = Field(default=None, description="admins: after 429/5xx")
+    lookedUntil: dict[str, str | None] | None = Field(
+        default=None, description="admins: up to which sending time each age was looked at"
+    )
 
 
 class LatencyBucket(BaseModel):

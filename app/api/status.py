@@ -10,13 +10,14 @@ from fastapi import APIRouter, Depends, Query
 from starlette.responses import StreamingResponse
 
 from app.api import downloads
-from app.api.deps import EngineDep, ReaderDep, ScopeDep
+from app.api.deps import EngineDep, ReaderDep, ScopeDep, SettingsDep
 from app.api.downloads import csv_download, csv_responses
 from app.api.errors import ApiError, OrjsonResponse, responses
 from app.api.paging import FeedQueryDep, Limit, bad_cursor, default_start, feed_response
 from app.api.params import IsoTime, SearchText
 from app.api.routing import CheckedRoute, body_cap
 from app.api.schemas import (
+    OverduePage,
     StatusChanges,
     StatusDetail,
     StatusEnvelope,
@@ -27,6 +28,8 @@ from app.api.schemas import (
 from app.db import reads
 from app.rules.answers import event_out, mo_out, status_envelope, status_out
 from app.rules.cursors import BadCursor, read_time_cursor_str, time_cursor
+from app.rules.reconcile import OverdueKind
+from app.services import reconcile
 
 router = APIRouter(prefix="/v1/sms/status", tags=["statuses"], route_class=CheckedRoute)
 
@@ -202,6 +205,34 @@ async def list_statuses(
             "next": time_cursor(last["first_seen_at"], last["id"]) if more and last else None,
         }
     )
+
+
+@router.get(
+    "/overdue",
+    summary="MTs whose callback, or DLR, never came: what reconciliation could not recover",
+    description=(
+        "MTs sent through the service whose `kind` of status is overdue "
+        "(WAVY_RECONCILE_CALLBACK_AFTER, WAVY_RECONCILE_DLR_AFTER), longest waiting first, "
+        "those given up included (`givenUp`: older than WAVY_RECONCILE_WINDOW). A message "
+        "leaves the list as soon as its status comes, by webhook or from Wavy. "
+        "See docs/reconciliation.md."
+    ),
+    response_model=OverduePage,
+    responses=READ_RESPONSES,
+)
+async def list_overdue(
+    scope: ScopeDep,
+    engine: EngineDep,
+    settings: SettingsDep,
+    kind: Annotated[OverdueKind, Query(description="the status awaited")] = "callback",
+    limit: Limit = 100,
+    cursor: Annotated[str | None, Query(description="`next` of the previous page")] = None,
+) -> OrjsonResponse:
+    try:
+        page = await reconcile.overdue(engine, settings, scope, kind, limit, cursor)
+    except BadCursor:
+        raise bad_cursor() from None
+    return OrjsonResponse(page)
 
 
 @router.get(

@@ -15,6 +15,7 @@ from sqlalchemy import (
     Column,
     Computed,
     DateTime,
+    Float,
     ForeignKey,
     Identity,
     Index,
@@ -32,6 +33,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, JSON, JSONB
 
 from app.rules.optouts import KEYWORD_ACTIONS, OPTOUT_SOURCES
+from app.rules.reconcile import OVERDUE_KINDS
 from app.rules.sending import MT_OUTCOMES
 
 NAMING_CONVENTION = {
@@ -138,6 +140,8 @@ events = Table(
     Column("sent_status_code", Integer, nullable=True),
     Column("delivered_status_code", Integer, nullable=True),
     Column("received_at", TS, nullable=False),
+    # Learnt by asking Wavy (app.outbound.reconciler), not posted by it.
+    Column("reconciled", Boolean, nullable=False, server_default=text("false")),
     # json, not jsonb: the raw text exactly as Wavy sent it (key order too), and cheaper to
     # insert; nothing queries inside it.
     Column("payload", JSON, nullable=False),
@@ -179,6 +183,57 @@ mts = Table(
     Index(None, "message_id"),
     Index(None, "correlation_id"),
     Index(None, "submitted_at", postgresql_using="brin"),
+    # Reconciliation looks at each MT as it passes an age, in this order, from a mark.
+    Index(None, "submitted_at", "id"),
+)
+
+# MTs whose status is overdue (app.outbound.reconciler): no callback after
+# WAVY_RECONCILE_CALLBACK_AFTER, or a successful callback and no DLR after
+# WAVY_RECONCILE_DLR_AFTER. Each MT is looked at once as it passes each age (the marks in
+# reconcile_state), so this holds what is missing, not every MT. A row goes when its status
+# comes (by webhook or from Wavy); one Wavy no longer knows is kept, given up, for the listing.
+overdue = Table(
+    "overdue",
+    metadata,
+    Column("mt_id", KEY, ForeignKey("mts.id", ondelete="CASCADE"), primary_key=True),
+    Column("kind", KEY, nullable=False),
+    # Since when the status is awaited: the MT's sending (callback), its callback (dlr).
+    Column("waiting_since", TS, nullable=False),
+    Column("checks", Integer, nullable=False, server_default=text("0")),
+    Column("last_checked_at", TS, nullable=True),
+    Column("next_check_at", TS, nullable=False),
+    Column("given_up_at", TS, nullable=True),
+    CheckConstraint(one_of("kind", OVERDUE_KINDS), name="kind"),
+    Index(None, "next_check_at", postgresql_where=text("given_up_at IS NULL")),
+    Index(None, "kind", "waiting_since", "mt_id"),
+)
+
+# Each status reconciliation recovered (asked of Wavy after its webhook never came), for the
+# counts: recovered today, by sub-account.
+recoveries = Table(
+    "recoveries",
+    metadata,
+    Column("mt_id", KEY, ForeignKey("mts.id", ondelete="CASCADE"), nullable=False),
+    Column("kind", KEY, nullable=False),
+    Column("recovered_at", TS, nullable=False),
+    PrimaryKeyConstraint("mt_id", "kind"),
+    CheckConstraint(one_of("kind", OVERDUE_KINDS), name="kind"),
+    Index(None, "recovered_at"),
+)
+
+# One row: how far reconciliation has looked (a mark per age), and the pace every worker and
+# replica shares for asking Wavy (no request before next_ask_at; backoff_s grows on 429/5xx).
+reconcile_state = Table(
+    "reconcile_state",
+    metadata,
+    Column("id", SmallInteger, primary_key=True),
+    Column("callback_mark_at", TS, nullable=True),
+    Column("callback_mark_id", KEY, nullable=True),
+    Column("dlr_mark_at", TS, nullable=True),
+    Column("dlr_mark_id", KEY, nullable=True),
+    Column("next_ask_at", TS, nullable=False, server_default=text("now()")),
+    Column("backoff_s", Float, nullable=False, server_default=text("0")),
+    CheckConstraint("id = 1", name="one_row"),
 )
 
 # Sends made with an Idempotency-Key (as Stripe's): the first answer, given again to a retry
@@ -574,6 +629,7 @@ _SQL_TYPES: dict[type[Any], str] = {
     SmallInteger: "smallint",
     DateTime: "timestamptz",
     Boolean: "boolean",
+    Float: "float8",
     JSON: "json",
 }
 

@@ -23,12 +23,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db import queries
 from app.db.users import authenticate_reader
+from app.rules.delivery_stats import CARRIERS_WITHOUT_DLR
+from app.rules.scope import Reader
 from app.rules.status_codes import DELIVERED_STATUS_NAMES, SENT_STATUS_NAMES
 
 log = logging.getLogger(__name__)
 
 CARRIERS = ("VIVO", "TIM", "CLARO", "OI", "SERCOMTEL")
-CARRIERS_WITHOUT_DLR = ("OI", "SERCOMTEL")
 # Wavy's codes a failed send or delivery gets here: invalid destination, not delivered.
 FAILED_SENT_CODE = 202
 FAILED_DELIVERED_CODE = 104
@@ -68,6 +69,7 @@ class Sandbox:
         self._random = random.Random(seed)  # noqa: S311 - a simulation, not a secret
         self._keys: dict[str | None, str] = {}
         self._statuses: dict[str, dict[str, Any]] = {}
+        self._owners: dict[str, str | None] = {}  # each message's sub-account
         self._tasks: set[asyncio.Task[None]] = set()
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
@@ -101,14 +103,18 @@ class Sandbox:
 
     # --- Wavy's API -----------------------------------------------------------------------
 
+    async def _reader(self, request: web.Request) -> Reader | None:
+        """The service's user these credentials are (the sandbox takes what the service takes)."""
+        login = request.headers.get("UserName", "")
+        token = request.headers.get("AuthenticationToken", "")
+        async with self._engine.connect() as conn:
+            return await authenticate_reader(conn, login, token)
+
     async def _sender(
         self, request: web.Request, body: dict[str, Any]
     ) -> str | web.Response | None:
         """The sender's sub-account, as the service's users say (the credentials it took)."""
-        login = request.headers.get("UserName", "")
-        token = request.headers.get("AuthenticationToken", "")
-        async with self._engine.connect() as conn:
-            reader = await authenticate_reader(conn, login, token)
+        reader = await self._reader(request)
         if reader is None:
             return web.json_response(
                 {"errorCode": 401, "errorMessage": "Authentication Error"}, status=401
@@ -143,12 +149,20 @@ class Sandbox:
         return web.json_response({"id": str(uuid.uuid4()), "messages": items})
 
     async def _search(self, request: web.Request) -> web.Response:
+        """Wavy's status search, for what the sandbox sent: an admin's credentials see every
+        sub-account's (as the reconciliation's WAVY_API_USERNAME does), a user's their own."""
         body = await request.json()
+        reader = await self._reader(request)
+        if reader is None:
+            return web.json_response(
+                {"errorCode": 401, "errorMessage": "Authentication Error"}, status=401
+            )
         ids, correlation_ids = set(body.get("ids") or []), set(body.get("correlationIds") or [])
         found = [
             status
             for status in self._statuses.values()
-            if status["id"] in ids or status.get("correlationId") in correlation_ids
+            if (status["id"] in ids or status.get("correlationId") in correlation_ids)
+            and (reader.role.value == "admin" or self._owners[status["id"]] == reader.sub_account)
         ]
         now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         return web.json_response(
@@ -167,6 +181,7 @@ class Sandbox:
             "carrierId": 0,
         }
         self._statuses[message_id] = status
+        self._owners[message_id] = sub_account
         task = asyncio.create_task(self._life(status, sub_account))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

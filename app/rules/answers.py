@@ -93,6 +93,8 @@ def event_out(row: Row) -> dict[str, Any]:
         "sentStatusCode": row["sent_status_code"],
         "deliveredStatusCode": row["delivered_status_code"],
         "receivedAt": iso(row["received_at"]),
+        # Asked of Wavy by reconciliation, not posted by it.
+        "reconciled": row["reconciled"],
         "payload": row["payload"],
     }
 
@@ -121,4 +123,19 @@ def optout_history_item(row: Row) -> dict[str, Any]:
         "actor": row["actor"],
         "reason": row["reason"],
         "recordedAt": iso(row["recorded_at"]),
+    }
+
+
+def overdue_out(row: Row) -> dict[str, Any]:
+    return {
+        "id": row["message_id"],
+        "correlationId": row["correlation_id"],
+        "destination": row["destination"],
+        "subAccount": row["sub_account"],
+        "sentAt": iso(row["submitted_at"]),
+        "kind": row["kind"],
+        "waitingSince": iso(row["waiting_since"]),
+        "checks": row["checks"],
+        "lastCheckedAt": iso(row["last_checked_at"]),
+        "givenUp": row["given_up_at"] is not None,
     }

@@ -45,6 +45,8 @@ class EventRecord:
     sent_status_code: int | None
     delivered_status_code: int | None
     received_at: datetime
+    # Learnt by asking Wavy (reconciliation), not posted by it: the history says so.
+    reconciled: bool
     payload_json: str
     # The sub-account of the key that sent it: the id must not belong to another one. None
     # for the account's own key, which may write any message and never claims one. No
@@ -105,9 +107,11 @@ def build_event_records(
     *,
     sub_account: str | None,
     received_at: datetime,
+    reconciled: bool = False,
 ) -> list[EventRecord]:
     """Pair each validated payload with its JSON text (unknown fields included). ``sub_account``
-    is the key's; raises Refused when MOs name a sub-account other than the key's."""
+    is the key's; raises Refused when MOs name a sub-account other than the key's.
+    ``reconciled``: the statuses were asked of Wavy, not posted by it."""
     if kind == "mo" and sub_account is not None:
         foreign = [
             index
@@ -128,6 +132,7 @@ def build_event_records(
                     sent_status_code=None,
                     delivered_status_code=None,
                     received_at=received_at,
+                    reconciled=reconciled,
                     payload_json=item_json,
                     mo=mo,
                     claimant=sub_account,
@@ -143,6 +148,7 @@ def build_event_records(
                 payload.sent_status_code,
                 payload.delivered_status_code if kind == "dlr" else None,
                 received_at,
+                reconciled,
                 item_json,  # payload_json
                 sub_account,  # claimant
                 status_from_event(payload, sub_account=sub_account, received_at=received_at),
