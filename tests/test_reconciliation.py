@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import re
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,6 +22,7 @@ from app.outbound.reconciler import Reconciler
 from app.outbound.wavy import WavyAnswer, WavyClient
 from app.settings import Settings
 from tests.conftest import add_key
+from tests.test_migrations_and_cli import run_cli
 from tests.test_sending import FREE, admin_headers
 from tests.wavy_stand_in import StandIn
 
@@ -59,8 +61,7 @@ def wavy_status(message_id: str, carrier: str = "VIVO", **fields: Any) -> dict[s
         "carrierName": carrier,
         "sentStatusCode": 2,
         "sentStatus": "SENT_SUCCESS",
-        "sentAt": 1_700_000_000_000,
-        "sentDate": "2023-11-14T22:13:20Z",
+        "sentAt": int(datetime.now(UTC).timestamp() * 1000),
         **fields,
     }
 
@@ -112,7 +113,7 @@ async def test_a_lost_callback_is_asked_of_wavy_and_merged_as_if_posted(
         correlationId="order-7",
         deliveredStatusCode=4,
         deliveredStatus="DELIVERED_SUCCESS",
-        deliveredAt=1_700_000_005_000,
+        deliveredAt=int(datetime.now(UTC).timestamp() * 1000) + 5000,
     )
     worker = reconciler(app, settings, wavy)
     try:
@@ -385,3 +386,31 @@ async def test_the_overdue_list_is_shown_to_its_owner_only(
     )
     assert "nextAskAt" not in counts  # the account's pace is for admins
     assert wavy.searches() == []  # the service itself has no Wavy admin set: nothing asked
+
+
+async def test_the_cli_shows_what_is_overdue_and_runs_a_pass_sharing_the_pace(
+    app: FastAPI, wavy: StandIn, database_url: str
+) -> None:
+    [message_id] = await old_mts(app, 1, "acme")
+    wavy.statuses[message_id] = wavy_status(message_id)
+    await app.state.reconciler.run_once()  # the service's own pass: listed, nothing asked
+    off = await asyncio.to_thread(run_cli, "reconcile", database_url=database_url)
+    on = await asyncio.to_thread(
+        run_cli,
+        "reconcile",
+        "--now",
+        database_url=database_url,
+        WAVY_API_URL=wavy.url,
+        WAVY_API_USERNAME=ADMIN_AT_WAVY,
+        WAVY_API_TOKEN="s3cret",
+    )
+
+    assert off.returncode == 0, off.stderr
+    assert "Reconciliation  off: set WAVY_API_USERNAME and WAVY_API_TOKEN" in off.stdout
+    assert re.search(r"overdue, asked\s+1\s+0", off.stdout), off.stdout
+    assert on.returncode == 0, on.stderr
+    assert "Reconciliation  on" in on.stdout
+    assert "1 asked of Wavy (answered 200), 1 recovered" in on.stdout
+    assert re.search(r"overdue, asked\s+0\s+0", on.stdout), on.stdout
+    assert "recovered today (UTC): 1" in on.stdout
+    assert "s3cret" not in on.stdout + on.stderr

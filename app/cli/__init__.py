@@ -1,6 +1,6 @@
 """The ``wavy-webhooks`` command, one module per group of commands: ``service`` (serve,
 forward, migrate, purge, doctor), ``sending`` (send, sandbox), ``keys``, ``endpoints``, ``optouts``,
-``users``, ``rejected``, ``stats``; ``common`` is what they share.
+``users``, ``rejected``, ``stats``, ``reconcile``; ``common`` is what they share.
 
 A command's module is imported only when that command runs: ``keys list`` does not load the
 web framework, the HTTP client and the migrations that ``serve`` needs (a call took 1.3 s of
@@ -33,6 +33,7 @@ COMMAND_MODULES = {
     "rejected": "rejected",
     "users": "users",
     "stats": "stats",
+    "reconcile": "reconcile",
 }
 
 

@@ -127,6 +127,20 @@ def print_webhook_url_shapes(settings: Settings) -> None:
         typer.echo(f"  {label}  {url}")
 
 
+def reconciliation_line(settings: Settings) -> str:
+    """Whether the service asks Wavy for the statuses that never came, said at every start and
+    by doctor."""
+    if settings.reconciles:
+        return (
+            f"Reconciliation  on: overdue statuses are asked of {settings.api_url} as "
+            f"{settings.api_username} (`wavy-webhooks reconcile` shows them)"
+        )
+    return (
+        "Reconciliation  off: set WAVY_API_USERNAME and WAVY_API_TOKEN (the account's admin at "
+        "Wavy) to ask Wavy for statuses that never came; `wavy-webhooks reconcile` lists them"
+    )
+
+
 def review_server(settings: Settings, database_url: str) -> list[Finding]:
     """PostgreSQL's settings against what ``settings.workers`` workers need."""
     needed = settings.workers * connections_per_worker(settings) + ADMIN_CONNECTIONS

@@ -26,6 +26,7 @@ from app.api.paging import MAX_FEED_WAIT_S
 from app.cli.common import (
     print_webhook_url_shapes,
     print_webhook_urls,
+    reconciliation_line,
     resolve_database_url,
     review_server,
     run_with_connection,
@@ -155,6 +156,7 @@ def serve(
         typer.echo("  UserName             admin")
         typer.echo(f"  AuthenticationToken  {created.admin_token}")
     typer.echo(f"Dashboard  {settings.webhook_base_url()}/dashboard")
+    typer.echo(reconciliation_line(settings))
 
     for finding in review_server(settings, database_url):
         if finding.level >= Level.WARNING:
@@ -288,6 +290,7 @@ def doctor() -> None:
         typer.echo(f"{verdict}: {finding.why}" if finding.why else verdict)
     if settings.database_url is None:
         typer.echo(EMBEDDED_ADVICE)
+    typer.echo(reconciliation_line(settings))
     if any(finding.level is Level.CRITICAL for finding in findings):
         raise typer.Exit(1)
 

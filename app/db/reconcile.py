@@ -62,7 +62,7 @@ class Ages:
 
 # The one state row, made again if it was removed (an emptied table): a pass never stalls.
 _ENSURE_STATE = text(
-    "INSERT INTO reconcile_state (id, next_ask_at) VALUES (1, '-infinity') "
+    "INSERT INTO reconcile_state (id, next_ask_at) VALUES (1, 'epoch') "
     "ON CONFLICT (id) DO NOTHING"
 )
 _LOCK_STATE = text(
