@@ -9,9 +9,12 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app.db import queries
+from app.db import key_registry, queries
+from app.db.key_registry import KeyRegistry
+from app.db.queries import load_active_keys
+from app.rules.credentials import KnownKey
 from app.settings import Settings
 from tests.conftest import add_key, fetch_all
 
@@ -132,3 +135,55 @@ async def test_open_ingest_accepts_without_a_key(
     assert response.status_code == 200
     [row] = await fetch_all(engine, "SELECT sub_account FROM messages")
     assert row["sub_account"] is None
+
+
+async def test_a_crowd_finding_the_keys_aged_reloads_them_once_or_twice_not_once_each(
+    app: FastAPI, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue #36: each request that found the cache aged queued for a reload of its own, one
+    after another; at 64 connections every one of them stalled for up to a second."""
+    key = await add_key(app, "acme")
+    registry = KeyRegistry(engine, ttl_s=60)
+    loads = 0
+
+    async def counted(conn: AsyncConnection) -> list[KnownKey]:
+        nonlocal loads
+        loads += 1
+        return await load_active_keys(conn)
+
+    monkeypatch.setattr(key_registry, "load_active_keys", counted)
+    found = await asyncio.gather(*(registry.find(key) for _ in range(64)))
+
+    assert all(f is not None and f.sub_account == "acme" for f in found)
+    assert loads <= 2
+
+
+async def test_a_change_during_a_reload_still_gets_a_reload_of_its_own(
+    app: FastAPI, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request that comes after a change never settles for a reload that began before it."""
+    key = await add_key(app, "acme")
+    registry = KeyRegistry(engine, ttl_s=60)
+    await registry.refresh()
+    reading, go_on = asyncio.Event(), asyncio.Event()
+
+    async def slow(conn: AsyncConnection) -> list[KnownKey]:
+        keys = await load_active_keys(conn)
+        reading.set()
+        await go_on.wait()
+        return keys  # read before the revocation below
+
+    monkeypatch.setattr(key_registry, "load_active_keys", slow)
+    registry.forget()
+    first = asyncio.create_task(registry.find(key))
+    await reading.wait()
+    async with engine.begin() as conn:
+        await conn.execute(text("UPDATE webhook_keys SET revoked_at = now()"))
+    registry.forget()  # the notification
+    monkeypatch.setattr(key_registry, "load_active_keys", load_active_keys)
+    after = asyncio.create_task(registry.find(key))
+    await asyncio.sleep(0.01)
+    go_on.set()
+
+    assert await first is not None  # it asked before the revocation
+    assert await after is None

@@ -37,6 +37,8 @@ class KeyRegistry:
         self._ttl_s = ttl_s
         self._keys: list[KnownKey] = []
         self._loaded_at = float("-inf")
+        # When the last reload that counts as fresh (no forget() during it) began to read.
+        self._read_started_at = float("-inf")
         # Bumped by forget(): a reload that began before a change may have read the old keys,
         # and must not pass for fresh.
         self._generation = 0
@@ -44,9 +46,17 @@ class KeyRegistry:
         self._lock = asyncio.Lock()
         self._failures = FailureLog(log, "reloading webhook keys")
 
-    async def refresh(self) -> None:
+    async def refresh(self, *, asked_at: float | None = None) -> None:
+        """Reload the keys; with ``asked_at`` (a time.monotonic()), only if no reload that began
+        reading after then has finished while this one waited for the lock."""
         async with self._lock:
-            generation = self._generation
+            # Every request that finds the keys stale asks; without this each of them queued
+            # for a reload of its own, one after another: all connections stalled for 0.4-1 s
+            # every WAVY_KEY_CACHE_SECONDS (issue #36). What it may skip to was read after it
+            # asked, as its own reload would have been; one overlapping forget() never counts.
+            if asked_at is not None and self._read_started_at >= asked_at:
+                return
+            generation, started_at = self._generation, time.monotonic()
             try:
                 async with self._engine.connect() as conn:
                     self._keys = await load_active_keys(conn)
@@ -63,6 +73,7 @@ class KeyRegistry:
                 self._last_reload_failed = True
             if generation == self._generation:
                 self._loaded_at = time.monotonic()
+                self._read_started_at = started_at
 
     def forget(self) -> None:
         """The keys changed: the next request reloads them."""
@@ -72,12 +83,13 @@ class KeyRegistry:
     async def find(self, presented: str) -> KnownKey | None:
         """The active key presented, or None; KeysUnavailable when it is not among the keys
         known and they could not be reloaded."""
-        age = time.monotonic() - self._loaded_at
-        if age > self._ttl_s:
-            await self.refresh()
+        now = time.monotonic()
+        if now - self._loaded_at > self._ttl_s:
+            await self.refresh(asked_at=now)
         found = match_key(presented, self._keys)
-        if found is None and time.monotonic() - self._loaded_at > MISS_RELOAD_INTERVAL_S:
-            await self.refresh()
+        now = time.monotonic()
+        if found is None and now - self._loaded_at > MISS_RELOAD_INTERVAL_S:
+            await self.refresh(asked_at=now)
             found = match_key(presented, self._keys)
         if found is None and self._last_reload_failed:
             raise KeysUnavailable
