@@ -546,3 +546,33 @@ async def test_the_readmes_examples_give_figures_that_agree_on_a_desktop_and_a_p
     utc = datetime.fromisoformat(received).astimezone(UTC)
     assert "times, days and hours in UTC" in seen["utc"]["status"]
     assert seen["utc"]["replies"][0]["received"] == f"{utc:%Y-%m-%d %H:%M:%S}"
+
+
+@pytest.mark.slow
+async def test_the_panel_of_statuses_that_never_came_shows_what_the_api_counts(
+    browser: Any, base_url: str, client: httpx.AsyncClient, app: Any, senders: Any
+) -> None:
+    from tests.test_reconciliation import old_mts  # the MTs as the send API writes them
+
+    acme = await old_mts(app, 3, "acme")
+    await old_mts(app, 1, "globex")
+    await app.state.reconciler.run_once()
+    ana = senders["ana@acme.example"]
+    api = await client.get(
+        "/v1/reconciliation",
+        headers={"UserName": ana["username"], "AuthenticationToken": ana["authenticationtoken"]},
+    )
+    page = await browser.new_page(viewport={"width": 390, "height": 844})
+    await log_in(page, base_url, ana["username"], ana["authenticationtoken"])
+    callback_row = await page.inner_text("[data-testid=reconcile-callback]")
+    state = await page.inner_text("[data-testid=reconcile-state]")
+    listed = await page.locator("[data-testid=overdue-row]").all_inner_texts()
+    recovered = await page.inner_text("[data-testid=recovered-today]")
+    await page.screenshot(path=str(ARTIFACTS / "reconciliation-phone.png"), full_page=True)
+
+    assert api.json()["overdue"]["callback"] == 3
+    assert [count(cell) for cell in callback_row.split("\n")[1:] if cell.strip()] == [3, 0]
+    assert "Reconciliation is off" in state
+    assert "Scope: acme" in state  # a user's own sub-account, said
+    assert sorted(next(i for i in acme if i in row) for row in listed) == sorted(acme)
+    assert "(UTC day): 0" in recovered

@@ -381,14 +381,15 @@ async function showHistory(id) {
   box.append(list);
   const table = element("table", undefined, { "data-testid": "history-events", class: "cards" });
   const head = element("tr");
-  for (const title of ["received", "kind", "sent code", "delivered code"]) head.append(element("th", title));
+  for (const title of ["received", "kind", "sent code", "delivered code", "from"]) head.append(element("th", title));
   const thead = element("thead");
   thead.append(head);
   const tbody = element("tbody");
   table.append(thead, tbody);
   for (const event of detail.events) {
     const row = element("tr");
-    for (const value of [when(event.receivedDate || event.receivedAt), event.kind, event.sentStatusCode ?? "–", event.deliveredStatusCode ?? "–"]) {
+    const from = event.reconciled ? "reconciled (asked of Wavy)" : "Wavy's webhook";
+    for (const value of [when(event.receivedDate || event.receivedAt), event.kind, event.sentStatusCode ?? "–", event.deliveredStatusCode ?? "–", from]) {
       row.append(element("td", value));
     }
     tbody.append(row);
@@ -526,6 +527,55 @@ async function loadOptouts(params) {
     : "Nobody opted out.";
 }
 
+// --- reconciliation ----------------------------------------------------------------------------
+
+const OVERDUE_SHOWN = 10;
+
+async function loadReconciliation(params) {
+  const scope = new URLSearchParams();
+  if (params.get("subAccount")) scope.set("subAccount", params.get("subAccount"));
+  const state = await api(`/v1/reconciliation?${scope}`);
+  const minutes = (seconds) => seconds >= 3600 ? `${seconds / 3600} h` : `${seconds / 60} min`;
+  $("#reconcile-state").textContent = (state.enabled
+    ? "Reconciliation is on: Wavy's status search is asked about what is overdue."
+    : "Reconciliation is off (set WAVY_API_USERNAME and WAVY_API_TOKEN to ask Wavy); what is overdue is listed all the same.")
+    + ` Overdue: no callback after ${minutes(state.callbackAfterSeconds)}, no DLR after ${minutes(state.dlrAfterSeconds)} (never from ${state.noDlrCarriers.join(", ")}); given up after ${state.window}.`
+    + ` Scope: ${state.subAccount ?? "every sub-account"}.`;
+  const rows = [["callback", "callback"], ["DLR", "dlr"]].map(([label, kind]) => {
+    const row = element("tr", undefined, { "data-testid": `reconcile-${kind}` });
+    row.append(element("td", label), element("td", number(state.overdue[kind])), element("td", number(state.givenUp[kind])));
+    return row;
+  });
+  $("#reconcile-counts tbody").replaceChildren(...rows);
+  // Its own day: the server counts recoveries by the UTC day, whatever zone the page shows.
+  $("#recovered-today").textContent = `Recovered from Wavy today (${state.timeZone} day): ${number(state.recoveredToday)}`;
+  const listed = [];
+  for (const kind of ["callback", "dlr"]) {
+    const query = new URLSearchParams(scope);
+    query.set("kind", kind);
+    query.set("limit", String(OVERDUE_SHOWN));
+    listed.push(await api(`/v1/sms/status/overdue?${query}`));
+  }
+  const items = listed.flatMap((page) => page.items).slice(0, OVERDUE_SHOWN);
+  $("#overdue-table tbody").replaceChildren(...items.map((item) => {
+    const row = element("tr", undefined, { "data-testid": "overdue-row" });
+    row.append(
+      element("td", item.id ?? `(timed out: ${item.correlationId ?? "no correlationId"})`),
+      element("td", item.kind === "dlr" ? "DLR" : "callback"),
+      element("td", item.destination),
+      element("td", when(item.sentAt)),
+      element("td", item.givenUp ? `${number(item.checks)} (given up)` : number(item.checks)),
+      element("td", when(item.lastCheckedAt)),
+      element("td", item.subAccount || "–"),
+    );
+    return row;
+  }));
+  const total = listed.reduce((sum, page) => sum + page.total, 0);
+  $("#overdue-note").textContent = total === 0 ? "Nothing is overdue."
+    : total > items.length ? `the ${items.length} longest waiting of ${number(total)}; all of them: GET /v1/sms/status/overdue` : "";
+  labelCells();
+}
+
 // --- endpoints ---------------------------------------------------------------------------------
 
 let shownEndpoint = null;
@@ -638,6 +688,7 @@ async function refresh({ quiet = false } = {}) {
     renderReplies(replies);
     await loadOptouts(params);
     await loadEndpoints();
+    await loadReconciliation(params);
     const loadedAt = when(new Date().toISOString()).slice(11);
     $("#status").textContent = `${when(overTime.from).slice(0, 16)} to ${when(overTime.to).slice(0, 16)}: times, days and hours in ${overTime.tz}; loaded at ${loadedAt}`;
     for (const named of document.querySelectorAll("[data-zone-name]")) named.textContent = overTime.tz;
