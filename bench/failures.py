@@ -20,6 +20,9 @@ count of DLRs that were acknowledged (200) but are not stored. That count must b
 - ``forward-db-restart``: the same while PostgreSQL is stopped for a few seconds.
   For all three, every stored change must reach the endpoint ("missing" counts those that
   did not); after a kill or an outage, repeats of what was in flight are counted, not refused.
+- ``reconcile``: sends through the service to the sandbox while the callback URL is down for
+  a while (bench.lost_callbacks); every status lost must then be recovered from the
+  sandbox's status search by reconciliation ("missing" counts those that were not).
 
 Load comes from wrk with ``bench/dlr.lua``, which records exactly which requests got a 200.
 """
@@ -66,6 +69,7 @@ from bench.ingest import (
     count_missing,
     run_wrk,
 )
+from bench.lost_callbacks import lost_callbacks
 
 
 @dataclass
@@ -75,6 +79,7 @@ class Outcome:
     missing: int = 0
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    counted: str = "DLRs"  # what acked_events and missing count
 
     def expect(self, condition: bool, problem: str) -> None:
         if not condition:
@@ -516,6 +521,20 @@ def forward_db_restart(_: str, seconds: int) -> Outcome:
     return outcome
 
 
+def reconcile(database_url: str, seconds: int) -> Outcome:
+    """The callback URL down during sends: every status lost is recovered by reconciliation."""
+    outcome = Outcome("reconcile", counted="statuses")
+    missing, given, recovered, took = lost_callbacks(database_url, seconds)
+    outcome.acked_events = given
+    outcome.missing = missing
+    outcome.notes.append(
+        f"{given} statuses given by the stand-in of Wavy, {recovered} of them recovered "
+        f"through reconciliation ({took:.0f} s after the last send)"
+    )
+    outcome.expect(recovered > 0, "nothing was lost during the outage: no fault")
+    return outcome
+
+
 SCENARIOS: dict[str, Callable[[str, int], Outcome]] = {
     "kill-worker": kill_worker,
     "sigterm": sigterm,
@@ -524,6 +543,7 @@ SCENARIOS: dict[str, Callable[[str, int], Outcome]] = {
     "forward-kill": forward_kill,
     "forward-sigterm": forward_sigterm,
     "forward-db-restart": forward_db_restart,
+    "reconcile": reconcile,
 }
 
 
@@ -545,7 +565,10 @@ def main() -> None:
             )
             for note in outcome.notes:
                 print(f"  {note}")
-            print(f"  acknowledged {outcome.acked_events} DLRs, missing {outcome.missing}")
+            print(
+                f"  acknowledged {outcome.acked_events} {outcome.counted}, "
+                f"missing {outcome.missing}"
+            )
             for problem in outcome.problems:
                 print(f"  FAILED: {problem}")
             total_missing += outcome.missing

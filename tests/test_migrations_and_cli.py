@@ -261,7 +261,10 @@ def test_doctor_reports_each_checked_setting_with_the_servers_value(
 
     assert report.returncode == 0, report.stdout + report.stderr  # nothing breaks the promise
     lines = report.stdout.splitlines()
-    assert {line.split()[1] for line in lines} == set(RULES)
+    findings, said = lines[:-1], lines[-1]
+    assert {line.split()[1] for line in findings} == set(RULES)
+    # Last, whether Wavy is asked for the statuses that never came (docs/reconciliation.md).
+    assert said.startswith("Reconciliation  off: set WAVY_API_USERNAME and WAVY_API_TOKEN")
     assert f"ok        synchronous_commit = {asyncio.run(shown('synchronous_commit'))}" in lines
     assert "ok        max_connections" in report.stdout
     assert "warning   max_connections" in crowded.stdout  # 50 workers need ~1,750 connections

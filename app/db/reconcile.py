@@ -62,26 +62,29 @@ class Ages:
 
 # The one state row, made again if it was removed (an emptied table): a pass never stalls.
 _ENSURE_STATE = text(
-    "INSERT INTO reconcile_state (id, next_ask_at) VALUES (1, 'epoch') "
-    "ON CONFLICT (id) DO NOTHING"
+    "INSERT INTO reconcile_state (id, next_ask_at) VALUES (1, 'epoch') ON CONFLICT (id) DO NOTHING"
 )
+_SERIAL = text("SET LOCAL max_parallel_workers_per_gather = 0")
 _LOCK_STATE = text(
     "SELECT callback_mark_at, callback_mark_id, dlr_mark_at, dlr_mark_id FROM reconcile_state "
     "WHERE id = 1 FOR UPDATE SKIP LOCKED"
 )
 # From a mark, in (submitted_at, id) order: each MT as its age passes, with its status so far.
 _SEEN = text(
-    "SELECT t.id, t.outcome, t.submitted_at, m.sent_status_code, m.sent_at, "
+    "SELECT t.id, t.message_id, t.sub_account, t.outcome, t.submitted_at, "
+    "m.sent_status_code, m.sent_at, "
     "m.delivered_status_code, m.carrier_name "
     "FROM mts AS t LEFT JOIN messages AS m ON m.id = t.message_id "
     "WHERE (t.submitted_at, t.id) > (:mark_at, :mark_id) AND t.submitted_at <= :until "
     "ORDER BY t.submitted_at, t.id LIMIT :limit"
 )
 _ADD = text(
-    "INSERT INTO overdue (mt_id, kind, waiting_since, next_check_at) "
+    "INSERT INTO overdue (mt_id, kind, message_id, sub_account, sent_at, waiting_since, "
+    "next_check_at) "
     "SELECT * FROM unnest(CAST(:ids AS text[]), CAST(:kinds AS text[]), "
-    "CAST(:since AS timestamptz[]), CAST(:due AS timestamptz[])) "
-    "ON CONFLICT (mt_id) DO NOTHING"
+    "CAST(:message_ids AS text[]), CAST(:sub_accounts AS text[]), "
+    "CAST(:sent AS timestamptz[]), CAST(:since AS timestamptz[]), "
+    "CAST(:due AS timestamptz[])) ON CONFLICT (mt_id) DO NOTHING"
 )
 _MARK = {
     kind: text(
@@ -96,6 +99,9 @@ async def examine(conn: AsyncConnection, now: datetime, ages: Ages) -> int:
     """Looks at the MTs that passed an age since the last pass (one worker at a time: another
     that finds the state locked skips); the overdue among them are added. How many were."""
     await conn.execute(_ENSURE_STATE)
+    # A slice of a few hundred MTs read from an index: the planner, misjudging the range of a
+    # row comparison, would start parallel workers, which cost more than the reading.
+    await conn.execute(_SERIAL)
     state = (await conn.execute(_LOCK_STATE)).mappings().one_or_none()
     if state is None:  # another worker is looking
         return 0
@@ -122,16 +128,22 @@ async def examine(conn: AsyncConnection, now: datetime, ages: Ages) -> int:
         )
         if not seen:
             continue
-        rows = [_overdue_row(kind, row, now, ages) for row in seen]
-        chosen = [row for row in rows if row is not None]
+        chosen = [
+            (row, found)
+            for row in seen
+            if (found := _overdue_row(kind, row, now, ages)) is not None
+        ]
         if chosen:
             await conn.execute(
                 _ADD,
                 {
-                    "ids": [row[0] for row in chosen],
-                    "kinds": [row[1] for row in chosen],
-                    "since": [row[2] for row in chosen],
-                    "due": [row[3] for row in chosen],
+                    "ids": [row["id"] for row, _ in chosen],
+                    "kinds": [kind for _ in chosen],
+                    "message_ids": [row["message_id"] for row, _ in chosen],
+                    "sub_accounts": [row["sub_account"] for row, _ in chosen],
+                    "sent": [row["submitted_at"] for row, _ in chosen],
+                    "since": [since for _, (since, _) in chosen],
+                    "due": [due for _, (_, due) in chosen],
                 },
             )
             added += len(chosen)
@@ -141,11 +153,11 @@ async def examine(conn: AsyncConnection, now: datetime, ages: Ages) -> int:
 
 def _overdue_row(
     kind: str, seen: Any, now: datetime, ages: Ages
-) -> tuple[str, str, datetime, datetime] | None:
-    """(mt id, kind, waiting since, next check) when the MT just looked at is overdue."""
+) -> tuple[datetime, datetime] | None:
+    """(waiting since, next check) when the MT just looked at is overdue for ``kind``."""
     if kind == "callback":
         if seen["outcome"] in ("sent", "unknown") and seen["sent_status_code"] is None:
-            return (seen["id"], "callback", seen["submitted_at"], now)
+            return (seen["submitted_at"], now)
         return None
     if seen["outcome"] == "sent" and awaits_dlr(
         seen["sent_status_code"],
@@ -154,14 +166,13 @@ def _overdue_row(
         ages.no_dlr_carriers,
     ):
         since = seen["sent_at"] or seen["submitted_at"]
-        return (seen["id"], "dlr", since, max(now, since + ages.dlr_after))
+        return (since, max(now, since + ages.dlr_after))
     return None
 
 
 _GIVE_UP = text(
-    "UPDATE overdue AS o SET given_up_at = :now FROM mts AS t "
-    "WHERE t.id = o.mt_id AND o.given_up_at IS NULL AND t.submitted_at < :oldest "
-    "RETURNING o.kind"
+    "UPDATE overdue SET given_up_at = :now WHERE given_up_at IS NULL AND sent_at < :oldest "
+    "RETURNING kind"
 )
 
 
@@ -192,8 +203,8 @@ _CLAIM = text(
     "FROM (SELECT mt_id FROM overdue WHERE given_up_at IS NULL AND next_check_at <= :now "
     "ORDER BY next_check_at LIMIT :limit FOR UPDATE SKIP LOCKED) AS due, mts AS t "
     "WHERE o.mt_id = due.mt_id AND t.id = o.mt_id "
-    "RETURNING o.mt_id, o.kind, o.checks, t.message_id, t.correlation_id, t.destination, "
-    "t.sub_account"
+    "RETURNING o.mt_id, o.kind, o.checks, o.message_id, t.correlation_id, t.destination, "
+    "o.sub_account"
 )
 
 
@@ -248,8 +259,9 @@ async def statuses_of(conn: AsyncConnection, message_ids: Iterable[str]) -> dict
 
 
 _LEARN_ID = text(
-    "UPDATE mts SET message_id = :message_id, outcome = 'sent' "
-    "WHERE id = :mt_id AND message_id IS NULL"
+    "WITH learnt AS (UPDATE mts SET message_id = :message_id, outcome = 'sent' "
+    "WHERE id = :mt_id AND message_id IS NULL RETURNING id) "
+    "UPDATE overdue SET message_id = :message_id WHERE mt_id IN (SELECT id FROM learnt)"
 )
 
 
@@ -317,12 +329,13 @@ async def release(conn: AsyncConnection, now: datetime, mt_ids: Sequence[str]) -
 # ---------------------------------------------------------------------------- reading
 
 
-def _listed(scope: Scope) -> str:
-    """The overdue of a kind, due, whose status has still not come, in the scope."""
-    owner = "" if scope.everything else "AND t.sub_account = :sub_account "
+def _listed(scope: Scope, *, with_mt: bool = False) -> str:
+    """The overdue of a kind, due, whose status has still not come, in the scope (``with_mt``:
+    joined to their MTs, for the fields only the MT holds)."""
+    owner = "" if scope.everything else "AND o.sub_account = :sub_account "
+    mt = "JOIN mts AS t ON t.id = o.mt_id " if with_mt else ""
     return (
-        "FROM overdue AS o JOIN mts AS t ON t.id = o.mt_id "
-        "LEFT JOIN messages AS m ON m.id = t.message_id "
+        "FROM overdue AS o " + mt + "LEFT JOIN messages AS m ON m.id = o.message_id "
         "WHERE o.kind = :kind AND o.waiting_since <= :due_since "
         "AND CASE WHEN o.kind = 'callback' THEN m.sent_status_code IS NULL "
         "ELSE m.delivered_status_code IS NULL END " + owner
@@ -348,8 +361,8 @@ async def overdue_page(
     total = await conn.scalar(text("SELECT count(*) " + _listed(scope)), params)
     page = (
         "SELECT o.mt_id, o.kind, o.waiting_since, o.checks, o.last_checked_at, o.given_up_at, "
-        "t.message_id, t.correlation_id, t.destination, t.sub_account, t.submitted_at "
-        + _listed(scope)
+        "o.message_id, o.sub_account, o.sent_at, t.correlation_id, t.destination "
+        + _listed(scope, with_mt=True)
         + ("AND (o.waiting_since, o.mt_id) > (:after_at, :after_id) " if after else "")
         + "ORDER BY o.waiting_since, o.mt_id LIMIT :limit"
     )

@@ -197,6 +197,11 @@ overdue = Table(
     metadata,
     Column("mt_id", KEY, ForeignKey("mts.id", ondelete="CASCADE"), primary_key=True),
     Column("kind", KEY, nullable=False),
+    # The MT's, kept here so that a pass and the counts need not look each MT up: Wavy's id
+    # (set when a send that timed out is found), its sub-account, when it was sent.
+    Column("message_id", KEY, nullable=True),
+    Column("sub_account", KEY, nullable=True),
+    Column("sent_at", TS, nullable=False),
     # Since when the status is awaited: the MT's sending (callback), its callback (dlr).
     Column("waiting_since", TS, nullable=False),
     Column("checks", Integer, nullable=False, server_default=text("0")),
@@ -205,7 +210,9 @@ overdue = Table(
     Column("given_up_at", TS, nullable=True),
     CheckConstraint(one_of("kind", OVERDUE_KINDS), name="kind"),
     Index(None, "next_check_at", postgresql_where=text("given_up_at IS NULL")),
+    Index(None, "sent_at", postgresql_where=text("given_up_at IS NULL")),
     Index(None, "kind", "waiting_since", "mt_id"),
+    Index(None, "sub_account", "kind", "waiting_since", "mt_id"),
 )
 
 # Each status reconciliation recovered (asked of Wavy after its webhook never came), for the

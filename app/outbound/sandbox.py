@@ -48,6 +48,9 @@ class SandboxMix:
     replies: float = 0.1  # of delivered messages: an MO answering them
     opt_out_replies: float = 0.25  # of those replies: SAIR
     carriers: tuple[str, ...] = CARRIERS
+    # Waits between its tries of a webhook the service did not take (5xx, 429, no answer);
+    # after the last, that status is lost, as with Wavy.
+    retry_waits_s: tuple[float, ...] = (1, 2, 4, 8, 16)
 
 
 def _ms(moment: datetime) -> int:
@@ -233,7 +236,7 @@ class Sandbox:
         assert self._session is not None
         url = f"{self._webhook_base}/v1/webhooks/{kind}"
         key = await self._key(sub_account)
-        for wait_s in (1, 2, 4, 8, 16):
+        for wait_s in self._mix.retry_waits_s:
             try:
                 async with self._session.post(url, params={"key": key}, json=body) as answer:
                     if answer.status < 500 and answer.status != 429:

@@ -132,7 +132,7 @@ def overdue_out(row: Row) -> dict[str, Any]:
         "correlationId": row["correlation_id"],
         "destination": row["destination"],
         "subAccount": row["sub_account"],
-        "sentAt": iso(row["submitted_at"]),
+        "sentAt": iso(row["sent_at"]),
         "kind": row["kind"],
         "waitingSince": iso(row["waiting_since"]),
         "checks": row["checks"],

@@ -41,6 +41,9 @@ def upgrade() -> None:
         "overdue",
         sa.Column("mt_id", KEY, nullable=False),
         sa.Column("kind", KEY, nullable=False),
+        sa.Column("message_id", KEY, nullable=True),
+        sa.Column("sub_account", KEY, nullable=True),
+        sa.Column("sent_at", TS, nullable=False),
         sa.Column("waiting_since", TS, nullable=False),
         sa.Column("checks", sa.Integer(), server_default=sa.text("0"), nullable=False),
         sa.Column("last_checked_at", TS, nullable=True),
@@ -59,7 +62,18 @@ def upgrade() -> None:
         postgresql_where=sa.text("given_up_at IS NULL"),
     )
     op.create_index(
+        op.f("ix_overdue_sent_at"),
+        "overdue",
+        ["sent_at"],
+        postgresql_where=sa.text("given_up_at IS NULL"),
+    )
+    op.create_index(
         op.f("ix_overdue_kind_waiting_since_mt_id"), "overdue", ["kind", "waiting_since", "mt_id"]
+    )
+    op.create_index(
+        op.f("ix_overdue_sub_account_kind_waiting_since_mt_id"),
+        "overdue",
+        ["sub_account", "kind", "waiting_since", "mt_id"],
     )
     op.create_table(
         "recoveries",
