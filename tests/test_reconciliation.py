@@ -21,7 +21,7 @@ from app.db.sending import MtRow, record_mts
 from app.outbound.reconciler import Reconciler
 from app.outbound.wavy import WavyAnswer, WavyClient
 from app.settings import Settings
-from tests.conftest import add_key
+from tests.conftest import add_key, fetch_all
 from tests.test_migrations_and_cli import run_cli
 from tests.test_sending import FREE, admin_headers
 from tests.wavy_stand_in import StandIn
@@ -414,3 +414,34 @@ async def test_the_cli_shows_what_is_overdue_and_runs_a_pass_sharing_the_pace(
     assert re.search(r"overdue, asked\s+0\s+0", on.stdout), on.stdout
     assert "recovered today (UTC): 1" in on.stdout
     assert "s3cret" not in on.stdout + on.stderr
+
+
+async def test_a_timed_out_send_never_takes_another_sub_accounts_message_by_its_correlation_id(
+    app: FastAPI, client: httpx.AsyncClient, wavy: StandIn, senders: Any, settings: Settings
+) -> None:
+    """Wavy's admin sees every sub-account: globex's message with the same correlationId and
+    destination must not become acme's lost send."""
+    [theirs] = await old_mts(app, 1, "globex", hours_ago=0)
+    ana = senders["ana@acme.example"]
+    wavy.delay_s = 1.5  # past the test app's send timeout
+    timed_out = await client.post(
+        "/v1/send-sms",
+        json={"destination": FREE, "messageText": "x", "correlationId": "c-0"},
+        headers=ana,
+    )
+    assert timed_out.status_code == 504
+    wavy.reset()
+    wavy.statuses[theirs] = wavy_status(theirs, correlationId="c-0")  # old_mts' first one
+    worker = reconciler(app, settings, wavy)
+    try:
+        done = await worker.run_once(later(minutes=16))
+    finally:
+        await worker.stop()
+
+    assert done.recovered == 1  # globex's own, asked by its id
+    [mine] = await fetch_all(
+        app.state.engine, "SELECT message_id, outcome FROM mts WHERE sub_account = 'acme'"
+    )
+    assert (mine["message_id"], mine["outcome"]) == (None, "unknown")  # still not found
+    found = await client.post("/v1/sms/status/search", json={"ids": [theirs]}, headers=ana)
+    assert found.json()["smsStatuses"] == []  # still globex's, not acme's

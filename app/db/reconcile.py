@@ -270,6 +270,35 @@ async def learn_message_id(conn: AsyncConnection, mt_id: str, message_id: str) -
     await conn.execute(_LEARN_ID, {"mt_id": mt_id, "message_id": message_id})
 
 
+_TAKEN_ELSEWHERE = text(
+    "SELECT w.message_id FROM unnest(CAST(:mt_ids AS text[]), CAST(:ids AS text[]), "
+    "CAST(:subs AS text[])) AS w(mt_id, message_id, sub_account) "
+    "WHERE EXISTS (SELECT 1 FROM mts AS t WHERE t.message_id = w.message_id "
+    "AND t.id <> w.mt_id) "
+    "OR EXISTS (SELECT 1 FROM messages AS m WHERE m.id = w.message_id "
+    "AND m.sub_account IS NOT NULL AND m.sub_account IS DISTINCT FROM w.sub_account)"
+)
+
+
+async def taken_elsewhere(
+    conn: AsyncConnection, found: Sequence[tuple[str, str, str | None]]
+) -> set[str]:
+    """Of the ids Wavy gave sends that timed out (mt id, Wavy's id, the MT's sub-account),
+    those already another MT's, or another sub-account's message: a correlationId and a
+    destination matched someone else's message, which must not become this MT's."""
+    if not found:
+        return set()
+    rows = await conn.execute(
+        _TAKEN_ELSEWHERE,
+        {
+            "mt_ids": [mt_id for mt_id, _, _ in found],
+            "ids": [message_id for _, message_id, _ in found],
+            "subs": [sub_account for _, _, sub_account in found],
+        },
+    )
+    return {row.message_id for row in rows}
+
+
 _RESOLVED = text("DELETE FROM overdue WHERE mt_id = ANY(CAST(:ids AS text[]))")
 _NOW_AWAITS_DLR = text(
     "UPDATE overdue AS o SET kind = 'dlr', checks = 0, last_checked_at = :now, "

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -166,7 +167,33 @@ class Reconciler:
                 await queries.release(conn, now, [row["mt_id"] for row in to_ask])
             items = []
             to_ask = []
-        records, learnt = self._records(to_ask, items, now)
+        found = [
+            (row, item)
+            for row in to_ask
+            if (
+                item := matching(
+                    items, row["message_id"], row["correlation_id"], row["destination"]
+                )
+            )
+            is not None
+        ]
+        async with self._engine.connect() as conn:
+            # Wavy's admin sees every sub-account: a correlationId (and destination) may match
+            # another's message, which never becomes this MT's.
+            foreign = await queries.taken_elsewhere(
+                conn,
+                [
+                    (row["mt_id"], str(item["id"]), row["sub_account"])
+                    for row, item in found
+                    if row["message_id"] is None
+                ],
+            )
+        found = [
+            (row, item)
+            for row, item in found
+            if row["message_id"] is not None or str(item["id"]) not in foreign
+        ]
+        records, learnt = self._records(found, now)
         if records:
             await self._write(records)
         async with self._engine.begin() as conn:
@@ -241,24 +268,22 @@ class Reconciler:
         return None
 
     def _records(
-        self, rows: list[queries.Row], items: list[dict[str, Any]], now: datetime
+        self, found: list[tuple[queries.Row, Mapping[str, Any]]], now: datetime
     ) -> tuple[list[EventRecord], list[tuple[str, str]]]:
         """The statuses Wavy knows, as the callbacks and DLRs it would have posted; and the
         ids it gave sends that timed out."""
         records: list[EventRecord] = []
         learnt: list[tuple[str, str]] = []
-        for row in rows:
-            item = matching(items, row["message_id"], row["correlation_id"], row["destination"])
-            if item is None:
-                continue
-            if row["message_id"] is None:
-                learnt.append((row["mt_id"], str(item["id"])))
+        for row, item in found:
             try:
                 records += records_from_status(
                     item, sub_account=row["sub_account"], received_at=now
                 )
             except ValueError as error:  # pydantic's ValidationError: an item we cannot read
                 log.warning("reconciliation: unreadable status of %s: %s", item["id"], error)
+                continue
+            if row["message_id"] is None:
+                learnt.append((row["mt_id"], str(item["id"])))
         return records, learnt
 
     async def _write(self, records: list[EventRecord]) -> None:
@@ -302,6 +327,11 @@ class Reconciler:
                 after = recheck_after(row["checks"] + 1).total_seconds()
                 settled.recheck.append((row["mt_id"], after))
         return settled, recovered
+
+
+def _wavys_item(items: list[dict[str, Any]], row: queries.Row) -> dict[str, Any] | None:
+    found = matching(items, row["message_id"], row["correlation_id"], row["destination"])
+    return dict(found) if found is not None else None
 
 
 def _ids(rows: list[queries.Row]) -> list[str]:
