@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import secrets
 import signal
 import socket
@@ -161,27 +162,55 @@ def free_port() -> int:
         return port
 
 
+def service_env(
+    database_url: str | None, extra_env: dict[str, str] | None = None
+) -> dict[str, str]:
+    """The environment of a server or command: DATABASE_URL, or none (then the embedded
+    PostgreSQL under WAVY_DATA_DIR, as a newcomer runs)."""
+    env = {key: value for key, value in os.environ.items() if key != "DATABASE_URL"}
+    if database_url is not None:
+        env["DATABASE_URL"] = database_url
+    return {**env, "WAVY_LOG_LEVEL": "warning", **(extra_env or {})}
+
+
+def cli_webhook_key(
+    database_url: str | None, sub_account: str, extra_env: dict[str, str] | None = None
+) -> str:
+    """A webhook key of ``sub_account``, made as the README says (``keys add``)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "app.cli", "keys", "add", "--sub-account", sub_account],
+        env=service_env(database_url, extra_env),
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    found = re.search(r"[?&]key=([^\s&]+)", done.stdout)
+    if found is None:
+        raise RuntimeError(f"keys add printed no key:\n{done.stdout}{done.stderr}")
+    return found.group(1)
+
+
 @contextmanager
 def running_service(
-    database_url: str,
+    database_url: str | None,
     *,
     workers: int = 1,
     extra_env: dict[str, str] | None = None,
     app_factory: str | None = None,
+    open_ingest: bool = True,
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """``wavy-webhooks serve`` in its own process, as deployed (or, with ``app_factory``,
-    uvicorn with the same options on another app); yields its base URL."""
+    """``wavy-webhooks serve`` in its own process (or, with ``app_factory``, uvicorn with the
+    same options on another app); yields its base URL. ``open_ingest=False``: as deployed,
+    every webhook with a key (``database_url`` None: on the embedded PostgreSQL)."""
     port = free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "WAVY_LOG_LEVEL": "warning",
-        **(extra_env or {}),
-    }
+    env = service_env(database_url, extra_env)
     log = Path(os.environ.get("BENCH_LOG_DIR", tempfile.gettempdir())) / f"wavy-bench-{port}.log"
     with log.open("wb") as out:
         if app_factory is None:
-            command = ["-m", "app.cli", "serve", "--no-migrate", "--open-ingest"]
+            command = ["-m", "app.cli", "serve", "--no-migrate"]
+            if open_ingest:
+                command.append("--open-ingest")
         else:
             env["WAVY_OPEN_INGEST"] = "true"
             command = [

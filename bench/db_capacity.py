@@ -250,10 +250,16 @@ def _event_rows(rows: list[FloorRow]) -> list[FloorRow]:
 
 
 async def floor_run(
-    dsn: str, indexes: list[str], batches: list[list[FloorRow]], way: str, *, events: bool = False
+    dsn: str,
+    indexes: list[str],
+    batches: list[list[FloorRow]],
+    way: str,
+    *,
+    events: bool = False,
+    connections: int = 2,
 ) -> tuple[float, float]:
-    """Rows/s and PostgreSQL's CPU per row, filling a new floor table from 2 connections (with
-    ``events``, each row's event row too, in the same transaction)."""
+    """Rows/s and PostgreSQL's CPU per row, filling a new floor table from ``connections``
+    connections (with ``events``, each row's event row too, in the same transaction)."""
     admin = await asyncpg.connect(dsn)
     await admin.execute("DROP TABLE IF EXISTS floor_messages")
     await admin.execute("DROP TABLE IF EXISTS floor_events")
@@ -291,16 +297,17 @@ async def floor_run(
     }
     write: Callable[[asyncpg.Connection, list[FloorRow]], Awaitable[None]] = ways[way, events]
     queue = iter(batches)
-    connections = [await asyncpg.connect(dsn) for _ in range(2)]  # open before the first reading
+    # Open before the first reading.
+    opened = [await asyncpg.connect(dsn) for _ in range(connections)]
 
     async def one_connection(conn: asyncpg.Connection) -> None:
         for rows in queue:
             await write(conn, rows)
 
     cpu_before, started = postgres_cpu_seconds(), time.monotonic()
-    await asyncio.gather(*(one_connection(conn) for conn in connections))
+    await asyncio.gather(*(one_connection(conn) for conn in opened))
     took, cpu = time.monotonic() - started, postgres_cpu_seconds() - cpu_before
-    for conn in connections:
+    for conn in opened:
         await conn.close()
     rows = sum(len(batch) for batch in batches)
     return rows / took, cpu / rows * 1e6
@@ -335,6 +342,15 @@ def copy_floor(dsn: str, count: int, size: int) -> tuple[float, float]:
     indexes = [column for _, more in _FLOOR_INDEXES for column in more]
     batches = [floor_rows(f"floor-events-{time.monotonic_ns()}-{n}", size) for n in range(count)]
     return asyncio.run(floor_run(dsn, indexes, batches, "copy", events=True))
+
+
+def idempotent_floor(dsn: str, count: int, size: int) -> tuple[float, float]:
+    """The least an idempotent receiver sends for an array of DLRs: the same message rows with
+    every index and their event rows, in one INSERT ... ON CONFLICT statement per batch from
+    ONE asyncpg connection: rows/s and PostgreSQL's CPU per row."""
+    indexes = [column for _, more in _FLOOR_INDEXES for column in more]
+    batches = [floor_rows(f"floor-idem-{time.monotonic_ns()}-{n}", size) for n in range(count)]
+    return asyncio.run(floor_run(dsn, indexes, batches, "insert", events=True, connections=1))
 
 
 def main() -> None:

@@ -4,7 +4,9 @@ in the same run, then a check that every acknowledged DLR is stored.
     .venv/bin/python -m bench.ingest                    # the lean comparison, the matrix (≈ 12 min)
     .venv/bin/python -m bench.ingest --smoke            # a few seconds; CI checks zero missing
     .venv/bin/python -m bench.ingest --soak 300         # 5 minutes, single objects, RSS watch
-    .venv/bin/python -m bench.ingest --sub-account acme # post with a key of a sub-account
+    .venv/bin/python -m bench.ingest --versus-lean      # only the comparison with lean
+    .venv/bin/python -m bench.ingest --embedded         # it, on the embedded PostgreSQL
+    .venv/bin/python -m bench.ingest --open-ingest      # the matrix with no key (not deployed)
     .venv/bin/python -m bench.ingest --clustered-ids    # ids as in runs before 2026-11-25 evening
 
 First, the service against the lean reference route (bench.lean). Then scenarios:
@@ -15,8 +17,12 @@ events/s and p50/p99 latency of the service and of the ceiling (the same app wit
 database write removed), their ratio, the largest RSS of any server process, how many
 acknowledged DLRs are missing from the database (must be 0), and the CPU the run cost the
 service, PostgreSQL and wrk (they share this machine's cores).
-Without ``--sub-account`` the service runs with open ingest and no key: the DLRs belong to no
-sub-account, as with a key made without one.
+Everything runs as deployed: the service set up with the CLI as the README says, posted to
+with a sub-account's key in the URL's ``?key=`` (``--open-ingest`` runs the matrix without a
+key; the comparison with the lean route shows open ingest as a second row). After each array
+scenario, two floors of PostgreSQL for the same rows in the same run: the idempotent floor
+(one ``INSERT ... ON CONFLICT`` per batch from one asyncpg connection, the least an idempotent
+receiver sends) and the COPY floor beside it.
 
 Each DLR id starts with a hash of its thread and number, so new ids land all over the indexes
 keyed by message id, as Wavy's random UUIDs do, and each DLR goes to its own phone number.
@@ -46,9 +52,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.db.engine import normalize_database_url
-from app.db.queries import add_webhook_key
 from bench.common import (
     calibration_line,
+    cli_webhook_key,
     host_line,
     postgres_cpu_seconds,
     process_tree_cpu_seconds,
@@ -56,7 +62,7 @@ from bench.common import (
     scratch_database,
     wrk_output,
 )
-from bench.db_capacity import copy_floor
+from bench.db_capacity import copy_floor, idempotent_floor
 from bench.lean import ROUNDS, versus_lean
 
 LUA = Path(__file__).with_name("dlr.lua")
@@ -163,7 +169,8 @@ def run_wrk(
         "WAVY_BENCH_RUN": run_id,
         "WAVY_BENCH_BATCH": str(scenario.batch),
         "WAVY_BENCH_OUT": out_path,
-        "WAVY_BENCH_KEY": key or "",
+        # A key goes in the URL, as the README's webhook URLs carry it.
+        "WAVY_BENCH_KEY": "",
         "WAVY_BENCH_SCATTER": "1" if scatter else "",
     }
     connections = scenario.connections
@@ -177,7 +184,7 @@ def run_wrk(
             "10s",
             "-s",
             str(LUA),
-            f"{url}/v1/webhooks/dlr",
+            f"{url}/v1/webhooks/dlr" + (f"?key={key}" if key else ""),
         ],
         env=env,
         check=True,
@@ -240,17 +247,6 @@ async def count_missing(
     return missing
 
 
-async def add_key(database_url: str, sub_account: str) -> str:
-    """A webhook key for ``sub_account``: its DLRs are stored under it, as a tenant's are."""
-    engine = create_async_engine(normalize_database_url(database_url))
-    try:
-        async with engine.begin() as conn:
-            _, key = await add_webhook_key(conn, sub_account=sub_account)
-    finally:
-        await engine.dispose()
-    return key
-
-
 def measure(
     database_url: str,
     scenario: Scenario,
@@ -262,10 +258,9 @@ def measure(
 ) -> Result:
     run_id = f"{scenario.name}-{'ceiling' if ceiling else 'service'}-{time.monotonic_ns()}"
     factory = "bench.ceiling:create_ceiling_app" if ceiling else None
-    with running_service(database_url, workers=scenario.workers, app_factory=factory) as (
-        url,
-        process,
-    ):
+    with running_service(
+        database_url, workers=scenario.workers, app_factory=factory, open_ingest=key is None
+    ) as (url, process):
         time.sleep(1)  # let workers finish starting
         with RssWatcher(process.pid) as watcher, CpuMeter(process.pid) as cpu:
             summary, threads = run_wrk(url, scenario, run_id, seconds, key, scatter=scatter)
@@ -317,7 +312,7 @@ def run_scenario(
     scatter: bool,
 ) -> int:
     """One scenario of the matrix, with its ceiling and floor; acknowledged DLRs missing."""
-    key = asyncio.run(add_key(database_url, sub_account)) if sub_account else None
+    key = cli_webhook_key(database_url, sub_account) if sub_account else None
     shape = "single objects" if scenario.batch == 1 else f"{scenario.batch}-item arrays"
     print(
         f"\n## {shape}, {scenario.connections} connections, "
@@ -344,10 +339,18 @@ def run_scenario(
             FLOOR_BATCHES,
             scenario.batch,
         )
+        idempotent_per_s, idempotent_cpu = idempotent_floor(
+            database_url.replace("postgresql+asyncpg://", "postgresql://"),
+            FLOOR_BATCHES,
+            scenario.batch,
+        )
         print(
-            f"  floor    {floor_per_s:9,.0f} events/s  (COPY, PostgreSQL "
+            f"  floor    {idempotent_per_s:9,.0f} events/s  (INSERT ... ON CONFLICT from one "
+            f"connection, PostgreSQL {idempotent_cpu:.1f} us/row)\n"
+            f"  floor    {floor_per_s:9,.0f} events/s  (COPY from two, PostgreSQL "
             f"{floor_cpu:.1f} us/row)\n"
-            f"  ratio    {service.events_per_s / floor_per_s:.2f} of PostgreSQL's floor",
+            f"  ratio    {service.events_per_s / idempotent_per_s:.2f} of the idempotent floor, "
+            f"{service.events_per_s / floor_per_s:.2f} of the COPY floor",
             flush=True,
         )
     return service.missing or 0
@@ -378,7 +381,14 @@ def main() -> None:
     parser.add_argument(
         "--sub-account",
         metavar="NAME",
-        help="post with a webhook key of this sub-account (default: no key, no sub-account)",
+        default="acme",
+        help="post with a webhook key of this sub-account, made with `keys add` as the README "
+        "says (default acme)",
+    )
+    parser.add_argument(
+        "--open-ingest",
+        action="store_true",
+        help="the scenarios without a key, the service with open ingest (not as deployed)",
     )
     parser.add_argument(
         "--clustered-ids",
@@ -388,18 +398,42 @@ def main() -> None:
         "over the indexes, as Wavy's UUIDs do",
     )
     parser.add_argument(
+        "--embedded",
+        action="store_true",
+        help="the comparison with the lean route on the embedded PostgreSQL (no DATABASE_URL), "
+        "as a newcomer runs the service",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="workers of the comparison with the lean route (default 1; the targets are for 1)",
+    )
+    parser.add_argument(
         "--versus-lean",
         action="store_true",
         help="only the comparison with the lean reference route (bench.lean), which the full "
         "matrix runs first",
     )
     args = parser.parse_args()
+    if args.embedded:
+        args.versus_lean = True
+    if args.open_ingest:
+        args.sub_account = None
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed (Debian: apt-get install wrk)")
     print(host_line(), calibration_line(), sep="\n", flush=True)
     if args.versus_lean or not (args.soak or args.smoke or args.only):
-        with scratch_database("wavy_bench_lean") as database_url:
-            versus_lean(database_url, args.seconds, args.rounds)
+        if args.embedded:
+            missed = versus_lean(None, args.seconds, args.rounds, open_row=False)
+        else:
+            with scratch_database("wavy_bench_lean") as database_url:
+                missed = versus_lean(
+                    database_url, args.seconds, args.rounds, workers_list=tuple(args.workers)
+                )
+        if missed:
+            print("\ntargets missed (as deployed, 1 worker):\n  " + "\n  ".join(missed))
         if args.versus_lean:
             return
 
@@ -423,7 +457,9 @@ def main() -> None:
     scatter = not args.clustered_ids
     total_missing = 0
     if args.sub_account:
-        print(f"posting with a webhook key of sub-account {args.sub_account!r}")
+        print(f"posting with a webhook key of sub-account {args.sub_account!r}, in ?key=")
+    else:
+        print("posting with no key, to a service with open ingest (not as deployed)")
     for scenario in scenarios:
         # A new database each: a scenario's rows would otherwise weigh on the next one's
         # indexes (the floor fills new tables too); bench.growth measures a grown store.

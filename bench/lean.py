@@ -14,6 +14,7 @@ milliseconds whatever the server.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import statistics
@@ -27,9 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.common import (
+    cli_webhook_key,
     free_port,
     process_tree_cpu_seconds,
     running_service,
+    service_env,
     stop,
     wait_until_answering,
     wrk_output,
@@ -150,46 +153,124 @@ def median_of(runs: list[Latency]) -> Latency:
     )
 
 
-def versus_lean(database_url: str, seconds: int, rounds: int = ROUNDS) -> None:
-    """Print, per workers and connections, the lean route, the service, and their ratio: both
-    servers up side by side, loaded in turns (ABBA order, so that neither always runs first),
-    every round printed, then the medians and the median of the rounds' ratios. The service
-    runs as deployed: its access log on, at info level."""
-    for workers in (1, 2):
-        with (
-            running_lean(workers) as (lean_url, lean_process),
-            running_service(
-                database_url, workers=workers, extra_env={"WAVY_LOG_LEVEL": "info"}
-            ) as (base, service_process),
-        ):
-            service_url = f"{base}/v1/webhooks/dlr"
-            for connections in (64, 256):
-                print(
-                    f"\n## versus the lean route: single DLRs, {connections} connections (one "
-                    f"wrk thread), {workers} worker(s), {rounds} rounds of {seconds} s each",
-                    flush=True,
-                )
-                leans: list[Latency] = []
-                services: list[Latency] = []
-                for round_ in range(rounds):
-                    order = ("lean", "service") if round_ % 2 == 0 else ("service", "lean")
-                    for which in order:
-                        if which == "lean":
-                            url, server, runs = lean_url, lean_process, leans
-                        else:
-                            url, server, runs = service_url, service_process, services
-                        runs.append(load(url, server, connections, seconds))
-                        print(row(which, runs[-1]), flush=True)
-                lean, service = median_of(leans), median_of(services)
-                ratio = statistics.median(
+# The targets (issue #36), for the keyed service as deployed against the lean route.
+TARGET_P99_MS_AT_64 = 50.0
+TARGET_P99_RATIO_AT_256 = 2.0
+TARGET_RATE_RATIO = 0.7
+TARGET_CPU_RATIO = 1.2
+
+
+def versus_lean(
+    database_url: str | None,
+    seconds: int,
+    rounds: int = ROUNDS,
+    *,
+    workers_list: tuple[int, ...] = (1,),
+    open_row: bool = True,
+) -> list[str]:
+    """Print, per workers and connections, the lean route and the service as deployed (set up
+    with the CLI, as the README says: a sub-account's key, in the URL's ``?key=``), and with
+    ``open_row`` the service with open ingest (no key) as a second row: every server up side
+    by side, loaded in turns (the order rotates, so that none always runs first), every round
+    printed, then the medians and the median of the rounds' ratios to the lean route. The
+    service runs with its access log on, at info level. ``database_url`` None: the embedded
+    PostgreSQL, as a newcomer runs it. Returns the targets missed."""
+    missed: list[str] = []
+    env = {"WAVY_LOG_LEVEL": "info"}
+    with tempfile.TemporaryDirectory(prefix="wavy-bench-embedded-") as data_dir:
+        if database_url is None:
+            env["WAVY_DATA_DIR"] = data_dir
+            subprocess.run(
+                [sys.executable, "-m", "app.cli", "migrate"],
+                env=service_env(None, env),
+                check=True,
+                capture_output=True,
+                timeout=300,
+            )
+        key = cli_webhook_key(database_url, "acme", env)
+        for workers in workers_list:
+            missed += _versus_lean_with(database_url, env, key, workers, seconds, rounds, open_row)
+    return missed
+
+
+def _versus_lean_with(
+    database_url: str | None,
+    env: dict[str, str],
+    key: str,
+    workers: int,
+    seconds: int,
+    rounds: int,
+    open_row: bool,
+) -> list[str]:
+    missed: list[str] = []
+    with contextlib.ExitStack() as servers:
+        lean_url, lean_process = servers.enter_context(running_lean(workers))
+        base, keyed_process = servers.enter_context(
+            running_service(database_url, workers=workers, extra_env=env, open_ingest=False)
+        )
+        targets = {
+            "lean": (lean_url, lean_process),
+            "keyed": (f"{base}/v1/webhooks/dlr?key={key}", keyed_process),
+        }
+        if open_row:
+            open_base, open_process = servers.enter_context(
+                running_service(database_url, workers=workers, extra_env=env)
+            )
+            targets["open"] = (f"{open_base}/v1/webhooks/dlr", open_process)
+        where = "the embedded PostgreSQL" if database_url is None else "a PostgreSQL server"
+        for connections in (64, 256):
+            print(
+                f"\n## versus the lean route: single DLRs, {connections} connections (one wrk "
+                f"thread), {workers} worker(s), {rounds} rounds of {seconds} s each, on {where}; "
+                "keyed: as deployed, a sub-account's key in ?key=; open: open ingest, no key",
+                flush=True,
+            )
+            runs: dict[str, list[Latency]] = {name: [] for name in targets}
+            names = list(targets)
+            for round_ in range(rounds):
+                shift = round_ % len(names)
+                for name in names[shift:] + names[:shift]:
+                    url, server = targets[name]
+                    runs[name].append(load(url, server, connections, seconds))
+                    print(row(name, runs[name][-1]), flush=True)
+            medians = {name: median_of(found) for name, found in runs.items()}
+            for name, found in medians.items():
+                print(row(f"{name} med", found))
+            lean = medians["lean"]
+            for name in names[1:]:
+                rate_ratio = statistics.median(
                     ours.requests_per_s / theirs.requests_per_s
-                    for ours, theirs in zip(services, leans, strict=True)
+                    for ours, theirs in zip(runs[name], runs["lean"], strict=True)
                 )
-                print(row("lean med", lean))
-                print(row("svc med", service))
-                print(f"  ratio    {ratio:.2f} of the lean route (median of {rounds})", flush=True)
+                cpu_ratio = medians[name].cpu_us / lean.cpu_us
+                p99_ratio = medians[name].p99_ms / lean.p99_ms
                 print(
-                    f"  CPU      the service spends {service.cpu_us / lean.cpu_us:.2f}x the lean "
-                    "route's CPU per request (medians)",
+                    f"  {name:8} {rate_ratio:.2f} of the lean route's DLRs/s (median of "
+                    f"{rounds}), {cpu_ratio:.2f}x its CPU per request, {p99_ratio:.2f}x its p99",
                     flush=True,
                 )
+                if name != "keyed" or workers != 1:
+                    continue
+                checks = [
+                    (rate_ratio >= TARGET_RATE_RATIO, f"DLRs/s {rate_ratio:.2f} of lean < 0.7"),
+                    (cpu_ratio <= TARGET_CPU_RATIO, f"CPU {cpu_ratio:.2f}x lean > 1.2x"),
+                ]
+                if connections == 64:
+                    checks.append(
+                        (
+                            medians[name].p99_ms < TARGET_P99_MS_AT_64,
+                            f"p99 {medians[name].p99_ms:.1f} ms at 64 connections >= 50 ms",
+                        )
+                    )
+                else:
+                    checks.append(
+                        (
+                            p99_ratio <= TARGET_P99_RATIO_AT_256,
+                            f"p99 {p99_ratio:.2f}x lean's at 256 connections > 2x",
+                        )
+                    )
+                for met, problem in checks:
+                    if not met:
+                        missed.append(f"{where}, {connections} connections: {problem}")
+                        print(f"  MISSED   {problem}", flush=True)
+    return missed

@@ -1,8 +1,10 @@
 """The send API as deployed, against a stand-in of Wavy that answers at once, each server in a
 session of its own (``python -m bench.sending``; ``--smoke`` for CI):
 
-1. single sends with wrk (one thread, 64 connections): sends/s with one worker, and the p99 the
-   service adds over calling the stand-in directly, in the same run;
+1. single sends with wrk (one thread, 64 connections): sends/s with one worker as fast as it
+   goes; then the p99 the service adds over calling the stand-in directly at 64 connections
+   sending at Wavy's rate (each pausing a random 0 to 182 ms: about 700 sends/s offered, the
+   most the service passes on, WAVY_SEND_MAX_RPS), in the same run; and at 4 connections;
 2. bulks of 1000 (four at a time): messages/s;
 3. the opt-out check of a send's destinations against 1,000,000 numbers on the lists: time per
    message (the query a bulk of 1000 makes).
@@ -69,9 +71,20 @@ async def add_sender(url: str) -> str:
         await engine.dispose()
 
 
-def wrk(url: str, token: str, seconds: float, connections: int = 64) -> tuple[float, float, int]:
+# 64 connections each pausing this long on average offer about 700 sends/s: Wavy's rate.
+AT_WAVYS_RATE_PAUSE_MS = 91
+
+
+def wrk(
+    url: str, token: str, seconds: float, connections: int = 64, pause_ms: int = 0
+) -> tuple[float, float, int]:
     """Requests/s, p99 in ms, and non-2xx answers."""
-    env = {**os.environ, "WAVY_BENCH_USER": USER, "WAVY_BENCH_TOKEN": token}
+    env = {
+        **os.environ,
+        "WAVY_BENCH_USER": USER,
+        "WAVY_BENCH_TOKEN": token,
+        "WAVY_BENCH_PAUSE_MS": str(pause_ms),
+    }
     done = subprocess.run(
         [
             *("wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency"),
@@ -181,6 +194,10 @@ def main() -> None:
             with running_service(url, extra_env=env) as (base, _):
                 direct_rate, direct_p99, _ = wrk(f"{stand_in}/v1/send-sms", token, seconds)
                 rate, p99, refused = wrk(f"{base}/v1/send-sms", token, seconds)
+                paced = AT_WAVYS_RATE_PAUSE_MS
+                paced_direct = wrk(f"{stand_in}/v1/send-sms", token, seconds, pause_ms=paced)
+                paced_service = wrk(f"{base}/v1/send-sms", token, seconds, pause_ms=paced)
+                refused += paced_service[2]
                 # Below saturation: what the service adds when it is not queueing.
                 few_direct = wrk(f"{stand_in}/v1/send-sms", token, seconds, connections=4)
                 few = wrk(f"{base}/v1/send-sms", token, seconds, connections=4)
@@ -192,10 +209,16 @@ def main() -> None:
             )
     finally:
         stop(stand_in_process, timeout_s=10)
-    print("single sends, 1 worker, 64 connections:")
+    print("single sends, 1 worker, 64 connections, as fast as they go:")
     print(f"  the stand-in alone  {direct_rate:9,.0f} sends/s  p99 {direct_p99:7.2f} ms")
     added = p99 - direct_p99
     print(f"  through the service {rate:9,.0f} sends/s  p99 {p99:7.2f} ms  (adds {added:.2f} ms)")
+    print("single sends, 1 worker, 64 connections at about Wavy's rate (700/s offered):")
+    print(f"  the stand-in alone  {paced_direct[0]:9,.0f} sends/s  p99 {paced_direct[1]:7.2f} ms")
+    print(
+        f"  through the service {paced_service[0]:9,.0f} sends/s  p99 {paced_service[1]:7.2f} ms  "
+        f"(adds {paced_service[1] - paced_direct[1]:.2f} ms)"
+    )
     print("single sends, 1 worker, 4 connections:")
     print(f"  the stand-in alone  {few_direct[0]:9,.0f} sends/s  p99 {few_direct[1]:7.2f} ms")
     print(

@@ -187,3 +187,34 @@ async def test_a_change_during_a_reload_still_gets_a_reload_of_its_own(
 
     assert await first is not None  # it asked before the revocation
     assert await after is None
+
+
+async def test_keys_that_only_aged_answer_at_once_while_one_reload_runs_beside(
+    app: FastAPI, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing said the keys changed (a change is notified and forgotten at once): a request
+    is not held for the reload's round trip; the reload still happens, once."""
+    key = await add_key(app, "acme")
+    registry = KeyRegistry(engine, ttl_s=0.01)
+    await registry.refresh()
+    await asyncio.sleep(0.02)  # aged
+    reading, go_on = asyncio.Event(), asyncio.Event()
+    loads = 0
+
+    async def slow(conn: AsyncConnection) -> list[KnownKey]:
+        nonlocal loads
+        loads += 1
+        reading.set()
+        await go_on.wait()
+        return await load_active_keys(conn)
+
+    monkeypatch.setattr(key_registry, "load_active_keys", slow)
+    found = await asyncio.wait_for(
+        asyncio.gather(*(registry.find(key) for _ in range(16))), timeout=5
+    )
+    await reading.wait()
+    go_on.set()
+    await asyncio.sleep(0.05)
+
+    assert all(f is not None and f.sub_account == "acme" for f in found)  # answered meanwhile
+    assert loads == 1

@@ -45,6 +45,7 @@ class KeyRegistry:
         self._last_reload_failed = False
         self._lock = asyncio.Lock()
         self._failures = FailureLog(log, "reloading webhook keys")
+        self._reloading: asyncio.Task[None] | None = None
 
     async def refresh(self, *, asked_at: float | None = None) -> None:
         """Reload the keys; with ``asked_at`` (a time.monotonic()), only if no reload that began
@@ -80,12 +81,24 @@ class KeyRegistry:
         self._generation += 1
         self._loaded_at = float("-inf")
 
+    def _reload_soon(self, asked_at: float) -> None:
+        if self._reloading is None or self._reloading.done():
+            self._reloading = asyncio.create_task(
+                self.refresh(asked_at=asked_at), name="webhook-keys-reload"
+            )
+
     async def find(self, presented: str) -> KnownKey | None:
         """The active key presented, or None; KeysUnavailable when it is not among the keys
         known and they could not be reloaded."""
         now = time.monotonic()
-        if now - self._loaded_at > self._ttl_s:
+        if self._loaded_at == float("-inf"):  # never loaded, or PostgreSQL said they changed
             await self.refresh(asked_at=now)
+        elif now - self._loaded_at > self._ttl_s:
+            # Only aged: nothing said they changed (a change is notified, and forgotten at
+            # once above), so this request is answered from the keys known while one reload
+            # runs beside it. Awaited, it held every connection for a reload's round trip
+            # every WAVY_KEY_CACHE_SECONDS: the p99 at 256 connections (issue #36).
+            self._reload_soon(now)
         found = match_key(presented, self._keys)
         now = time.monotonic()
         if found is None and now - self._loaded_at > MISS_RELOAD_INTERVAL_S:
