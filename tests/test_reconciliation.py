@@ -445,3 +445,69 @@ async def test_a_timed_out_send_never_takes_another_sub_accounts_message_by_its_
     assert (mine["message_id"], mine["outcome"]) == (None, "unknown")  # still not found
     found = await client.post("/v1/sms/status/search", json={"ids": [theirs]}, headers=ana)
     assert found.json()["smsStatuses"] == []  # still globex's, not acme's
+
+
+async def timed_out_send(
+    client: httpx.AsyncClient, wavy: StandIn, who: dict[str, str], correlation_id: str
+) -> None:
+    wavy.delay_s = 1.5  # past the test app's send timeout
+    answer = await client.post(
+        "/v1/send-sms",
+        json={"destination": FREE, "messageText": "x", "correlationId": correlation_id},
+        headers=who,
+    )
+    wavy.delay_s = 0
+    assert answer.status_code == 504
+
+
+async def ids_of_mts(app: FastAPI) -> dict[str, list[str | None]]:
+    rows = await fetch_all(
+        app.state.engine, "SELECT sub_account, message_id FROM mts ORDER BY message_id"
+    )
+    found: dict[str, list[str | None]] = {}
+    for row in rows:
+        found.setdefault(row["sub_account"], []).append(row["message_id"])
+    return found
+
+
+async def test_two_sub_accounts_timed_out_with_one_correlation_id_are_matched_to_neither(
+    app: FastAPI, client: httpx.AsyncClient, wavy: StandIn, senders: Any, settings: Settings
+) -> None:
+    """Nothing in Wavy's answer tells which message is whose: neither takes one (both stay
+    overdue), rather than one tenant's message becoming the other's."""
+    await timed_out_send(client, wavy, senders["Gil da Globex"], "order-101")
+    await timed_out_send(client, wavy, senders["ana@acme.example"], "order-101")
+    wavy.reset()
+    for wavy_id in ("w-1", "w-2"):
+        wavy.statuses[wavy_id] = wavy_status(wavy_id, correlationId="order-101")
+    worker = reconciler(app, settings, wavy)
+    try:
+        done = await worker.run_once(later(minutes=16))
+    finally:
+        await worker.stop()
+
+    assert (done.asked, done.recovered) == (2, 0)
+    assert await ids_of_mts(app) == {"acme": [None], "globex": [None]}
+
+
+async def test_a_retried_send_finds_its_own_message_past_another_sub_accounts(
+    app: FastAPI, client: httpx.AsyncClient, wavy: StandIn, senders: Any, settings: Settings
+) -> None:
+    ana, gil = senders["ana@acme.example"], senders["Gil da Globex"]
+    acmes = await send(client, ana, correlationId="order-404")
+    await timed_out_send(client, wavy, gil, "order-404")
+    await timed_out_send(client, wavy, gil, "order-404")  # the client retried the 504
+    wavy.reset()
+    # Wavy lists acme's first: it must be passed over, not block globex's own.
+    wavy.statuses[acmes["id"]] = wavy_status(acmes["id"], correlationId="order-404")
+    for wavy_id in ("g-1", "g-2"):
+        wavy.statuses[wavy_id] = wavy_status(wavy_id, correlationId="order-404")
+    worker = reconciler(app, settings, wavy)
+    try:
+        await worker.run_once(later(minutes=16))
+    finally:
+        await worker.stop()
+
+    found = await ids_of_mts(app)
+    assert found["acme"] == [acmes["id"]]
+    assert found["globex"] == ["g-1", "g-2"]  # one each, both its own

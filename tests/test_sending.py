@@ -497,6 +497,7 @@ def test_serve_with_the_sandbox_runs_the_whole_flow_with_no_wavy_account(
     Wavy's callbacks coming back through the webhooks."""
     port = free_port()
     env = {**os.environ, "DATABASE_URL": empty_database, "WAVY_FORWARDER": "off"}
+    env |= {"WAVY_API_USERNAME": "admin", "WAVY_API_TOKEN": "not-checked-here"}
     service = Service(env, port, tmp_path, "--sandbox")
     try:
         output = service.wait_ready()
@@ -526,6 +527,9 @@ def test_serve_with_the_sandbox_runs_the_whole_flow_with_no_wavy_account(
         service.stop(signal.SIGTERM)
     # A few percent fail or are lost on purpose (docs/sending.md): most come back.
     assert len(called_back) >= 3, output
+    # Reconciliation asks the sandbox, which plays Wavy, never Wavy itself.
+    [said] = [line for line in output.splitlines() if line.startswith("Reconciliation")]
+    assert said.startswith("Reconciliation  on: overdue statuses are asked of http://127.0.0.1:")
     assert {item["sentStatusCode"] for item in called_back} <= {2, 202}
 
 
@@ -700,3 +704,30 @@ async def test_a_bulk_wavy_refused_stores_nothing_not_even_its_refusals(
     assert answer.status_code == 502
     assert await fetch_all(app.state.engine, "SELECT id FROM mts") == []
     assert await fetch_all(app.state.engine, "SELECT id FROM messages") == []
+
+
+async def test_the_sandbox_answers_bad_bodies_with_wavys_400(
+    client: httpx.AsyncClient, app: FastAPI, base_url: str, senders: Any
+) -> None:
+    stand_in = Sandbox(app.state.engine, base_url)
+    port = await stand_in.start("127.0.0.1", 0)
+    sandbox = f"http://127.0.0.1:{port}"
+    ana = senders["ana@acme.example"]
+    try:
+        answers = [
+            await client.post(f"{sandbox}{path}", content=body, headers=ana)
+            for path in ("/v1/sms/status/search", "/v1/send-sms", "/v1/send-bulk-sms")
+            for body in (b"not json", b"[1]", b'{"messages": [1]}')
+        ]
+        sent = await client.post(
+            f"{sandbox}/v1/send-sms", json={"destination": FREE, "messageText": "x"}, headers=ana
+        )
+        lone = await client.post(
+            f"{sandbox}/v1/sms/status/search", json={"ids": sent.json()["id"]}, headers=ana
+        )
+    finally:
+        await stand_in.stop()
+
+    assert {answer.status_code for answer in answers} <= {200, 400}  # never a 500
+    assert [a.status_code for a in answers[:2]] == [400, 400]
+    assert lone.json()["total"] == 1  # a lone id, not its characters

@@ -156,7 +156,6 @@ def serve(
         typer.echo("  UserName             admin")
         typer.echo(f"  AuthenticationToken  {created.admin_token}")
     typer.echo(f"Dashboard  {settings.webhook_base_url()}/dashboard")
-    typer.echo(reconciliation_line(settings))
 
     for finding in review_server(settings, database_url):
         if finding.level >= Level.WARNING:
@@ -169,6 +168,14 @@ def serve(
 
     raise_open_files_limit(settings.max_connections)
     stand_in = _start_sandbox(settings) if with_sandbox else None
+    # After the sandbox: with it, Wavy is the sandbox (WAVY_API_URL, as the workers read it).
+    typer.echo(
+        reconciliation_line(
+            settings.model_copy(
+                update={"api_url": os.environ.get("WAVY_API_URL", settings.api_url)}
+            )
+        )
+    )
     forwarder = ForwarderProcess(settings) if separate_forwarder else None
     if forwarder is not None:
         forwarder.start()

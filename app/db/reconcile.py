@@ -260,18 +260,22 @@ async def statuses_of(conn: AsyncConnection, message_ids: Iterable[str]) -> dict
 
 _LEARN_ID = text(
     "WITH learnt AS (UPDATE mts SET message_id = :message_id, outcome = 'sent' "
-    "WHERE id = :mt_id AND message_id IS NULL RETURNING id) "
-    "UPDATE overdue SET message_id = :message_id WHERE mt_id IN (SELECT id FROM learnt)"
+    "WHERE id = :mt_id AND message_id IS NULL "
+    "AND NOT EXISTS (SELECT 1 FROM mts AS o WHERE o.message_id = :message_id) RETURNING id) "
+    "UPDATE overdue SET message_id = :message_id WHERE mt_id IN (SELECT id FROM learnt) "
+    "RETURNING mt_id"
 )
 
 
-async def learn_message_id(conn: AsyncConnection, mt_id: str, message_id: str) -> None:
-    """A send that timed out, found at Wavy by its correlationId: Wavy did send it."""
-    await conn.execute(_LEARN_ID, {"mt_id": mt_id, "message_id": message_id})
+async def learn_message_id(conn: AsyncConnection, mt_id: str, message_id: str) -> bool:
+    """A send that timed out, found at Wavy by its correlationId: Wavy did send it. False
+    when the id is already another MT's (then it is not this one's)."""
+    learnt = await conn.scalar(_LEARN_ID, {"mt_id": mt_id, "message_id": message_id})
+    return learnt is not None
 
 
 _TAKEN_ELSEWHERE = text(
-    "SELECT w.message_id FROM unnest(CAST(:mt_ids AS text[]), CAST(:ids AS text[]), "
+    "SELECT w.mt_id, w.message_id FROM unnest(CAST(:mt_ids AS text[]), CAST(:ids AS text[]), "
     "CAST(:subs AS text[])) AS w(mt_id, message_id, sub_account) "
     "WHERE EXISTS (SELECT 1 FROM mts AS t WHERE t.message_id = w.message_id "
     "AND t.id <> w.mt_id) "
@@ -282,10 +286,10 @@ _TAKEN_ELSEWHERE = text(
 
 async def taken_elsewhere(
     conn: AsyncConnection, found: Sequence[tuple[str, str, str | None]]
-) -> set[str]:
-    """Of the ids Wavy gave sends that timed out (mt id, Wavy's id, the MT's sub-account),
-    those already another MT's, or another sub-account's message: a correlationId and a
-    destination matched someone else's message, which must not become this MT's."""
+) -> set[tuple[str, str]]:
+    """Of the ids Wavy gave that may be sends that timed out (mt id, Wavy's id, the MT's
+    sub-account), the pairs where the id is already another MT's, or another sub-account's
+    message: a correlationId and a destination matched someone else's message."""
     if not found:
         return set()
     rows = await conn.execute(
@@ -296,7 +300,24 @@ async def taken_elsewhere(
             "subs": [sub_account for _, _, sub_account in found],
         },
     )
-    return {row.message_id for row in rows}
+    return {(row.mt_id, row.message_id) for row in rows}
+
+
+_SHARED = text(
+    "SELECT t.id FROM mts AS t WHERE t.id = ANY(CAST(:ids AS text[])) AND EXISTS ("
+    "SELECT 1 FROM mts AS o WHERE o.correlation_id = t.correlation_id "
+    "AND o.destination = t.destination AND o.message_id IS NULL AND o.id <> t.id "
+    "AND o.sub_account IS DISTINCT FROM t.sub_account)"
+)
+
+
+async def shared_with_another_sub_account(conn: AsyncConnection, mt_ids: Sequence[str]) -> set[str]:
+    """Of these MTs with no id yet, those whose correlationId and destination another
+    sub-account's MT with no id also has: Wavy's answer cannot tell which message is whose."""
+    if not mt_ids:
+        return set()
+    rows = await conn.execute(_SHARED, {"ids": list(mt_ids)})
+    return {row.id for row in rows}
 
 
 _RESOLVED = text("DELETE FROM overdue WHERE mt_id = ANY(CAST(:ids AS text[]))")

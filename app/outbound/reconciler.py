@@ -36,7 +36,8 @@ from app.rules.reconcile import (
     OVERDUE_KINDS,
     OverdueKind,
     awaits_dlr,
-    matching,
+    item_of,
+    items_sent_as,
     recheck_after,
     records_from_status,
     retry_after_s,
@@ -167,41 +168,22 @@ class Reconciler:
                 await queries.release(conn, now, [row["mt_id"] for row in to_ask])
             items = []
             to_ask = []
-        found = [
-            (row, item)
-            for row in to_ask
-            if (
-                item := matching(
-                    items, row["message_id"], row["correlation_id"], row["destination"]
-                )
-            )
-            is not None
-        ]
-        async with self._engine.connect() as conn:
-            # Wavy's admin sees every sub-account: a correlationId (and destination) may match
-            # another's message, which never becomes this MT's.
-            foreign = await queries.taken_elsewhere(
-                conn,
-                [
-                    (row["mt_id"], str(item["id"]), row["sub_account"])
-                    for row, item in found
-                    if row["message_id"] is None
-                ],
-            )
-        found = [
-            (row, item)
-            for row, item in found
-            if row["message_id"] is not None or str(item["id"]) not in foreign
-        ]
-        records, learnt = self._records(found, now)
-        if records:
-            await self._write(records)
+        found = await self._found(to_ask, items)
+        # A timed-out send takes Wavy's id first, so that its statuses are written only once
+        # the id is its own.
+        learnt: dict[str, str] = {}
         async with self._engine.begin() as conn:
-            for mt_id, message_id in learnt:
-                await queries.learn_message_id(conn, mt_id, message_id)
+            for row, item in found:
+                if row["message_id"] is None and await queries.learn_message_id(
+                    conn, row["mt_id"], str(item["id"])
+                ):
+                    learnt[row["mt_id"]] = str(item["id"])
         for row in to_ask:
             if row["message_id"] is None:
-                row["message_id"] = dict(learnt).get(row["mt_id"])
+                row["message_id"] = learnt.get(row["mt_id"])
+        records = self._records([(row, item) for row, item in found if row["message_id"]], now)
+        if records:
+            await self._write(records)
         async with self._engine.begin() as conn:
             current = await queries.statuses_of(conn, _ids(claimed))
             settled, recovered = self._settle(claimed, {id(r) for r in to_ask}, current, now)
@@ -210,6 +192,50 @@ class Reconciler:
         for _, kind in recovered:
             metrics.RECONCILE_RECOVERED.labels(kind).inc()
         done.recovered = len(recovered)
+
+    async def _found(
+        self, rows: list[queries.Row], items: list[dict[str, Any]]
+    ) -> list[tuple[queries.Row, Mapping[str, Any]]]:
+        """Each MT with Wavy's item for it: by its id; a send that timed out by its
+        correlationId and destination. Wavy's admin sees every sub-account, so those may
+        match another's message: an item already another MT's or another sub-account's is
+        never taken, one item goes to one MT, and when an MT of another sub-account also
+        timed out with the same correlationId and destination, neither is matched (nothing
+        tells which is whose: they stay overdue)."""
+        found: list[tuple[queries.Row, Mapping[str, Any]]] = []
+        for row in rows:
+            if row["message_id"] is not None and (item := item_of(items, row["message_id"])):
+                found.append((row, item))
+        unknown = [row for row in rows if row["message_id"] is None]
+        if not unknown:
+            return found
+        candidates = {
+            row["mt_id"]: items_sent_as(items, row["correlation_id"], row["destination"])
+            for row in unknown
+        }
+        async with self._engine.connect() as conn:
+            ambiguous = await queries.shared_with_another_sub_account(
+                conn, [row["mt_id"] for row in unknown]
+            )
+            taken = await queries.taken_elsewhere(
+                conn,
+                [
+                    (row["mt_id"], str(item["id"]), row["sub_account"])
+                    for row in unknown
+                    for item in candidates[row["mt_id"]]
+                ],
+            )
+        given: set[str] = set()
+        for row in unknown:
+            if row["mt_id"] in ambiguous:
+                continue
+            for item in candidates[row["mt_id"]]:
+                wavy_id = str(item["id"])
+                if (row["mt_id"], wavy_id) not in taken and wavy_id not in given:
+                    given.add(wavy_id)
+                    found.append((row, item))
+                    break
+        return found
 
     async def _ask(
         self, rows: list[queries.Row], now: datetime, done: Pass
@@ -269,11 +295,9 @@ class Reconciler:
 
     def _records(
         self, found: list[tuple[queries.Row, Mapping[str, Any]]], now: datetime
-    ) -> tuple[list[EventRecord], list[tuple[str, str]]]:
-        """The statuses Wavy knows, as the callbacks and DLRs it would have posted; and the
-        ids it gave sends that timed out."""
+    ) -> list[EventRecord]:
+        """The statuses Wavy knows, as the callbacks and DLRs it would have posted."""
         records: list[EventRecord] = []
-        learnt: list[tuple[str, str]] = []
         for row, item in found:
             try:
                 records += records_from_status(
@@ -281,10 +305,7 @@ class Reconciler:
                 )
             except ValueError as error:  # pydantic's ValidationError: an item we cannot read
                 log.warning("reconciliation: unreadable status of %s: %s", item["id"], error)
-                continue
-            if row["message_id"] is None:
-                learnt.append((row["mt_id"], str(item["id"])))
-        return records, learnt
+        return records
 
     async def _write(self, records: list[EventRecord]) -> None:
         try:
@@ -327,11 +348,6 @@ class Reconciler:
                 after = recheck_after(row["checks"] + 1).total_seconds()
                 settled.recheck.append((row["mt_id"], after))
         return settled, recovered
-
-
-def _wavys_item(items: list[dict[str, Any]], row: queries.Row) -> dict[str, Any] | None:
-    found = matching(items, row["message_id"], row["correlation_id"], row["destination"])
-    return dict(found) if found is not None else None
 
 
 def _ids(rows: list[queries.Row]) -> list[str]:

@@ -53,6 +53,28 @@ class SandboxMix:
     retry_waits_s: tuple[float, ...] = (1, 2, 4, 8, 16)
 
 
+def _bad_request(message: str) -> web.Response:
+    return web.json_response({"errorCode": 400, "errorMessage": message}, status=400)
+
+
+async def _json_object(request: web.Request) -> dict[str, Any] | web.Response:
+    """The body, a JSON object; else Wavy's 400."""
+    try:
+        body = await request.json()
+    except ValueError:
+        return _bad_request("the body is not JSON")
+    return body if isinstance(body, dict) else _bad_request("the body is not a JSON object")
+
+
+def _texts(value: Any) -> set[str]:
+    """A search's list of ids: its strings (a lone string is one id, not its characters)."""
+    if isinstance(value, str):
+        return {value}
+    if not isinstance(value, list):
+        return set()
+    return {item for item in value if isinstance(item, str)}
+
+
 def _ms(moment: datetime) -> int:
     return int(moment.timestamp() * 1000)
 
@@ -128,7 +150,9 @@ class Sandbox:
         return reader.sub_account
 
     async def _send_one(self, request: web.Request) -> web.Response:
-        body = await request.json()
+        body = await _json_object(request)
+        if isinstance(body, web.Response):
+            return body
         sender = await self._sender(request, body)
         if isinstance(sender, web.Response):
             return sender
@@ -136,7 +160,13 @@ class Sandbox:
         return web.json_response({"id": message_id, "correlationId": body.get("correlationId")})
 
     async def _send_bulk(self, request: web.Request) -> web.Response:
-        body = await request.json()
+        body = await _json_object(request)
+        if isinstance(body, web.Response):
+            return body
+        if not isinstance(body.get("messages"), list) or not all(
+            isinstance(message, dict) for message in body["messages"]
+        ):
+            return _bad_request("messages must be a list of objects")
         sender = await self._sender(request, body)
         if isinstance(sender, web.Response):
             return sender
@@ -154,13 +184,15 @@ class Sandbox:
     async def _search(self, request: web.Request) -> web.Response:
         """Wavy's status search, for what the sandbox sent: an admin's credentials see every
         sub-account's (as the reconciliation's WAVY_API_USERNAME does), a user's their own."""
-        body = await request.json()
+        body = await _json_object(request)
+        if isinstance(body, web.Response):
+            return body
         reader = await self._reader(request)
         if reader is None:
             return web.json_response(
                 {"errorCode": 401, "errorMessage": "Authentication Error"}, status=401
             )
-        ids, correlation_ids = set(body.get("ids") or []), set(body.get("correlationIds") or [])
+        ids, correlation_ids = _texts(body.get("ids")), _texts(body.get("correlationIds"))
         found = [
             status
             for status in self._statuses.values()

@@ -130,22 +130,22 @@ def records_from_status(
     return records
 
 
-def matching(
-    items: Sequence[Mapping[str, Any]],
-    message_id: str | None,
-    correlation_id: str | None,
-    destination: str,
-) -> Mapping[str, Any] | None:
-    """Wavy's item for one MT: by its id, or, for a send that timed out (no id known), by its
-    correlationId and destination together (a correlationId alone may be reused)."""
-    for item in items:
-        if message_id is not None:
-            if item.get("id") == message_id:
-                return item
-        elif (
-            correlation_id is not None
-            and item.get("correlationId") == correlation_id
-            and str(item.get("destination", "")).lstrip("+") == destination
-        ):
-            return item
-    return None
+def item_of(items: Sequence[Mapping[str, Any]], message_id: str) -> Mapping[str, Any] | None:
+    """Wavy's item for the message with this id."""
+    return next((item for item in items if item.get("id") == message_id), None)
+
+
+def items_sent_as(
+    items: Sequence[Mapping[str, Any]], correlation_id: str | None, destination: str
+) -> list[Mapping[str, Any]]:
+    """Wavy's items that may be a send that timed out (no id known): its correlationId and
+    destination together (a correlationId alone may be reused). A client that retried the
+    send has several."""
+    if correlation_id is None:
+        return []
+    return [
+        item
+        for item in items
+        if item.get("correlationId") == correlation_id
+        and str(item.get("destination", "")).lstrip("+") == destination
+    ]
