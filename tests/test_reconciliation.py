@@ -104,6 +104,19 @@ async def old_mts(app: FastAPI, count: int, sub_account: str, hours_ago: float =
     return [str(row.message_id) for row in rows]
 
 
+async def timed_out_send(
+    client: httpx.AsyncClient, wavy: StandIn, who: dict[str, str], correlation_id: str
+) -> None:
+    wavy.delay_s = 1.5  # past the test app's send timeout
+    answer = await client.post(
+        "/v1/send-sms",
+        json={"destination": FREE, "messageText": "x", "correlationId": correlation_id},
+        headers=who,
+    )
+    wavy.delay_s = 0
+    assert answer.status_code == 504
+
+
 async def test_a_lost_callback_is_asked_of_wavy_and_merged_as_if_posted(
     app: FastAPI, client: httpx.AsyncClient, wavy: StandIn, senders: Any, settings: Settings
 ) -> None:
@@ -312,13 +325,7 @@ async def test_a_send_that_timed_out_is_found_by_its_correlation_id(
     app: FastAPI, client: httpx.AsyncClient, wavy: StandIn, senders: Any, settings: Settings
 ) -> None:
     ana = senders["ana@acme.example"]
-    wavy.delay_s = 1.5  # past the test app's send timeout
-    timed_out = await client.post(
-        "/v1/send-sms",
-        json={"destination": FREE, "messageText": "x", "correlationId": "order-9"},
-        headers=ana,
-    )
-    assert timed_out.status_code == 504
+    await timed_out_send(client, wavy, ana, "order-9")
     wavy.reset()
     wavy.statuses["wavy-9"] = wavy_status("wavy-9", correlationId="order-9")
     wavy.statuses["other"] = wavy_status("other", correlationId="order-9", destination="55119")
@@ -422,14 +429,7 @@ async def test_a_timed_out_send_never_takes_another_sub_accounts_message_by_its_
     """Wavy's admin sees every sub-account: globex's message with the same correlationId and
     destination must not become acme's lost send."""
     [theirs] = await old_mts(app, 1, "globex", hours_ago=0)
-    ana = senders["ana@acme.example"]
-    wavy.delay_s = 1.5  # past the test app's send timeout
-    timed_out = await client.post(
-        "/v1/send-sms",
-        json={"destination": FREE, "messageText": "x", "correlationId": "c-0"},
-        headers=ana,
-    )
-    assert timed_out.status_code == 504
+    await timed_out_send(client, wavy, senders["ana@acme.example"], "c-0")
     wavy.reset()
     wavy.statuses[theirs] = wavy_status(theirs, correlationId="c-0")  # old_mts' first one
     worker = reconciler(app, settings, wavy)
@@ -443,21 +443,10 @@ async def test_a_timed_out_send_never_takes_another_sub_accounts_message_by_its_
         app.state.engine, "SELECT message_id, outcome FROM mts WHERE sub_account = 'acme'"
     )
     assert (mine["message_id"], mine["outcome"]) == (None, "unknown")  # still not found
-    found = await client.post("/v1/sms/status/search", json={"ids": [theirs]}, headers=ana)
-    assert found.json()["smsStatuses"] == []  # still globex's, not acme's
-
-
-async def timed_out_send(
-    client: httpx.AsyncClient, wavy: StandIn, who: dict[str, str], correlation_id: str
-) -> None:
-    wavy.delay_s = 1.5  # past the test app's send timeout
-    answer = await client.post(
-        "/v1/send-sms",
-        json={"destination": FREE, "messageText": "x", "correlationId": correlation_id},
-        headers=who,
+    found = await client.post(
+        "/v1/sms/status/search", json={"ids": [theirs]}, headers=senders["ana@acme.example"]
     )
-    wavy.delay_s = 0
-    assert answer.status_code == 504
+    assert found.json()["smsStatuses"] == []  # still globex's, not acme's
 
 
 async def ids_of_mts(app: FastAPI) -> dict[str, list[str | None]]:
