@@ -25,6 +25,8 @@ count of DLRs that were acknowledged (200) but are not stored. That count must b
   sandbox's status search by reconciliation ("missing" counts those that were not).
 
 Load comes from wrk with ``bench/dlr.lua``, which records exactly which requests got a 200.
+The service runs as deployed: set up with ``keys add --sub-account acme`` as the README says,
+and posted to with that key in ``?key=``, never with open ingest.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import asyncio
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -43,6 +46,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -53,7 +57,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from app.db import users
 from app.db.engine import normalize_database_url, start_embedded_postgres
 from app.rules.scope import Role
-from bench.common import running_service, scratch_database
+from bench.common import cli_webhook_key, running_service, scratch_database
 from bench.forwarding import (
     FORWARD_ENV,
     new_endpoint,
@@ -86,6 +90,27 @@ class Outcome:
             self.problems.append(problem)
 
 
+_KEYS: dict[str, str] = {}
+
+
+def key_of(database_url: str) -> str:
+    """A sub-account's webhook key for this database, made once with `keys add`, as the
+    README says: every scenario posts as a deployment does, never with open ingest."""
+    if database_url not in _KEYS:
+        _KEYS[database_url] = cli_webhook_key(database_url, "acme")
+    return _KEYS[database_url]
+
+
+@contextmanager
+def deployed(
+    database_url: str, **options: Any
+) -> Iterator[tuple[str, subprocess.Popen[bytes], str]]:
+    """``serve`` as deployed (no open ingest); yields its URL, its process and a key."""
+    key = key_of(database_url)
+    with running_service(database_url, open_ingest=False, **options) as (url, process):
+        yield url, process, key
+
+
 @dataclass
 class Load:
     summary: WrkLine
@@ -100,12 +125,13 @@ def load_with_fault(
     seconds: int,
     fault: Callable[[], None],
     fault_at_s: float,
+    key: str,
 ) -> Load:
     """wrk for ``seconds`` while ``fault`` strikes ``fault_at_s`` seconds in."""
     box: dict[str, tuple[WrkLine, list[WrkLine]]] = {}
 
     def drive() -> None:
-        box["result"] = run_wrk(url, scenario, run_id, seconds)
+        box["result"] = run_wrk(url, scenario, run_id, seconds, key)
 
     driver = threading.Thread(target=drive)
     driver.start()
@@ -207,7 +233,7 @@ def kill_worker(database_url: str, seconds: int) -> Outcome:
     outcome = Outcome("kill-worker")
     scenario = Scenario("kill", 1, 32, 2)
     run_id = f"kill-{time.monotonic_ns()}"
-    with running_service(database_url, workers=2) as (url, process):
+    with deployed(database_url, workers=2) as (url, process, key):
         time.sleep(1)
         before = worker_pids(process.pid)
         outcome.expect(len(before) == 2, f"expected 2 workers, found {before}")
@@ -215,11 +241,16 @@ def kill_worker(database_url: str, seconds: int) -> Outcome:
         def strike() -> None:
             os.kill(before[0], signal.SIGKILL)
 
-        load = load_with_fault(url, scenario, run_id, seconds, strike, seconds / 3)
+        load = load_with_fault(url, scenario, run_id, seconds, strike, seconds / 3, key)
         after = workers_settled(process.pid, 2)
         outcome.expect(before[0] not in after, "the killed worker is still listed")
         outcome.expect(len(after) == 2, f"uvicorn did not replace the worker: {after}")
-        ok = httpx.post(f"{url}/v1/webhooks/dlr", json={"id": f"{run_id}-after"}, timeout=10)
+        ok = httpx.post(
+            f"{url}/v1/webhooks/dlr",
+            json={"id": f"{run_id}-after"},
+            params={"key": key},
+            timeout=10,
+        )
         outcome.expect(ok.status_code == 200, f"after the kill a DLR got {ok.status_code}")
     outcome.acked_events = load.acked_events
     outcome.missing = asyncio.run(count_missing(database_url, run_id, 1, load.threads))
@@ -232,7 +263,7 @@ def sigterm(database_url: str, seconds: int) -> Outcome:
     scenario = Scenario("term", 1, 32, 1)
     run_id = f"term-{time.monotonic_ns()}"
     stopped: dict[str, float] = {}
-    with running_service(database_url, workers=1) as (url, process):
+    with deployed(database_url, workers=1) as (url, process, key):
         time.sleep(1)
 
         def strike() -> None:
@@ -244,7 +275,7 @@ def sigterm(database_url: str, seconds: int) -> Outcome:
 
         # Late in the run: once the listener is closed, wrk's threads spin on refused
         # connections and starve the exiting process of CPU, which would time wrk, not us.
-        load = load_with_fault(url, scenario, run_id, seconds, strike, seconds - 1.5)
+        load = load_with_fault(url, scenario, run_id, seconds, strike, seconds - 1.5, key)
     outcome.acked_events = load.acked_events
     outcome.missing = asyncio.run(count_missing(database_url, run_id, 1, load.threads))
     took = stopped.get("seconds", float("inf"))
@@ -316,9 +347,9 @@ def db_restart(_: str, seconds: int) -> Outcome:
     with (
         private_postgres() as (server_uri, stop, start),
         scratch_database("wavy_failures", server=server_uri) as database_url,
-        running_service(
+        deployed(
             database_url, extra_env={"WAVY_WRITER_TIMEOUT_S": "5", "WAVY_DB_CONNECT_TIMEOUT_S": "2"}
-        ) as (url, _process),
+        ) as (url, _process, key),
     ):
         asyncio.run(add_reader(database_url))
         time.sleep(1)
@@ -350,12 +381,17 @@ def db_restart(_: str, seconds: int) -> Outcome:
             start()
             window["up"] = time.monotonic()
 
-        load = load_with_fault(url, scenario, run_id, seconds, strike, seconds / 4)
+        load = load_with_fault(url, scenario, run_id, seconds, strike, seconds / 4, key)
         recovered = _wait_until_ready(url, timeout_s=30)
         watching.set()
         watcher.join()
         reader.join()
-        after = httpx.post(f"{url}/v1/webhooks/dlr", json={"id": f"{run_id}-after"}, timeout=10)
+        after = httpx.post(
+            f"{url}/v1/webhooks/dlr",
+            json={"id": f"{run_id}-after"},
+            params={"key": key},
+            timeout=10,
+        )
         outcome.expect(after.status_code == 200, f"after the restart a DLR got {after.status_code}")
         outcome.acked_events = load.acked_events
         outcome.missing = asyncio.run(count_missing(database_url, run_id, 1, load.threads))
@@ -399,13 +435,14 @@ def burst(database_url: str, seconds: int) -> Outcome:
     outcome = Outcome("burst")
     scenario = Scenario("burst", 100, int(os.environ.get("BURST_CONNS", "128")), 1)
     run_id = f"burst-{time.monotonic_ns()}"
-    with running_service(database_url, extra_env={"WAVY_WRITER_QUEUE_ITEMS": "2000"}) as (
+    with deployed(database_url, extra_env={"WAVY_WRITER_QUEUE_ITEMS": "2000"}) as (
         url,
         process,
+        key,
     ):
         time.sleep(1)
         with RssWatcher(process.pid) as rss:
-            load = load_with_fault(url, scenario, run_id, seconds, lambda: None, 0)
+            load = load_with_fault(url, scenario, run_id, seconds, lambda: None, 0, key)
     outcome.acked_events = load.acked_events
     outcome.missing = asyncio.run(count_missing(database_url, run_id, 100, load.threads))
     summary = load.summary
@@ -473,15 +510,15 @@ def _forward_stopped(name: str, database_url: str, seconds: int, *, graceful: bo
     run_id = f"{scenario.name}-{time.monotonic_ns()}"
     with receiver() as endpoint_url:
         new_endpoint(database_url, endpoint_url)
-        with running_service(database_url, extra_env=FORWARD_FAULT_ENV) as (url, process):
+        with deployed(database_url, extra_env=FORWARD_FAULT_ENV) as (url, process, key):
             time.sleep(1)
-            load = load_with_fault(url, scenario, run_id, seconds, lambda: None, 0)
+            load = load_with_fault(url, scenario, run_id, seconds, lambda: None, 0, key)
             before = receiver_stats(endpoint_url)["message_ids"]
             process.send_signal(signal.SIGTERM if graceful else signal.SIGKILL)
             process.wait(timeout=60)
         stored = asyncio.run(stored_messages(database_url, run_id))
         outcome.expect(before < stored, "the backlog was drained before the stop: no fault")
-        with running_service(database_url, extra_env=FORWARD_FAULT_ENV):
+        with deployed(database_url, extra_env=FORWARD_FAULT_ENV):
             all_forwarded(outcome, endpoint_url, stored, timeout_s=120, graceful=graceful)
     outcome.acked_events = load.acked_events
     how = "stopped" if graceful else "killed"
@@ -499,14 +536,14 @@ def forward_db_restart(_: str, seconds: int) -> Outcome:
         scratch_database("wavy_failures", server=server_uri) as database_url,
     ):
         new_endpoint(database_url, endpoint_url)
-        with running_service(
+        with deployed(
             database_url,
             extra_env={
                 **FORWARD_FAULT_ENV,
                 "WAVY_WRITER_TIMEOUT_S": "5",
                 "WAVY_DB_CONNECT_TIMEOUT_S": "2",
             },
-        ) as (url, _process):
+        ) as (url, _process, key):
             time.sleep(1)
 
             def strike() -> None:
@@ -514,7 +551,7 @@ def forward_db_restart(_: str, seconds: int) -> Outcome:
                 time.sleep(4)
                 start()
 
-            load = load_with_fault(url, scenario, run_id, seconds, strike, seconds / 4)
+            load = load_with_fault(url, scenario, run_id, seconds, strike, seconds / 4, key)
             stored = asyncio.run(stored_messages(database_url, run_id))
             all_forwarded(outcome, endpoint_url, stored, timeout_s=120)
     outcome.acked_events = load.acked_events
