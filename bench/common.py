@@ -198,11 +198,12 @@ def running_service(
     workers: int = 1,
     extra_env: dict[str, str] | None = None,
     app_factory: str | None = None,
-    open_ingest: bool = True,
+    open_ingest: bool = False,
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """``wavy-webhooks serve`` in its own process (or, with ``app_factory``, uvicorn with the
-    same options on another app); yields its base URL. ``open_ingest=False``: as deployed,
-    every webhook with a key (``database_url`` None: on the embedded PostgreSQL)."""
+    same options on another app); yields its base URL. As deployed, every webhook needs a key
+    (``cli_webhook_key``); ``open_ingest`` only for a comparison row that says so.
+    ``database_url`` None: on the embedded PostgreSQL."""
     port = free_port()
     env = service_env(database_url, extra_env)
     log = Path(os.environ.get("BENCH_LOG_DIR", tempfile.gettempdir())) / f"wavy-bench-{port}.log"

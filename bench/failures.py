@@ -57,9 +57,10 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from app.db import users
 from app.db.engine import normalize_database_url, start_embedded_postgres
 from app.rules.scope import Role
-from bench.common import cli_webhook_key, running_service, scratch_database
+from bench.common import running_service, scratch_database
 from bench.forwarding import (
     FORWARD_ENV,
+    key_of,
     new_endpoint,
     receiver,
     receiver_stats,
@@ -90,24 +91,13 @@ class Outcome:
             self.problems.append(problem)
 
 
-_KEYS: dict[str, str] = {}
-
-
-def key_of(database_url: str) -> str:
-    """A sub-account's webhook key for this database, made once with `keys add`, as the
-    README says: every scenario posts as a deployment does, never with open ingest."""
-    if database_url not in _KEYS:
-        _KEYS[database_url] = cli_webhook_key(database_url, "acme")
-    return _KEYS[database_url]
-
-
 @contextmanager
 def deployed(
     database_url: str, **options: Any
 ) -> Iterator[tuple[str, subprocess.Popen[bytes], str]]:
     """``serve`` as deployed (no open ingest); yields its URL, its process and a key."""
     key = key_of(database_url)
-    with running_service(database_url, open_ingest=False, **options) as (url, process):
+    with running_service(database_url, **options) as (url, process):
         yield url, process, key
 
 

@@ -40,6 +40,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from app.db.endpoints import add_endpoint
 from app.db.engine import normalize_database_url
 from bench.common import (
+    cli_webhook_key,
     free_port,
     running_service,
     scratch_database,
@@ -100,6 +101,17 @@ async def _add_endpoint(database_url: str, url: str) -> int:
     return endpoint_id
 
 
+_KEYS: dict[str, str] = {}
+
+
+def key_of(database_url: str) -> str:
+    """A sub-account's webhook key for this database, made once with `keys add` as the
+    README says: the service is posted to as deployed."""
+    if database_url not in _KEYS:
+        _KEYS[database_url] = cli_webhook_key(database_url, "acme")
+    return _KEYS[database_url]
+
+
 def new_endpoint(database_url: str, url: str, *, disabled: bool = False) -> int:
     """Every earlier endpoint removed; a new one to ``url``."""
     asyncio.run(_sql(database_url, "DELETE FROM endpoints"))
@@ -121,8 +133,8 @@ def set_disabled(database_url: str, endpoint_id: int, disabled: bool) -> None:
     )
 
 
-def store_dlrs(service: str, run_id: str, count: int, per_request: int = 1000) -> None:
-    with httpx.Client(base_url=service, timeout=60) as client:
+def store_dlrs(service: str, key: str, run_id: str, count: int, per_request: int = 1000) -> None:
+    with httpx.Client(base_url=service, params={"key": key}, timeout=60) as client:
         for first in range(0, count, per_request):
             batch = [
                 {"id": f"{run_id}-{n}", "sentStatusCode": 2, "deliveredStatusCode": 4}
@@ -160,7 +172,7 @@ def throughput(database_url: str, events: int, workers: int, check: Check) -> No
         running_service(database_url, workers=workers, extra_env=FORWARD_ENV) as (service, _),
     ):
         endpoint_id = new_endpoint(database_url, endpoint_url, disabled=True)
-        store_dlrs(service, run_id, events)
+        store_dlrs(service, key_of(database_url), run_id, events)
         time.sleep(1)
         started = time.time()
         set_disabled(database_url, endpoint_id, False)
@@ -176,7 +188,7 @@ def throughput(database_url: str, events: int, workers: int, check: Check) -> No
     check.delivered_once(stats, events, f"throughput, {workers} worker(s)")
 
 
-async def _post_steadily(service: str, run_id: str, rate: int, seconds: float) -> int:
+async def _post_steadily(service: str, key: str, run_id: str, rate: int, seconds: float) -> int:
     """Single DLRs, one every 1/rate seconds, from a few senders (more tasks than that would
     cost the client more than the service)."""
     count = int(rate * seconds)
@@ -187,7 +199,9 @@ async def _post_steadily(service: str, run_id: str, rate: int, seconds: float) -
         for n in next_number:
             await asyncio.sleep(max(0.0, started + n / rate - time.monotonic()))
             body = {"id": f"{run_id}-{n}", "deliveredStatusCode": 4}
-            async with client.post(f"{service}/v1/webhooks/dlr", json=body) as answer:
+            async with client.post(
+                f"{service}/v1/webhooks/dlr", params={"key": key}, json=body
+            ) as answer:
                 answer.raise_for_status()
 
     async with aiohttp.ClientSession() as client:
@@ -203,7 +217,7 @@ def latency(database_url: str, rate: int, seconds: float, check: Check) -> None:
     ):
         new_endpoint(database_url, endpoint_url)
         time.sleep(1)
-        count = asyncio.run(_post_steadily(service, run_id, rate, seconds))
+        count = asyncio.run(_post_steadily(service, key_of(database_url), run_id, rate, seconds))
         stats = wait_for_deliveries(endpoint_url, count, timeout_s=60)
     print(
         f"  {rate} DLRs/s for {seconds:.0f} s: commit to arrival p50 {stats['p50_ms']:.0f} ms, "
@@ -230,7 +244,9 @@ def ingest_rate(
         else:
             new_endpoint(database_url, endpoint_url)
         time.sleep(1)
-        summary, threads = run_wrk(service, scenario, run_id, seconds, scatter=True)
+        summary, threads = run_wrk(
+            service, scenario, run_id, seconds, key_of(database_url), scatter=True
+        )
         acked = acked_request_count(threads)
         if endpoint_mode == "ok":
             ended = time.time()

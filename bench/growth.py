@@ -34,6 +34,7 @@ from bench.common import (
     running_service,
     scratch_database,
 )
+from bench.forwarding import key_of
 from bench.ingest import ARRAY_CONNECTIONS, Result, Scenario, measure, run_wrk
 from bench.read_api import message_id
 from bench.stats_api import make_users
@@ -110,7 +111,7 @@ def ingest(database_url: str, seconds: int) -> tuple[Result, Result]:
         Scenario("single-1w", 1, 64, 1),
         seconds,
         ceiling=False,
-        key=None,
+        key=key_of(database_url),
         scatter=True,
     )
     array = measure(
@@ -118,7 +119,7 @@ def ingest(database_url: str, seconds: int) -> tuple[Result, Result]:
         Scenario("array-1w", 1000, ARRAY_CONNECTIONS, 1),
         seconds,
         ceiling=False,
-        key=None,
+        key=key_of(database_url),
         scatter=True,
     )
     return single, array
@@ -164,7 +165,9 @@ def ingest_while_purging(database_url: str, seconds: int) -> tuple[float, dict[s
         time.sleep(1)
         purging = threading.Thread(target=purge)
         purging.start()
-        summary, _ = run_wrk(url, scenario, f"purge-{time.monotonic_ns()}", seconds)
+        summary, _ = run_wrk(
+            url, scenario, f"purge-{time.monotonic_ns()}", seconds, key_of(database_url)
+        )
         purging.join()
     events_per_s = (
         (summary["requests"] - summary["non_2xx"]) * 1000 / (summary["duration_us"] / 1e6)

@@ -206,7 +206,7 @@ def _versus_lean_with(
     with contextlib.ExitStack() as servers:
         lean_url, lean_process = servers.enter_context(running_lean(workers))
         base, keyed_process = servers.enter_context(
-            running_service(database_url, workers=workers, extra_env=env, open_ingest=False)
+            running_service(database_url, workers=workers, extra_env=env)
         )
         targets = {
             "lean": (lean_url, lean_process),
@@ -214,7 +214,7 @@ def _versus_lean_with(
         }
         if open_row:
             open_base, open_process = servers.enter_context(
-                running_service(database_url, workers=workers, extra_env=env)
+                running_service(database_url, workers=workers, extra_env=env, open_ingest=True)
             )
             targets["open"] = (f"{open_base}/v1/webhooks/dlr", open_process)
         where = "the embedded PostgreSQL" if database_url is None else "a PostgreSQL server"

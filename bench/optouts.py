@@ -38,7 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from app.db import users
 from app.db.engine import normalize_database_url
 from app.rules.scope import Role
-from bench.common import running_service, scratch_database
+from bench.common import cli_webhook_key, running_service, scratch_database
 
 LUA = Path(__file__).with_name("mo.lua")
 CHECK_LUA = Path(__file__).with_name("check.lua")
@@ -186,11 +186,11 @@ async def measure_checks(url: str, count: int, seconds: float) -> None:
     print(f"  national form ((11) 98765-4321)      {local}")
 
 
-def wrk_rate(base: str, seconds: float, run_id: str) -> float:
+def wrk_rate(base: str, key: str, seconds: float, run_id: str) -> float:
     """Replies acknowledged per second (wrk's requests/s; any non-2xx fails the run)."""
     env = {**os.environ, "WAVY_BENCH_RUN": run_id}
     done = subprocess.run(
-        ["wrk", "-t1", "-c64", f"-d{seconds}s", "-s", str(LUA), f"{base}/v1/webhooks/mo"],
+        ["wrk", "-t1", "-c64", f"-d{seconds}s", "-s", str(LUA), f"{base}/v1/webhooks/mo?key={key}"],
         env=env,
         capture_output=True,
         text=True,
@@ -215,11 +215,12 @@ async def count_optouts(url: str) -> int:
 def measure_ingestion(url: str, rounds: int, seconds: float) -> None:
     print(f"## MO ingestion, 1 worker, 64 connections, {seconds:g} s a round")
     rates: dict[bool, list[float]] = {True: [], False: []}
+    key = cli_webhook_key(url, "acme")  # the replies name acme, as a tenant's key posts them
     for n in range(rounds):
         for matching in (False, True) if n % 2 == 0 else (True, False):
             env = {"WAVY_OPTOUTS_FROM_TRAFFIC": "true" if matching else "false"}
             with running_service(url, extra_env=env) as (base, _):
-                rate = wrk_rate(base, seconds, f"r{n}{'m' if matching else 'p'}")
+                rate = wrk_rate(base, key, seconds, f"r{n}{'m' if matching else 'p'}")
             rates[matching].append(rate)
             print(f"  round {n + 1}, {'with' if matching else 'without'} matching: {rate:,.0f}/s")
     ratios = [a / b for a, b in zip(rates[True], rates[False], strict=True)]

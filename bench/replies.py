@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from app.db.engine import normalize_database_url
 from app.db.stats import rollup_differences
-from bench.common import percentiles, running_service, scratch_database
+from bench.common import cli_webhook_key, percentiles, running_service, scratch_database
 
 T = TypeVar("T")
 
@@ -88,7 +88,7 @@ def campaign_requests(messages: int, seed: int) -> list[tuple[str, dict[str, Any
 
 
 async def post_all(
-    base: str, requests: list[tuple[str, dict[str, Any]]], connections: int
+    base: str, key: str, requests: list[tuple[str, dict[str, Any]]], connections: int
 ) -> tuple[Counter[int], list[float]]:
     codes: Counter[int] = Counter()
     latencies_ms: list[float] = []
@@ -97,7 +97,7 @@ async def post_all(
         queue.put_nowait(request)
 
     async def client() -> None:
-        async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+        async with httpx.AsyncClient(base_url=base, params={"key": key}, timeout=30) as http:
             while not queue.empty():
                 kind, body = queue.get_nowait()
                 started = time.perf_counter()
@@ -149,7 +149,9 @@ def main() -> int:
     ):
         deadlocks_before = asyncio.run(in_database(url, deadlocks_so_far))
         started = time.perf_counter()
-        codes, latencies_ms = asyncio.run(post_all(base, requests, args.connections))
+        codes, latencies_ms = asyncio.run(
+            post_all(base, cli_webhook_key(url, "acme"), requests, args.connections)
+        )
         elapsed = time.perf_counter() - started
         deadlocks = asyncio.run(in_database(url, deadlocks_so_far)) - deadlocks_before
         wrong, matches = asyncio.run(in_database(url, wait_for_counts))

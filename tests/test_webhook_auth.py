@@ -218,3 +218,40 @@ async def test_keys_that_only_aged_answer_at_once_while_one_reload_runs_beside(
 
     assert all(f is not None and f.sub_account == "acme" for f in found)  # answered meanwhile
     assert loads == 1
+
+
+@pytest.mark.parametrize(
+    ("query", "accepted"),
+    [
+        ("a=1&key={key}&b", True),
+        ("key=wrong&key={key}", True),  # the last one, as Starlette reads a query
+        ("key={key}&key=wrong", False),
+        ("k%65y={key}", True),  # an escaped name
+        ("key={key}&note=a+b", True),
+        ("key=&x=1", False),  # empty, and no header: no key
+        ("keys={key}", False),
+    ],
+)
+async def test_the_key_in_the_query_is_read_as_any_query_parameter_is(
+    client: httpx.AsyncClient, webhook_key: str, query: str, accepted: bool
+) -> None:
+    response = await client.post(f"/v1/webhooks/dlr?{query.format(key=webhook_key)}", json=DLR)
+
+    assert response.status_code == (200 if accepted else 401)
+
+
+async def test_a_revoked_key_that_was_just_accepted_is_refused_at_once(
+    app: FastAPI, client: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    """Keys seen lately are remembered as they were presented; a change forgets them."""
+    key = await add_key(app, "acme")
+    first = await client.post("/v1/webhooks/dlr", params={"key": key}, json=DLR)
+    async with engine.begin() as conn:
+        await conn.execute(text("UPDATE webhook_keys SET revoked_at = now()"))
+    for _ in range(50):  # the notification reaches the worker
+        again = await client.post("/v1/webhooks/dlr", params={"key": key}, json=DLR)
+        if again.status_code == 401:
+            break
+        await asyncio.sleep(0.05)
+
+    assert (first.status_code, again.status_code) == (200, 401)

@@ -65,12 +65,29 @@ def webhook_unauthorized() -> ApiError:
     )
 
 
+def _key_in_plain_query(query: bytes) -> str | None:
+    """``key`` of a query string with nothing escaped, the last one as Starlette's QueryParams
+    gives it, at a fraction of its cost (a third of a keyed webhook's extra work); None when
+    the string holds an escape or a '+', which only QueryParams reads right."""
+    if b"%" in query or b"+" in query:
+        return None
+    found = ""
+    for part in query.split(b"&"):
+        name, _, value = part.partition(b"=")
+        if name == b"key":
+            found = value.decode("latin-1")
+    return found
+
+
 def _presented_key(scope: StarletteScope) -> str | None:
     """The webhook key as presented: the ``key`` query parameter, else the ``X-Webhook-Key``
     header, else the basic-auth password. Read from the raw request, as the hottest path's
     every request pays for what this builds."""
-    if scope["query_string"]:
-        key = QueryParams(scope["query_string"]).get("key")
+    query: bytes = scope["query_string"]
+    if query:
+        key = _key_in_plain_query(query)
+        if key is None:  # percent-escapes or '+': read as Starlette reads any query
+            key = QueryParams(query).get("key")
         if key:
             return key
     header_key = authorization = None

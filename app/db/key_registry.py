@@ -46,6 +46,10 @@ class KeyRegistry:
         self._lock = asyncio.Lock()
         self._failures = FailureLog(log, "reloading webhook keys")
         self._reloading: asyncio.Task[None] | None = None
+        # Keys presented and found among the current ones, as presented: a webhook of a known
+        # sender skips hashing and comparing. Only ever holds valid keys (a wrong one is never
+        # kept), and starts over whenever the keys are reloaded.
+        self._matched: dict[str, KnownKey] = {}
 
     async def refresh(self, *, asked_at: float | None = None) -> None:
         """Reload the keys; with ``asked_at`` (a time.monotonic()), only if no reload that began
@@ -61,6 +65,7 @@ class KeyRegistry:
             try:
                 async with self._engine.connect() as conn:
                     self._keys = await load_active_keys(conn)
+                self._matched = {}
                 self._failures.succeeded()
                 self._last_reload_failed = False
             except (
@@ -80,6 +85,7 @@ class KeyRegistry:
         """The keys changed: the next request reloads them."""
         self._generation += 1
         self._loaded_at = float("-inf")
+        self._matched = {}
 
     def _reload_soon(self, asked_at: float) -> None:
         if self._reloading is None or self._reloading.done():
@@ -99,6 +105,9 @@ class KeyRegistry:
             # runs beside it. Awaited, it held every connection for a reload's round trip
             # every WAVY_KEY_CACHE_SECONDS: the p99 at 256 connections (issue #36).
             self._reload_soon(now)
+        found = self._matched.get(presented)
+        if found is not None:
+            return found
         found = match_key(presented, self._keys)
         now = time.monotonic()
         if found is None and now - self._loaded_at > MISS_RELOAD_INTERVAL_S:
@@ -106,4 +115,6 @@ class KeyRegistry:
             found = match_key(presented, self._keys)
         if found is None and self._last_reload_failed:
             raise KeysUnavailable
+        if found is not None:
+            self._matched[presented] = found
         return found
