@@ -81,13 +81,20 @@ async def receiving(policy: Policy | None = None, delay_s: float = 0.0) -> Async
         receiver.policy = policy
     application = web.Application()
     application.router.add_route("*", "/{tail:.*}", receiver.handle)
+    async with listening(application) as base:
+        receiver.url = f"{base}/hooks"
+        yield receiver
+
+
+@asynccontextmanager
+async def listening(application: web.Application) -> AsyncIterator[str]:
+    """An aiohttp application served on a free port of 127.0.0.1; yields its base URL."""
     runner = web.AppRunner(application, shutdown_timeout=0.1)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    receiver.url = f"http://127.0.0.1:{port}/hooks"
     try:
-        yield receiver
+        yield f"http://127.0.0.1:{port}"
     finally:
         await runner.cleanup()

@@ -14,6 +14,8 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.receivers import listening
+
 
 @dataclass
 class Asked:
@@ -82,13 +84,6 @@ async def wavy_stand_in() -> AsyncIterator[StandIn]:
     application.router.add_post("/v1/send-sms", stand_in.handle)
     application.router.add_post("/v1/send-bulk-sms", stand_in.handle)
     application.router.add_post("/v1/sms/status/search", stand_in.handle)
-    runner = web.AppRunner(application)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    stand_in.url = f"http://127.0.0.1:{port}"
-    try:
+    async with listening(application) as base:
+        stand_in.url = base
         yield stand_in
-    finally:
-        await runner.cleanup()

@@ -3,46 +3,23 @@
 worker and replica shares for asking Wavy; claiming what is due; settling what was asked; and
 the listing and counts the API, CLI and dashboard show.
 
-Every time is passed in (``now``), not read from the database's clock, so that one run sees one
-instant and the tests can move it."""
+Every time is passed in (``now``, and the times computed from it here), not read from the
+database's clock, so that one run sees one instant and the tests can move it."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import BindParameter, DateTime, Float, TextClause, bindparam
-from sqlalchemy import text as plain_text
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlalchemy.types import TypeEngine
 
-from app.rules.reconcile import OVERDUE_KINDS, OverdueKind, awaits_dlr
+from app.rules.reconcile import OVERDUE_KINDS, OverdueKind, awaits_dlr, next_backoff_s
 from app.rules.scope import Scope
 
 Row = dict[str, Any]
-
-# The parameters' types, given to PostgreSQL (asyncpg cannot tell ":now + interval" apart).
-_PARAMETER_TYPES: dict[str, TypeEngine[Any]] = {
-    "now": DateTime(timezone=True),
-    **{
-        name: Float()
-        for name in ("interval", "lease", "dlr_after", "retry_after", "first", "longest")
-    },
-}
-
-
-def text(statement: str) -> TextClause:
-    """A statement whose parameters of known name are typed."""
-    typed: list[BindParameter[Any]] = [
-        bindparam(name, type_=kind)
-        for name, kind in _PARAMETER_TYPES.items()
-        if re.search(rf":{name}\b", statement)
-    ]
-    return plain_text(statement).bindparams(*typed)
-
 
 # Each pass looks at this many MTs per age at most; the rest wait for the next pass.
 EXAMINE_BATCH = 5000
@@ -186,20 +163,19 @@ async def give_up(conn: AsyncConnection, now: datetime, window: timedelta) -> li
 
 # The shared pace: a turn to ask Wavy is taken when it is due and something is to be asked.
 _TAKE_TURN = text(
-    "UPDATE reconcile_state SET next_ask_at = :now + make_interval(secs => :interval) "
+    "UPDATE reconcile_state SET next_ask_at = :next_ask_at "
     "WHERE id = 1 AND next_ask_at <= :now AND EXISTS (SELECT 1 FROM overdue "
     "WHERE given_up_at IS NULL AND next_check_at <= :now) RETURNING 1"
 )
+_BACKOFF_SO_FAR = text("SELECT backoff_s FROM reconcile_state WHERE id = 1 FOR UPDATE")
 _BACK_OFF = text(
-    "UPDATE reconcile_state SET backoff_s = least(greatest(backoff_s * 2, :first), :longest), "
-    "next_ask_at = :now + make_interval(secs => coalesce(:retry_after, "
-    "least(greatest(backoff_s * 2, :first), :longest))) WHERE id = 1 RETURNING backoff_s"
+    "UPDATE reconcile_state SET backoff_s = :backoff, next_ask_at = :next_ask_at WHERE id = 1"
 )
 _BACKED_OFF_NO_MORE = text(
     "UPDATE reconcile_state SET backoff_s = 0 WHERE id = 1 AND backoff_s > 0"
 )
 _CLAIM = text(
-    "UPDATE overdue AS o SET next_check_at = :now + make_interval(secs => :lease) "
+    "UPDATE overdue AS o SET next_check_at = :held_until "
     "FROM (SELECT mt_id FROM overdue WHERE given_up_at IS NULL AND next_check_at <= :now "
     "ORDER BY next_check_at LIMIT :limit FOR UPDATE SKIP LOCKED) AS due, mts AS t "
     "WHERE o.mt_id = due.mt_id AND t.id = o.mt_id "
@@ -210,23 +186,20 @@ _CLAIM = text(
 
 async def take_turn(conn: AsyncConnection, now: datetime, interval_s: float) -> bool:
     """This worker's turn to ask Wavy once (every worker and replica share one pace)."""
-    return await conn.scalar(_TAKE_TURN, {"now": now, "interval": interval_s}) is not None
+    next_ask_at = now + timedelta(seconds=interval_s)
+    taken = await conn.scalar(_TAKE_TURN, {"now": now, "next_ask_at": next_ask_at})
+    return taken is not None
 
 
-async def back_off(
-    conn: AsyncConnection,
-    now: datetime,
-    retry_after_s: float | None,
-    first_s: float,
-    longest_s: float,
-) -> float:
-    """Wavy answered 429 or 5xx: nobody asks for a while (its Retry-After, or a doubling
-    wait). The wait taken."""
-    backoff = await conn.scalar(
-        _BACK_OFF,
-        {"now": now, "retry_after": retry_after_s, "first": first_s, "longest": longest_s},
+async def back_off(conn: AsyncConnection, now: datetime, retry_after_s: float | None) -> float:
+    """Wavy answered 429 or 5xx: nobody asks for a while (its Retry-After, or a wait that
+    doubles while the failures last). The wait taken."""
+    backoff = next_backoff_s(float(await conn.scalar(_BACKOFF_SO_FAR) or 0))
+    wait_s = retry_after_s if retry_after_s is not None else backoff
+    await conn.execute(
+        _BACK_OFF, {"backoff": backoff, "next_ask_at": now + timedelta(seconds=wait_s)}
     )
-    return float(retry_after_s if retry_after_s is not None else backoff)
+    return wait_s
 
 
 async def answered(conn: AsyncConnection) -> None:
@@ -239,7 +212,7 @@ async def claim_due(
 ) -> list[Row]:
     """The overdue messages due for a check, held for ``lease`` (another worker takes them
     if this one dies before settling them)."""
-    rows = await conn.execute(_CLAIM, {"now": now, "lease": lease.total_seconds(), "limit": limit})
+    rows = await conn.execute(_CLAIM, {"now": now, "held_until": now + lease, "limit": limit})
     return [dict(row._mapping) for row in rows]
 
 
@@ -323,15 +296,14 @@ async def shared_with_another_sub_account(conn: AsyncConnection, mt_ids: Sequenc
 _RESOLVED = text("DELETE FROM overdue WHERE mt_id = ANY(CAST(:ids AS text[]))")
 _NOW_AWAITS_DLR = text(
     "UPDATE overdue AS o SET kind = 'dlr', checks = 0, last_checked_at = :now, "
-    "waiting_since = w.since, next_check_at = greatest(:now, w.since + "
-    "make_interval(secs => :dlr_after)) "
-    "FROM unnest(CAST(:ids AS text[]), CAST(:since AS timestamptz[])) AS w(mt_id, since) "
-    "WHERE o.mt_id = w.mt_id"
+    "waiting_since = w.since, next_check_at = w.due "
+    "FROM unnest(CAST(:ids AS text[]), CAST(:since AS timestamptz[]), "
+    "CAST(:due AS timestamptz[])) AS w(mt_id, since, due) WHERE o.mt_id = w.mt_id"
 )
 _RECHECK = text(
     "UPDATE overdue AS o SET checks = o.checks + 1, last_checked_at = :now, "
-    "next_check_at = :now + make_interval(secs => w.after) "
-    "FROM unnest(CAST(:ids AS text[]), CAST(:after AS float8[])) AS w(mt_id, after) "
+    "next_check_at = w.due "
+    "FROM unnest(CAST(:ids AS text[]), CAST(:due AS timestamptz[])) AS w(mt_id, due) "
     "WHERE o.mt_id = w.mt_id"
 )
 _RELEASE = text("UPDATE overdue SET next_check_at = :now WHERE mt_id = ANY(CAST(:ids AS text[]))")
@@ -342,11 +314,12 @@ class Settled:
     """What a check decided for each claimed message."""
 
     resolved: list[str]  # its status came: no longer overdue
-    awaiting_dlr: list[tuple[str, datetime]]  # its callback came; a DLR is awaited from then
-    recheck: list[tuple[str, float]]  # nothing yet: asked again after these seconds
+    # Its callback came: a DLR is awaited from then (mt id, since, when it is next due).
+    awaiting_dlr: list[tuple[str, datetime, datetime]]
+    recheck: list[tuple[str, datetime]]  # nothing yet: asked again then
 
 
-async def settle(conn: AsyncConnection, now: datetime, dlr_after: timedelta, done: Settled) -> None:
+async def settle(conn: AsyncConnection, now: datetime, done: Settled) -> None:
     if done.resolved:
         await conn.execute(_RESOLVED, {"ids": done.resolved})
     if done.awaiting_dlr:
@@ -354,9 +327,9 @@ async def settle(conn: AsyncConnection, now: datetime, dlr_after: timedelta, don
             _NOW_AWAITS_DLR,
             {
                 "now": now,
-                "dlr_after": dlr_after.total_seconds(),
-                "ids": [mt_id for mt_id, _ in done.awaiting_dlr],
-                "since": [since for _, since in done.awaiting_dlr],
+                "ids": [mt_id for mt_id, _, _ in done.awaiting_dlr],
+                "since": [since for _, since, _ in done.awaiting_dlr],
+                "due": [due for _, _, due in done.awaiting_dlr],
             },
         )
     if done.recheck:
@@ -365,7 +338,7 @@ async def settle(conn: AsyncConnection, now: datetime, dlr_after: timedelta, don
             {
                 "now": now,
                 "ids": [mt_id for mt_id, _ in done.recheck],
-                "after": [after for _, after in done.recheck],
+                "due": [due for _, due in done.recheck],
             },
         )
 

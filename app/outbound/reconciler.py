@@ -31,8 +31,6 @@ from app.outbound.wavy import WavyClient, WavyTimedOut, WavyUnreachable
 from app.rules.reconcile import (
     ASK_BATCH,
     CLAIM_LEASE,
-    FIRST_BACKOFF_S,
-    LONGEST_BACKOFF_S,
     OVERDUE_KINDS,
     OverdueKind,
     awaits_dlr,
@@ -187,7 +185,7 @@ class Reconciler:
         async with self._engine.begin() as conn:
             current = await queries.statuses_of(conn, _ids(claimed))
             settled, recovered = self._settle(claimed, {id(r) for r in to_ask}, current, now)
-            await queries.settle(conn, now, self._ages.dlr_after, settled)
+            await queries.settle(conn, now, settled)
             await queries.note_recovered(conn, now, recovered)
         for _, kind in recovered:
             metrics.RECONCILE_RECOVERED.labels(kind).inc()
@@ -287,9 +285,7 @@ class Reconciler:
                         answer.status,
                     )
         async with self._engine.begin() as conn:
-            wait_s = await queries.back_off(
-                conn, now, retry_after, FIRST_BACKOFF_S, LONGEST_BACKOFF_S
-            )
+            wait_s = await queries.back_off(conn, now, retry_after)
         done.problems.append(f"Wavy did not answer the status search: no request for {wait_s:g} s")
         return None
 
@@ -341,12 +337,13 @@ class Reconciler:
                         self._ages.no_dlr_carriers,
                     )
                 ):
-                    settled.awaiting_dlr.append((row["mt_id"], status["sent_at"] or now))
+                    since = status["sent_at"] or now
+                    due = max(now, since + self._ages.dlr_after)
+                    settled.awaiting_dlr.append((row["mt_id"], since, due))
                 else:
                     settled.resolved.append(row["mt_id"])
             elif id(row) in asked:
-                after = recheck_after(row["checks"] + 1).total_seconds()
-                settled.recheck.append((row["mt_id"], after))
+                settled.recheck.append((row["mt_id"], now + recheck_after(row["checks"] + 1)))
         return settled, recovered
 
 
