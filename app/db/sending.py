@@ -170,10 +170,11 @@ class Batched(Generic[T, R]):
     send.
 
     Like the ingest writer (app.db.writer), each of a few lanes runs its batches on a
-    connection of its own (taken from the pool once sends begin, and kept), in autocommit: a batch is one statement and one round trip,
-    with no pool checkout, liveness ping, BEGIN or COMMIT around it (each a loop turn on a busy
-    worker), and a send never waits for a whole batch ahead of its own. So ``work`` must be one
-    statement, or statements each complete on its own.
+    connection of its own (taken from the pool once sends begin, and kept), in autocommit: a
+    batch is one statement and one round trip, with no pool checkout, liveness ping, BEGIN or
+    COMMIT around it (each a loop turn on a busy worker), and a send never waits for a whole
+    batch ahead of its own. So ``work`` must be one statement, or statements each complete on
+    its own.
 
     A batch that fails is run again item by item, so one send's fault is not its neighbours';
     when the database is away, every item of it fails at once as Unavailable (a send per item
