@@ -1,14 +1,15 @@
 """The HTTP connection before the app sees a request: bounds on what a client may make a worker
 hold, since Wavy calls the service directly and no proxy stands in front to set them.
 
-uvicorn's httptools protocol, with five changes:
+uvicorn's httptools protocol, with six changes:
 
 * **Head size.** The request line and headers may take ``max_head_bytes``; past that the
   connection gets a JSON 431 and is closed. The parser never buffers more than that (it did:
   a header that never ended held as much memory as the client sent).
 * **Head time.** They must arrive within ``head_timeout_s`` of the connection opening (or of
   the previous response, on a kept-alive connection); else a JSON 408 and the connection
-  closes.
+  closes. One sweep per worker checks the deadlines, a few times a second, rather than a
+  timer set and cancelled for every request.
 * **Half-open connections do not take the webhooks' capacity.** uvicorn's
   ``limit_concurrency`` counted open connections, so connections that never finished their
   headers made every real webhook a plain 503. Requests in flight are counted instead (JSON
@@ -16,6 +17,8 @@ uvicorn's httptools protocol, with five changes:
   connection still sending its head is closed to make room.
 * **An MO sent as GET whose URL passes the head limit** reaches its route marked as cut off,
   which answers the JSON 413 and keeps what arrived, as for every other refusal.
+* **A body that has all arrived is said so** (``BODY_ARRIVED`` in the scope's extensions):
+  the route then reads it without setting a timer of its own against a slow sender.
 * **A webhook's answer goes out in one write.** uvicorn writes a response's head when it starts
   and its body after: two system calls, two packets, two wake-ups of the sender, for an answer
   of a few hundred bytes on the hottest path. The head is held for the body's first bytes
@@ -42,6 +45,11 @@ from app.settings import Settings
 URL_IS_BODY_PATH = b"/v1/webhooks/mo"
 # The scope's extension that tells the route its query string was cut off.
 URL_CUT_OFF = "wavy.url_cut_off"
+# The scope's extension that tells the route the whole body is there: reading it cannot wait.
+BODY_ARRIVED = "wavy.body_arrived"
+# How often a worker checks the heads still arriving against their deadline: a head too slow
+# is cut off at most this long after its timeout.
+HEAD_SWEEP_S = 0.25
 RETRY_AFTER_S = b"5"
 # How long a refused connection's further bytes are read and dropped before it is closed.
 LINGER_S = 2.0
@@ -166,8 +174,11 @@ class _OneWritePerAnswer:
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
-    # Per worker: the connections still sending their head, oldest first (a dict keeps order).
-    half_open: ClassVar[dict[GuardedHttpToolsProtocol, None]] = {}
+    # Per worker: the connections still sending their head, oldest first (a dict keeps order),
+    # each with the loop time its head must have arrived by.
+    half_open: ClassVar[dict[GuardedHttpToolsProtocol, float]] = {}
+    # Per event loop, its pending sweep of those deadlines (tests run servers on several loops).
+    head_sweeps: ClassVar[dict[asyncio.AbstractEventLoop, asyncio.TimerHandle]] = {}
     # The bounds (see Settings): set by server_options(), else read from the environment once
     # per worker (a worker process of `serve --workers N` imports this class afresh).
     bounds: ClassVar[HeadBounds | None] = None
@@ -191,7 +202,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.head_bytes = 0
         self.in_head = True
         self.discarding = False
-        self.head_timer: asyncio.TimerHandle | None = None
 
     # --- connections --------------------------------------------------------------------------
 
@@ -216,21 +226,39 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _start_head(self) -> None:
         self.in_head, self.head_bytes = True, 0
-        self.half_open[self] = None
-        if self.head_timer is None:
-            self.head_timer = self.loop.call_later(self.head_timeout_s, self._head_too_slow)
+        if self not in self.half_open:  # a head already timed keeps its deadline
+            self.half_open[self] = self.loop.time() + self.head_timeout_s
+            if self.loop not in self.head_sweeps:
+                self._schedule_head_sweep(self.loop)
 
     def _end_head(self) -> None:
         self.in_head = False
         self.half_open.pop(self, None)
-        if self.head_timer is not None:
-            self.head_timer.cancel()
-            self.head_timer = None
+
+    @classmethod
+    def _schedule_head_sweep(cls, loop: asyncio.AbstractEventLoop) -> None:
+        cls.head_sweeps[loop] = loop.call_later(HEAD_SWEEP_S, cls._sweep_heads, loop)
+
+    @classmethod
+    def _sweep_heads(cls, loop: asyncio.AbstractEventLoop) -> None:
+        """Cut off this loop's heads past their deadline; sweep again while any are left."""
+        del cls.head_sweeps[loop]
+        now = loop.time()
+        late = [
+            protocol
+            for protocol, deadline in cls.half_open.items()
+            if deadline <= now and protocol.loop is loop
+        ]
+        for protocol in late:
+            protocol._head_too_slow()
+        if any(protocol.loop is loop for protocol in cls.half_open):
+            cls._schedule_head_sweep(loop)
 
     def _head_too_slow(self) -> None:
-        self.head_timer = None
         if self.in_head and not self.transport.is_closing():
             self._refuse(408, b"Request Timeout", "request_timeout", "headers too slow")
+        else:
+            self._end_head()
 
     def _refuse(self, status: int, reason: bytes, code: str, message: str) -> None:
         """Answer, then close as a lingering close does: what the client still sends is read
@@ -321,6 +349,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
+        if not self.cycle.more_body:
+            self.scope.setdefault("extensions", {})[BODY_ARRIVED] = {}
         # What comes next on this connection is the next request's head: counted from its
         # first byte, timed by uvicorn's keep-alive timeout until then, and by
         # on_message_begin's timer after. (Not at the response's end: a pipelined request

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 from app.api.deps import WebhookContextDep
 from app.api.errors import OrjsonResponse, responses
 from app.api.openapi import KEY_PARAMETERS, body_schema, mo_query_parameters
-from app.http_protocol import URL_CUT_OFF
+from app.http_protocol import BODY_ARRIVED, URL_CUT_OFF
 from app.payloads import Callback, Dlr, Mo
 from app.services.ingest import Ingested, ingest_body, ingest_query
 
@@ -33,6 +33,11 @@ _SINGLE_BODIES = {
 }
 
 
+def _arrived(request: Request) -> bool:
+    """Whether the server has the whole body (app.http_protocol): read, it cannot be slow."""
+    return BODY_ARRIVED in request.scope.get("extensions", ())
+
+
 def _answer(ingested: Ingested) -> Response:
     body = _SINGLE_BODIES.get((ingested.received, ingested.duplicates))
     if body is None:
@@ -48,7 +53,7 @@ def _answer(ingested: Ingested) -> Response:
     responses=INGEST_RESPONSES,
 )
 async def receive_callback(request: Request, context: WebhookContextDep) -> Response:
-    return _answer(await ingest_body("callback", request, context))
+    return _answer(await ingest_body("callback", request, context, arrived=_arrived(request)))
 
 
 @router.post(
@@ -59,7 +64,7 @@ async def receive_callback(request: Request, context: WebhookContextDep) -> Resp
     responses=INGEST_RESPONSES,
 )
 async def receive_dlr(request: Request, context: WebhookContextDep) -> Response:
-    return _answer(await ingest_body("dlr", request, context))
+    return _answer(await ingest_body("dlr", request, context, arrived=_arrived(request)))
 
 
 @router.post(
@@ -70,7 +75,7 @@ async def receive_dlr(request: Request, context: WebhookContextDep) -> Response:
     responses=INGEST_RESPONSES,
 )
 async def receive_mo(request: Request, context: WebhookContextDep) -> Response:
-    return _answer(await ingest_body("mo", request, context))
+    return _answer(await ingest_body("mo", request, context, arrived=_arrived(request)))
 
 
 @router.get(

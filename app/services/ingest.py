@@ -71,23 +71,34 @@ class BodyCutOff(Exception):
         self.refusal = refusal
 
 
-async def read_limited_body(request: Request, limit: int, timeout_s: float) -> bytes:
+async def read_limited_body(
+    request: Request, limit: int, timeout_s: float, *, arrived: bool = False
+) -> bytes:
     """The body, refused once it passes ``limit`` bytes (reading stops there, so an endless or
     huge body costs at most ``limit`` bytes of memory) or ``timeout_s`` seconds (a slow sender
-    cannot hold the connection)."""
+    cannot hold the connection). A body that has all ``arrived`` cannot be slow: no timer is
+    set for it (a webhook's body nearly always comes in the packet of its head)."""
     chunks: list[bytes] = []
-    size = 0
+    if arrived:
+        await _read_within(request, limit, chunks)
+        return b"".join(chunks)
     try:
         async with asyncio.timeout(timeout_s):
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:
-                    chunks.append(chunk[: len(chunk) - (size - limit)])
-                    raise BodyCutOff(b"".join(chunks), too_large(limit))
-                chunks.append(chunk)
+            await _read_within(request, limit, chunks)
     except TimeoutError:
         raise BodyCutOff(b"".join(chunks), too_slow(timeout_s)) from None
     return b"".join(chunks)
+
+
+async def _read_within(request: Request, limit: int, chunks: list[bytes]) -> None:
+    """Append the body's chunks to ``chunks``; BodyCutOff once they pass ``limit`` bytes."""
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            chunks.append(chunk[: len(chunk) - (size - limit)])
+            raise BodyCutOff(b"".join(chunks), too_large(limit))
+        chunks.append(chunk)
 
 
 # Not frozen: one is built per request, and only a refusal reads it (a frozen dataclass's
@@ -167,12 +178,16 @@ async def _store(
     return Ingested(result.received, result.duplicates)
 
 
-async def ingest_body(kind: EventKind, request: Request, context: WebhookContext) -> Ingested:
-    """A POSTed body: one object or an array."""
+async def ingest_body(
+    kind: EventKind, request: Request, context: WebhookContext, *, arrived: bool = False
+) -> Ingested:
+    """A POSTed body: one object or an array; ``arrived`` when the server has all of it."""
     received_at = datetime.now(UTC)
     settings = context.settings
     try:
-        body = await read_limited_body(request, settings.max_body_bytes, settings.body_timeout_s)
+        body = await read_limited_body(
+            request, settings.max_body_bytes, settings.body_timeout_s, arrived=arrived
+        )
     except BodyCutOff as cut:
         refusal = _Refusal(kind, request, cut.received, truncated=True)
         raise await _keep_and_refuse(context, refusal, cut.refusal) from None
