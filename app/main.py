@@ -18,6 +18,8 @@ from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.middleware import Middleware
+from starlette.types import ASGIApp
 
 from app import metrics
 from app.api import (
@@ -214,11 +216,55 @@ def _openapi_with_payload_schemas(app: FastAPI) -> dict[str, Any]:
     return schema
 
 
+class WebhooksFirstApp(FastAPI):
+    """FastAPI, with our middlewares (``outer_middleware``) outside its own: its error layer,
+    exception telemetry and body limit, then ours would wrap every webhook twice over. A
+    webhook is answered by app.api.fast_path before FastAPI's layers, which every other
+    request still passes, inside ours."""
+
+    outer_middleware: list[Middleware]
+
+    def build_middleware_stack(self) -> ASGIApp:
+        app = super().build_middleware_stack()
+        for cls, args, kwargs in reversed(self.outer_middleware):
+            app = cls(app, *args, **kwargs)
+        return app
+
+
+def _outer_middleware(settings: Settings) -> list[Middleware]:
+    """Outermost first: every request is observed (id, metrics, access log), then CORS, then
+    the webhooks' fast path."""
+    outer = [
+        Middleware(
+            ObserveRequests,
+            access_log_enabled=settings.access_log,
+            webhooks=settings.access_log_webhooks,
+            webhook_routes=[
+                route.path for route in webhooks.router.routes if isinstance(route, APIRoute)
+            ],
+        )
+    ]
+    if settings.cors_origins:
+        # Credentials travel in headers, never cookies: no allow_credentials.
+        outer.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=settings.cors_origins,
+                allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+                allow_headers=[*READER_CREDENTIAL_HEADERS, "Content-Type", "X-Request-ID"],
+                expose_headers=["Content-Disposition", "Retry-After", "X-Request-ID"],
+                max_age=600,
+            )
+        )
+    outer.append(Middleware(WebhookFastPath, routes=webhooks.router.routes))
+    return outer
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The application; settings come from the environment unless given (tests, benchmarks)."""
     settings = settings or Settings()
     otel = settings.opentelemetry
-    app = FastAPI(
+    app = WebhooksFirstApp(
         title="wavy-webhooks",
         version="0.1.0",
         description=DESCRIPTION,
@@ -228,28 +274,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         telemetry={"tracing": otel, "metrics": otel, "logs": otel},
     )
     app.state.settings = settings
+    app.outer_middleware = _outer_middleware(settings)
     install_error_handlers(app)
-    # Innermost of ours: CORS and ObserveRequests see webhooks as any request.
-    app.add_middleware(WebhookFastPath, routes=webhooks.router.routes)
-    if settings.cors_origins:
-        # Inside ObserveRequests, so preflights are counted and logged like any request.
-        # Credentials travel in headers, never cookies: no allow_credentials.
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
-            allow_headers=[*READER_CREDENTIAL_HEADERS, "Content-Type", "X-Request-ID"],
-            expose_headers=["Content-Disposition", "Retry-After", "X-Request-ID"],
-            max_age=600,
-        )
-    app.add_middleware(
-        ObserveRequests,
-        access_log_enabled=settings.access_log,
-        webhooks=settings.access_log_webhooks,
-        webhook_routes=[
-            route.path for route in webhooks.router.routes if isinstance(route, APIRoute)
-        ],
-    )
     app.include_router(health.router)
     app.include_router(webhooks.router)
     app.include_router(status.router)

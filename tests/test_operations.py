@@ -316,6 +316,33 @@ async def test_every_answer_carries_a_request_id_and_a_sane_one_is_reused(
 
 
 @pytest.fixture
+def writer_fault(app: FastAPI, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fault of ours inside the writer (not the database's): every write raises."""
+
+    async def broken(records: object) -> object:
+        raise RuntimeError("a bug in the writer")
+
+    monkeypatch.setattr(app.state.writer, "write", broken)
+
+
+@pytest.mark.usefixtures("writer_fault")
+async def test_a_fault_of_ours_on_a_webhook_is_a_logged_json_500_with_its_request_id(
+    hook: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Webhooks skip FastAPI's own layers (app.api.fast_path), so this is the fast path's own
+    answer: the same 500 as any route's, logged with the request id its sender was given."""
+    caplog.handler.addFilter(RequestIdFilter())
+    with caplog.at_level(logging.INFO):
+        answer = await hook("dlr", {"id": "m-fault"})
+
+    assert answer.status_code == 500
+    assert answer.json() == {"error": {"code": "internal_error", "message": "internal error"}}
+    logged = [r for r in caplog.records if r.getMessage() == "unhandled error"]
+    assert [getattr(r, "request_id", None) for r in logged] == [answer.headers["x-request-id"]]
+    assert "a bug in the writer" in (logged[0].exc_text or "")
+
+
+@pytest.fixture
 async def summaries_written() -> None:
     """Whatever an earlier test's webhooks left for the access log's summary is written before
     the test starts, so its lines count only its own requests."""

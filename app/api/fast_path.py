@@ -5,7 +5,9 @@ dependency solver and its per-request wrappers. Those cost more than a webhook's
 The routes stay declared on app.api.webhooks' router, which documents them (OpenAPI) and serves
 whatever this does not take (HEAD, a 405): the functions called here are those routes', with the
 one dependency they declare, and an exception becomes the answer app.api.errors maps it to, as
-through FastAPI."""
+through FastAPI. It sits outside FastAPI's own middlewares (app.main), so it answers what
+reaches no handler as their error layer would: the catch-all's 500, then the error raised on
+for the server to log."""
 
 from __future__ import annotations
 
@@ -40,8 +42,7 @@ def _handler_for(
     handlers: Mapping[Any, ExceptionHandler], exc: Exception
 ) -> ExceptionHandler | None:
     """The app's handler for this exception, by its classes nearest first, as Starlette's
-    ExceptionMiddleware looks it up. The catch-all (``Exception``) is left to the server-error
-    layer outside, as for any route."""
+    ExceptionMiddleware looks it up; the catch-all (``Exception``) is not among them."""
     for kind in type(exc).__mro__:
         if kind is Exception:
             return None
@@ -49,6 +50,11 @@ def _handler_for(
         if handler is not None:
             return handler
     return None
+
+
+def _catch_all(handlers: Mapping[Any, ExceptionHandler]) -> ExceptionHandler | None:
+    """The handler of what no other handles, as Starlette's error layer finds it."""
+    return handlers.get(Exception) or handlers.get(500)
 
 
 class WebhookFastPath:
@@ -77,8 +83,26 @@ class WebhookFastPath:
         try:
             response = await endpoint(request, await webhook_context(request))
         except Exception as exc:
-            handler = _handler_for(scope["app"].exception_handlers, exc)
-            if handler is None:
-                raise
-            response = await handler(request, exc)
+            handlers = scope["app"].exception_handlers
+            handled = await _handled(handlers, request, exc)
+            if isinstance(handled, Exception):
+                catch_all = _catch_all(handlers)
+                if catch_all is not None:
+                    await (await catch_all(request, handled))(scope, receive, send)
+                raise handled from (None if handled is exc else exc)
+            response = handled
         await response(scope, receive, send)
+
+
+async def _handled(
+    handlers: Mapping[Any, ExceptionHandler], request: Request, exc: Exception
+) -> Response | Exception:
+    """The handler's answer to ``exc``, or what is left unhandled: ``exc`` itself when no
+    handler takes it, or what its handler raised (the database's does, for a fault of ours)."""
+    handler = _handler_for(handlers, exc)
+    if handler is None:
+        return exc
+    try:
+        return await handler(request, exc)
+    except Exception as raised:
+        return raised
