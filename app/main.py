@@ -116,6 +116,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             settings.default_region, enabled=settings.optouts_from_traffic
         ),
         concurrency=settings.writer_concurrency,
+        parallel_items=settings.writer_parallel_items,
     )
     registry = KeyRegistry(engine, ttl_s=settings.key_cache_seconds)
     readers = ReaderCache(engine, ttl_s=settings.reader_cache_seconds)

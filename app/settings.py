@@ -74,6 +74,10 @@ class Settings(BaseSettings):
     # arrives while the previous batch commits. A delay only added latency (bench.ingest).
     batch_max_delay_ms: NonNegativeFloat = 0.0
     writer_concurrency: PositiveInt = 2
+    # A second batch goes out while one is in flight only once this many items wait: arrays
+    # then keep two connections busy, while single objects gather into one larger batch,
+    # which costs less per request than two small ones (bench.ingest, docs/benchmarks.md).
+    writer_parallel_items: PositiveInt = 100
     writer_queue_items: PositiveInt = 50_000
     writer_timeout_s: PositiveFloat = 10.0
 

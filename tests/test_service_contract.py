@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import text
 
 from app.db.engine import WRITER_APPLICATION_NAME, normalize_database_url
@@ -157,6 +158,71 @@ async def test_a_body_the_database_refused_is_stored_by_replay_once_the_cause_is
     assert f"#{kept['id']} stored (1 new" in fixed.stdout
     [message] = await fetch_all(engine, "SELECT id, delivered_status_code FROM messages")
     assert message == {"id": "poison", "delivered_status_code": 4}
+
+
+@pytest.fixture
+async def slow_message(engine: Any) -> AsyncIterator[None]:
+    """Storing message 'slow' takes a second: its batch stays in flight that long."""
+    from sqlalchemy import text
+
+    async with engine.begin() as conn:
+        await conn.execute(
+            text("""
+            CREATE FUNCTION slow_down() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF NEW.message_id = 'slow' THEN
+                    PERFORM pg_sleep(1);
+                END IF;
+                RETURN NEW;
+            END $$""")
+        )
+        await conn.execute(
+            text(
+                "CREATE TRIGGER slow_down BEFORE INSERT ON events "
+                "FOR EACH ROW EXECUTE FUNCTION slow_down()"
+            )
+        )
+    yield
+    async with engine.begin() as conn:
+        await conn.execute(text("DROP TRIGGER IF EXISTS slow_down ON events"))
+        await conn.execute(text("DROP FUNCTION slow_down()"))
+
+
+def committed_batches() -> float:
+    return REGISTRY.get_sample_value("wavy_writer_batch_requests_count") or 0.0
+
+
+@pytest.mark.usefixtures("slow_message")
+async def test_single_objects_arriving_while_a_batch_commits_gather_into_one(hook: Any) -> None:
+    """Five small batches beside the one in flight would cost five round trips, plans and
+    commits; gathered, they cost one."""
+    before = committed_batches()
+    slow = asyncio.create_task(hook("dlr", {"id": "slow"}))
+    await asyncio.sleep(0.3)  # its batch is in flight
+
+    sent = []
+    for n in range(5):  # one at a time, as a trickle of DLRs comes
+        sent.append(asyncio.create_task(hook("dlr", {"id": f"single-{n}"})))
+        await asyncio.sleep(0.05)
+    singles = await asyncio.gather(*sent)
+
+    assert (await slow).status_code == 200
+    assert [r.status_code for r in singles] == [200] * 5
+    assert committed_batches() - before == 2
+
+
+@pytest.mark.usefixtures("slow_message")
+async def test_an_array_does_not_wait_behind_a_batch_in_flight(hook: Any, settings: Any) -> None:
+    size = max(settings.writer_parallel_items, 150)
+    slow = asyncio.create_task(hook("dlr", {"id": "slow"}))
+    await asyncio.sleep(0.3)
+
+    array = await hook("dlr", [{"id": f"item-{n}"} for n in range(size)])
+
+    assert array.status_code == 200
+    assert array.json() == {"received": size, "duplicates": 0}
+    assert not slow.done()  # committed beside the slow batch, not after it
+    assert (await slow).status_code == 200
 
 
 @pytest.mark.usefixtures("silent_database")

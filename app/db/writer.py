@@ -6,7 +6,10 @@ with set-based statements over column arrays: callbacks and DLRs in one autocomm
 statement (one round trip: on a busy event loop every round trip costs a loop turn), replies
 or several events of one message in an explicit transaction. Only after the commit does it
 wake the waiting requests with their counts. Under load batches grow by themselves (group
-commit): while one commits, the next gathers.
+commit): while one commits, the next gathers. A second batch goes out beside one in flight
+only once ``parallel_items`` wait: a burst of arrays keeps several connections busy, while
+single objects gather into one batch rather than two small ones, each costing a round trip,
+a plan and a commit.
 
 A failed batch fails nobody yet: it is retried request by request, so one poisoned request
 cannot take its neighbours down; whatever still fails gets ``WriteFailed`` (an unavailability:
@@ -93,10 +96,12 @@ class BatchWriter:
         timeout_s: float,
         optout_keywords: KeywordCache,
         concurrency: int = 2,
+        parallel_items: int = 1,
     ) -> None:
         self._connect = connect
         self.optout_keywords = optout_keywords
         self._concurrency = concurrency
+        self._parallel_items = parallel_items
         self._max_items = max_items
         self._max_delay_s = max_delay_s
         self._queue_items = queue_items
@@ -163,8 +168,14 @@ class BatchWriter:
         self._work.set()
         return await pending.future
 
+    def _batch_due(self) -> bool:
+        """Something waits, and either no batch is in flight or enough waits for another."""
+        return bool(self._waiting) and (
+            not self._in_flight or self._waiting_items >= self._parallel_items
+        )
+
     async def _next_batch(self) -> list[_Pending]:
-        while not self._waiting:
+        while not self._batch_due():
             self._work.clear()
             await self._work.wait()
         if self._waiting_items < self._max_items and self._max_delay_s > 0:
