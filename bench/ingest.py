@@ -22,7 +22,8 @@ with a sub-account's key in the URL's ``?key=`` (``--open-ingest`` runs the matr
 key; the comparison with the lean route shows open ingest as a second row). After each array
 scenario, two floors of PostgreSQL for the same rows in the same run: the idempotent floor
 (one ``INSERT ... ON CONFLICT`` per batch from one asyncpg connection, the least an idempotent
-receiver sends) and the COPY floor beside it.
+receiver sends) and the COPY floor beside it, in ``--rounds`` rounds of the service and the
+floors right after it (the median of the rounds' ratios counts).
 
 Each DLR id starts with a hash of its thread and number, so new ids land all over the indexes
 keyed by message id, as Wavy's random UUIDs do, and each DLR goes to its own phone number.
@@ -35,9 +36,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -310,8 +313,10 @@ def run_scenario(
     floor: bool,
     sub_account: str | None,
     scatter: bool,
+    rounds: int = 1,
 ) -> int:
-    """One scenario of the matrix, with its ceiling and floor; acknowledged DLRs missing."""
+    """One scenario of the matrix, with its ceiling and (arrays) ``rounds`` of the service
+    against PostgreSQL's floors; acknowledged DLRs missing."""
     key = cli_webhook_key(database_url, sub_account) if sub_account else None
     shape = "single objects" if scenario.batch == 1 else f"{scenario.batch}-item arrays"
     print(
@@ -331,29 +336,61 @@ def run_scenario(
             "of the no-database ceiling",
             flush=True,
         )
+    missing = service.missing or 0
     if scenario.batch > 1 and floor:
-        # PostgreSQL's own floor for the same rows, in the same run: message rows with
-        # the read API's indexes and their event rows, by binary COPY.
-        floor_per_s, floor_cpu = copy_floor(
-            database_url.replace("postgresql+asyncpg://", "postgresql://"),
-            FLOOR_BATCHES,
-            scenario.batch,
+        missing += _versus_floors(
+            database_url, scenario, seconds, service, rounds, sub_account, scatter
         )
-        idempotent_per_s, idempotent_cpu = idempotent_floor(
-            database_url.replace("postgresql+asyncpg://", "postgresql://"),
-            FLOOR_BATCHES,
-            scenario.batch,
-        )
+    return missing
+
+
+def _versus_floors(
+    database_url: str,
+    scenario: Scenario,
+    seconds: int,
+    first: Result,
+    rounds: int,
+    sub_account: str | None,
+    scatter: bool,
+) -> int:
+    """PostgreSQL's own floors for the same rows, in the same run: message rows with the read
+    API's indexes and their event rows. Each round pairs a run of the service with the floors
+    right after it (the host's speed drifts within minutes), and the median of the rounds'
+    ratios counts. Every round's service starts on a new database, as the floors start on new
+    tables: a store grown by the rounds before costs PostgreSQL more per row. Returns the
+    later rounds' acknowledged DLRs missing."""
+    missing = 0
+    idempotent_ratios, copy_ratios = [], []
+    for round_ in range(rounds):
+        with contextlib.ExitStack() as round_database:
+            url, service = database_url, first
+            if round_:
+                url = round_database.enter_context(scratch_database("wavy_bench_ingest"))
+                key = cli_webhook_key(url, sub_account) if sub_account else None
+                service = measure(url, scenario, seconds, ceiling=False, key=key, scatter=scatter)
+                missing += service.missing or 0
+                print(line("service", service), flush=True)
+            dsn = url.replace("postgresql+asyncpg://", "postgresql://")
+            copy_per_s, copy_cpu = copy_floor(dsn, FLOOR_BATCHES, scenario.batch)
+            idempotent_per_s, idempotent_cpu = idempotent_floor(dsn, FLOOR_BATCHES, scenario.batch)
+        idempotent_ratios.append(service.events_per_s / idempotent_per_s)
+        copy_ratios.append(service.events_per_s / copy_per_s)
         print(
             f"  floor    {idempotent_per_s:9,.0f} events/s  (INSERT ... ON CONFLICT from one "
             f"connection, PostgreSQL {idempotent_cpu:.1f} us/row)\n"
-            f"  floor    {floor_per_s:9,.0f} events/s  (COPY from two, PostgreSQL "
-            f"{floor_cpu:.1f} us/row)\n"
-            f"  ratio    {service.events_per_s / idempotent_per_s:.2f} of the idempotent floor, "
-            f"{service.events_per_s / floor_per_s:.2f} of the COPY floor",
+            f"  floor    {copy_per_s:9,.0f} events/s  (COPY from two, PostgreSQL "
+            f"{copy_cpu:.1f} us/row)\n"
+            f"  ratio    {idempotent_ratios[-1]:.2f} of the idempotent floor, "
+            f"{copy_ratios[-1]:.2f} of the COPY floor",
             flush=True,
         )
-    return service.missing or 0
+    if rounds > 1:
+        print(
+            f"  median   {statistics.median(idempotent_ratios):.2f} of the idempotent floor, "
+            f"{statistics.median(copy_ratios):.2f} of the COPY floor ({rounds} rounds)",
+            flush=True,
+        )
+    return missing
 
 
 def main() -> None:
@@ -363,7 +400,8 @@ def main() -> None:
         "--rounds",
         type=int,
         default=ROUNDS,
-        help="rounds of the comparison with the lean route, in turns (their medians count)",
+        help="rounds of the comparisons, in turns (their medians count): the service against "
+        "the lean route, and an array scenario against PostgreSQL's floors",
     )
     parser.add_argument("--smoke", action="store_true", help="2-second runs, check zero missing")
     parser.add_argument(
@@ -472,6 +510,7 @@ def main() -> None:
                 floor=not args.smoke,
                 sub_account=args.sub_account,
                 scatter=scatter,
+                rounds=args.rounds,
             )
     print(f"\nacknowledged but missing, all runs: {total_missing}")
     if total_missing:
