@@ -352,7 +352,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if not self.cycle.more_body:
             self.scope.setdefault("extensions", {})[BODY_ARRIVED] = {}
         # What comes next on this connection is the next request's head: counted from its
-        # first byte, timed by uvicorn's keep-alive timeout until then, and by
-        # on_message_begin's timer after. (Not at the response's end: a pipelined request
-        # may be past its head by then, and its body would count as head.)
+        # first byte, timed by uvicorn's keep-alive timeout until then, and by the head
+        # sweep once on_message_begin has set its deadline. (Not at the response's end: a
+        # pipelined request may be past its head by then, and its body would count as head.)
         self.in_head, self.head_bytes = True, 0
