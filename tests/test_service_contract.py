@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import time
 from collections.abc import AsyncIterator
@@ -89,33 +90,44 @@ async def test_openapi_documents_every_route_and_the_error_shape(
     )
 
 
-@pytest.fixture
-async def poison_trigger(engine: Any) -> AsyncIterator[None]:
-    """A real database refusal for one message id (SQLSTATE 22023, a data exception), the way
-    a value PostgreSQL cannot take would fail a whole batch."""
-    from sqlalchemy import text
-
+@contextlib.asynccontextmanager
+async def on_inserting_event(
+    engine: Any, name: str, message_id: str, act: str
+) -> AsyncIterator[None]:
+    """While inside: inserting an event of ``message_id`` runs the PL/pgSQL statement ``act``
+    first (a trigger ``name``)."""
     async with engine.begin() as conn:
         await conn.execute(
-            text("""
-            CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+            text(f"""
+            CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$
             BEGIN
-                IF NEW.message_id = 'poison' THEN
-                    RAISE EXCEPTION 'refused' USING ERRCODE = '22023';
+                IF NEW.message_id = '{message_id}' THEN
+                    {act};
                 END IF;
                 RETURN NEW;
             END $$""")
         )
         await conn.execute(
             text(
-                "CREATE TRIGGER refuse_poison BEFORE INSERT ON events "
-                "FOR EACH ROW EXECUTE FUNCTION refuse_poison()"
+                f"CREATE TRIGGER {name} BEFORE INSERT ON events "
+                f"FOR EACH ROW EXECUTE FUNCTION {name}()"
             )
         )
-    yield
-    async with engine.begin() as conn:
-        await conn.execute(text("DROP TRIGGER IF EXISTS refuse_poison ON events"))
-        await conn.execute(text("DROP FUNCTION refuse_poison()"))
+    try:
+        yield
+    finally:
+        async with engine.begin() as conn:
+            await conn.execute(text(f"DROP TRIGGER IF EXISTS {name} ON events"))
+            await conn.execute(text(f"DROP FUNCTION {name}()"))
+
+
+@pytest.fixture
+async def poison_trigger(engine: Any) -> AsyncIterator[None]:
+    """A real database refusal for one message id (SQLSTATE 22023, a data exception), the way
+    a value PostgreSQL cannot take would fail a whole batch."""
+    act = "RAISE EXCEPTION 'refused' USING ERRCODE = '22023'"
+    async with on_inserting_event(engine, "refuse_poison", "poison", act):
+        yield
 
 
 @pytest.mark.usefixtures("poison_trigger")
@@ -163,29 +175,8 @@ async def test_a_body_the_database_refused_is_stored_by_replay_once_the_cause_is
 @pytest.fixture
 async def slow_message(engine: Any) -> AsyncIterator[None]:
     """Storing message 'slow' takes a second: its batch stays in flight that long."""
-    from sqlalchemy import text
-
-    async with engine.begin() as conn:
-        await conn.execute(
-            text("""
-            CREATE FUNCTION slow_down() RETURNS trigger LANGUAGE plpgsql AS $$
-            BEGIN
-                IF NEW.message_id = 'slow' THEN
-                    PERFORM pg_sleep(1);
-                END IF;
-                RETURN NEW;
-            END $$""")
-        )
-        await conn.execute(
-            text(
-                "CREATE TRIGGER slow_down BEFORE INSERT ON events "
-                "FOR EACH ROW EXECUTE FUNCTION slow_down()"
-            )
-        )
-    yield
-    async with engine.begin() as conn:
-        await conn.execute(text("DROP TRIGGER IF EXISTS slow_down ON events"))
-        await conn.execute(text("DROP FUNCTION slow_down()"))
+    async with on_inserting_event(engine, "slow_down", "slow", "PERFORM pg_sleep(1)"):
+        yield
 
 
 def committed_batches() -> float:
