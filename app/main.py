@@ -53,7 +53,6 @@ from app.db.notifications import (
     USERS_CHANGED_CHANNEL,
     follow_changes,
 )
-from app.db.optouts import KeywordCache
 from app.db.reader_cache import ReaderCache
 from app.db.retention import purge_periodically, retention_ages
 from app.db.sending import mt_recorder, optout_lookups
@@ -106,18 +105,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     database_url = settings.database_url or start_embedded_postgres(settings.data_dir)
     engine = create_engine(settings, database_url)
-    writer = BatchWriter(
-        writer_connector(settings, database_url),
-        max_items=settings.batch_max_items,
-        max_delay_s=settings.batch_max_delay_ms / 1000,
-        queue_items=settings.writer_queue_items,
-        timeout_s=settings.writer_timeout_s,
-        optout_keywords=KeywordCache(
-            settings.default_region, enabled=settings.optouts_from_traffic
-        ),
-        concurrency=settings.writer_concurrency,
-        parallel_items=settings.writer_parallel_items,
-    )
+    writer = BatchWriter.of(settings, writer_connector(settings, database_url))
     registry = KeyRegistry(engine, ttl_s=settings.key_cache_seconds)
     readers = ReaderCache(engine, ttl_s=settings.reader_cache_seconds)
     if settings.open_ingest:
@@ -223,7 +211,9 @@ class WebhooksFirstApp(FastAPI):
     ours and before FastAPI's, whose cost per request was a webhook's largest left; every
     other request passes both."""
 
-    outer_middleware: list[Middleware]
+    def __init__(self, *, outer_middleware: list[Middleware], **options: Any) -> None:
+        super().__init__(**options)
+        self.outer_middleware = outer_middleware
 
     def build_middleware_stack(self) -> ASGIApp:
         app = super().build_middleware_stack()
@@ -266,6 +256,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     otel = settings.opentelemetry
     app = WebhooksFirstApp(
+        outer_middleware=_outer_middleware(settings),
         title="wavy-webhooks",
         version="0.1.0",
         description=DESCRIPTION,
@@ -275,7 +266,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         telemetry={"tracing": otel, "metrics": otel, "logs": otel},
     )
     app.state.settings = settings
-    app.outer_middleware = _outer_middleware(settings)
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(webhooks.router)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -189,6 +190,13 @@ def cli_webhook_key(
     if found is None:
         raise RuntimeError(f"keys add printed no key:\n{done.stdout}{done.stderr}")
     return found.group(1)
+
+
+@functools.cache
+def key_of(database_url: str) -> str:
+    """Sub-account acme's webhook key for this database, made once with ``keys add``: for the
+    benchmarks that post to one database from several places."""
+    return cli_webhook_key(database_url, "acme")
 
 
 @contextmanager

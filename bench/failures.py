@@ -57,10 +57,9 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from app.db import users
 from app.db.engine import normalize_database_url, start_embedded_postgres
 from app.rules.scope import Role
-from bench.common import running_service, scratch_database
+from bench.common import key_of, running_service, scratch_database
 from bench.forwarding import (
     FORWARD_ENV,
-    key_of,
     new_endpoint,
     receiver,
     receiver_stats,

@@ -40,8 +40,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from app.db.endpoints import add_endpoint
 from app.db.engine import normalize_database_url
 from bench.common import (
-    cli_webhook_key,
     free_port,
+    key_of,
     running_service,
     scratch_database,
     stop,
@@ -99,17 +99,6 @@ async def _add_endpoint(database_url: str, url: str) -> int:
     finally:
         await engine.dispose()
     return endpoint_id
-
-
-_KEYS: dict[str, str] = {}
-
-
-def key_of(database_url: str) -> str:
-    """A sub-account's webhook key for this database, made once with `keys add` as the
-    README says: the service is posted to as deployed."""
-    if database_url not in _KEYS:
-        _KEYS[database_url] = cli_webhook_key(database_url, "acme")
-    return _KEYS[database_url]
 
 
 def new_endpoint(database_url: str, url: str, *, disabled: bool = False) -> int:

@@ -30,11 +30,11 @@ from app.db.stats import fold_stats_deltas
 from bench.common import (
     calibration_line,
     host_line,
+    key_of,
     percentiles,
     running_service,
     scratch_database,
 )
-from bench.forwarding import key_of
 from bench.ingest import ARRAY_CONNECTIONS, Result, Scenario, measure, run_wrk
 from bench.read_api import message_id
 from bench.stats_api import make_users

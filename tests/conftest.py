@@ -256,6 +256,8 @@ async def writes_going_to(
         queue_items=queue_items,
         timeout_s=dead.writer_timeout_s,
         optout_keywords=KeywordCache(dead.default_region),
+        concurrency=dead.writer_concurrency,
+        parallel_items=dead.writer_parallel_items,
     )
     await writer.start()
     real = app.state.engine, app.state.writer

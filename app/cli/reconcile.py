@@ -11,7 +11,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.cli.common import reconciliation_line, resolve_database_url, run_with_engine
 from app.cli.root import cli
 from app.db.engine import writer_connector
-from app.db.optouts import KeywordCache
 from app.db.writer import BatchWriter
 from app.outbound.reconciler import Pass
 from app.rules.scope import Scope
@@ -39,16 +38,7 @@ def reconcile(
     async def run(engine: AsyncEngine) -> tuple[Pass | None, dict[str, Any]]:
         done = None
         if now:
-            writer = BatchWriter(
-                writer_connector(settings, database_url),
-                max_items=settings.batch_max_items,
-                max_delay_s=0,
-                queue_items=settings.writer_queue_items,
-                timeout_s=settings.writer_timeout_s,
-                optout_keywords=KeywordCache(
-                    settings.default_region, enabled=settings.optouts_from_traffic
-                ),
-            )
+            writer = BatchWriter.of(settings, writer_connector(settings, database_url))
             await writer.start()
             try:
                 done = await service.run_now(engine, writer, settings)

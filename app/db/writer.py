@@ -39,6 +39,7 @@ from app.db.reply_recounts import RECOUNT_SWEEP_S, recount_queued_replies
 from app.errors import WriteFailed, WriteRefused, WriterOverloaded, WriteTimedOut
 from app.logs import FailureLog
 from app.rules.records import EventRecord
+from app.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +96,8 @@ class BatchWriter:
         queue_items: int,
         timeout_s: float,
         optout_keywords: KeywordCache,
-        concurrency: int = 2,
-        parallel_items: int = 1,
+        concurrency: int,
+        parallel_items: int,
     ) -> None:
         self._connect = connect
         self.optout_keywords = optout_keywords
@@ -119,6 +120,22 @@ class BatchWriter:
         self._recount_wanted = asyncio.Event()
         self._batch_failures = FailureLog(log, "writer batch")
         self._recount_failures = FailureLog(log, "reply recount")
+
+    @classmethod
+    def of(cls, settings: Settings, connect: Connect) -> BatchWriter:
+        """The writer the settings describe, on connections from ``connect``."""
+        return cls(
+            connect,
+            max_items=settings.batch_max_items,
+            max_delay_s=settings.batch_max_delay_ms / 1000,
+            queue_items=settings.writer_queue_items,
+            timeout_s=settings.writer_timeout_s,
+            optout_keywords=KeywordCache(
+                settings.default_region, enabled=settings.optouts_from_traffic
+            ),
+            concurrency=settings.writer_concurrency,
+            parallel_items=settings.writer_parallel_items,
+        )
 
     @property
     def stopping(self) -> bool:
