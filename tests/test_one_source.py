@@ -7,13 +7,14 @@ from __future__ import annotations
 from dataclasses import fields
 
 import pytest
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 
 from app.api import webhooks
 from app.api.deps import EngineDep, WebhookContextDep
 from app.api.fast_path import WebhookFastPath
 from app.db import ingest
 from app.db.tables import events, messages, mos
+from app.main import add_routes
 from app.rules.records import EventRecord, MoRecord
 from app.rules.status_merge import DESCRIPTIVE_FIELDS, MessageStatus
 
@@ -52,3 +53,16 @@ def test_the_webhook_fast_path_refuses_a_route_whose_dependencies_it_would_skip(
     with pytest.raises(TypeError, match="/v1/webhooks/more"):
         WebhookFastPath(webhooks.router, routes=router.routes)
     WebhookFastPath(webhooks.router, routes=webhooks.router.routes)  # the real ones pass
+
+
+def test_a_router_level_dependency_stops_the_app_rather_than_being_dropped() -> None:
+    """The app takes each router's routes as they are (app.main.add_routes): a dependency
+    declared on a router, which an include would see to, must not be skipped unnoticed."""
+    guarded = APIRouter(prefix="/v1/guarded", dependencies=[Depends(lambda: None)])
+
+    @guarded.get("/things")
+    async def things() -> None:
+        return None
+
+    with pytest.raises(TypeError, match="/v1/guarded"):
+        add_routes(FastAPI(), guarded)
