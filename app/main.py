@@ -36,7 +36,7 @@ from app.api import (
 )
 from app.api.deps import READER_CREDENTIAL_HEADERS
 from app.api.errors import install_error_handlers
-from app.api.fast_path import WebhookFastPath
+from app.api.fast_path import FastPath
 from app.api.middleware import ObserveRequests
 from app.db.engine import (
     KEYS_LISTENER_APPLICATION_NAME,
@@ -207,9 +207,9 @@ def _openapi_with_payload_schemas(app: FastAPI) -> dict[str, Any]:
 
 class WebhooksFirstApp(FastAPI):
     """FastAPI, with our middlewares (``outer_middleware``) outside its own (its error layer,
-    exception telemetry and body limit). A webhook is answered by app.api.fast_path, inside
-    ours and before FastAPI's, whose cost per request was a webhook's largest left; every
-    other request passes both."""
+    exception telemetry and body limit). A webhook or a send is answered by app.api.fast_path,
+    inside ours and before FastAPI's, whose cost per request was a webhook's largest left;
+    every other request passes both."""
 
     def __init__(self, *, outer_middleware: list[Middleware], **options: Any) -> None:
         super().__init__(**options)
@@ -224,7 +224,7 @@ class WebhooksFirstApp(FastAPI):
 
 def _outer_middleware(settings: Settings) -> list[Middleware]:
     """Outermost first: every request is observed (id, metrics, access log), then CORS, then
-    the webhooks' fast path."""
+    the fast path of the webhooks and the sends."""
     outer = [
         Middleware(
             ObserveRequests,
@@ -247,7 +247,7 @@ def _outer_middleware(settings: Settings) -> list[Middleware]:
                 max_age=600,
             )
         )
-    outer.append(Middleware(WebhookFastPath, routes=webhooks.router.routes))
+    outer.append(Middleware(FastPath, routes=[*webhooks.router.routes, *sending.router.routes]))
     return outer
 
 

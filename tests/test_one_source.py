@@ -9,9 +9,9 @@ from dataclasses import fields
 import pytest
 from fastapi import APIRouter, Depends, FastAPI, Request
 
-from app.api import webhooks
+from app.api import sending, webhooks
 from app.api.deps import EngineDep, WebhookContextDep
-from app.api.fast_path import WebhookFastPath
+from app.api.fast_path import FastPath
 from app.db import ingest
 from app.db.tables import events, messages, mos
 from app.main import add_routes
@@ -41,18 +41,23 @@ def test_an_event_record_carries_every_column_of_the_event_log() -> None:
     assert [*ingest._EVENT_FIELDS, "payload"] == [c.name for c in events.c if c.name != "id"]
 
 
-def test_the_webhook_fast_path_refuses_a_route_whose_dependencies_it_would_skip() -> None:
-    """The fast path calls a webhook route's function with the request and the webhook
-    context only: a route that declares more must not be served by it without them."""
+def test_the_fast_path_refuses_a_route_whose_dependencies_it_would_skip() -> None:
+    """The fast path calls a route's function with the request, and the webhook context if it
+    declares that: a route that declares more must not be served by it without them."""
     router = APIRouter()
 
     @router.post("/v1/webhooks/more")
     async def with_more(request: Request, context: WebhookContextDep, engine: EngineDep) -> None:
         return None
 
-    with pytest.raises(TypeError, match="/v1/webhooks/more"):
-        WebhookFastPath(webhooks.router, routes=router.routes)
-    WebhookFastPath(webhooks.router, routes=webhooks.router.routes)  # the real ones pass
+    @router.get("/v1/send-with-query")
+    async def with_query(request: Request, to: str) -> None:
+        return None
+
+    for route in router.routes:
+        with pytest.raises(TypeError, match=getattr(route, "path", "")):
+            FastPath(webhooks.router, routes=[route])
+    FastPath(webhooks.router, routes=[*webhooks.router.routes, *sending.router.routes])
 
 
 def test_a_router_level_dependency_stops_the_app_rather_than_being_dropped() -> None:

@@ -1,16 +1,18 @@
-"""The webhooks' requests straight to their route's endpoint function, past FastAPI's router, its
-dependency solver and its per-request wrappers. Those cost more than a webhook's own work
-(docs/benchmarks.md), and Wavy's bursts make this the hottest path we have.
+"""The hottest routes' requests straight to their endpoint function, past FastAPI's router, its
+dependency solver and its per-request wrappers: the webhooks (Wavy's bursts) and the sends
+(each client's traffic). Those layers cost more than a webhook's own work, and a tenth of a
+send's (docs/benchmarks.md).
 
-The routes stay declared on app.api.webhooks' router, which documents them (OpenAPI) and serves
-whatever this does not take (HEAD, a 405): the functions called here are those routes', with the
-one dependency they declare, and an exception becomes the answer app.api.errors maps it to, as
-through FastAPI. It sits outside FastAPI's own middlewares (app.main), so it answers what
-reaches no handler as their error layer would: the catch-all's 500, then the error raised on
-for the server to log."""
+The routes stay declared on their routers, which document them (OpenAPI) and serve whatever
+this does not take (HEAD, a 405): the functions called here are those routes', with the one
+dependency a webhook route declares (the webhook context) or none, and an exception becomes
+the answer app.api.errors maps it to, as through FastAPI. It sits outside FastAPI's own
+middlewares (app.main), so it answers what reaches no handler as their error layer would: the
+catch-all's 500, then the error raised on for the server to log."""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
@@ -23,19 +25,42 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from app.api.deps import webhook_context
 from app.services.ingest import WebhookContext
 
-Endpoint = Callable[[Request, WebhookContext], Awaitable[Response]]
+Endpoint = Callable[[Request], Awaitable[Response]]
+WebhookEndpoint = Callable[[Request, WebhookContext], Awaitable[Response]]
 ExceptionHandler = Callable[[Request, Exception], Awaitable[Response]]
 
 
 def _endpoint_of(route: APIRoute) -> Endpoint:
-    """The route's function, if it is one this path can call as FastAPI would: the request, and
-    the webhook context as its one dependency. Anything else is a mistake in the routes."""
+    """The route's function as this path calls it, if it is one this path can call as FastAPI
+    would: it takes the request, and the webhook context as its one dependency or nothing
+    more. Anything else is a mistake in the routes."""
     dependant = route.dependant
     calls = [dependency.call for dependency in dependant.dependencies]
-    if calls != [webhook_context] or dependant.request_param_name is None:
-        raise TypeError(f"{route.path}: the fast path calls (request, webhook context) only")
-    endpoint: Endpoint = route.endpoint
-    return endpoint
+    parameters = (
+        dependant.path_params,
+        dependant.query_params,
+        dependant.header_params,
+        dependant.cookie_params,
+        dependant.body_params,
+    )
+    if (
+        dependant.request_param_name is None
+        or calls not in ([], [webhook_context])
+        or any(parameters)
+        or not inspect.iscoroutinefunction(route.endpoint)
+    ):
+        raise TypeError(
+            f"{route.path}: the fast path calls (request) or (request, webhook context) only"
+        )
+    if not calls:
+        endpoint: Endpoint = route.endpoint
+        return endpoint
+    webhook: WebhookEndpoint = route.endpoint
+
+    async def with_context(request: Request) -> Response:
+        return await webhook(request, await webhook_context(request))
+
+    return with_context
 
 
 def _handler_for(
@@ -57,8 +82,8 @@ def _catch_all(handlers: Mapping[Any, ExceptionHandler]) -> ExceptionHandler | N
     return handlers.get(Exception) or handlers.get(500)
 
 
-class WebhookFastPath:
-    """A plain ASGI middleware: a request whose method and path are a webhook route's goes to
+class FastPath:
+    """A plain ASGI middleware: a request whose method and path are one of ``routes`` goes to
     that route's function; any other request goes on to the app."""
 
     def __init__(self, app: ASGIApp, *, routes: Iterable[BaseRoute]) -> None:
@@ -81,7 +106,7 @@ class WebhookFastPath:
         scope["route"] = route  # what the metrics and the access log name the request by
         request = Request(scope, receive)
         try:
-            response = await endpoint(request, await webhook_context(request))
+            response = await endpoint(request)
         except Exception as exc:
             handlers = scope["app"].exception_handlers
             handled = await _handled(handlers, request, exc)
