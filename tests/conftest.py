@@ -32,7 +32,6 @@ from app.db.engine import (
     writer_connector,
 )
 from app.db.migrate import upgrade_to_head
-from app.db.optouts import KeywordCache
 from app.db.tables import metadata
 from app.db.writer import BatchWriter
 from app.http_protocol import server_options
@@ -247,18 +246,18 @@ async def writes_going_to(
 ) -> AsyncIterator[None]:
     """The app's engine and writer swapped for ones aimed at ``url`` (1 s connect timeout,
     unless ``overrides`` of the settings say otherwise)."""
-    dead = settings.model_copy(update={"db_connect_timeout_s": 1.0, "db_pool_size": 1, **overrides})
-    engine = create_engine(dead, url)
-    writer = BatchWriter(
-        writer_connector(dead, url),
-        max_items=100,
-        max_delay_s=0.05,
-        queue_items=queue_items,
-        timeout_s=dead.writer_timeout_s,
-        optout_keywords=KeywordCache(dead.default_region),
-        concurrency=dead.writer_concurrency,
-        parallel_items=dead.writer_parallel_items,
+    dead = settings.model_copy(
+        update={
+            "db_connect_timeout_s": 1.0,
+            "db_pool_size": 1,
+            "batch_max_items": 100,
+            "batch_max_delay_ms": 50.0,
+            "writer_queue_items": queue_items,
+            **overrides,
+        }
     )
+    engine = create_engine(dead, url)
+    writer = BatchWriter.of(dead, writer_connector(dead, url))
     await writer.start()
     real = app.state.engine, app.state.writer
     app.state.engine, app.state.writer = engine, writer
