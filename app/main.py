@@ -40,6 +40,7 @@ from app.api.fast_path import FastPath
 from app.api.middleware import ObserveRequests
 from app.db.engine import (
     KEYS_LISTENER_APPLICATION_NAME,
+    SENDS_APPLICATION_NAME,
     create_engine,
     create_forwarder_engine,
     start_embedded_postgres,
@@ -122,8 +123,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.readers, app.state.forwarder = readers, forwarder
     app.state.wavy = WavyClient(settings.api_url, timeout_s=settings.send_timeout_s)
     app.state.send_rate = SendRate(engine, settings.send_max_rps)
-    app.state.mt_recorder = mt_recorder(engine)
-    app.state.optout_lookups = optout_lookups(engine)
+    sends_connect = writer_connector(
+        settings, database_url, application_name=SENDS_APPLICATION_NAME
+    )
+    app.state.mt_recorder = mt_recorder(sends_connect)
+    app.state.optout_lookups = optout_lookups(sends_connect)
     # In every worker: they share the work and Wavy's pace through PostgreSQL.
     reconciler = app.state.reconciler = Reconciler(engine, writer, settings)
     reconciler.start()

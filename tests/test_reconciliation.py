@@ -18,7 +18,7 @@ import pytest
 from fastapi import FastAPI
 from pydantic import SecretStr
 
-from app.db.sending import MtRow, record_mts
+from app.db.sending import MtRow
 from app.outbound.reconciler import Reconciler
 from app.outbound.wavy import WavyAnswer, WavyClient
 from app.settings import Settings
@@ -112,8 +112,7 @@ async def old_mts(app: FastAPI, count: int, sub_account: str, hours_ago: float =
         )
         for n in range(count)
     ]
-    async with app.state.engine.begin() as conn:
-        await record_mts(conn, rows)
+    await app.state.mt_recorder(rows)  # as a send records them
     return [str(row.message_id) for row in rows]
 
 

@@ -17,6 +17,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from app.db.engine import writer_connector
 from app.db.sending import Batched
 from app.outbound.sandbox import Sandbox, SandboxMix
 from app.settings import Settings
@@ -673,7 +674,8 @@ async def test_a_send_wavy_took_but_that_could_not_be_recorded_is_never_called_u
         raise RuntimeError("the disk is full")
 
     real = app.state.mt_recorder
-    app.state.mt_recorder = Batched(app.state.engine, fails, max_items=10, name="failing-recorder")
+    connect = writer_connector(app.state.settings)
+    app.state.mt_recorder = Batched(connect, fails, max_items=10, name="failing-recorder")
     headers = {**senders["ana@acme.example"], "Idempotency-Key": "not-recorded-1"}
     body = {"destination": FREE, "messageText": "x"}
     try:

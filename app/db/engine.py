@@ -155,16 +155,22 @@ APPLICATION_NAME = "wavy-webhooks"
 WRITER_APPLICATION_NAME = "wavy-webhooks-writer"
 KEYS_LISTENER_APPLICATION_NAME = "wavy-webhooks-keys"
 FORWARDER_APPLICATION_NAME = "wavy-webhooks-forwarder"  # `forward`, beside serve's workers
+SENDS_APPLICATION_NAME = "wavy-webhooks-sends"  # the send API's batched stages (app.db.sending)
+
+# The send API's batched stages (the opt-out check, the MT record) and each one's lanes, every
+# lane with a connection of its own.
+SEND_STAGES, SEND_STAGE_LANES = 2, 2
 START_APPLICATION_NAME = "wavy-webhooks-start"  # serve's and migrate's wait for the database
 
 
 def connections_per_worker(settings: Settings) -> int:
     """The most connections one worker opens: its writers, the reply recounts, the listener
-    for key and user changes, and the read pool with its overflow; and the forwarder's pool
-    and listener (in the worker, or in its process beside the worker)."""
+    for key and user changes, the send stages' lanes, and the read pool with its overflow; and
+    the forwarder's pool and listener (in the worker, or in its process beside the worker)."""
     pool = settings.db_pool_size + settings.db_max_overflow
     forwarder = pool + 1 if settings.forwarder != "off" else 0
-    return settings.writer_concurrency + 2 + pool + forwarder
+    sends = SEND_STAGES * SEND_STAGE_LANES
+    return settings.writer_concurrency + 2 + sends + pool + forwarder
 
 
 def _connect_args(

@@ -17,6 +17,7 @@ from sqlalchemy import and_, delete, func, select, text, tuple_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from app.db.engine import driver_connection
 from app.db.json_batches import Placeholder, dollar, json_columns, rows_from, typed
 from app.db.tables import (
     optout_changes,
@@ -202,15 +203,17 @@ def lists_of(sub_account: str | None) -> list[str]:
 
 
 # The numbers travel as one JSON text: asyncpg's encoding of a 1000-element array checks every
-# element against collections.abc, which cost more than the lookup itself.
+# element against collections.abc, which cost more than the lookup itself. Plain asyncpg SQL: a
+# send's check runs it on a lane's own connection (app.db.sending.Batched), past SQLAlchemy's
+# per-statement layer.
 _OPTED_OUT = (
     "SELECT sub_account, e164, since, keyword, source FROM optouts "
-    "WHERE e164 = ANY(ARRAY(SELECT json_array_elements_text(CAST(:numbers AS json)))) "
+    "WHERE e164 = ANY(ARRAY(SELECT json_array_elements_text(CAST($1 AS json)))) "
     "AND opted_out {lists}"
     "ORDER BY sub_account = '', sub_account"
 )
-_OPTED_OUT_OF_LISTS = text(_OPTED_OUT.format(lists="AND sub_account = ANY(:lists) "))
-_OPTED_OUT_OF_ANY_LIST = text(_OPTED_OUT.format(lists=""))
+_OPTED_OUT_OF_LISTS = _OPTED_OUT.format(lists="AND sub_account = ANY($2::text[]) ")
+_OPTED_OUT_OF_ANY_LIST = _OPTED_OUT.format(lists="")
 
 
 async def opted_out_entries(
@@ -218,16 +221,23 @@ async def opted_out_entries(
 ) -> dict[str, list[Row]]:
     """Each number (E.164) that some of ``lists`` (None: any list) holds opted out, with every
     entry that says so: sub-accounts' lists first, the account-wide one last."""
+    return await opted_out_entries_on(await driver_connection(conn), lists, numbers)
+
+
+async def opted_out_entries_on(
+    conn: asyncpg.Connection, lists: Sequence[str] | None, numbers: Sequence[str]
+) -> dict[str, list[Row]]:
+    """``opted_out_entries`` on asyncpg's own connection."""
     if not numbers:
         return {}
     encoded = orjson.dumps(list(numbers)).decode()
     if lists is None:
-        rows = await conn.execute(_OPTED_OUT_OF_ANY_LIST, {"numbers": encoded})
+        rows = await conn.fetch(_OPTED_OUT_OF_ANY_LIST, encoded)
     else:
-        rows = await conn.execute(_OPTED_OUT_OF_LISTS, {"numbers": encoded, "lists": list(lists)})
+        rows = await conn.fetch(_OPTED_OUT_OF_LISTS, encoded, list(lists))
     found: dict[str, list[Row]] = {}
     for row in rows:
-        found.setdefault(row.e164, []).append(dict(row._mapping))
+        found.setdefault(row["e164"], []).append(dict(row))
     return found
 
 

@@ -5,19 +5,20 @@ idempotency keys; the send rate shared by every worker."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Generic, Literal, TypeVar
 
+import asyncpg
 from sqlalchemy import delete, text, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.db.engine import database_unavailable
+from app.db.engine import SEND_STAGE_LANES, database_unavailable
 from app.db.json_batches import json_columns, rows_from, select_list
-from app.db.optouts import Row, opted_out_entries
+from app.db.optouts import Row, opted_out_entries_on
 from app.db.tables import mts, send_keys, table_columns
+from app.db.writer import Connect, WriterConnection
 from app.errors import Unavailable
 from app.rules.sending import MtOutcome
 
@@ -40,10 +41,10 @@ _MT_COLUMNS = table_columns(mts)
 # The MTs, and the status row each one Wavy took starts, in one statement: a callback or DLR
 # that came first (Wavy may call back before this commits) keeps what it wrote, the MT fills
 # in what it lacks, and its sending time counts as first seen. (Text in, as json_batches
-# sends every batch: one parameter per column.)
-_RECORD = text(
+# sends every batch: one parameter per column; plain asyncpg SQL, as the writer's.)
+_RECORD = (
     f"WITH batch AS (SELECT {select_list(_MT_COLUMNS, 'u')} "  # noqa: S608 - our own names
-    f"FROM {rows_from(_MT_COLUMNS, 'u', 1, lambda n: f':c{n}')}), "
+    f"FROM {rows_from(_MT_COLUMNS, 'u')}), "
     f"recorded AS (INSERT INTO mts ({', '.join(_MT_COLUMNS)}) "
     f"SELECT {', '.join(_MT_COLUMNS)} FROM batch) "
     "INSERT INTO messages AS m (id, sub_account, correlation_id, destination, first_seen_at, "
@@ -59,11 +60,11 @@ _RECORD = text(
 )
 
 
-async def record_mts(conn: AsyncConnection, rows: Sequence[MtRow]) -> None:
+async def record_mts(conn: asyncpg.Connection, rows: Sequence[MtRow]) -> None:
     """The MTs as sent, and the status rows of those Wavy took (shown at once, no status)."""
     if rows:
-        arrays = json_columns(rows, _MT_COLUMNS)  # orjson writes the times as ISO-8601
-        await conn.execute(_RECORD, {f"c{n}": value for n, value in enumerate(arrays, 1)})
+        # orjson writes the times as ISO-8601
+        await conn.execute(_RECORD, *json_columns(rows, _MT_COLUMNS))
 
 
 # ---------------------------------------------------------------------------- idempotency
@@ -161,7 +162,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-Work = Callable[[AsyncConnection, list[T]], Awaitable[list[R]]]
+Work = Callable[[asyncpg.Connection, list[T]], Awaitable[list[R]]]
 
 
 class Batched(Generic[T, R]):
@@ -169,12 +170,12 @@ class Batched(Generic[T, R]):
     one, so that a burst costs a statement (and a commit, a flush to disk) per batch, not per
     send.
 
-    Like the ingest writer (app.db.writer), each of a few lanes runs its batches on a
-    connection of its own (taken from the pool once sends begin, and kept), in autocommit: a
-    batch is one statement and one round trip, with no pool checkout, liveness ping, BEGIN or
-    COMMIT around it (each a loop turn on a busy worker), and a send never waits for a whole
-    batch ahead of its own. So ``work`` must be one statement, or statements each complete on
-    its own.
+    Like the ingest writer (app.db.writer), each of a few lanes runs its batches on an asyncpg
+    connection of its own (opened once sends begin, outside the read pool, and kept), in
+    autocommit: a batch is one statement and one round trip, with no pool checkout, liveness
+    ping, BEGIN or COMMIT around it, and none of SQLAlchemy's per-statement work (each a cost
+    on a busy worker), and a send never waits for a whole batch ahead of its own. So ``work``
+    must be one statement, or statements each complete on its own.
 
     A batch that fails is run again item by item, so one send's fault is not its neighbours';
     when the database is away, every item of it fails at once as Unavailable (a send per item
@@ -182,14 +183,14 @@ class Batched(Generic[T, R]):
 
     def __init__(
         self,
-        engine: AsyncEngine,
+        connect: Connect,
         work: Work[T, R],
         *,
         max_items: int,
         name: str,
-        lanes: int = 2,
+        lanes: int = SEND_STAGE_LANES,
     ) -> None:
-        self._engine = engine
+        self._connect = connect
         self._work = work
         self._max_items = max_items
         self._name = name
@@ -223,7 +224,7 @@ class Batched(Generic[T, R]):
         self._tasks = []
 
     async def _lane(self) -> None:
-        conn: AsyncConnection | None = None
+        conn = WriterConnection(self._connect)
         try:
             while True:
                 while not self._pending:
@@ -233,64 +234,50 @@ class Batched(Generic[T, R]):
                 del self._pending[: self._max_items]
                 self._running += 1
                 try:
-                    conn = await self._settle(conn, batch)
+                    await self._settle(conn, batch)
                 finally:
                     self._running -= 1
                     if not self._pending and not self._running:
                         self._idle.set()
         finally:
-            if conn is not None:
-                await _drop(conn)
+            await conn.close()
 
     async def _settle(
-        self, conn: AsyncConnection | None, batch: list[tuple[T, asyncio.Future[R]]]
-    ) -> AsyncConnection | None:
-        """Runs the batch; returns the connection to keep (None once it is dropped)."""
+        self, conn: WriterConnection, batch: list[tuple[T, asyncio.Future[R]]]
+    ) -> None:
+        """Runs the batch; a connection that saw an error is dropped (the next batch opens
+        another)."""
         try:
-            if conn is None:
-                conn = await self._engine.connect()
-                await conn.execution_options(isolation_level="AUTOCOMMIT")
-            results = await self._work(conn, [item for item, _ in batch])
+            results = await self._work(await conn.acquire(), [item for item, _ in batch])
         except Exception as error:
-            if conn is not None:
-                await _drop(conn)
+            conn.discard()
             if database_unavailable(error):
                 away = Unavailable("the database is unavailable")
                 for _, done in batch:
                     if not done.done():
                         done.set_exception(away)
-                return None
+                return
             if len(batch) == 1:
                 if not batch[0][1].done():
                     batch[0][1].set_exception(error)
-                return None
-            kept = None
+                return
             for one in batch:
-                kept = await self._settle(kept, [one])
-            return kept
+                await self._settle(conn, [one])
+            return
         for (_, done), result in zip(batch, results, strict=True):
             if not done.done():
                 done.set_result(result)
-        return conn
 
 
-async def _drop(conn: AsyncConnection) -> None:
-    """Away with a connection that may be broken (or is no longer wanted)."""
-    with contextlib.suppress(Exception):
-        await conn.invalidate()
-    with contextlib.suppress(Exception):
-        await conn.close()
-
-
-def mt_recorder(engine: AsyncEngine) -> Batched[Sequence[MtRow], None]:
+def mt_recorder(connect: Connect) -> Batched[Sequence[MtRow], None]:
     """MTs recorded in batches; each send is answered once its batch is committed (the one
     statement of record_mts commits by itself)."""
 
-    async def record(conn: AsyncConnection, sends: list[Sequence[MtRow]]) -> list[None]:
+    async def record(conn: asyncpg.Connection, sends: list[Sequence[MtRow]]) -> list[None]:
         await record_mts(conn, [row for rows in sends for row in rows])
         return [None] * len(sends)
 
-    return Batched(engine, record, max_items=200, name="mt-recorder")
+    return Batched(connect, record, max_items=200, name="mt-recorder")
 
 
 # A send's opt-out check: the lists that apply to it, and its destinations in E.164.
@@ -298,14 +285,14 @@ Lookup = tuple[tuple[str, ...], tuple[str, ...]]
 Found = dict[str, list[Row]]
 
 
-def optout_lookups(engine: AsyncEngine) -> Batched[Lookup, Found]:
+def optout_lookups(connect: Connect) -> Batched[Lookup, Found]:
     """Opt-out checks in batches: one query for every destination of the sends waiting, each
     send then given the entries of its own lists."""
 
-    async def look_up(conn: AsyncConnection, lookups: list[Lookup]) -> list[Found]:
+    async def look_up(conn: asyncpg.Connection, lookups: list[Lookup]) -> list[Found]:
         numbers = sorted({number for _, wanted in lookups for number in wanted})
         lists = sorted({name for names, _ in lookups for name in names})
-        found = await opted_out_entries(conn, lists, numbers)
+        found = await opted_out_entries_on(conn, lists, numbers)
         return [
             {
                 number: [entry for entry in found.get(number, []) if entry["sub_account"] in names]
@@ -314,4 +301,4 @@ def optout_lookups(engine: AsyncEngine) -> Batched[Lookup, Found]:
             for names, wanted in lookups
         ]
 
-    return Batched(engine, look_up, max_items=200, name="optout-lookups")
+    return Batched(connect, look_up, max_items=200, name="optout-lookups")
