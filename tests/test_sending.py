@@ -20,6 +20,7 @@ from fastapi import FastAPI
 from app.db.engine import writer_connector
 from app.db.sending import Batched
 from app.outbound.sandbox import Sandbox, SandboxMix
+from app.outbound.wavy import WavyClient
 from app.settings import Settings
 from tests.conftest import add_key, fetch_all, free_port, serving
 from tests.test_migrations_and_cli import Service, run_cli
@@ -662,6 +663,36 @@ async def test_what_goes_to_wavy_is_the_number_that_was_checked(
     assert nul.status_code == 200, nul.text
     shown = await status_of(client, proxy, senders, [nul.json()["id"]])
     assert shown[nul.json()["id"]]["sentStatusCode"] == 204
+
+
+async def test_a_cookie_wavy_sets_for_one_client_never_goes_out_with_another_clients_send(
+    client: httpx.AsyncClient, proxy: str, wavy: StandIn, senders: Any, app: FastAPI
+) -> None:
+    """Every client's sends share one connection pool to Wavy. Wavy's host is a name, not an
+    address (aiohttp keeps no cookie of a bare IP address), as it is in production."""
+    real = app.state.wavy
+    app.state.wavy = WavyClient(wavy.url.replace("127.0.0.1", "localhost"), timeout_s=2)
+    body = {"destination": FREE, "messageText": "x"}
+    try:
+        wavy.answer = (200, {"id": "wavy-1"}, {"Set-Cookie": "session=ana-at-wavy; Path=/"})
+        first = await client.post(
+            f"{proxy}/v1/send-sms", json=body, headers=senders["ana@acme.example"]
+        )
+        wavy.answer = None
+        second = await client.post(
+            f"{proxy}/v1/send-sms", json=body, headers=senders["Gil da Globex"]
+        )
+    finally:
+        await app.state.wavy.close()
+        app.state.wavy = real
+
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert "set-cookie" not in first.headers  # Wavy's cookie is not passed on either
+    assert [asked.headers["username"] for asked in wavy.asked] == [
+        "ana@acme.example",
+        "Gil da Globex",
+    ]
+    assert "cookie" not in wavy.asked[1].headers
 
 
 async def test_a_send_wavy_took_but_that_could_not_be_recorded_is_never_called_unsent(

@@ -40,6 +40,9 @@ class WavyClient:
         self._base_url = base_url.rstrip("/")
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=timeout_s),
+            # Every client's sends share this session: a cookie Wavy (or a balancer before it)
+            # sets in one client's answer must never go out with another client's request.
+            cookie_jar=aiohttp.DummyCookieJar(),
             auto_decompress=True,
             skip_auto_headers=("User-Agent",),
             headers={"user-agent": "wavy-webhooks"},
