@@ -457,6 +457,39 @@ async def test_a_body_that_trickles_in_is_cut_off_with_408_and_kept(
     assert kept == [{"reason": "body_timeout", "body": b'{"id": ', "body_truncated": True}]
 
 
+@pytest.mark.parametrize("path", ["/v1/webhooks/dlr", "/v1/send-sms"])
+async def test_a_client_that_hangs_up_mid_body_is_logged_as_499_not_as_our_error(
+    path: str,
+    settings: Settings,
+    webhook_key: str,
+    senders: dict[str, dict[str, str]],
+    wavy: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A sender's own timeout under a burst: an operator must not read it as a fault of ours
+    (it was "unhandled error" with a traceback, twice), and nothing is sent or stored."""
+    caplog.set_level(logging.INFO)
+    ana = senders["ana@acme.example"]
+    credentials = (
+        f"username: {ana['username']}\r\nauthenticationtoken: {ana['authenticationtoken']}"
+    )
+    _, writer = await asyncio.open_connection("127.0.0.1", settings.port)
+    writer.write(
+        f"POST {path}?key={webhook_key} HTTP/1.1\r\nHost: x\r\n{credentials}\r\n"
+        'Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"id": '.encode()
+    )
+    await writer.drain()
+    writer.close()
+    await writer.wait_closed()
+
+    deadline = time.monotonic() + 5
+    while not [r for r in caplog.records if r.getMessage().startswith(f"POST {path} 499 ")]:
+        assert time.monotonic() < deadline, [r.getMessage() for r in caplog.records]
+        await asyncio.sleep(0.05)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert wavy.asked == []
+
+
 @pytest.fixture
 async def full_writer(app: FastAPI, settings: Settings, webhook_key: str) -> AsyncIterator[None]:
     """A writer that holds one item at most, stuck on a database that never answers."""

@@ -19,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from app import metrics
@@ -148,6 +149,8 @@ UNAVAILABLE_MESSAGES: dict[UnavailableReason, str] = {
     "write_failed": "storage unavailable; nothing was confirmed, retry later",
 }
 
+# What a request whose client hung up before it was read counts as (nginx's code for it).
+CLIENT_CLOSED_REQUEST = 499
 UNAVAILABLE_RETRY_AFTER_S = "5"
 OUTAGE_LOG_EVERY_S = 60.0
 
@@ -252,6 +255,12 @@ def install_error_handlers(app: FastAPI) -> None:
     async def on_bad_send(_: Request, exc: Exception) -> Response:
         return error_response(400, "bad_request", str(exc))
 
+    async def on_client_gone(_: Request, exc: Exception) -> Response:
+        # The client hung up before its body had all come (a sender's own timeout, under a
+        # burst): nothing was done for it, and no one reads this answer. Not a fault of ours
+        # to log as one; the access log and the metrics show it as nginx's 499.
+        return error_response(CLIENT_CLOSED_REQUEST, "client_closed_request", "client gone")
+
     handlers: list[tuple[type[Exception], ExceptionHandler]] = [
         (ApiError, on_api_error),
         (Refused, on_refused),
@@ -265,6 +274,7 @@ def install_error_handlers(app: FastAPI) -> None:
         (UnusableKeyword, on_unusable_keyword),
         (NoSuchKeyword, on_no_such_keyword),
         (BadSend, on_bad_send),
+        (ClientDisconnect, on_client_gone),
         (StarletteHTTPException, on_http_error),
         (RequestValidationError, on_request_validation),
         # Handled here rather than as any Exception: Starlette re-raises what reaches its last
