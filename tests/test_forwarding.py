@@ -304,6 +304,33 @@ async def test_an_admin_sees_and_narrows_every_endpoint(people: People) -> None:
     assert len(narrowed.json()) == 2
 
 
+async def test_a_sub_account_in_the_query_of_an_endpoint_write_is_refused_not_ignored(
+    people: People,
+) -> None:
+    """Reads narrow by ``?subAccount=``; an endpoint takes its sub-account from the body. An
+    admin meaning globex's endpoint must not get one receiving every sub-account's data."""
+    url = "http://127.0.0.1:9/hooks"
+    for who in ("boss", "ana"):
+        answer = await people.call(
+            who, "POST", "/v1/endpoints", params={"subAccount": "globex"}, json={"url": url}
+        )
+        assert answer.status_code == 422, answer.text
+        assert answer.json()["error"]["details"][0]["field"] == "query.subAccount"
+    assert (await people.call("boss", "GET", "/v1/endpoints")).json() == []
+
+    ours = await people.add_endpoint("ana", url)
+    moved = await people.call(
+        "boss",
+        "PATCH",
+        f"/v1/endpoints/{ours['id']}",
+        params={"subAccount": "globex"},
+        json={"disabled": True},
+    )
+    assert moved.status_code == 422, moved.text
+    still = (await people.call("boss", "GET", f"/v1/endpoints/{ours['id']}")).json()
+    assert (still["subAccount"], still["disabled"]) == ("acme", False)
+
+
 async def test_a_disabled_endpoint_gets_nothing_and_resumes_where_it_stopped(
     people: People,
 ) -> None:

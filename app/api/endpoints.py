@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
 from starlette.responses import Response
 
 from app.api.deps import EngineDep, ReaderDep, ScopeDep
@@ -43,6 +44,26 @@ async def authority(reader: ReaderDep) -> Scope:
 AuthorityDep = Annotated[Scope, Depends(authority)]
 
 
+def sub_account_in_body_only(request: Request) -> None:
+    """An endpoint's sub-account is its body's ``subAccount``. A ``?subAccount=``, which
+    narrows every read, would otherwise be ignored here: an admin meaning one sub-account's
+    endpoint would register one that receives every sub-account's data."""
+    if "subAccount" in request.query_params:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "extra_forbidden",
+                    "loc": ("query", "subAccount"),
+                    "msg": "an endpoint's sub-account goes in the body's subAccount",
+                    "input": request.query_params["subAccount"],
+                }
+            ]
+        )
+
+
+NO_QUERY_SCOPE = [Depends(sub_account_in_body_only)]
+
+
 def _settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
@@ -55,6 +76,7 @@ def _settings(request: Request) -> Settings:
     response_model=EndpointCreated,
     responses=RESPONSES,
     openapi_extra=body_cap(ENDPOINT_BODY_BYTES),
+    dependencies=NO_QUERY_SCOPE,
 )
 async def create_endpoint(
     wanted: EndpointIn,
@@ -92,6 +114,7 @@ async def show_endpoint(
     response_model=EndpointOut,
     responses=RESPONSES,
     openapi_extra=body_cap(ENDPOINT_BODY_BYTES),
+    dependencies=NO_QUERY_SCOPE,
 )
 async def change_endpoint(
     endpoint_id: EndpointId,
