@@ -305,6 +305,26 @@ async def test_a_user_sends_for_their_own_sub_account_an_admin_for_the_one_it_na
     assert [asked.json.get("subAccount") for asked in wavy.asked] == ["globex"]
 
 
+async def test_a_sub_account_in_the_query_of_a_posted_send_is_refused_not_ignored(
+    client: httpx.AsyncClient, proxy: str, wavy: StandIn, senders: Any
+) -> None:
+    """A POST's sub-account is its body's: a ?subAccount= that was ignored sent an admin's
+    message for the whole account rather than the sub-account it named."""
+    single = await client.post(
+        f"{proxy}/v1/send-sms?subAccount=globex",
+        json={"destination": FREE, "messageText": "x"},
+        headers=senders["boss"],
+    )
+    bulk = await client.post(
+        f"{proxy}/v1/send-bulk-sms?subAccount=globex",
+        json={"messages": [{"destination": FREE, "messageText": "x"}]},
+        headers=senders["boss"],
+    )
+    assert [single.status_code, bulk.status_code] == [400, 400]
+    assert all("subAccount" in a.json()["errorMessage"] for a in (single, bulk))
+    assert wavy.asked == []
+
+
 async def test_the_get_form_sends_too(
     client: httpx.AsyncClient, proxy: str, wavy: StandIn, senders: Any
 ) -> None:

@@ -131,6 +131,10 @@ async def _answer(request: Request, body: Any | None, cap: int, send: Send) -> R
     # Exactly the credentials that were checked go on to Wavy.
     credentials = {name: request.headers[name] for name in CREDENTIAL_HEADERS}
     if body is None:
+        if "subAccount" in request.query_params:
+            # The body names the sub-account; ignored here, an admin's query would have sent
+            # the message for the whole account instead of the sub-account it named.
+            raise BadSend("a send's subAccount goes in its JSON body, not in the query string")
         raw = await read_capped_body(request, cap, settings.body_timeout_s)
         try:
             body = orjson.loads(raw)
