@@ -61,26 +61,36 @@ def _owned_elsewhere(row: str) -> str:
     )
 
 
-# The batch with each row's verdict: a CTE read twice (the insert, the refusals), so
-# PostgreSQL evaluates it once.
-_BATCH = (
-    f"batch AS (SELECT {select_list(_BATCH_COLUMNS, 'u')}, "  # noqa: S608 - constant names
-    f"{_owned_elsewhere('u')} AS refused FROM {rows_from(_BATCH_COLUMNS, 'u')})"
+# The batch as rows: a CTE read more than once, so PostgreSQL decodes the arrays once.
+_ROWS = (
+    f"batch AS (SELECT {select_list(_BATCH_COLUMNS, 'u')} "  # noqa: S608 - constant names
+    f"FROM {rows_from(_BATCH_COLUMNS, 'u')})"
 )
-_NEW_EVENTS = (
-    f"new_events AS (INSERT INTO events ({', '.join(_EVENT_COLUMNS)}) "  # noqa: S608
-    f"SELECT {', '.join(_EVENT_COLUMNS)} FROM batch WHERE NOT refused "
-    "ON CONFLICT ON CONSTRAINT uq_events_exact_retry DO NOTHING "
-    "RETURNING message_id, kind, sent_status_code, delivered_status_code)"
-)
-# Each row of the answer is an event that was new, or one refused (refused: its claimant).
-_OUTCOMES = (
-    "SELECT message_id, kind, sent_status_code, delivered_status_code, NULL AS refused_for "
-    "FROM new_events UNION ALL "
-    "SELECT message_id, kind, NULL, NULL, claimant FROM batch WHERE refused"
-)
+# The batch with each row's verdict, where every row is checked for its owner.
+_JUDGED = "judged AS (SELECT e.*, " + _owned_elsewhere("e") + " AS refused FROM batch AS e)"  # noqa: S608
 
-INSERT_EVENTS = f"WITH {_BATCH}, {_NEW_EVENTS} {_OUTCOMES}"
+
+def _new_events(judged: str) -> str:
+    """The events of the rows not refused, each stored once (a retry is not a new event)."""
+    return (
+        f"new_events AS (INSERT INTO events ({', '.join(_EVENT_COLUMNS)}) "  # noqa: S608
+        f"SELECT {', '.join(_EVENT_COLUMNS)} FROM {judged} WHERE NOT refused "
+        "ON CONFLICT ON CONSTRAINT uq_events_exact_retry DO NOTHING "
+        "RETURNING message_id, kind, sent_status_code, delivered_status_code)"
+    )
+
+
+def _outcomes(judged: str) -> str:
+    """Each row of the answer is an event that was new, or one refused (refused: its
+    claimant)."""
+    return (
+        "SELECT message_id, kind, sent_status_code, delivered_status_code, NULL AS refused_for "  # noqa: S608
+        "FROM new_events UNION ALL "
+        f"SELECT message_id, kind, NULL, NULL, claimant FROM {judged} WHERE refused"
+    )
+
+
+INSERT_EVENTS = f"WITH {_ROWS}, {_JUDGED}, {_new_events('judged')} {_outcomes('judged')}"
 
 # The replies' columns, less the feed's order (a sequence and the writing transaction).
 _MO_COLUMNS = table_columns(mos, leaving_out=("seq", "tx_id"))
@@ -211,23 +221,30 @@ _STATUS_OWN_COLUMNS: dict[str, str] = {
 
 def _build_write_events_and_statuses() -> str:
     """Events and the statuses of messages with one event in the batch, in one statement:
-    autocommitted, a batch of callbacks and DLRs costs one round trip. Every status whose
-    event is not refused is merged, a retry's too: the merge is idempotent, so an exact retry
-    changes nothing, and one that carries fields the first copy lacked fills them in."""
+    autocommitted, a batch of callbacks and DLRs costs one round trip. Every status is offered
+    to the merge, a retry's too: the merge is idempotent, so an exact retry changes nothing,
+    and one that carries fields the first copy lacked fills them in. The merge itself refuses
+    another sub-account's message (_merge_on_conflict), so only a row it did not write (a
+    retry, or another's message) is looked up for its owner: for a new message, the usual
+    row, that lookup was a seventh of the statement's time in PostgreSQL."""
     first = len(_BATCH_COLUMNS) + 1  # after the batch's parameters
     values = ", ".join(
         _STATUS_FROM_EVENT.get(name, typed(name, kind, "s"))
         for name, kind in _STATUS_COLUMNS.items()
     )
+    written = "e.kind <> 'mo' AND e.message_id IN (SELECT id FROM statuses)"
     return (
-        f"WITH {_BATCH}, {_NEW_EVENTS}, "  # noqa: S608
+        f"WITH {_ROWS}, "  # noqa: S608
         f"statuses AS (INSERT INTO messages AS m ({_STATUS_COLUMN_LIST}, reply_count) "
         f"SELECT {values}, {_replies_so_far('s.id', 'e.sub_account')} "
         f"FROM {rows_from(_STATUS_OWN_COLUMNS, 's', first)}, batch AS e "
         # One event per message here; an MO's id may equal a message id, so kind is checked.
-        "WHERE e.message_id = s.id AND e.kind <> 'mo' AND NOT e.refused "
-        f"ORDER BY s.id {_merge_on_conflict()}) "
-        f"{_OUTCOMES}"
+        "WHERE e.message_id = s.id AND e.kind <> 'mo' "
+        f"ORDER BY s.id {_merge_on_conflict()} RETURNING m.id), "
+        # CASE, not AND: the owner's lookup runs only for the rows the merge did not write.
+        f"judged AS (SELECT e.*, CASE WHEN {written} THEN false "
+        f"ELSE {_owned_elsewhere('e')} END AS refused FROM batch AS e), "
+        f"{_new_events('judged')} {_outcomes('judged')}"
     )
 
 
@@ -235,18 +252,22 @@ def _build_write_events_and_statuses() -> str:
 # once rendered, with column lists and the merge's expressions elided:
 #
 #   WITH batch AS (
-#          SELECT u.kind, u.message_id, ..., u.claimant, <owned elsewhere> AS refused
+#          SELECT u.kind, u.message_id, ..., u.claimant
 #          FROM ROWS FROM (json_array_elements_text(CAST($1 AS json)), ...) AS u(kind, ...)),
-#        new_events AS (
-#          INSERT INTO events (...) SELECT ... FROM batch WHERE NOT refused
-#          ON CONFLICT ON CONSTRAINT uq_events_exact_retry DO NOTHING
-#          RETURNING message_id, kind, sent_status_code, delivered_status_code),
 #        statuses AS (
 #          INSERT INTO messages AS m (...) SELECT ..., <replies stored so far>
 #          FROM ROWS FROM (<$9... likewise>) AS s, batch AS e
-#          WHERE e.message_id = s.id AND e.kind <> 'mo' AND NOT e.refused ORDER BY s.id
+#          WHERE e.message_id = s.id AND e.kind <> 'mo' ORDER BY s.id
 #          ON CONFLICT (id) DO UPDATE SET <each column merged, the owner kept>
-#          WHERE <the merge changes the row> AND <the same owner, or none>)
+#          WHERE <the merge changes the row> AND <the same owner, or none>
+#          RETURNING m.id),
+#        judged AS (
+#          SELECT e.*, CASE WHEN <the merge wrote its message> THEN false
+#                           ELSE <owned elsewhere> END AS refused FROM batch AS e),
+#        new_events AS (
+#          INSERT INTO events (...) SELECT ... FROM judged WHERE NOT refused
+#          ON CONFLICT ON CONSTRAINT uq_events_exact_retry DO NOTHING
+#          RETURNING message_id, kind, sent_status_code, delivered_status_code)
 #   SELECT <the new events> UNION ALL SELECT <the refused rows, with their claimant>
 #
 # print(WRITE_EVENTS_AND_STATUSES) shows it whole.
