@@ -249,6 +249,29 @@ def _event_rows(rows: list[FloorRow]) -> list[FloorRow]:
     return [("dlr", row[0], row[3], row[4], row[7], row[8]) for row in rows]
 
 
+async def create_floor_tables(dsn: str, indexes: list[str], *, events: bool) -> None:
+    """New floor tables (``floor_events`` too, with ``events``) with these indexes."""
+    admin = await asyncpg.connect(dsn)
+    await admin.execute("DROP TABLE IF EXISTS floor_messages")
+    await admin.execute("DROP TABLE IF EXISTS floor_events")
+    await admin.execute(_FLOOR_TABLE)
+    if events:
+        await admin.execute(_FLOOR_EVENTS_TABLE)
+    for columns in indexes:
+        await admin.execute(f"CREATE INDEX ON floor_messages ({columns})")
+    await admin.execute("CHECKPOINT")  # each run starts with the same WAL state
+    await admin.close()
+
+
+async def insert_floor_rows(conn: asyncpg.Connection, rows: list[FloorRow]) -> None:
+    """The idempotent floor's statement: message rows and their event rows, autocommitted."""
+    await conn.execute(_FLOOR_INSERT_WITH_EVENTS, *_as_json_columns(rows))
+
+
+# Every index of the read API's on the floor's messages, as the idempotent floor has them.
+ALL_FLOOR_INDEXES = [column for _, more in _FLOOR_INDEXES for column in more]
+
+
 async def floor_run(
     dsn: str,
     indexes: list[str],
@@ -260,16 +283,7 @@ async def floor_run(
 ) -> tuple[float, float]:
     """Rows/s and PostgreSQL's CPU per row, filling a new floor table from ``connections``
     connections (with ``events``, each row's event row too, in the same transaction)."""
-    admin = await asyncpg.connect(dsn)
-    await admin.execute("DROP TABLE IF EXISTS floor_messages")
-    await admin.execute("DROP TABLE IF EXISTS floor_events")
-    await admin.execute(_FLOOR_TABLE)
-    if events:
-        await admin.execute(_FLOOR_EVENTS_TABLE)
-    for columns in indexes:
-        await admin.execute(f"CREATE INDEX ON floor_messages ({columns})")
-    await admin.execute("CHECKPOINT")  # each run starts with the same WAL state
-    await admin.close()
+    await create_floor_tables(dsn, indexes, events=events)
 
     async def by_insert(conn: asyncpg.Connection, rows: list[FloorRow]) -> None:
         await conn.execute(_FLOOR_INSERT, *_as_json_columns(rows))
@@ -287,7 +301,7 @@ async def floor_run(
             )
 
     async def by_insert_with_events(conn: asyncpg.Connection, rows: list[FloorRow]) -> None:
-        await conn.execute(_FLOOR_INSERT_WITH_EVENTS, *_as_json_columns(rows))
+        await insert_floor_rows(conn, rows)
 
     ways = {
         ("insert", False): by_insert,
@@ -339,18 +353,18 @@ def measure_floor(dsn: str, count: int, size: int, target: int) -> None:
 def copy_floor(dsn: str, count: int, size: int) -> tuple[float, float]:
     """The floor under an array of DLRs: message rows with every index above and their event
     rows, by binary COPY from 2 connections: rows/s and PostgreSQL's CPU per row."""
-    indexes = [column for _, more in _FLOOR_INDEXES for column in more]
     batches = [floor_rows(f"floor-events-{time.monotonic_ns()}-{n}", size) for n in range(count)]
-    return asyncio.run(floor_run(dsn, indexes, batches, "copy", events=True))
+    return asyncio.run(floor_run(dsn, ALL_FLOOR_INDEXES, batches, "copy", events=True))
 
 
 def idempotent_floor(dsn: str, count: int, size: int) -> tuple[float, float]:
     """The least an idempotent receiver sends for an array of DLRs: the same message rows with
     every index and their event rows, in one INSERT ... ON CONFLICT statement per batch from
     ONE asyncpg connection: rows/s and PostgreSQL's CPU per row."""
-    indexes = [column for _, more in _FLOOR_INDEXES for column in more]
     batches = [floor_rows(f"floor-idem-{time.monotonic_ns()}-{n}", size) for n in range(count)]
-    return asyncio.run(floor_run(dsn, indexes, batches, "insert", events=True, connections=1))
+    return asyncio.run(
+        floor_run(dsn, ALL_FLOOR_INDEXES, batches, "insert", events=True, connections=1)
+    )
 
 
 def main() -> None:
