@@ -131,6 +131,18 @@ def scratch_database(prefix: str, server: str | None = None) -> Iterator[str]:
         asyncio.run(_admin(base, f'DROP DATABASE "{name}" WITH (FORCE)'))
 
 
+async def checkpoint(database_url: str | None) -> None:
+    """A CHECKPOINT on the database's server (``None``: nothing to do, the embedded server is
+    the service's own), so that a run starts from the same WAL state as the floors' runs."""
+    if database_url is None:
+        return
+    conn = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        await conn.execute("CHECKPOINT")
+    finally:
+        await conn.close()
+
+
 def postgres_cpu_seconds() -> float:
     """CPU time every process of the machine's PostgreSQL has spent so far (user and system).
     Connections must be open before a first reading: a backend that exits in between takes

@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import math
 import os
 import resource
 import shutil
@@ -57,6 +58,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from app.db.engine import normalize_database_url
 from bench.common import (
     calibration_line,
+    checkpoint,
     cli_webhook_key,
     host_line,
     postgres_cpu_seconds,
@@ -72,8 +74,9 @@ LUA = Path(__file__).with_name("dlr.lua")
 # One JSON line written by dlr.lua: a thread's acknowledged ranges, or the run's summary.
 WrkLine = dict[str, Any]
 ARRAY_CONNECTIONS = int(os.environ.get("BENCH_ARRAY_CONNECTIONS", "8"))
-# Batches of PostgreSQL's floor measured after each array scenario (bench.db_capacity).
-FLOOR_BATCHES = 100
+# The least batches of PostgreSQL's floor measured after each array scenario
+# (bench.db_capacity): the floors write as many rows as the service stored, at least these.
+FLOOR_BATCHES = 10
 
 
 @dataclass
@@ -261,6 +264,8 @@ def measure(
 ) -> Result:
     run_id = f"{scenario.name}-{'ceiling' if ceiling else 'service'}-{time.monotonic_ns()}"
     factory = "bench.ceiling:create_ceiling_app" if ceiling else None
+    # From the same WAL state as each floor's run (bench.db_capacity.create_floor_tables).
+    asyncio.run(checkpoint(database_url))
     with running_service(
         database_url, workers=scenario.workers, app_factory=factory, open_ingest=key is None
     ) as (url, process):
@@ -371,8 +376,11 @@ def _versus_floors(
                 missing += service.missing or 0
                 print(line("service", service), flush=True)
             dsn = url.replace("postgresql+asyncpg://", "postgresql://")
-            copy_per_s, copy_cpu = copy_floor(dsn, FLOOR_BATCHES, scenario.batch)
-            idempotent_per_s, idempotent_cpu = idempotent_floor(dsn, FLOOR_BATCHES, scenario.batch)
+            # The same rows: as many as the service stored, so that the checkpoints their WAL
+            # brings on (every max_wal_size) fall on the floors as they fell on the service.
+            batches = max(FLOOR_BATCHES, math.ceil(service.acked_events / scenario.batch))
+            copy_per_s, copy_cpu = copy_floor(dsn, batches, scenario.batch)
+            idempotent_per_s, idempotent_cpu = idempotent_floor(dsn, batches, scenario.batch)
         idempotent_ratios.append(service.events_per_s / idempotent_per_s)
         copy_ratios.append(service.events_per_s / copy_per_s)
         print(
