@@ -8,6 +8,7 @@ import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from fastapi import FastAPI
@@ -210,6 +211,67 @@ async def test_rival_first_writes_in_one_batch_leave_the_id_to_the_first_key(
 
     assert (set(outcome.new), set(outcome.refused)) == ({0}, {1})
     assert (await message_row(engine, "new"))["sub_account"] == OWNER
+
+
+async def _waiting_for_a_lock(engine: AsyncEngine) -> None:
+    """Until some connection of the service's writer waits for a lock (a rival's first
+    write of an id, not yet committed)."""
+    for _ in range(200):
+        waiting = await fetch_all(
+            engine,
+            "SELECT pid FROM pg_stat_activity WHERE application_name = 'wavy-webhooks-writer' "
+            "AND wait_event_type = 'Lock'",
+        )
+        if waiting:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the intruder's write never waited for the rival's")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {**FOREIGN_DLR, "id": "raced"},
+        # The same id twice: the transaction path, events before statuses.
+        [{**FOREIGN_DLR, "id": "raced"}, {**FOREIGN_DLR, "id": "raced", "deliveredStatusCode": 2}],
+    ],
+    ids=["one statement", "transaction"],
+)
+async def test_a_first_write_racing_another_keys_first_write_of_the_id_is_refused_whole(
+    app: FastAPI, client: httpx.AsyncClient, engine: AsyncEngine, database_url: str, body: Any
+) -> None:
+    """Two keys' first writes of one new id at once: the second waits for the first's commit,
+    but judged the id by a snapshot taken before it. Found by an intruder's probe: the second
+    was answered 200 and its event stored on the first's message (never shown, yet
+    acknowledged)."""
+    await party(app, client, OWNER)
+    other = await party(app, client, "zucchini")
+    [first] = build_event_records(
+        "callback",
+        validate_items("callback", [{**CALLBACK, "id": "raced"}]),
+        items_as_json([{**CALLBACK, "id": "raced"}]),
+        sub_account=OWNER,
+        received_at=datetime.now(UTC),
+    )
+    rival = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        held = rival.transaction()
+        await held.start()
+        await write_records(rival, [first], OPTOUTS)  # the owner's first write, in flight
+        answer = asyncio.create_task(other.post("dlr", body))
+        await _waiting_for_a_lock(engine)
+        await held.commit()
+        refused = await answer
+    finally:
+        await rival.close()
+
+    assert refused.status_code == 403
+    assert refused.json()["error"]["code"] == "foreign_message"
+    assert (await message_row(engine, "raced"))["sub_account"] == OWNER
+    events = await fetch_all(
+        engine, "SELECT kind, sub_account FROM events WHERE message_id = 'raced'"
+    )
+    assert events == [{"kind": "callback", "sub_account": OWNER}]
 
 
 async def test_a_key_writes_replies_only_for_its_own_sub_account(

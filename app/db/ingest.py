@@ -66,27 +66,37 @@ _ROWS = (
     f"batch AS (SELECT {select_list(_BATCH_COLUMNS, 'u')} "  # noqa: S608 - constant names
     f"FROM {rows_from(_BATCH_COLUMNS, 'u')})"
 )
-# The batch with each row's verdict, where every row is checked for its owner.
-_JUDGED = "judged AS (SELECT e.*, " + _owned_elsewhere("e") + " AS refused FROM batch AS e)"  # noqa: S608
+# A row's verdict: store its event, refuse it (another sub-account's id), or judge it again.
+STORE, REFUSED, UNDECIDED = 0, 1, 2
+
+# The batch with each row's verdict, where every row is checked for its owner as the
+# statement's snapshot shows it (a row is never undecided here: see WRITE_EVENTS_AND_STATUSES).
+_JUDGED = (
+    "judged AS (SELECT e.*, CASE WHEN "  # noqa: S608
+    + _owned_elsewhere("e")
+    + f" THEN {REFUSED} ELSE {STORE} END AS verdict FROM batch AS e)"
+)
 
 
 def _new_events(judged: str) -> str:
-    """The events of the rows not refused, each stored once (a retry is not a new event)."""
+    """The events of the rows neither refused nor undecided, each stored once (a retry is not
+    a new event)."""
     return (
         f"new_events AS (INSERT INTO events ({', '.join(_EVENT_COLUMNS)}) "  # noqa: S608
-        f"SELECT {', '.join(_EVENT_COLUMNS)} FROM {judged} WHERE NOT refused "
+        f"SELECT {', '.join(_EVENT_COLUMNS)} FROM {judged} WHERE verdict = {STORE} "
         "ON CONFLICT ON CONSTRAINT uq_events_exact_retry DO NOTHING "
         "RETURNING message_id, kind, sent_status_code, delivered_status_code)"
     )
 
 
 def _outcomes(judged: str) -> str:
-    """Each row of the answer is an event that was new, or one refused (refused: its
-    claimant)."""
+    """Each row of the answer is an event that was new, one refused, or one undecided (the
+    last two with their claimant in refused_for)."""
     return (
-        "SELECT message_id, kind, sent_status_code, delivered_status_code, NULL AS refused_for "  # noqa: S608
-        "FROM new_events UNION ALL "
-        f"SELECT message_id, kind, NULL, NULL, claimant FROM {judged} WHERE refused"
+        "SELECT message_id, kind, sent_status_code, delivered_status_code, "  # noqa: S608
+        "NULL AS refused_for, false AS undecided FROM new_events UNION ALL "
+        f"SELECT message_id, kind, NULL, NULL, claimant, verdict = {UNDECIDED} FROM {judged} "
+        f"WHERE verdict <> {STORE}"
     )
 
 
@@ -219,20 +229,40 @@ _STATUS_OWN_COLUMNS: dict[str, str] = {
 }
 
 
+def _verdict(row: str) -> str:
+    """A row's verdict where the merge has run: STORE its event, REFUSED (another
+    sub-account's id), or UNDECIDED. The merge refuses another sub-account's message by
+    itself, so a message it wrote is not another's; only the other rows are looked up. An
+    owner, once set, never changes, so a snapshot that shows the row's own sub-account as the
+    owner decides too. A row the merge did not write, whose owner the snapshot does not show,
+    met a rival's first write that committed after the snapshot was taken: undecided, it is
+    judged again by a statement of its own, whose snapshot shows that owner (the merge waited
+    for the rival's commit)."""
+    return (
+        f"CASE WHEN {row}.claimant IS NULL THEN {STORE} "  # noqa: S608
+        f"WHEN {row}.kind = 'mo' THEN CASE WHEN EXISTS (SELECT 1 FROM mos AS o "
+        f"WHERE o.id = {row}.message_id AND o.sub_account <> {row}.claimant) "
+        f"THEN {REFUSED} ELSE {STORE} END "
+        f"WHEN {row}.message_id IN (SELECT id FROM statuses) THEN {STORE} "
+        f"ELSE COALESCE((SELECT CASE WHEN o.sub_account = {row}.claimant THEN {STORE} "
+        f"WHEN o.sub_account IS NOT NULL THEN {REFUSED} END "
+        f"FROM messages AS o WHERE o.id = {row}.message_id), {UNDECIDED}) END"
+    )
+
+
 def _build_write_events_and_statuses() -> str:
     """Events and the statuses of messages with one event in the batch, in one statement:
     autocommitted, a batch of callbacks and DLRs costs one round trip. Every status is offered
     to the merge, a retry's too: the merge is idempotent, so an exact retry changes nothing,
-    and one that carries fields the first copy lacked fills them in. The merge itself refuses
-    another sub-account's message (_merge_on_conflict), so only a row it did not write (a
-    retry, or another's message) is looked up for its owner: for a new message, the usual
-    row, that lookup was a seventh of the statement's time in PostgreSQL."""
+    and one that carries fields the first copy lacked fills them in. Each event's verdict
+    (_verdict) then looks its owner up only where the merge did not write its message: for a
+    new message, the usual row, that lookup was a seventh of the statement's time in
+    PostgreSQL."""
     first = len(_BATCH_COLUMNS) + 1  # after the batch's parameters
     values = ", ".join(
         _STATUS_FROM_EVENT.get(name, typed(name, kind, "s"))
         for name, kind in _STATUS_COLUMNS.items()
     )
-    written = "e.kind <> 'mo' AND e.message_id IN (SELECT id FROM statuses)"
     return (
         f"WITH {_ROWS}, "  # noqa: S608
         f"statuses AS (INSERT INTO messages AS m ({_STATUS_COLUMN_LIST}, reply_count) "
@@ -241,9 +271,7 @@ def _build_write_events_and_statuses() -> str:
         # One event per message here; an MO's id may equal a message id, so kind is checked.
         "WHERE e.message_id = s.id AND e.kind <> 'mo' "
         f"ORDER BY s.id {_merge_on_conflict()} RETURNING m.id), "
-        # CASE, not AND: the owner's lookup runs only for the rows the merge did not write.
-        f"judged AS (SELECT e.*, CASE WHEN {written} THEN false "
-        f"ELSE {_owned_elsewhere('e')} END AS refused FROM batch AS e), "
+        f"judged AS (SELECT e.*, {_verdict('e')} AS verdict FROM batch AS e), "
         f"{_new_events('judged')} {_outcomes('judged')}"
     )
 
@@ -262,13 +290,14 @@ def _build_write_events_and_statuses() -> str:
 #          WHERE <the merge changes the row> AND <the same owner, or none>
 #          RETURNING m.id),
 #        judged AS (
-#          SELECT e.*, CASE WHEN <the merge wrote its message> THEN false
-#                           ELSE <owned elsewhere> END AS refused FROM batch AS e),
+#          SELECT e.*, <STORE, REFUSED or UNDECIDED: the owner looked up only where the
+#                       merge did not write the message> AS verdict FROM batch AS e),
 #        new_events AS (
-#          INSERT INTO events (...) SELECT ... FROM judged WHERE NOT refused
+#          INSERT INTO events (...) SELECT ... FROM judged WHERE verdict = STORE
 #          ON CONFLICT ON CONSTRAINT uq_events_exact_retry DO NOTHING
 #          RETURNING message_id, kind, sent_status_code, delivered_status_code)
-#   SELECT <the new events> UNION ALL SELECT <the refused rows, with their claimant>
+#   SELECT <the new events> UNION ALL
+#   SELECT <the refused and the undecided rows, with their claimant>
 #
 # print(WRITE_EVENTS_AND_STATUSES) shows it whole.
 WRITE_EVENTS_AND_STATUSES = _build_write_events_and_statuses()
@@ -397,23 +426,27 @@ async def _write_claims(
     # Sorted so that concurrent batches (other workers) take row locks in the same order.
     candidates = sorted(first_seen.items(), key=lambda item: (_retry_order(item[0][0]), item[1]))
     rows = [_with_copies(records[position], copies.get(position)) for _, position in candidates]
-    batch = (
-        *json_columns(rows, _EVENT_FIELDS),
-        _json_payloads(rows),
-        json_columns(rows, ("claimant",))[0],
-    )
     statuses = [row.status for row in rows if row.status is not None]
     several_per_message = len({status.id for status in statuses}) < len(statuses)
     if not several_per_message:
-        result = await conn.fetch(
-            WRITE_EVENTS_AND_STATUSES, *batch, *json_columns(statuses, _STATUS_OWN_COLUMNS)
+        result = list(
+            await conn.fetch(
+                WRITE_EVENTS_AND_STATUSES,
+                *_event_batch(rows),
+                *json_columns(statuses, _STATUS_OWN_COLUMNS),
+            )
         )
+        undecided = {_claim(row) for row in result if row["undecided"]}
+        if undecided:  # a rival's first write committed meanwhile: judged again (_verdict)
+            again = [row for row in rows if (row.kind, row.message_id, row.claimant) in undecided]
+            result = [row for row in result if not row["undecided"]]
+            result += await conn.fetch(INSERT_EVENTS, *_event_batch(again))
     else:
         # Some message has several events here: the events go first, to learn which are
         # refused. The merged statuses then go in one statement, in id order, like every other
         # batch's: a batch locking its messages in two statements could hold one that another
         # batch waits for while waiting for one that batch holds.
-        result = await conn.fetch(INSERT_EVENTS, *batch)
+        result = list(await conn.fetch(INSERT_EVENTS, *_event_batch(rows)))
     inserted = {tuple(row)[:4] for row in result if row["refused_for"] is None}
     refused_owners = {
         (row["kind"], row["message_id"], row["refused_for"])
@@ -436,12 +469,81 @@ async def _write_claims(
         merged = merge_status_events([r.status for r in kept if r.status is not None])
         if merged:
             await conn.execute(UPSERT_MESSAGES, *json_columns(merged, _STATUS_COLUMNS))
+        lost = await _drop_lost_claims(conn, [records[p] for p in sorted(new)])
+        if lost:
+            taken = {p for p in new if _claim_of(records[p]) in lost}
+            new -= taken
+            refused = refused | frozenset(p for p, r in enumerate(records) if _claim_of(r) in lost)
+            kept = [r for p, r in enumerate(records) if p not in refused]
     new_replies = {records[p].message_id for p in new if records[p].kind == "mo"}
     recount_queued = await _write_replies(conn, kept, new_replies)
     changes = optouts.changes(kept)
     if changes:
         await apply_changes_in_batch(conn, changes)
     return BatchOutcome(new=frozenset(new), refused=refused, recount_queued=recount_queued)
+
+
+def _event_batch(rows: list[EventRecord]) -> tuple[str, ...]:
+    """The events' columns of these rows, and their claimants, as the batch statements take
+    them."""
+    return (
+        *json_columns(rows, _EVENT_FIELDS),
+        _json_payloads(rows),
+        json_columns(rows, ("claimant",))[0],
+    )
+
+
+Claim = tuple[str, str, str | None]
+
+
+def _claim(row: asyncpg.Record) -> Claim:
+    """An outcome row's event kind, id and claimant (refused_for holds the claimant)."""
+    return (row["kind"], row["message_id"], row["refused_for"])
+
+
+def _claim_of(record: EventRecord) -> Claim:
+    return (record.kind, record.message_id, record.claimant)
+
+
+# New events of ids whose message turns out another sub-account's once this transaction's
+# status merge has run: the events' insert judged them by a snapshot taken before a rival's
+# first write of the id committed (the merge waited for that commit, and refused). Dropped
+# before the commit, so never seen, and answered refused.
+DROP_LOST_CLAIMS = """
+    WITH claimed AS (
+        SELECT * FROM json_to_recordset($1::json) AS c(
+            kind text, message_id text, sent_status_code int, delivered_status_code int,
+            claimant text)),
+    lost AS (
+        SELECT c.* FROM claimed AS c JOIN messages AS m ON m.id = c.message_id
+        WHERE m.sub_account <> c.claimant),
+    dropped AS (
+        DELETE FROM events AS e USING lost AS l
+        WHERE e.message_id = l.message_id AND e.kind = l.kind
+        AND e.sent_status_code IS NOT DISTINCT FROM l.sent_status_code
+        AND e.delivered_status_code IS NOT DISTINCT FROM l.delivered_status_code)
+    SELECT kind, message_id, claimant AS refused_for FROM lost
+"""
+
+
+async def _drop_lost_claims(conn: asyncpg.Connection, new: list[EventRecord]) -> set[Claim]:
+    """The claims among these new events that a rival's first write took (DROP_LOST_CLAIMS)."""
+    claimed = [
+        {
+            "kind": r.kind,
+            "message_id": r.message_id,
+            "sent_status_code": r.sent_status_code,
+            "delivered_status_code": r.delivered_status_code,
+            "claimant": r.claimant,
+        }
+        for r in new
+        if r.claimant is not None and r.kind != "mo"
+    ]
+    if not claimed:
+        return set()
+    return {
+        _claim(row) for row in await conn.fetch(DROP_LOST_CLAIMS, orjson.dumps(claimed).decode())
+    }
 
 
 async def _write_replies(
