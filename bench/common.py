@@ -131,16 +131,10 @@ def scratch_database(prefix: str, server: str | None = None) -> Iterator[str]:
         asyncio.run(_admin(base, f'DROP DATABASE "{name}" WITH (FORCE)'))
 
 
-async def checkpoint(database_url: str | None) -> None:
-    """A CHECKPOINT on the database's server (``None``: nothing to do, the embedded server is
-    the service's own), so that a run starts from the same WAL state as the floors' runs."""
-    if database_url is None:
-        return
-    conn = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
-    try:
-        await conn.execute("CHECKPOINT")
-    finally:
-        await conn.close()
+def checkpoint(database_url: str) -> None:
+    """A CHECKPOINT on the database's server, so that a run starts from the same WAL state as
+    the floors' runs (bench.db_capacity.create_floor_tables)."""
+    asyncio.run(_admin(database_url, "CHECKPOINT"))
 
 
 def postgres_cpu_seconds() -> float:

@@ -10,7 +10,7 @@ The writer's side is ``write_records`` with new DLRs of one sub-account's key, a
 status merge, the owner check, the reply count and the stats rollup's triggers). The floor's is
 the least an idempotent receiver sends for the same rows (``bench.db_capacity``: message rows
 with the read API's indexes and their event rows, ``INSERT ... ON CONFLICT``). Each backend's
-CPU is read from ``/proc`` before and after each of its statements, so PostgreSQL must run on
+CPU is read (psutil) before and after each of its statements, so PostgreSQL must run on
 this machine; a clock tick falls on whichever statement was running, and over hundreds of
 statements each side's share is its cost. Arrays are bound by PostgreSQL's CPU, so the floor's
 cost over the writer's is about the arrays' target ratio with the host's speed left out.
@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
 
 import asyncpg
+import psutil
 
 from app.db.ingest import write_records
 from app.rules.optouts import DEFAULT_MATCHER
@@ -38,27 +38,26 @@ from bench.db_capacity import (
     insert_floor_rows,
 )
 
-_CLOCK_TICK_S = 1 / os.sysconf("SC_CLK_TCK")
-
-
-def backend_cpu_seconds(pid: int) -> float:
-    """User and system CPU of one local PostgreSQL backend so far."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) * _CLOCK_TICK_S
-
 
 @dataclass
 class Side:
+    """One side's connection, and its backend's CPU over the statements timed."""
+
     conn: asyncpg.Connection
     cpu_s: float = 0.0
     rows: int = 0
 
+    def __post_init__(self) -> None:
+        self.backend = psutil.Process(self.conn.get_server_pid())
+
+    def _cpu_seconds(self) -> float:
+        times = self.backend.cpu_times()
+        return float(times.user + times.system)
+
     async def timed(self, statement: Awaitable[object]) -> None:
-        pid = self.conn.get_server_pid()
-        before = backend_cpu_seconds(pid)
+        before = self._cpu_seconds()
         await statement
-        self.cpu_s += backend_cpu_seconds(pid) - before
+        self.cpu_s += self._cpu_seconds() - before
 
     def per_row_us(self) -> float:
         return self.cpu_s / self.rows * 1e6

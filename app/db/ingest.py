@@ -210,7 +210,7 @@ _STATUS_COLUMN_LIST = ", ".join(_STATUS_COLUMNS)
 UPSERT_MESSAGES = (
     f"INSERT INTO messages AS m ({_STATUS_COLUMN_LIST}, reply_count) "  # noqa: S608
     f"SELECT {select_list(_STATUS_COLUMNS, 'u')}, {_replies_so_far('u.id', 'u.sub_account')} "
-    f"FROM {rows_from(_STATUS_COLUMNS, 'u')} {_merge_on_conflict()}"
+    f"FROM {rows_from(_STATUS_COLUMNS, 'u')} {_merge_on_conflict()} RETURNING m.id"
 )
 
 
@@ -438,7 +438,7 @@ async def _write_claims(
         )
         undecided = {_claim(row) for row in result if row["undecided"]}
         if undecided:  # a rival's first write committed meanwhile: judged again (_verdict)
-            again = [row for row in rows if (row.kind, row.message_id, row.claimant) in undecided]
+            again = [row for row in rows if _claim_of(row) in undecided]
             result = [row for row in result if not row["undecided"]]
             result += await conn.fetch(INSERT_EVENTS, *_event_batch(again))
     else:
@@ -448,15 +448,9 @@ async def _write_claims(
         # batch waits for while waiting for one that batch holds.
         result = list(await conn.fetch(INSERT_EVENTS, *_event_batch(rows)))
     inserted = {tuple(row)[:4] for row in result if row["refused_for"] is None}
-    refused_owners = {
-        (row["kind"], row["message_id"], row["refused_for"])
-        for row in result
-        if row["refused_for"] is not None
-    }
+    refused_owners = {_claim(row) for row in result if row["refused_for"] is not None}
     refused = frozenset(
-        position
-        for position, record in enumerate(records)
-        if (record.kind, record.message_id, record.claimant) in refused_owners
+        p for p, record in enumerate(records) if _claim_of(record) in refused_owners
     )
     new: set[int] = set()
     for (retry_key, _), position in candidates:
@@ -467,13 +461,18 @@ async def _write_claims(
 
     if several_per_message:
         merged = merge_status_events([r.status for r in kept if r.status is not None])
+        written: set[str] = set()
         if merged:
-            await conn.execute(UPSERT_MESSAGES, *json_columns(merged, _STATUS_COLUMNS))
-        lost = await _drop_lost_claims(conn, [records[p] for p in sorted(new)])
+            statuses_written = await conn.fetch(
+                UPSERT_MESSAGES, *json_columns(merged, _STATUS_COLUMNS)
+            )
+            written = {row["id"] for row in statuses_written}
+        # Only a new event whose message the merge did not write can have lost its claim.
+        unwritten = [records[p] for p in sorted(new) if records[p].message_id not in written]
+        lost = await _drop_lost_claims(conn, unwritten)
         if lost:
-            taken = {p for p in new if _claim_of(records[p]) in lost}
-            new -= taken
-            refused = refused | frozenset(p for p, r in enumerate(records) if _claim_of(r) in lost)
+            refused |= {p for p, record in enumerate(records) if _claim_of(record) in lost}
+            new -= refused
             kept = [r for p, r in enumerate(records) if p not in refused]
     new_replies = {records[p].message_id for p in new if records[p].kind == "mo"}
     recount_queued = await _write_replies(conn, kept, new_replies)
