@@ -274,6 +274,45 @@ async def test_a_first_write_racing_another_keys_first_write_of_the_id_is_refuse
     assert events == [{"kind": "callback", "sub_account": OWNER}]
 
 
+async def test_a_reply_racing_another_keys_first_copy_of_its_id_is_refused_whole(
+    app: FastAPI, client: httpx.AsyncClient, engine: AsyncEngine, database_url: str
+) -> None:
+    """Two keys' first copies of one reply id at once: the second judged the id by a snapshot
+    taken before the first's commit, and was answered 200 ("duplicates": 1) with nothing of
+    it stored, its opt-out applied to its own list."""
+    await party(app, client, OWNER)
+    other = await party(app, client, "zucchini")
+    first_copy = {"id": "raced-mo", "source": "5511988887777", "messageText": "hello"}
+    [first] = build_event_records(
+        "mo",
+        validate_items("mo", [first_copy]),
+        items_as_json([first_copy]),
+        sub_account=OWNER,
+        received_at=datetime.now(UTC),
+    )
+    rival = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        held = rival.transaction()
+        await held.start()
+        await write_records(rival, [first], OPTOUTS)  # the owner's first copy, in flight
+        answer = asyncio.create_task(other.post("mo", {**first_copy, "messageText": "SAIR"}))
+        await _waiting_for_a_lock(engine)
+        await held.commit()
+        refused = await answer
+    finally:
+        await rival.close()
+
+    assert refused.status_code == 403, refused.text
+    assert refused.json()["error"]["code"] == "foreign_message"
+    stored = await fetch_all(engine, "SELECT sub_account, message_text FROM mos")
+    assert stored == [{"sub_account": OWNER, "message_text": "hello"}]
+    events = await fetch_all(engine, "SELECT sub_account FROM events WHERE kind = 'mo'")
+    assert events == [{"sub_account": OWNER}]
+    assert await fetch_all(engine, "SELECT sub_account FROM optouts") == []
+    [kept] = await rejected(engine)
+    assert (kept["sub_account"], kept["reason"]) == ("zucchini", "foreign_message")
+
+
 async def test_a_key_writes_replies_only_for_its_own_sub_account(
     app: FastAPI, client: httpx.AsyncClient, engine: AsyncEngine
 ) -> None:

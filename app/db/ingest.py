@@ -459,6 +459,10 @@ async def _write_claims(
             inserted.discard(retry_key)  # one stored event, one new position
     kept = [record for position, record in enumerate(records) if position not in refused]
 
+    # Records whose claim a rival's first write may have taken: only where this transaction's
+    # write of the id did not write its row (the merge and the replies' insert refuse to
+    # write another's), each with whether its event was stored here.
+    unsure: list[tuple[EventRecord, bool]] = []
     if several_per_message:
         merged = merge_status_events([r.status for r in kept if r.status is not None])
         written: set[str] = set()
@@ -467,15 +471,20 @@ async def _write_claims(
                 UPSERT_MESSAGES, *json_columns(merged, _STATUS_COLUMNS)
             )
             written = {row["id"] for row in statuses_written}
-        # Only a new event whose message the merge did not write can have lost its claim.
-        unwritten = [records[p] for p in sorted(new) if records[p].message_id not in written]
-        lost = await _drop_lost_claims(conn, unwritten)
-        if lost:
-            refused |= {p for p, record in enumerate(records) if _claim_of(record) in lost}
-            new -= refused
-            kept = [r for p, r in enumerate(records) if p not in refused]
+        unsure += [(records[p], True) for p in sorted(new) if records[p].message_id not in written]
     new_replies = {records[p].message_id for p in new if records[p].kind == "mo"}
-    recount_queued = await _write_replies(conn, kept, new_replies)
+    replies = await _write_replies(conn, kept, new_replies)
+    unsure += [
+        (record, position in new)
+        for position, record in enumerate(records)
+        if record.mo is not None and position not in refused and record.mo.id not in replies.ids
+    ]
+    lost = await _drop_lost_claims(conn, unsure)
+    if lost:
+        refused |= {p for p, record in enumerate(records) if _claim_of(record) in lost}
+        new -= refused
+        kept = [r for p, r in enumerate(records) if p not in refused]
+    recount_queued = replies.recount_queued
     changes = optouts.changes(kept)
     if changes:
         await apply_changes_in_batch(conn, changes)
@@ -504,29 +513,31 @@ def _claim_of(record: EventRecord) -> Claim:
     return (record.kind, record.message_id, record.claimant)
 
 
-# New events of ids whose message turns out another sub-account's once this transaction's
-# status merge has run: the events' insert judged them by a snapshot taken before a rival's
-# first write of the id committed (the merge waited for that commit, and refused). Dropped
-# before the commit, so never seen, and answered refused.
-DROP_LOST_CLAIMS = """
+# Claims that a rival's first write of the id took, once this transaction's own write of the
+# id has run: the events' insert judged them by a snapshot taken before that rival's write
+# committed (the status merge, or the replies' insert, waited for the commit and refused to
+# write another's row). Their events stored here are dropped before the commit, so never seen,
+# and every row's claim is answered refused.
+DROP_LOST_CLAIMS = f"""
     WITH claimed AS (
         SELECT * FROM json_to_recordset($1::json) AS c(
             kind text, message_id text, sent_status_code int, delivered_status_code int,
-            claimant text)),
-    lost AS (
-        SELECT c.* FROM claimed AS c JOIN messages AS m ON m.id = c.message_id
-        WHERE m.sub_account <> c.claimant),
+            claimant text, stored boolean)),
+    lost AS (SELECT c.* FROM claimed AS c WHERE {_owned_elsewhere("c")}),
     dropped AS (
         DELETE FROM events AS e USING lost AS l
-        WHERE e.message_id = l.message_id AND e.kind = l.kind
+        WHERE l.stored AND e.message_id = l.message_id AND e.kind = l.kind
         AND e.sent_status_code IS NOT DISTINCT FROM l.sent_status_code
         AND e.delivered_status_code IS NOT DISTINCT FROM l.delivered_status_code)
     SELECT kind, message_id, claimant AS refused_for FROM lost
-"""
+"""  # noqa: S608 - our own constant SQL only
 
 
-async def _drop_lost_claims(conn: asyncpg.Connection, new: list[EventRecord]) -> set[Claim]:
-    """The claims among these new events that a rival's first write took (DROP_LOST_CLAIMS)."""
+async def _drop_lost_claims(
+    conn: asyncpg.Connection, unsure: list[tuple[EventRecord, bool]]
+) -> set[Claim]:
+    """The claims among these records (each with whether its event was stored here) that a
+    rival's first write took (DROP_LOST_CLAIMS)."""
     claimed = [
         {
             "kind": r.kind,
@@ -534,9 +545,10 @@ async def _drop_lost_claims(conn: asyncpg.Connection, new: list[EventRecord]) ->
             "sent_status_code": r.sent_status_code,
             "delivered_status_code": r.delivered_status_code,
             "claimant": r.claimant,
+            "stored": stored,
         }
-        for r in new
-        if r.claimant is not None and r.kind != "mo"
+        for r, stored in unsure
+        if r.claimant is not None
     ]
     if not claimed:
         return set()
@@ -545,18 +557,25 @@ async def _drop_lost_claims(conn: asyncpg.Connection, new: list[EventRecord]) ->
     }
 
 
+@dataclass(frozen=True, slots=True)
+class _RepliesWritten:
+    # The replies the insert wrote (new, or filled in): none of them is another's.
+    ids: frozenset[str] = frozenset()
+    # Some message they answer was queued for a recount.
+    recount_queued: bool = False
+
+
 async def _write_replies(
     conn: asyncpg.Connection, kept: list[EventRecord], new_ids: set[str]
-) -> bool:
-    """Store the batch's replies, new ones and retries alike (a retry may fill fields in);
-    True when some message they answer was queued for a recount."""
+) -> _RepliesWritten:
+    """Store the batch's replies, new ones and retries alike (a retry may fill fields in)."""
     by_id: dict[str, MoRecord] = {}
     for record in kept:
         if record.mo is not None:
             known = by_id.get(record.mo.id)
             by_id[record.mo.id] = record.mo if known is None else _fill_in(known, record.mo)
     if not by_id:
-        return False
+        return _RepliesWritten()
     mos = [by_id[mo_id] for mo_id in sorted(by_id)]
     written = await conn.fetch(INSERT_MOS, *json_columns(mos, _MO_COLUMNS))
     answered = sorted(
@@ -570,4 +589,4 @@ async def _write_replies(
     if filled:
         # A retry gave a stored reply its message: counted again by the sweep, not added to.
         await conn.execute(QUEUE_RECOUNTS, orjson.dumps(filled).decode())
-    return bool(answered or filled)
+    return _RepliesWritten(frozenset(row["id"] for row in written), bool(answered or filled))
