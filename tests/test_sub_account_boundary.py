@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.db import users
 from app.db.engine import driver_connection
 from app.db.ingest import write_records
-from app.payloads import validate_items
+from app.payloads import EventKind, validate_items
 from app.rules.optouts import DEFAULT_MATCHER as OPTOUTS
 from app.rules.records import build_event_records
 from app.rules.scope import Role
@@ -228,6 +228,36 @@ async def _waiting_for_a_lock(engine: AsyncEngine) -> None:
     raise AssertionError("the intruder's write never waited for the rival's")
 
 
+async def _racing_the_owners_first_write(
+    engine: AsyncEngine,
+    database_url: str,
+    owners: tuple[EventKind, dict[str, Any]],
+    intruder: Party,
+    posted: tuple[str, Any],
+) -> httpx.Response:
+    """The intruder's answer to ``posted`` (kind, body), sent while the owner's first write of
+    ``owners`` (kind, item) is in flight; that write commits once the intruder's waits for it."""
+    kind, item = owners
+    [first] = build_event_records(
+        kind,
+        validate_items(kind, [item]),
+        items_as_json([item]),
+        sub_account=OWNER,
+        received_at=datetime.now(UTC),
+    )
+    rival = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        held = rival.transaction()
+        await held.start()
+        await write_records(rival, [first], OPTOUTS)
+        answer = asyncio.create_task(intruder.post(*posted))
+        await _waiting_for_a_lock(engine)
+        await held.commit()
+        return await answer
+    finally:
+        await rival.close()
+
+
 @pytest.mark.parametrize(
     "body",
     [
@@ -246,24 +276,9 @@ async def test_a_first_write_racing_another_keys_first_write_of_the_id_is_refuse
     acknowledged)."""
     await party(app, client, OWNER)
     other = await party(app, client, "zucchini")
-    [first] = build_event_records(
-        "callback",
-        validate_items("callback", [{**CALLBACK, "id": "raced"}]),
-        items_as_json([{**CALLBACK, "id": "raced"}]),
-        sub_account=OWNER,
-        received_at=datetime.now(UTC),
+    refused = await _racing_the_owners_first_write(
+        engine, database_url, ("callback", {**CALLBACK, "id": "raced"}), other, ("dlr", body)
     )
-    rival = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
-    try:
-        held = rival.transaction()
-        await held.start()
-        await write_records(rival, [first], OPTOUTS)  # the owner's first write, in flight
-        answer = asyncio.create_task(other.post("dlr", body))
-        await _waiting_for_a_lock(engine)
-        await held.commit()
-        refused = await answer
-    finally:
-        await rival.close()
 
     assert refused.status_code == 403
     assert refused.json()["error"]["code"] == "foreign_message"
@@ -283,24 +298,14 @@ async def test_a_reply_racing_another_keys_first_copy_of_its_id_is_refused_whole
     await party(app, client, OWNER)
     other = await party(app, client, "zucchini")
     first_copy = {"id": "raced-mo", "source": "5511988887777", "messageText": "hello"}
-    [first] = build_event_records(
-        "mo",
-        validate_items("mo", [first_copy]),
-        items_as_json([first_copy]),
-        sub_account=OWNER,
-        received_at=datetime.now(UTC),
+
+    refused = await _racing_the_owners_first_write(
+        engine,
+        database_url,
+        ("mo", first_copy),
+        other,
+        ("mo", {**first_copy, "messageText": "SAIR"}),
     )
-    rival = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
-    try:
-        held = rival.transaction()
-        await held.start()
-        await write_records(rival, [first], OPTOUTS)  # the owner's first copy, in flight
-        answer = asyncio.create_task(other.post("mo", {**first_copy, "messageText": "SAIR"}))
-        await _waiting_for_a_lock(engine)
-        await held.commit()
-        refused = await answer
-    finally:
-        await rival.close()
 
     assert refused.status_code == 403, refused.text
     assert refused.json()["error"]["code"] == "foreign_message"
