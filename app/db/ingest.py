@@ -471,7 +471,11 @@ async def _write_claims(
                 UPSERT_MESSAGES, *json_columns(merged, _STATUS_COLUMNS)
             )
             written = {row["id"] for row in statuses_written}
-        unsure += [(records[p], True) for p in sorted(new) if records[p].message_id not in written]
+        unsure += [
+            (records[p], True)
+            for p in sorted(new)
+            if records[p].status is not None and records[p].message_id not in written
+        ]
     new_replies = {records[p].message_id for p in new if records[p].kind == "mo"}
     replies = await _write_replies(conn, kept, new_replies)
     unsure += [
