@@ -1,7 +1,7 @@
 """The HTTP connection before the app sees a request: bounds on what a client may make a worker
 hold, since Wavy calls the service directly and no proxy stands in front to set them.
 
-uvicorn's httptools protocol, with six changes:
+uvicorn's httptools protocol, with seven changes:
 
 * **Head size.** The request line and headers may take ``max_head_bytes``; past that the
   connection gets a JSON 431 and is closed. The parser never buffers more than that (it did:
@@ -19,6 +19,8 @@ uvicorn's httptools protocol, with six changes:
   which answers the JSON 413 and keeps what arrived, as for every other refusal.
 * **A body that has all arrived is said so** (``BODY_ARRIVED`` in the scope's extensions):
   the route then reads it without setting a timer of its own against a slow sender.
+* **A request the HTTP parser cannot read gets the API's JSON 400** (``bad_request``), not
+  uvicorn's plain text, and the connection closes as for every refusal here.
 * **A webhook's answer goes out in one write.** uvicorn writes a response's head when it starts
   and its body after: two system calls, two packets, two wake-ups of the sender, for an answer
   of a few hundred bytes on the hottest path. The head is held for the body's first bytes
@@ -282,13 +284,19 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 # Only what fits reaches the parser; if the head did not end within it, the
                 # rest is never buffered.
                 super().data_received(data[:room])
-                if self.in_head and not self.discarding:
+                if self.discarding:  # refused meanwhile (a request the parser could not read)
+                    return
+                if self.in_head:
                     self._head_too_large()
                     return
                 data = data[room:]
             else:
                 self.head_bytes += len(data)
         super().data_received(data)
+
+    def send_400_response(self, msg: str) -> None:
+        """What uvicorn answers a request its parser cannot read, in the API's shape."""
+        self._refuse(400, b"Bad Request", "bad_request", "the request is not valid HTTP/1.1")
 
     def _head_too_large(self) -> None:
         if self.parser.get_method() == b"GET" and self.url.startswith(URL_IS_BODY_PATH):

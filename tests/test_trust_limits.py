@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from fastapi import FastAPI
 from sqlalchemy import event, text
@@ -295,6 +296,26 @@ async def test_an_endless_header_gets_431_and_the_connection_closes(
 
     assert answer.startswith(b"HTTP/1.1 431")
     assert b'"code":"headers_too_large"' in answer
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"NOT HTTP AT ALL\r\n\r\n",
+        b"POST /v1/webhooks/dlr HTTP/1.1\r\nHost: x\r\nContent-Length: ten\r\n\r\n{}",
+        b"POST /v1/send-sms HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    ],
+    ids=["no request line", "a webhook's bad length", "a send's bad chunk"],
+)
+async def test_a_request_that_is_not_http_gets_the_apis_json_400(
+    app: FastAPI, settings: Settings, data: bytes
+) -> None:
+    answer = await raw_exchange(settings.port, data)
+
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400")
+    assert b"content-type: application/json" in head.lower()
+    assert orjson.loads(body)["error"]["code"] == "bad_request"
 
 
 async def test_a_head_just_past_the_limit_sent_at_once_gets_431(
