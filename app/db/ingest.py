@@ -231,17 +231,17 @@ _STATUS_OWN_COLUMNS: dict[str, str] = {
 
 def _verdict(row: str) -> str:
     """A row's verdict where the merge has run: STORE its event, REFUSED (another
-    sub-account's id), or UNDECIDED. The merge refuses another sub-account's message by
-    itself, so a message it wrote is not another's; only the other rows are looked up. An
-    owner, once set, never changes, so a snapshot that shows the row's own sub-account as the
-    owner decides too. A row the merge did not write, whose owner the snapshot does not show,
-    met a rival's first write that committed after the snapshot was taken: undecided, it is
-    judged again by a statement of its own, whose snapshot shows that owner (the merge waited
-    for the rival's commit)."""
+    sub-account's id), or UNDECIDED. A reply is judged by the snapshot (the replies' own
+    check, after their insert, catches a rival's first copy). The merge refuses another
+    sub-account's message by itself, so a message it wrote is not another's; only the other
+    rows are looked up. An owner, once set, never changes, so a snapshot that shows the row's
+    own sub-account as the owner decides too. A row the merge did not write, whose owner the
+    snapshot does not show, met a rival's first write that committed after the snapshot was
+    taken: undecided, it is judged again by a statement of its own, whose snapshot shows that
+    owner (the merge waited for the rival's commit)."""
     return (
         f"CASE WHEN {row}.claimant IS NULL THEN {STORE} "  # noqa: S608
-        f"WHEN {row}.kind = 'mo' THEN CASE WHEN EXISTS (SELECT 1 FROM mos AS o "
-        f"WHERE o.id = {row}.message_id AND o.sub_account <> {row}.claimant) "
+        f"WHEN {row}.kind = 'mo' THEN CASE WHEN {_owned_elsewhere(row)} "
         f"THEN {REFUSED} ELSE {STORE} END "
         f"WHEN {row}.message_id IN (SELECT id FROM statuses) THEN {STORE} "
         f"ELSE COALESCE((SELECT CASE WHEN o.sub_account = {row}.claimant THEN {STORE} "
