@@ -25,18 +25,30 @@ uvicorn's httptools protocol, with seven changes:
   and its body after: two system calls, two packets, two wake-ups of the sender, for an answer
   of a few hundred bytes on the hottest path. The head is held for the body's first bytes
   (webhook routes only: their answers are never streamed).
+* **A webhook that arrived whole is answered here** by the app's direct lane (app.api.direct,
+  given in the lifespan's state under ``DIRECT_LANE``): no ASGI cycle, task wrapper,
+  middleware, Request or Response per request, which together cost more than the webhook's own
+  work. A POST to a webhook's URL waits, within the read that brought its head, for its body's
+  end; if the body is still coming when that read is done, the request goes the ASGI way (the
+  route reads the rest, bounded in time). A pipelined request waits for the answer before it,
+  as for any other.
 """
 
 from __future__ import annotations
 
 import asyncio
 import resource
+from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import orjson
 from uvicorn.config import Config
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.http.httptools_impl import (
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
 from uvicorn.server import ServerState
 
 from app import metrics
@@ -59,6 +71,30 @@ LINGER_S = 2.0
 ONE_WRITE_PATHS = "/v1/webhooks/"
 # A 1xx answer's start (uvicorn's 100 Continue): written at once, it is no response's head.
 INFORMATIONAL = b"HTTP/1.1 1"
+
+
+# The lifespan state's key for the app's direct lane (DirectLane).
+DIRECT_LANE = "wavy.direct_lane"
+
+
+@dataclass(frozen=True, slots=True)
+class DirectAnswer:
+    """An answer of the direct lane: its status, the app's headers (the server adds its own, as
+    for every answer) and its body."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+
+
+class DirectLane(Protocol):
+    """What answers webhooks in the protocol (app.api.direct)."""
+
+    def takes(self, scope: Any) -> bool:
+        """Whether a request with this scope (its head) is the lane's to answer."""
+
+    def answer(self, scope: Any, body: bytes) -> Awaitable[DirectAnswer]:
+        """The request's answer; never raises for anything a request can cause."""
 
 
 def _json_answer(status: int, reason: bytes, code: str, message: str, *extra: bytes) -> bytes:
@@ -94,6 +130,14 @@ async def overloaded(scope: Any, receive: Any, send: Any) -> None:
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+# What the direct lane answers if it fails (it must not): uvicorn's own answer to an app's fault.
+DIRECT_FAULT = DirectAnswer(
+    500,
+    [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"21")],
+    b"Internal Server Error",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +248,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.head_bytes = 0
         self.in_head = True
         self.discarding = False
+        lane = app_state.get(DIRECT_LANE)
+        self.lane: DirectLane | None = lane
+        # A webhook for the lane whose body was still to come when its head was parsed, while
+        # the read that brought its head is being parsed.
+        self.awaiting_body: RequestResponseCycle | None = None
+        self.feeding = False
 
     # --- connections --------------------------------------------------------------------------
 
@@ -276,6 +326,17 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()
 
     def data_received(self, data: bytes) -> None:
+        self.feeding = True
+        try:
+            self._feed(data)
+        finally:
+            self.feeding = False
+        cycle, self.awaiting_body = self.awaiting_body, None
+        if cycle is not None and not self.discarding:
+            # The body is still coming: the route reads the rest, as any request's.
+            self._start_asgi_cycle(cycle, self.app)
+
+    def _feed(self, data: bytes) -> None:
         if self.discarding:
             return
         if self.in_head:
@@ -351,9 +412,55 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 self.app = app
             return
         super().on_headers_complete()
-        if self.scope["path"].startswith(ONE_WRITE_PATHS):
-            cycle = self.cycle
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+        """Where uvicorn starts a request: one for the direct lane is answered there, or waits
+        for its body's end within this read; any other starts its ASGI cycle."""
+        if self.lane is not None and app is not overloaded and self.lane.takes(cycle.scope):
+            if not cycle.more_body:
+                self._answer_directly(cycle, self.lane)
+                return
+            if self.feeding:
+                self.awaiting_body = cycle
+                return
+        self._start_asgi_cycle(cycle, app)
+
+    def _start_asgi_cycle(self, cycle: RequestResponseCycle, app: Any) -> None:
+        if cycle.scope["path"].startswith(ONE_WRITE_PATHS):
             cycle.transport = _OneWritePerAnswer(cycle, self.transport)  # type: ignore[assignment]
+        super()._start_asgi_task(cycle, app)
+
+    # --- the direct lane ----------------------------------------------------------------------
+
+    def _answer_directly(self, cycle: RequestResponseCycle, lane: DirectLane) -> None:
+        task = self.loop.create_task(self._direct(cycle, lane))
+        task.add_done_callback(self.tasks.discard)
+        self.tasks.add(task)
+
+    async def _direct(self, cycle: RequestResponseCycle, lane: DirectLane) -> None:
+        try:
+            answer = await lane.answer(cycle.scope, bytes(cycle.body))
+        except Exception as exc:  # a fault of ours: as uvicorn answers an app's
+            self.logger.error("Exception in the direct lane", exc_info=exc)
+            answer = DIRECT_FAULT
+        self._write_direct(cycle, answer)
+
+    def _write_direct(self, cycle: RequestResponseCycle, answer: DirectAnswer) -> None:
+        """The answer in one write, then the connection goes on as after any response (the
+        next pipelined request, or the keep-alive timer), or closes if it may not be kept."""
+        cycle.response_started = cycle.response_complete = True
+        if cycle.disconnected:
+            return
+        content = [STATUS_LINE[answer.status]]
+        for name, value in (*self.server_state.default_headers, *answer.headers):
+            content += (name, b": ", value, b"\r\n")
+        if not cycle.keep_alive:
+            content.append(b"connection: close\r\n")
+        content += (b"\r\n", answer.body)
+        self.transport.write(b"".join(content))
+        if not cycle.keep_alive:
+            self.transport.close()
+        self.on_response_complete()
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
@@ -364,3 +471,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         # sweep once on_message_begin has set its deadline. (Not at the response's end: a
         # pipelined request may be past its head by then, and its body would count as head.)
         self.in_head, self.head_bytes = True, 0
+        cycle = self.awaiting_body
+        if cycle is not None and cycle is self.cycle and self.lane is not None:
+            self.awaiting_body = None
+            self._answer_directly(cycle, self.lane)

@@ -35,9 +35,10 @@ from app.api import (
     webhooks,
 )
 from app.api.deps import READER_CREDENTIAL_HEADERS
+from app.api.direct import DirectWebhooks
 from app.api.errors import install_error_handlers
 from app.api.fast_path import FastPath
-from app.api.middleware import ObserveRequests
+from app.api.middleware import ObserveRequests, RequestObserver
 from app.db.engine import (
     KEYS_LISTENER_APPLICATION_NAME,
     SENDS_APPLICATION_NAME,
@@ -59,6 +60,7 @@ from app.db.retention import purge_periodically, retention_ages
 from app.db.sending import mt_recorder, optout_lookups
 from app.db.stats import fold_stats_periodically
 from app.db.writer import BatchWriter
+from app.http_protocol import DIRECT_LANE
 from app.outbound.forwarder import Forwarder
 from app.outbound.reconciler import Reconciler
 from app.outbound.wavy import WavyClient
@@ -102,7 +104,7 @@ def tune_garbage_collector() -> None:
 
 
 @asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
     settings: Settings = app.state.settings
     database_url = settings.database_url or start_embedded_postgres(settings.data_dir)
     engine = create_engine(settings, database_url)
@@ -161,7 +163,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         background.append(asyncio.create_task(purge, name="retention-purge"))
     tune_garbage_collector()
     try:
-        yield
+        # The server's protocol answers webhooks by this lane (app.http_protocol).
+        yield {DIRECT_LANE: DirectWebhooks(app, app.state.observer)}
     finally:
         # Record the attempts in flight, then commit what requests already handed in, before
         # the connections go away.
@@ -226,19 +229,21 @@ class WebhooksFirstApp(FastAPI):
         return app
 
 
-def _outer_middleware(settings: Settings) -> list[Middleware]:
+def request_observer(settings: Settings) -> RequestObserver:
+    """How every request is observed (id, metrics, access log), however it is answered."""
+    return RequestObserver(
+        access_log_enabled=settings.access_log,
+        webhooks=settings.access_log_webhooks,
+        webhook_routes=[
+            route.path for route in webhooks.router.routes if isinstance(route, APIRoute)
+        ],
+    )
+
+
+def _outer_middleware(settings: Settings, observer: RequestObserver) -> list[Middleware]:
     """Outermost first: every request is observed (id, metrics, access log), then CORS, then
     the fast path of the webhooks and the sends."""
-    outer = [
-        Middleware(
-            ObserveRequests,
-            access_log_enabled=settings.access_log,
-            webhooks=settings.access_log_webhooks,
-            webhook_routes=[
-                route.path for route in webhooks.router.routes if isinstance(route, APIRoute)
-            ],
-        )
-    ]
+    outer = [Middleware(ObserveRequests, observer=observer)]
     if settings.cors_origins:
         # Credentials travel in headers, never cookies: no allow_credentials.
         outer.append(
@@ -272,8 +277,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """The application; settings come from the environment unless given (tests, benchmarks)."""
     settings = settings or Settings()
     otel = settings.opentelemetry
+    observer = request_observer(settings)
     app = WebhooksFirstApp(
-        outer_middleware=_outer_middleware(settings),
+        outer_middleware=_outer_middleware(settings, observer),
         title="wavy-webhooks",
         version="0.1.0",
         description=DESCRIPTION,
@@ -282,7 +288,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # visible share of a webhook's CPU under py-spy): opt-in only, /metrics is ours.
         telemetry={"tracing": otel, "metrics": otel, "logs": otel},
     )
-    app.state.settings = settings
+    app.state.settings, app.state.observer = settings, observer
     install_error_handlers(app)
     for module in (
         health,

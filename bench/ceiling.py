@@ -7,8 +7,9 @@ request, which would understate the ceiling several times over."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -35,11 +36,11 @@ def create_ceiling_app() -> FastAPI:
     real_lifespan = app.router.lifespan_context
 
     @asynccontextmanager
-    async def lifespan(application: FastAPI) -> AsyncIterator[None]:
-        async with real_lifespan(application):
+    async def lifespan(application: FastAPI) -> AsyncIterator[Mapping[str, Any]]:
+        async with real_lifespan(application) as state:
             real_writer = application.state.writer
             application.state.writer = NoDatabaseWriter()
-            yield
+            yield state or {}
             application.state.writer = real_writer
 
     app.router.lifespan_context = lifespan

@@ -9,7 +9,7 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Query, Request
 from sqlalchemy.ext.asyncio import AsyncEngine
-from starlette.datastructures import QueryParams
+from starlette.datastructures import QueryParams, State
 from starlette.types import Scope as StarletteScope
 
 from app import metrics
@@ -102,9 +102,15 @@ def _presented_key(scope: StarletteScope) -> str | None:
 async def webhook_context(request: Request) -> WebhookContext:
     """Reads the key straight from the request rather than through declared parameters, which
     cost FastAPI a validation pass per request; the routes document them in OpenAPI instead."""
-    state = request.app.state
+    return await webhook_context_of(request.app.state, request.scope)
+
+
+async def webhook_context_of(state: State, scope: StarletteScope) -> WebhookContext:
+    """The webhook's caller, by the key its request presents (``scope``'s query string and
+    headers), with what ingesting needs from the app's ``state``: the one rule of webhook
+    authentication, for the routes and for app.api.direct alike."""
     settings: Settings = state.settings
-    presented = _presented_key(request.scope)
+    presented = _presented_key(scope)
     caller: WebhookCaller | None = None
     if presented:
         found = await state.key_registry.find(presented)  # KeysUnavailable: a 503

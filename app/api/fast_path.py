@@ -77,7 +77,7 @@ def _handler_for(
     return None
 
 
-def _catch_all(handlers: Mapping[Any, ExceptionHandler]) -> ExceptionHandler | None:
+def catch_all(handlers: Mapping[Any, ExceptionHandler]) -> ExceptionHandler | None:
     """The handler of what no other handles, as Starlette's error layer finds it."""
     return handlers.get(Exception) or handlers.get(500)
 
@@ -109,17 +109,17 @@ class FastPath:
             response = await endpoint(request)
         except Exception as exc:
             handlers = scope["app"].exception_handlers
-            handled = await _handled(handlers, request, exc)
-            if isinstance(handled, Exception):
-                catch_all = _catch_all(handlers)
-                if catch_all is not None:
-                    await (await catch_all(request, handled))(scope, receive, send)
-                raise handled from (None if handled is exc else exc)
-            response = handled
+            answer = await handled(handlers, request, exc)
+            if isinstance(answer, Exception):
+                last_resort = catch_all(handlers)
+                if last_resort is not None:
+                    await (await last_resort(request, answer))(scope, receive, send)
+                raise answer from (None if answer is exc else exc)
+            response = answer
         await response(scope, receive, send)
 
 
-async def _handled(
+async def handled(
     handlers: Mapping[Any, ExceptionHandler], request: Request, exc: Exception
 ) -> Response | Exception:
     """The handler's answer to ``exc``, or what is left unhandled: ``exc`` itself when no

@@ -106,22 +106,31 @@ class AcceptedSummary:
             )
 
 
-class ObserveRequests:
+class RequestObserver:
+    """The one place a request is observed, whichever way it was answered (this module's
+    middleware, or app.api.direct in the HTTP protocol): its id, its latency in the metrics,
+    its access log line or its share of the accepted webhooks' summary."""
+
     def __init__(
         self,
-        app: ASGIApp,
         *,
         access_log_enabled: bool,
         webhooks: Literal["each", "summary"],
         webhook_routes: Collection[str],
     ) -> None:
-        self.app = app
         self.access_log_enabled = access_log_enabled
         # The routes whose accepted requests are summarised, not logged each.
         self.summarised = frozenset(webhook_routes) if webhooks == "summary" else frozenset()
         self.summary = AcceptedSummary()
         # labels() costs a lock and a tuple per call; the combinations in use are few.
         self._histograms: dict[tuple[str, str, int], Any] = {}
+
+    @staticmethod
+    def request_id(scope: Scope) -> str:
+        """The caller's id if it gave a usable one, else a new one. An id to find a request's
+        lines by, not a secret: Python's generator, not a system call per request (os.urandom's
+        was the costliest line here under py-spy)."""
+        return _incoming_request_id(scope) or f"{random.getrandbits(128):032x}"
 
     def _latency(self, method: str, route: str, status: int) -> Any:
         key = (method, route, status)
@@ -131,42 +140,15 @@ class ObserveRequests:
             self._histograms[key] = histogram
         return histogram
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await self.app(scope, self._writing_summary_at_shutdown(receive), send)
-            return
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        # An id to find a request's lines by, not a secret: Python's generator, not a system
-        # call per request (os.urandom's was the costliest line here under py-spy).
-        request_id = _incoming_request_id(scope) or f"{random.getrandbits(128):032x}"
-        token = current_request_id.set(request_id)
-        status = 500  # what the server answers if the app fails before starting a response
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                message["headers"] = [
-                    *message.get("headers", []),
-                    (b"x-request-id", request_id.encode()),
-                    # Every answer is what its content type says: never sniffed as another.
-                    (b"x-content-type-options", b"nosniff"),
-                ]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_id)
-        finally:
-            elapsed = time.perf_counter() - started
-            route = _route_template(scope)
-            method = scope["method"] if scope["method"] in _KNOWN_METHODS else "other"
-            self._latency(method, route, status).observe(elapsed)
-            if self.access_log_enabled and access_log.isEnabledFor(logging.INFO):
-                self._log_access(scope, method, route, status, elapsed, request_id)
-            current_request_id.reset(token)
+    def observed(
+        self, scope: Scope, route: str, status: int, elapsed: float, request_id: str
+    ) -> None:
+        """A request answered ``status`` after ``elapsed`` seconds; ``route`` is its template,
+        or "unmatched"."""
+        method = scope["method"] if scope["method"] in _KNOWN_METHODS else "other"
+        self._latency(method, route, status).observe(elapsed)
+        if self.access_log_enabled and access_log.isEnabledFor(logging.INFO):
+            self._log_access(scope, method, route, status, elapsed, request_id)
 
     def _log_access(
         self, scope: Scope, method: str, route: str, status: int, elapsed: float, request_id: str
@@ -191,13 +173,54 @@ class ObserveRequests:
             },
         )
 
+
+# The headers every answer carries besides its id: what its content type says, never sniffed.
+NOSNIFF = (b"x-content-type-options", b"nosniff")
+REQUEST_ID_HEADER = b"x-request-id"
+
+
+class ObserveRequests:
+    def __init__(self, app: ASGIApp, *, observer: RequestObserver) -> None:
+        self.app = app
+        self.observer = observer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self.app(scope, self._writing_summary_at_shutdown(receive), send)
+            return
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id = self.observer.request_id(scope)
+        token = current_request_id.set(request_id)
+        status = 500  # what the server answers if the app fails before starting a response
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (REQUEST_ID_HEADER, request_id.encode()),
+                    NOSNIFF,
+                ]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            elapsed = time.perf_counter() - started
+            self.observer.observed(scope, _route_template(scope), status, elapsed, request_id)
+            current_request_id.reset(token)
+
     def _writing_summary_at_shutdown(self, receive: Receive) -> Receive:
         """The lifespan's messages, the summary written when the server shuts down."""
 
         async def receive_then_write() -> Message:
             message = await receive()
             if message["type"] == "lifespan.shutdown":
-                self.summary.write()
+                self.observer.summary.write()
             return message
 
         return receive_then_write

@@ -11,7 +11,7 @@ from app.api.deps import WebhookContextDep
 from app.api.errors import OrjsonResponse, responses
 from app.api.openapi import KEY_PARAMETERS, body_schema, mo_query_parameters
 from app.http_protocol import BODY_ARRIVED, URL_CUT_OFF
-from app.payloads import Callback, Dlr, Mo
+from app.payloads import EVENT_KINDS, Callback, Dlr, EventKind, Mo
 from app.services.ingest import Ingested, ingest_body, ingest_query
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
@@ -23,6 +23,10 @@ class IngestResult(BaseModel):
 
 
 INGEST_RESPONSES = responses(400, 401, 403, 408, 413, 422, 503)
+
+# The URLs a body is POSTed to, and what each receives: the routes below, and app.api.direct,
+# which answers them in the HTTP protocol.
+POSTED_KINDS: dict[str, EventKind] = {f"{router.prefix}/{kind}": kind for kind in EVENT_KINDS}
 
 
 # The bodies Wavy's single-object calls get, encoded once. Not whole responses: one shared
@@ -38,11 +42,16 @@ def _arrived(request: Request) -> bool:
     return BODY_ARRIVED in request.scope.get("extensions", ())
 
 
-def _answer(ingested: Ingested) -> Response:
+def answer_body(ingested: Ingested) -> bytes:
+    """What a stored webhook is answered, encoded."""
     body = _SINGLE_BODIES.get((ingested.received, ingested.duplicates))
     if body is None:
-        return OrjsonResponse({"received": ingested.received, "duplicates": ingested.duplicates})
-    return Response(body, media_type=OrjsonResponse.media_type)
+        return orjson.dumps({"received": ingested.received, "duplicates": ingested.duplicates})
+    return body
+
+
+def _answer(ingested: Ingested) -> Response:
+    return Response(answer_body(ingested), media_type=OrjsonResponse.media_type)
 
 
 @router.post(

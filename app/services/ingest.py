@@ -105,13 +105,20 @@ async def _read_within(request: Request, limit: int, chunks: list[bytes]) -> Non
 # __init__ costs several times more).
 @dataclass(slots=True)
 class _Refusal:
-    """What a refused request leaves for an operator: its kind, the request (method, content
-    type) and the bytes kept."""
+    """What a refused request leaves for an operator: its kind, the request (its method, and
+    its raw headers for the content type) and the bytes kept."""
 
     kind: EventKind
-    request: Request
+    method: str
+    headers: list[tuple[bytes, bytes]]
     kept: bytes
     truncated: bool = False
+
+    def content_type(self) -> str | None:
+        for name, value in self.headers:
+            if name == b"content-type":
+                return value.decode("latin-1")
+        return None
 
 
 async def _keep_and_refuse(context: WebhookContext, refusal: _Refusal, error: Refused) -> Refused:
@@ -123,12 +130,12 @@ async def _keep_and_refuse(context: WebhookContext, refusal: _Refusal, error: Re
             context.engine,
             RejectedBody(
                 endpoint=refusal.kind,
-                method=refusal.request.method,
+                method=refusal.method,
                 sub_account=context.caller.sub_account,
                 status_code=REFUSAL_STATUS[error.reason],
                 reason=error.reason,
                 detail=error.details,
-                content_type=refusal.request.headers.get("content-type"),
+                content_type=refusal.content_type(),
                 body=refusal.kept,
                 body_truncated=refusal.truncated,
             ),
@@ -181,21 +188,50 @@ async def _store(
 async def ingest_body(
     kind: EventKind, request: Request, context: WebhookContext, *, arrived: bool = False
 ) -> Ingested:
-    """A POSTed body: one object or an array; ``arrived`` when the server has all of it."""
+    """A POSTed body, read from the request: one object or an array; ``arrived`` when the
+    server has all of it."""
     received_at = datetime.now(UTC)
     settings = context.settings
+    headers = request.scope["headers"]
     try:
         body = await read_limited_body(
             request, settings.max_body_bytes, settings.body_timeout_s, arrived=arrived
         )
     except BodyCutOff as cut:
-        refusal = _Refusal(kind, request, cut.received, truncated=True)
+        refusal = _Refusal(kind, request.method, headers, cut.received, truncated=True)
         raise await _keep_and_refuse(context, refusal, cut.refusal) from None
+    return await _ingest_read(
+        kind, body, _Refusal(kind, request.method, headers, body), context, received_at
+    )
+
+
+async def ingest_arrived(
+    kind: EventKind, body: bytes, context: WebhookContext, headers: list[tuple[bytes, bytes]]
+) -> Ingested:
+    """A POSTed body that the server already holds whole (app.api.direct), with its request's
+    raw headers: bounded as ``ingest_body`` bounds one it reads."""
+    received_at = datetime.now(UTC)
+    limit = context.settings.max_body_bytes
+    if len(body) > limit:
+        refusal = _Refusal(kind, "POST", headers, body[:limit], truncated=True)
+        raise await _keep_and_refuse(context, refusal, too_large(limit)) from None
+    return await _ingest_read(
+        kind, body, _Refusal(kind, "POST", headers, body), context, received_at
+    )
+
+
+async def _ingest_read(
+    kind: EventKind,
+    body: bytes,
+    refusal: _Refusal,
+    context: WebhookContext,
+    received_at: datetime,
+) -> Ingested:
+    """A body within its size: parsed, stored, answered; ``refusal`` is what is kept if not."""
     if context.writer.is_full():  # refused before parsing: a burst stays cheap
         raise WriterOverloaded("overloaded; nothing was stored, retry later")
-    refusal = _Refusal(kind, request, body)
     try:
-        parsed = parse_webhook_body(kind, body, max_items=settings.max_items)
+        parsed = parse_webhook_body(kind, body, max_items=context.settings.max_items)
     except Refused as error:
         raise await _keep_and_refuse(context, refusal, error) from None
     return await _store(kind, parsed, context, received_at, refusal)
@@ -210,7 +246,7 @@ async def ingest_query(request: Request, context: WebhookContext, *, cut_off: bo
         raise WriterOverloaded("overloaded; nothing was stored, retry later")
     query = request.url.query
     kept = query_without_credentials(query)[: settings.max_body_bytes].encode()
-    refusal = _Refusal("mo", request, kept, cut_off)
+    refusal = _Refusal("mo", request.method, request.scope["headers"], kept, cut_off)
     try:
         if cut_off:
             raise url_too_long(settings.max_head_bytes)

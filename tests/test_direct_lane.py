@@ -1,0 +1,248 @@
+"""A webhook that arrives whole is answered in the HTTP protocol (app.api.direct); one whose body
+comes later goes the ASGI way to its route. A sender must not be able to tell them apart: the
+same answer (status, headers, body), the same rows, the same refusals kept for an operator."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import orjson
+import pytest
+from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.api.direct import DirectWebhooks
+from app.http_protocol import DirectAnswer
+from app.settings import Settings
+from tests.conftest import add_key, fetch_all
+
+# The answer's headers whose values differ from one request to the next.
+PER_REQUEST = {b"date", b"x-request-id"}
+
+
+def request_bytes(path: str, body: bytes, *, key: str | None, extra: bytes = b"") -> bytes:
+    query = f"?key={key}" if key else ""
+    return (
+        f"POST {path}{query} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n".encode()
+        + extra
+        + b"\r\n"
+        + body
+    )
+
+
+async def read_answer(
+    reader: asyncio.StreamReader,
+) -> tuple[bytes, list[tuple[bytes, bytes]], bytes]:
+    """One HTTP answer: its status line, its headers (lowercase names) and its body."""
+    async with asyncio.timeout(5):
+        head = await reader.readuntil(b"\r\n\r\n")
+        status, *lines = head[:-4].split(b"\r\n")
+        headers = [
+            (name.lower(), value.strip())
+            for name, _, value in (line.partition(b":") for line in lines)
+        ]
+        length = int(dict(headers)[b"content-length"])
+        return status, headers, await reader.readexactly(length)
+
+
+Split = bool  # whether the body is sent after its head, apart
+
+
+async def exchange(port: int, request: bytes, *, split: Split) -> tuple[bytes, list[Any], bytes]:
+    """Send a request whole in one write, or its head and then, a moment later, its body."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        if split:
+            head, _, body = request.partition(b"\r\n\r\n")
+            writer.write(head + b"\r\n\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.05)  # the server reads the head alone
+            writer.write(body)
+        else:
+            writer.write(request)
+        await writer.drain()
+        return await read_answer(reader)
+    finally:
+        writer.close()
+
+
+def comparable(answer: tuple[bytes, list[tuple[bytes, bytes]], bytes], own_id: str) -> Any:
+    status, headers, body = answer
+    assert {name for name, _ in headers} >= PER_REQUEST
+    fixed = sorted((name, value) for name, value in headers if name not in PER_REQUEST)
+    return status, fixed, orjson.loads(body.replace(own_id.encode(), b"<id>"))
+
+
+@pytest.fixture
+def lanes_taken(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The paths the direct lane answered, in order."""
+    taken: list[str] = []
+    answer = DirectWebhooks.answer
+
+    async def counted(self: DirectWebhooks, scope: Any, body: bytes) -> DirectAnswer:
+        taken.append(scope["path"])
+        return await answer(self, scope, body)
+
+    monkeypatch.setattr(DirectWebhooks, "answer", counted)
+    return taken
+
+
+async def test_a_webhook_answered_in_the_protocol_is_answered_as_its_route_answers(
+    app: FastAPI,
+    settings: Settings,
+    webhook_key: str,
+    engine: AsyncEngine,
+    lanes_taken: list[str],
+) -> None:
+    """Each case twice, whole (the protocol answers) and split (the route answers), with its
+    own ids: the answers match, and so do the rows and the rejected bodies they leave."""
+    globex = await add_key(app, "globex")
+
+    def dlr(message_id: str) -> bytes:
+        return orjson.dumps({"id": message_id, "sentStatusCode": 2})
+
+    cases: dict[str, Callable[[str], tuple[str, bytes, str | None]]] = {
+        "accepted": lambda i: ("/v1/webhooks/dlr", dlr(i), webhook_key),
+        "duplicate": lambda i: ("/v1/webhooks/dlr", dlr(i), webhook_key),
+        "array": lambda i: (
+            "/v1/webhooks/callback",
+            orjson.dumps([{"id": f"{i}-a"}, {"id": f"{i}-b"}]),
+            webhook_key,
+        ),
+        "reply": lambda i: (
+            "/v1/webhooks/mo",
+            orjson.dumps({"id": i, "messageText": "oi", "mt": {"id": f"{i}-mt"}}),
+            webhook_key,
+        ),
+        "malformed": lambda i: ("/v1/webhooks/dlr", b'{"id": "' + i.encode(), webhook_key),
+        "invalid": lambda i: (
+            "/v1/webhooks/dlr",
+            orjson.dumps({"id": i, "sentStatusCode": "x"}),
+            webhook_key,
+        ),
+        "empty": lambda i: ("/v1/webhooks/dlr", b"", webhook_key),
+        "no key": lambda i: ("/v1/webhooks/dlr", dlr(i), None),
+        "wrong key": lambda i: ("/v1/webhooks/dlr", dlr(i), "w" * 32),
+        "foreign": lambda i: ("/v1/webhooks/dlr", dlr(f"{i}-globex"), webhook_key),
+    }
+    answers: dict[str, list[Any]] = {}
+    for split in (False, True):
+        lane = "split" if split else "whole"
+        for case, make in cases.items():
+            own_id = f"{lane}-{case.replace(' ', '-')}"
+            path, body, key = make(own_id)
+            if case == "foreign":  # the message is globex's first
+                posted = request_bytes(path, dlr(f"{own_id}-globex"), key=globex)
+                assert (await exchange(settings.port, posted, split=False))[0].endswith(b"200 OK")
+            if case == "duplicate":
+                path, body, key = cases["accepted"](f"{lane}-accepted")
+                own_id = f"{lane}-accepted"
+            answer = await exchange(settings.port, request_bytes(path, body, key=key), split=split)
+            answers.setdefault(case, []).append(comparable(answer, own_id))
+
+    for case, (whole, split_answer) in answers.items():
+        assert whole == split_answer, case
+    assert answers["accepted"][0][0] == b"HTTP/1.1 200 OK"
+    assert answers["duplicate"][0][2] == {"received": 1, "duplicates": 1}
+    assert answers["foreign"][0][2]["error"]["code"] == "foreign_message"
+    assert answers["no key"][0][0] == b"HTTP/1.1 401 Unauthorized"
+    # The protocol answered every whole request (globex's two among them), and of the split
+    # ones only the empty body's, whose head is the whole request.
+    assert len(lanes_taken) == len(cases) + 2 + 1
+
+    stored = await fetch_all(engine, "SELECT id, sub_account FROM messages")
+    by_lane = {
+        lane: sorted(
+            (row["id"].removeprefix(f"{lane}-"), row["sub_account"])
+            for row in stored
+            if row["id"].startswith(f"{lane}-")
+        )
+        for lane in ("whole", "split")
+    }
+    assert by_lane["whole"] == by_lane["split"] != []
+    kept = await fetch_all(
+        engine, "SELECT endpoint, reason, sub_account, body FROM rejected_bodies ORDER BY id"
+    )
+    whole_kept = [
+        {**row, "body": row["body"].replace(b"whole-", b"")}
+        for row in kept
+        if b"whole-" in row["body"]
+    ]
+    split_kept = [
+        {**row, "body": row["body"].replace(b"split-", b"")}
+        for row in kept
+        if b"split-" in row["body"]
+    ]
+    assert whole_kept == split_kept
+    assert {row["reason"] for row in whole_kept} >= {
+        "malformed_json",
+        "validation_failed",
+        "foreign_message",
+    }
+
+
+@pytest.fixture
+async def small_bodies(app: FastAPI, settings: Settings) -> AsyncIterator[int]:
+    app.state.settings = settings.model_copy(update={"max_body_bytes": 64})
+    yield 64
+    app.state.settings = settings
+
+
+async def test_a_whole_body_past_the_limit_is_refused_and_kept_cut_as_the_route_does(
+    small_bodies: int,
+    settings: Settings,
+    webhook_key: str,
+    engine: AsyncEngine,
+    lanes_taken: list[str],
+) -> None:
+    body = orjson.dumps([{"id": f"too-large-{n}"} for n in range(10)])
+    answers = [
+        await exchange(
+            settings.port, request_bytes("/v1/webhooks/dlr", body, key=webhook_key), split=split
+        )
+        for split in (False, True)
+    ]
+
+    assert comparable(answers[0], "-") == comparable(answers[1], "-")
+    assert answers[0][0].startswith(b"HTTP/1.1 413 ")
+    kept = await fetch_all(engine, "SELECT body, body_truncated, repeats FROM rejected_bodies")
+    # Kept once, then counted as its repeat: the two lanes kept the very same bytes.
+    assert kept == [{"body": body[:small_bodies], "body_truncated": True, "repeats": 1}]
+    assert lanes_taken == ["/v1/webhooks/dlr"]
+
+
+async def test_pipelined_webhooks_are_answered_in_order_and_a_closing_one_closes(
+    settings: Settings, webhook_key: str, lanes_taken: list[str]
+) -> None:
+    """Three requests in one write, the last asking to close: three answers in their order,
+    then the connection ends."""
+    requests = [
+        request_bytes("/v1/webhooks/dlr", orjson.dumps({"id": f"piped-{n}"}), key=webhook_key)
+        for n in range(2)
+    ]
+    requests.append(
+        request_bytes(
+            "/v1/webhooks/dlr", b"{broken", key=webhook_key, extra=b"Connection: close\r\n"
+        )
+    )
+    reader, writer = await asyncio.open_connection("127.0.0.1", settings.port)
+    try:
+        writer.write(b"".join(requests))
+        await writer.drain()
+        answers = [await read_answer(reader) for _ in requests]
+        async with asyncio.timeout(5):
+            rest = await reader.read()
+    finally:
+        writer.close()
+
+    assert [status for status, _, _ in answers] == [
+        b"HTTP/1.1 200 OK",
+        b"HTTP/1.1 200 OK",
+        b"HTTP/1.1 400 Bad Request",
+    ]
+    assert (b"connection", b"close") in answers[2][1]
+    assert rest == b""
+    assert len(lanes_taken) == 3
