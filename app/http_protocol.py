@@ -132,11 +132,12 @@ async def overloaded(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-# What the direct lane answers if it fails (it must not): uvicorn's own answer to an app's fault.
+# What the direct lane answers if it fails (it must not): the API's 500, as its catch-all's.
+_FAULT_BODY = orjson.dumps({"error": {"code": "internal_error", "message": "internal error"}})
 DIRECT_FAULT = DirectAnswer(
     500,
-    [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"21")],
-    b"Internal Server Error",
+    [(b"content-length", b"%d" % len(_FAULT_BODY)), (b"content-type", b"application/json")],
+    _FAULT_BODY,
 )
 
 
@@ -440,7 +441,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     async def _direct(self, cycle: RequestResponseCycle, lane: DirectLane) -> None:
         try:
             answer = await lane.answer(cycle.scope, bytes(cycle.body))
-        except Exception as exc:  # a fault of ours: as uvicorn answers an app's
+        except Exception as exc:  # a fault of ours, logged as uvicorn logs an app's
             self.logger.error("Exception in the direct lane", exc_info=exc)
             answer = DIRECT_FAULT
         self._write_direct(cycle, answer)

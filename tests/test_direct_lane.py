@@ -5,6 +5,7 @@ same answer (status, headers, body), the same rows, the same refusals kept for a
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -246,3 +247,22 @@ async def test_pipelined_webhooks_are_answered_in_order_and_a_closing_one_closes
     assert (b"connection", b"close") in answers[2][1]
     assert rest == b""
     assert len(lanes_taken) == 3
+
+
+async def test_a_fault_in_the_direct_lane_is_the_apis_500_and_is_logged(
+    settings: Settings,
+    webhook_key: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def broken(self: DirectWebhooks, scope: Any, body: bytes) -> DirectAnswer:
+        raise RuntimeError("a bug in the lane")
+
+    monkeypatch.setattr(DirectWebhooks, "answer", broken)
+    posted = request_bytes("/v1/webhooks/dlr", orjson.dumps({"id": "faulty"}), key=webhook_key)
+    with caplog.at_level(logging.ERROR):
+        status, _, body = await exchange(settings.port, posted, split=False)
+
+    assert status == b"HTTP/1.1 500 Internal Server Error"
+    assert orjson.loads(body) == {"error": {"code": "internal_error", "message": "internal error"}}
+    assert any("a bug in the lane" in (r.exc_text or "") for r in caplog.records)
