@@ -1,7 +1,7 @@
 """The HTTP connection before the app sees a request: bounds on what a client may make a worker
 hold, since Wavy calls the service directly and no proxy stands in front to set them.
 
-uvicorn's httptools protocol, with seven changes:
+uvicorn's httptools protocol, with these changes:
 
 * **Head size.** The request line and headers may take ``max_head_bytes``; past that the
   connection gets a JSON 431 and is closed. The parser never buffers more than that (it did:
@@ -19,6 +19,8 @@ uvicorn's httptools protocol, with seven changes:
   which answers the JSON 413 and keeps what arrived, as for every other refusal.
 * **A body that has all arrived is said so** (``BODY_ARRIVED`` in the scope's extensions):
   the route then reads it without setting a timer of its own against a slow sender.
+* **A chunked body's trailer fields are not headers.** uvicorn added them to the request's
+  headers, which HTTP forbids: a key sent after the body would have counted.
 * **A request the HTTP parser cannot read gets the API's JSON 400** (``bad_request``), not
   uvicorn's plain text, and the connection closes as for every refusal here.
 * **A webhook's answer goes out in one write.** uvicorn writes a response's head when it starts
@@ -411,8 +413,17 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 super().on_headers_complete()
             finally:
                 self.app = app
-            return
-        super().on_headers_complete()
+        else:
+            super().on_headers_complete()
+        if not self.parser.should_upgrade():  # an upgrade's handshake reads the headers later
+            self._ignore_trailers()
+
+    def _ignore_trailers(self) -> None:
+        """uvicorn adds a chunked body's trailer fields to the request's headers, which HTTP
+        forbids (RFC 9110, 6.5.1): a key, a request id or a content type sent after the body
+        would count, and differently as the body was answered before or after its trailers
+        came. They go to a list of their own, never read."""
+        self.headers = []
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
         """Where uvicorn starts a request: one for the direct lane is answered there, or waits
@@ -450,7 +461,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         """The answer in one write, then the connection goes on as after any response (the
         next pipelined request, or the keep-alive timer), or closes if it may not be kept."""
         cycle.response_started = cycle.response_complete = True
-        if cycle.disconnected:
+        if cycle.disconnected or self.discarding or self.transport.is_closing():
+            # Gone, refused meanwhile (a later pipelined request's head was too large or not
+            # HTTP), or closing: nobody reads an answer now.
             return
         content = [STATUS_LINE[answer.status]]
         for name, value in (*self.server_state.default_headers, *answer.headers):

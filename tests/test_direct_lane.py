@@ -5,6 +5,7 @@ same answer (status, headers, body), the same rows, the same refusals kept for a
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -266,3 +267,50 @@ async def test_a_fault_in_the_direct_lane_is_the_apis_500_and_is_logged(
     assert status == b"HTTP/1.1 500 Internal Server Error"
     assert orjson.loads(body) == {"error": {"code": "internal_error", "message": "internal error"}}
     assert any("a bug in the lane" in (r.exc_text or "") for r in caplog.records)
+
+
+def chunked_with_trailer(path: str, body: bytes, trailer: bytes) -> bytes:
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        "Transfer-Encoding: chunked\r\n\r\n".encode()
+        + b"%x\r\n%s\r\n0\r\n%s\r\n" % (len(body), body, trailer)
+    )
+
+
+async def test_a_key_sent_in_a_chunked_bodys_trailer_does_not_count(
+    settings: Settings, webhook_key: str, engine: AsyncEngine
+) -> None:
+    """Trailer fields are not headers (RFC 9110): a key after the body is no key, whichever
+    lane answers."""
+    answers = []
+    for split in (False, True):
+        body = orjson.dumps({"id": f"trailer-{split}"})
+        posted = chunked_with_trailer(
+            "/v1/webhooks/dlr", body, b"X-Webhook-Key: %s\r\n" % webhook_key.encode()
+        )
+        answers.append(await exchange(settings.port, posted, split=split))
+
+    assert [status for status, _, _ in answers] == [b"HTTP/1.1 401 Unauthorized"] * 2
+    assert await fetch_all(engine, "SELECT id FROM messages") == []
+
+
+async def test_a_webhook_followed_by_junk_is_stored_and_the_junk_refused_without_an_error(
+    settings: Settings, webhook_key: str, engine: AsyncEngine, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The junk behind a webhook, in the same write, closes the connection with the API's
+    400 while the webhook is being stored: its answer then has nowhere to go, and is not
+    written (it was, after the connection's end, and failed in the log)."""
+    webhook = request_bytes("/v1/webhooks/dlr", orjson.dumps({"id": "junk"}), key=webhook_key)
+    with caplog.at_level(logging.WARNING):
+        reader, writer = await asyncio.open_connection("127.0.0.1", settings.port)
+        writer.write(webhook + b"BLAH\x01 / HTTP/1.1\r\n\r\n")
+        async with asyncio.timeout(5):
+            answer = await reader.read()  # until the server's end of writing
+        await asyncio.sleep(0.3)  # still connected while the webhook is stored
+        writer.close()
+        gc.collect()  # a failed task's error is logged when the task is freed
+
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    assert b'"code":"bad_request"' in answer
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert await fetch_all(engine, "SELECT id FROM messages") == [{"id": "junk"}]
