@@ -257,6 +257,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         # the read that brought its head is being parsed.
         self.awaiting_body: RequestResponseCycle | None = None
         self.feeding = False
+        self.requests_completed = 0  # on this connection: a head's bytes count from the last
 
     # --- connections --------------------------------------------------------------------------
 
@@ -340,23 +341,27 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._start_asgi_cycle(cycle, self.app)
 
     def _feed(self, data: bytes) -> None:
-        if self.discarding:
-            return
-        if self.in_head:
+        while data and not self.discarding:
+            if not self.in_head:
+                super().data_received(data)
+                return
             room = self.max_head_bytes - self.head_bytes
-            if len(data) > room:
-                # Only what fits reaches the parser; if the head did not end within it, the
-                # rest is never buffered.
-                super().data_received(data[:room])
-                if self.discarding:  # refused meanwhile (a request the parser could not read)
-                    return
-                if self.in_head:
-                    self._head_too_large()
-                    return
-                data = data[room:]
-            else:
+            if len(data) <= room:
                 self.head_bytes += len(data)
-        super().data_received(data)
+                super().data_received(data)
+                return
+            # Only what fits reaches the parser; if the head did not end within it, the rest
+            # is never buffered. If a request ended within it (pipelined requests in one
+            # read), the next one's head counts from there: at most this much more of it
+            # went uncounted.
+            completed = self.requests_completed
+            super().data_received(data[:room])
+            if self.discarding:  # refused meanwhile (a request the parser could not read)
+                return
+            if self.in_head and self.requests_completed == completed:
+                self._head_too_large()
+                return
+            data = data[room:]
 
     def send_400_response(self, msg: str) -> None:
         """What uvicorn answers a request its parser cannot read, in the API's shape."""
@@ -485,6 +490,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         # sweep once on_message_begin has set its deadline. (Not at the response's end: a
         # pipelined request may be past its head by then, and its body would count as head.)
         self.in_head, self.head_bytes = True, 0
+        self.requests_completed += 1
         cycle = self.awaiting_body
         if cycle is not None and cycle is self.cycle and self.lane is not None:
             self.awaiting_body = None

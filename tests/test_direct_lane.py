@@ -314,3 +314,26 @@ async def test_a_webhook_followed_by_junk_is_stored_and_the_junk_refused_without
     assert b'"code":"bad_request"' in answer
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
     assert await fetch_all(engine, "SELECT id FROM messages") == [{"id": "junk"}]
+
+
+async def test_pipelined_webhooks_past_the_head_limit_in_one_read_are_all_answered(
+    settings: Settings, webhook_key: str, engine: AsyncEngine
+) -> None:
+    """The head limit bounds each request's head, not a read holding many requests (they
+    were refused 431 together, the first already stored)."""
+    requests = [
+        request_bytes("/v1/webhooks/dlr", orjson.dumps({"id": f"many-{n}"}), key=webhook_key)
+        for n in range(3 * settings.max_head_bytes // 180)
+    ]
+    reader, writer = await asyncio.open_connection("127.0.0.1", settings.port)
+    try:
+        writer.write(b"".join(requests))
+        await writer.drain()
+        answers = [await read_answer(reader) for _ in requests]
+    finally:
+        writer.close()
+
+    assert len(b"".join(requests)) > 2 * settings.max_head_bytes
+    assert {status for status, _, _ in answers} == {b"HTTP/1.1 200 OK"}
+    stored = await fetch_all(engine, "SELECT count(*) AS n FROM messages")
+    assert stored == [{"n": len(requests)}]
