@@ -10,7 +10,7 @@ import secrets
 import socket
 import tempfile
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -194,6 +194,17 @@ async def clean_tables(app: FastAPI) -> None:
 async def client(base_url: str) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=base_url, timeout=30) as http:
         yield http
+
+
+@contextmanager
+def changed_settings(app: FastAPI, settings: Settings, **changes: Any) -> Iterator[Settings]:
+    """The running app's settings with ``changes``, for as long as the block runs."""
+    changed = settings.model_copy(update=changes)
+    app.state.settings = changed
+    try:
+        yield changed
+    finally:
+        app.state.settings = settings
 
 
 async def add_key(app: FastAPI, sub_account: str | None) -> str:

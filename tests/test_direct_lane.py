@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.api.direct import DirectWebhooks
 from app.http_protocol import DirectAnswer
 from app.settings import Settings
-from tests.conftest import add_key, fetch_all
+from tests.conftest import add_key, changed_settings, fetch_all
 
 # The answer's headers whose values differ from one request to the next.
 PER_REQUEST = {b"date", b"x-request-id"}
@@ -187,10 +187,9 @@ async def test_a_webhook_answered_in_the_protocol_is_answered_as_its_route_answe
 
 
 @pytest.fixture
-async def small_bodies(app: FastAPI, settings: Settings) -> AsyncIterator[int]:
-    app.state.settings = settings.model_copy(update={"max_body_bytes": 64})
-    yield 64
-    app.state.settings = settings
+def small_bodies(app: FastAPI, settings: Settings) -> Iterator[int]:
+    with changed_settings(app, settings, max_body_bytes=64) as changed:
+        yield changed.max_body_bytes
 
 
 async def test_a_whole_body_past_the_limit_is_refused_and_kept_cut_as_the_route_does(

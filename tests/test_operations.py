@@ -10,7 +10,7 @@ import os
 import re
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from app.logs import FailureLog, RequestIdFilter
 from app.settings import Settings
 from tests.conftest import (
     _admin,
+    changed_settings,
     fetch_all,
     free_port,
     serving,
@@ -431,10 +432,9 @@ def test_a_long_outage_is_recalled_every_minute_and_its_end_is_logged(
 
 
 @pytest.fixture
-async def short_body_timeout(app: FastAPI, settings: Settings) -> AsyncIterator[float]:
-    app.state.settings = settings.model_copy(update={"body_timeout_s": 0.5})
-    yield 0.5
-    app.state.settings = settings
+def short_body_timeout(app: FastAPI, settings: Settings) -> Iterator[float]:
+    with changed_settings(app, settings, body_timeout_s=0.5) as changed:
+        yield changed.body_timeout_s
 
 
 async def test_a_body_that_trickles_in_is_cut_off_with_408_and_kept(

@@ -9,7 +9,7 @@ import base64
 import gc
 import os
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -26,7 +26,7 @@ from app.db.stats import fold_stats_deltas
 from app.http_protocol import GuardedHttpToolsProtocol, HeadBounds
 from app.rules.scope import Role
 from app.settings import Settings
-from tests.conftest import fetch_all, free_port, serving
+from tests.conftest import changed_settings, fetch_all, free_port, serving
 
 
 @pytest.fixture
@@ -118,10 +118,9 @@ async def test_a_value_of_another_type_than_documented_gets_422(
 
 
 @pytest.fixture
-def small_budget(app: FastAPI, settings: Settings) -> Any:
-    app.state.settings = settings.model_copy(update={"rejected_max_bytes_per_key": 20_000})
-    yield
-    app.state.settings = settings
+def small_budget(app: FastAPI, settings: Settings) -> Iterator[Settings]:
+    with changed_settings(app, settings, rejected_max_bytes_per_key=20_000) as changed:
+        yield changed
 
 
 @pytest.mark.usefixtures("small_budget")

@@ -16,7 +16,7 @@ from app.db.key_registry import KeyRegistry
 from app.db.queries import load_active_keys
 from app.rules.credentials import KnownKey
 from app.settings import Settings
-from tests.conftest import add_key, fetch_all
+from tests.conftest import add_key, changed_settings, fetch_all
 
 DLR = {"id": "m1", "sentStatusCode": 2, "deliveredStatusCode": 4}
 
@@ -126,11 +126,8 @@ async def test_keys_are_stored_hashed(app: FastAPI, engine: AsyncEngine) -> None
 async def test_open_ingest_accepts_without_a_key(
     app: FastAPI, client: httpx.AsyncClient, settings: Settings, engine: AsyncEngine
 ) -> None:
-    app.state.settings = settings.model_copy(update={"open_ingest": True})
-    try:
+    with changed_settings(app, settings, open_ingest=True):
         response = await client.post("/v1/webhooks/dlr", json=DLR)
-    finally:
-        app.state.settings = settings
 
     assert response.status_code == 200
     [row] = await fetch_all(engine, "SELECT sub_account FROM messages")
