@@ -99,8 +99,13 @@ class DirectLane(Protocol):
         """The request's answer; never raises for anything a request can cause."""
 
 
+def _error_body(code: str, message: str) -> bytes:
+    """The API's error shape (app.api.errors), for the answers given before the app."""
+    return orjson.dumps({"error": {"code": code, "message": message}})
+
+
 def _json_answer(status: int, reason: bytes, code: str, message: str, *extra: bytes) -> bytes:
-    body = orjson.dumps({"error": {"code": code, "message": message}})
+    body = _error_body(code, message)
     return b"".join(
         [
             b"HTTP/1.1 %d %s\r\n" % (status, reason),
@@ -116,9 +121,7 @@ def _json_answer(status: int, reason: bytes, code: str, message: str, *extra: by
 async def overloaded(scope: Any, receive: Any, send: Any) -> None:
     """What a request past the in-flight limit gets: the API's 503, Retry-After included."""
     metrics.UNAVAILABLE.labels("overloaded").inc()
-    body = orjson.dumps(
-        {"error": {"code": "unavailable", "message": "overloaded; nothing was stored, retry"}}
-    )
+    body = _error_body("unavailable", "overloaded; nothing was stored, retry")
     await send(
         {
             "type": "http.response.start",
@@ -135,7 +138,7 @@ async def overloaded(scope: Any, receive: Any, send: Any) -> None:
 
 
 # What the direct lane answers if it fails (it must not): the API's 500, as its catch-all's.
-_FAULT_BODY = orjson.dumps({"error": {"code": "internal_error", "message": "internal error"}})
+_FAULT_BODY = _error_body("internal_error", "internal error")
 DIRECT_FAULT = DirectAnswer(
     500,
     [(b"content-length", b"%d" % len(_FAULT_BODY)), (b"content-type", b"application/json")],

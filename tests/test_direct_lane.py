@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -186,32 +186,23 @@ async def test_a_webhook_answered_in_the_protocol_is_answered_as_its_route_answe
     }
 
 
-@pytest.fixture
-def small_bodies(app: FastAPI, settings: Settings) -> Iterator[int]:
-    with changed_settings(app, settings, max_body_bytes=64) as changed:
-        yield changed.max_body_bytes
-
-
 async def test_a_whole_body_past_the_limit_is_refused_and_kept_cut_as_the_route_does(
-    small_bodies: int,
+    app: FastAPI,
     settings: Settings,
     webhook_key: str,
     engine: AsyncEngine,
     lanes_taken: list[str],
 ) -> None:
     body = orjson.dumps([{"id": f"too-large-{n}"} for n in range(10)])
-    answers = [
-        await exchange(
-            settings.port, request_bytes("/v1/webhooks/dlr", body, key=webhook_key), split=split
-        )
-        for split in (False, True)
-    ]
+    posted = request_bytes("/v1/webhooks/dlr", body, key=webhook_key)
+    with changed_settings(app, settings, max_body_bytes=64) as small:
+        answers = [await exchange(settings.port, posted, split=split) for split in (False, True)]
 
     assert comparable(answers[0], "-") == comparable(answers[1], "-")
     assert answers[0][0].startswith(b"HTTP/1.1 413 ")
     kept = await fetch_all(engine, "SELECT body, body_truncated, repeats FROM rejected_bodies")
     # Kept once, then counted as its repeat: the two lanes kept the very same bytes.
-    assert kept == [{"body": body[:small_bodies], "body_truncated": True, "repeats": 1}]
+    assert kept == [{"body": body[: small.max_body_bytes], "body_truncated": True, "repeats": 1}]
     assert lanes_taken == ["/v1/webhooks/dlr"]
 
 

@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.types import Scope
 
 from app.api.deps import webhook_context_of
-from app.api.fast_path import catch_all, handled
+from app.api.fast_path import error_answer
 from app.api.middleware import NOSNIFF, REQUEST_ID_HEADER, RequestObserver
 from app.api.webhooks import POSTED_KINDS, answer_body
 from app.http_protocol import DirectAnswer
@@ -76,15 +76,10 @@ class DirectWebhooks:
     async def _error(
         self, scope: Scope, exc: Exception
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-        """The answer app.api.errors gives ``exc``, as app.api.fast_path finds it: the catch-all's
-        500 (which logs the fault) for what no handler takes or a handler raised."""
-        scope = {**scope, "app": self._app}
-        request = Request(scope)
-        handlers: dict[Any, Any] = self._app.exception_handlers
-        answer = await handled(handlers, request, exc)
-        if isinstance(answer, Exception):
-            last_resort = catch_all(handlers)
-            if last_resort is None:  # never: app.api.errors installs one
-                raise answer from (None if answer is exc else exc)
-            answer = await last_resort(request, answer)
+        """The answer app.api.errors gives ``exc``, as app.api.fast_path finds it."""
+        request = Request({**scope, "app": self._app})
+        handlers: dict[Any, Any] = self._app.exception_handlers  # FastAPI's wider type
+        answer, unhandled = await error_answer(handlers, request, exc)
+        if answer is None:  # never: app.api.errors installs a catch-all
+            raise unhandled or exc
         return answer.status_code, list(answer.raw_headers), bytes(answer.body)

@@ -109,14 +109,27 @@ class FastPath:
             response = await endpoint(request)
         except Exception as exc:
             handlers = scope["app"].exception_handlers
-            answer = await handled(handlers, request, exc)
-            if isinstance(answer, Exception):
-                last_resort = catch_all(handlers)
-                if last_resort is not None:
-                    await (await last_resort(request, answer))(scope, receive, send)
-                raise answer from (None if answer is exc else exc)
+            answer, unhandled = await error_answer(handlers, request, exc)
+            if unhandled is not None:
+                if answer is not None:
+                    await answer(scope, receive, send)
+                raise unhandled from (None if unhandled is exc else exc)
+            assert answer is not None  # a handler's answer, when nothing is left unhandled
             response = answer
         await response(scope, receive, send)
+
+
+async def error_answer(
+    handlers: Mapping[Any, ExceptionHandler], request: Request, exc: Exception
+) -> tuple[Response | None, Exception | None]:
+    """The answer the app's handlers give ``exc``, and what was left unhandled: ``exc``, or
+    what its handler raised. That one is answered by the catch-all (which logs it), as
+    Starlette's error layer would; None if the app has no catch-all."""
+    answer = await handled(handlers, request, exc)
+    if not isinstance(answer, Exception):
+        return answer, None
+    last_resort = catch_all(handlers)
+    return (await last_resort(request, answer) if last_resort else None), answer
 
 
 async def handled(

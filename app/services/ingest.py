@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.datastructures import Headers
 from starlette.requests import Request
 
 from app import metrics
@@ -115,10 +116,7 @@ class _Refusal:
     truncated: bool = False
 
     def content_type(self) -> str | None:
-        for name, value in self.headers:
-            if name == b"content-type":
-                return value.decode("latin-1")
-        return None
+        return Headers(raw=self.headers).get("content-type")
 
 
 async def _keep_and_refuse(context: WebhookContext, refusal: _Refusal, error: Refused) -> Refused:
