@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -60,6 +61,10 @@ class Latency:
     # The server's CPU (all its processes) per request: what a request costs it, whatever
     # else shares the cores (the service's PostgreSQL does; the lean route has none).
     cpu_us: float
+    # wrk's own CPU per request: it shares the cores too, so a load generator that works
+    # harder for one server than for the other (as dlr.lua's bookkeeping once did, for
+    # answers out of request order) shows here rather than in that server's rate.
+    wrk_cpu_us: float
 
 
 @contextmanager
@@ -110,6 +115,7 @@ def load(url: str, server: subprocess.Popen[bytes], connections: int, seconds: i
     }
     command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s"]
     cpu_before = process_tree_cpu_seconds(server.pid)
+    wrk_before = _children_cpu_seconds()
     subprocess.run(
         [*command, "-s", str(LUA), url],
         env=env,
@@ -118,6 +124,7 @@ def load(url: str, server: subprocess.Popen[bytes], connections: int, seconds: i
         timeout=seconds + 60,
     )
     cpu = process_tree_cpu_seconds(server.pid) - cpu_before
+    wrk_cpu = _children_cpu_seconds() - wrk_before
     summary, _ = wrk_output(out_path)
     errors = sum(
         summary[key]
@@ -130,14 +137,22 @@ def load(url: str, server: subprocess.Popen[bytes], connections: int, seconds: i
         p999_ms=summary["p999_us"] / 1000,
         errors=errors,
         cpu_us=cpu / max(summary["requests"], 1) * 1e6,
+        wrk_cpu_us=wrk_cpu / max(summary["requests"], 1) * 1e6,
     )
+
+
+def _children_cpu_seconds() -> float:
+    """The CPU of this process's ended children (wrk, once run has waited for it)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def row(label: str, latency: Latency) -> str:
     return (
         f"  {label:8} {latency.requests_per_s:9,.0f} DLRs/s  p50 {latency.p50_ms:7.2f} ms  "
         f"p99 {latency.p99_ms:7.2f} ms  p99.9 {latency.p999_ms:7.2f} ms  "
-        f"CPU {latency.cpu_us:4.0f} us/request  errors {latency.errors}"
+        f"CPU {latency.cpu_us:4.0f} us/request  wrk {latency.wrk_cpu_us:3.0f} us  "
+        f"errors {latency.errors}"
     )
 
 
@@ -150,6 +165,7 @@ def median_of(runs: list[Latency]) -> Latency:
         p999_ms=statistics.median(run.p999_ms for run in runs),
         errors=sum(run.errors for run in runs),
         cpu_us=statistics.median(run.cpu_us for run in runs),
+        wrk_cpu_us=statistics.median(run.wrk_cpu_us for run in runs),
     )
 
 
