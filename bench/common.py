@@ -10,6 +10,7 @@ import json
 import os
 import platform
 import re
+import resource
 import secrets
 import signal
 import socket
@@ -160,6 +161,13 @@ def process_tree_cpu_seconds(pid: int) -> float:
             times = process.cpu_times()
             seconds += times.user + times.system
     return seconds
+
+
+def reaped_children_cpu_seconds() -> float:
+    """CPU time (user and system) of this process's children that have ended and been waited
+    for: wrk's, read after ``subprocess.run`` returns."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def free_port() -> int:

@@ -39,7 +39,6 @@ import asyncio
 import contextlib
 import math
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -63,6 +62,7 @@ from bench.common import (
     host_line,
     postgres_cpu_seconds,
     process_tree_cpu_seconds,
+    reaped_children_cpu_seconds,
     running_service,
     scratch_database,
     wrk_output,
@@ -143,20 +143,15 @@ class CpuMeter:
             "postgres": postgres_cpu_seconds(),
         }
 
-    @staticmethod
-    def _children() -> float:
-        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-        return usage.ru_utime + usage.ru_stime
-
     def __enter__(self) -> CpuMeter:
         self._before = self._service_and_postgres()
-        self._children_before = self._children()
+        self._children_before = reaped_children_cpu_seconds()
         return self
 
     def __exit__(self, *_: object) -> None:
         after = self._service_and_postgres()
         self.used = {group: after[group] - self._before[group] for group in after}
-        self.used["wrk"] = self._children() - self._children_before
+        self.used["wrk"] = reaped_children_cpu_seconds() - self._children_before
 
 
 def run_wrk(

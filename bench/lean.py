@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from bench.common import (
     cli_webhook_key,
     free_port,
     process_tree_cpu_seconds,
+    reaped_children_cpu_seconds,
     running_service,
     service_env,
     stop,
@@ -115,7 +115,7 @@ def load(url: str, server: subprocess.Popen[bytes], connections: int, seconds: i
     }
     command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s"]
     cpu_before = process_tree_cpu_seconds(server.pid)
-    wrk_before = _children_cpu_seconds()
+    wrk_before = reaped_children_cpu_seconds()
     subprocess.run(
         [*command, "-s", str(LUA), url],
         env=env,
@@ -124,7 +124,7 @@ def load(url: str, server: subprocess.Popen[bytes], connections: int, seconds: i
         timeout=seconds + 60,
     )
     cpu = process_tree_cpu_seconds(server.pid) - cpu_before
-    wrk_cpu = _children_cpu_seconds() - wrk_before
+    wrk_cpu = reaped_children_cpu_seconds() - wrk_before
     summary, _ = wrk_output(out_path)
     errors = sum(
         summary[key]
@@ -139,12 +139,6 @@ def load(url: str, server: subprocess.Popen[bytes], connections: int, seconds: i
         cpu_us=cpu / max(summary["requests"], 1) * 1e6,
         wrk_cpu_us=wrk_cpu / max(summary["requests"], 1) * 1e6,
     )
-
-
-def _children_cpu_seconds() -> float:
-    """The CPU of this process's ended children (wrk, once run has waited for it)."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 def row(label: str, latency: Latency) -> str:

@@ -1,6 +1,7 @@
 """What the service needs from PostgreSQL's settings, and why: the settings that would break
 its promise (a 200 only for data that survives a crash), those that hurt in production, and
-tuning for a campaign's bursts. Read by ``wavy-webhooks doctor`` and logged by ``serve``."""
+tuning for a campaign's bursts. Read by ``wavy-webhooks doctor`` and logged by ``serve``; and
+what the embedded PostgreSQL is given at start (app.db.engine)."""
 
 from __future__ import annotations
 
